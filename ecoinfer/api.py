@@ -1,0 +1,142 @@
+"""Public Python API: ecoinfer.load(...) -> Model, Model.run(feeds) -> named numpy arrays."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ecoinfer.errors import (
+    IndexOutOfRangeError,  # noqa: F401  (re-exported for users catching it)
+    InputDTypeError,
+    InputShapeError,
+    MissingInputError,
+    UnknownInputError,
+)
+from ecoinfer.ir import dtypes
+from ecoinfer.ir.graph import Dim, Graph, Value
+
+
+class Model:
+    """An imported model: its IR graph and a reference runner (CPU, or CUDA when asked)."""
+
+    def __init__(self, graph: Graph, source: str = "<model>"):
+        self.graph = graph
+        self.source = source
+        self._runners: dict[str, Any] = {}
+
+    @property
+    def inputs(self) -> list[Value]:
+        return self.graph.inputs
+
+    @property
+    def outputs(self) -> list[Value]:
+        return [self.graph.values.get(o.name, o) for o in self.graph.outputs]
+
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray | torch.Tensor],
+        device: str | None = None,
+        as_torch: bool = False,
+    ) -> dict[str, np.ndarray | torch.Tensor]:
+        """Run the model. Inputs are checked against the model (names, dtypes, shapes) and never cast."""
+        tensors = validate_inputs(self.graph, feeds, self.source)
+        dev = device or ("cuda" if _on_cuda(tensors) else "cpu")
+        runner = self._runners.get(dev)
+        if runner is None:
+            from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
+
+            runner = self._runners[dev] = ReferenceRunner(self.graph, dev)
+        with torch.inference_mode():
+            out = runner.run(tensors)
+        if as_torch:
+            return out
+        return {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
+
+
+def _on_cuda(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return any(t.is_cuda for t in tensors.values())
+
+
+def load(src: str | os.PathLike | bytes | onnx.ModelProto | torch.nn.Module, *args: Any, **kw: Any) -> Model:
+    """Import an ONNX file/bytes/proto, or an nn.Module (with example inputs) via torch.onnx."""
+    if isinstance(src, torch.nn.Module):
+        from ecoinfer.frontend.torch import import_module  # noqa: PLC0415
+
+        return Model(import_module(src, *args, **kw), type(src).__name__)
+    from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
+
+    label = str(src) if isinstance(src, str | os.PathLike) else "<model>"
+    return Model(import_onnx(src), label)
+
+
+def validate_inputs(
+    graph: Graph, feeds: Mapping[str, np.ndarray | torch.Tensor], source: str = "<model>"
+) -> dict[str, torch.Tensor]:
+    """Turn user feeds into torch tensors, exactly as given, or raise a clear InputError."""
+    expected = {v.name: v for v in graph.inputs}
+    for name in feeds:
+        if name not in expected:
+            near = difflib.get_close_matches(name, list(expected), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise UnknownInputError(
+                f"{source}: the model has no input '{name}'{hint} "
+                f"(inputs: {', '.join(expected) or 'none'})"
+            )
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise MissingInputError(
+            f"{source}: input '{missing[0]}' ({expected[missing[0]].type_str()}) was not given; "
+            f"the model needs {', '.join(f'{n}: {v.type_str()}' for n, v in expected.items())}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    bound: dict[str, tuple[int, str]] = {}  # symbolic dim -> (size, where it was bound)
+    for name, v in expected.items():
+        x = feeds[name]
+        where = f"{source}: input '{name}'"
+        if isinstance(x, torch.Tensor):
+            t = x
+            got = dtypes.from_torch(t.dtype)
+        else:
+            arr = np.asarray(x)
+            if arr.dtype == object or arr.dtype.kind in "USO":
+                raise InputDTypeError(f"{where}: got an array of {arr.dtype}, expected {v.dtype}")
+            got = dtypes.from_numpy(arr.dtype, where)
+            t = None
+        if v.dtype is not None and got != v.dtype:
+            raise InputDTypeError(
+                f"{where}: expected {v.dtype} but got {got}; convert it yourself "
+                f"(e.g. array.astype('{v.dtype}')), ecoinfer never casts inputs silently"
+            )
+        shape = tuple(x.shape)
+        if v.shape is not None:
+            if len(shape) != len(v.shape):
+                raise InputShapeError(
+                    f"{where}: expected rank {len(v.shape)} {_fmt(v.shape)} but got rank "
+                    f"{len(shape)} {list(shape)}"
+                )
+            for k, (want, have) in enumerate(zip(v.shape, shape)):
+                if isinstance(want, int) and want != have:
+                    raise InputShapeError(
+                        f"{where}: dimension {k} must be {want} (model shape {_fmt(v.shape)}) "
+                        f"but is {have} (given {list(shape)})"
+                    )
+                if isinstance(want, str):
+                    if want in bound and bound[want][0] != have:
+                        size, first = bound[want]
+                        raise InputShapeError(
+                            f"{where}: dimension {k} ('{want}') is {have} but {first} set "
+                            f"'{want}' = {size}; inputs sharing a dimension name must agree"
+                        )
+                    bound.setdefault(want, (have, f"input '{name}'"))
+        out[name] = t if t is not None else dtypes.numpy_to_torch(arr, where)
+    return out
+
+
+def _fmt(shape: tuple[Dim, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

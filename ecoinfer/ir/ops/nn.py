@@ -1,0 +1,3 @@
+"""Shape/dtype inference for this op category."""
+
+from __future__ import annotations

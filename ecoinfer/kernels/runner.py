@@ -1,0 +1,81 @@
+"""Reference runner: executes an IR graph node by node with the torch kernels."""
+
+from __future__ import annotations
+
+import torch
+
+from ecoinfer.errors import EcoinferError, ExecutionError, UnsupportedOpError
+from ecoinfer.ir.graph import Graph
+from ecoinfer.ir.ops import get_schema
+from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
+
+Tensor = torch.Tensor
+
+
+class ReferenceRunner:
+    """Runs a graph on CPU or CUDA. Inputs must already be validated torch tensors."""
+
+    def __init__(self, graph: Graph, device: str | torch.device = "cpu"):
+        self.graph = graph
+        self.device = torch.device(device)
+        self._weights = {k: v.to(self.device) for k, v in graph.initializers.items()}
+        self._plan = [self._bind(graph, n) for n in graph.nodes]
+
+    @staticmethod
+    def _bind(graph: Graph, node):  # noqa: ANN001
+        schema = get_schema(node.op_type, node.domain, where=node.label())
+        fn = get_kernel(node.op_type, node.domain)
+        if fn is None:
+            raise UnsupportedOpError(
+                f"{node.label()}: op '{node.op_type}' has a schema but no torch kernel yet"
+            )
+        attrs = {**schema.attrs, **node.attrs}
+        return node, fn, attrs
+
+    def run(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        env = dict(self._weights)
+        env.update({k: v.to(self.device) for k, v in feeds.items()})
+        outs = self._execute(self.graph, self._plan, env)
+        return dict(zip(self.graph.output_names, outs))
+
+    def _run_subgraph(self, graph: Graph, env: dict[str, Tensor]):
+        def run(sub: Graph, feeds: dict[str, Tensor]) -> list[Tensor]:
+            scope = dict(env)
+            scope.update({k: v.to(self.device) for k, v in sub.initializers.items()})
+            scope.update(feeds)
+            plan = [self._bind(sub, n) for n in sub.nodes]
+            return self._execute(sub, plan, scope)
+
+        return run
+
+    def _execute(self, graph: Graph, plan, env: dict[str, Tensor]) -> list[Tensor]:  # noqa: ANN001
+        last_use = {}
+        for k, (node, _, _) in enumerate(plan):
+            for i in node.inputs:
+                last_use[i] = k
+        keep = set(graph.output_names)
+        for k, (node, fn, attrs) in enumerate(plan):
+            try:
+                xs = [env[i] if i else None for i in node.inputs]
+            except KeyError as e:
+                raise ExecutionError(f"{node.label()}: input {e} was never computed") from None
+            ctx = KernelContext(node, attrs, self.device, self._run_subgraph(graph, env), graph.opset)
+            try:
+                ys = fn(ctx, xs)
+            except EcoinferError:
+                raise
+            except Exception as e:  # a kernel bug or an input the op cannot take
+                raise ExecutionError(
+                    f"{node.label()} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                ) from e
+            for name, y in zip(node.outputs, ys):
+                if name:
+                    env[name] = y
+            # free activations nobody reads any more (memory stays flat on big models)
+            for i in node.inputs:
+                if i and last_use.get(i) == k and i not in keep and i not in self._weights:
+                    env.pop(i, None)
+        try:
+            return [env[o] for o in graph.output_names]
+        except KeyError as e:
+            raise ExecutionError(f"graph '{graph.name}': output {e} was never computed") from None

@@ -1,0 +1,3 @@
+"""Torch kernels for this op category."""
+
+from __future__ import annotations
