@@ -115,7 +115,7 @@ class Graph:
             progress = False
             rest = []
             for n in pending:
-                if all(i in available or i not in produced_by for i in _all_inputs(n)):
+                if all(i in available or i not in produced_by for i in all_inputs(n)):
                     ordered.append(n)
                     available.update(n.outputs)
                     progress = True
@@ -136,7 +136,7 @@ class Graph:
         if dupes:
             raise GraphError(f"graph '{self.name}': input '{dupes[0]}' is declared twice")
         for n in self.nodes:
-            for i in _all_inputs(n):
+            for i in all_inputs(n):
                 if i not in defined:
                     raise GraphError(
                         f"graph '{self.name}': {n.label()} reads '{i}', which no earlier node,"
@@ -231,7 +231,7 @@ class Graph:
         return "\n".join(lines)
 
 
-def _all_inputs(n: Node) -> list[str]:
+def all_inputs(n: Node) -> list[str]:
     """A node's inputs plus the outer-scope names its subgraphs read."""
     names = list(n.inputs)
     for v in n.attrs.values():
@@ -246,7 +246,7 @@ def free_names(g: Graph) -> set[str]:
     defined = set(g.input_names) | set(g.initializers) | {""}
     free: set[str] = set()
     for n in g.nodes:
-        for i in _all_inputs(n):
+        for i in all_inputs(n):
             if i not in defined:
                 free.add(i)
         defined.update(n.outputs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ecoinfer.errors import EcoinferError, ExecutionError, UnsupportedOpError
-from ecoinfer.ir.graph import Graph
+from ecoinfer.ir.graph import Graph, all_inputs
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
 
@@ -51,7 +51,8 @@ class ReferenceRunner:
     def _execute(self, graph: Graph, plan, env: dict[str, Tensor]) -> list[Tensor]:  # noqa: ANN001
         last_use = {}
         for k, (node, _, _) in enumerate(plan):
-            for i in node.inputs:
+            # subgraph bodies read outer values too: those count as uses
+            for i in all_inputs(node):
                 last_use[i] = k
         keep = set(graph.output_names)
         for k, (node, fn, attrs) in enumerate(plan):
@@ -72,7 +73,7 @@ class ReferenceRunner:
                 if name:
                     env[name] = y
             # free activations nobody reads any more (memory stays flat on big models)
-            for i in node.inputs:
+            for i in all_inputs(node):
                 if i and last_use.get(i) == k and i not in keep and i not in self._weights:
                     env.pop(i, None)
         try:

@@ -1,0 +1,107 @@
+"""The `ecoinfer` command: inspect, run, demo (build, bench, compare arrive with later issues)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ecoinfer.errors import EcoinferError
+
+
+def _add_shapes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=[],
+        metavar="NAME:DxD",
+        help="concrete input shapes, e.g. input_ids:1x128 (also 'name:1,128')",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ecoinfer",
+        description="Inference optimizer and runtime that cuts the energy of serving a model.",
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"ecoinfer {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("inspect", help="show a model's inputs, outputs, ops, parameters and FLOPs")
+    q.add_argument("model", help="path to an .onnx file")
+    _add_shapes(q)
+    q.add_argument("--dump", action="store_true", help="print every node of the graph")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    r = sub.add_parser("run", help="run a model once with given or random inputs")
+    r.add_argument("model", help="path to an .onnx file")
+    r.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy|FILE.npz",
+        help="an input from a .npy file, or all inputs from an .npz keyed by input name",
+    )
+    _add_shapes(r)
+    r.add_argument("--output", "-o", metavar="OUT.npz", help="save all outputs to an .npz file")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+
+    d = sub.add_parser("demo", help="run the main job on the bundled all-MiniLM-L6-v2")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d.add_argument("--cache-dir", default=None, help="where the exported ONNX file is kept")
+    return p
+
+
+def _version() -> str:
+    from ecoinfer import __version__  # noqa: PLC0415
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "inspect":
+            from ecoinfer.commands.inspect import cmd_inspect  # noqa: PLC0415
+
+            return cmd_inspect(args)
+        if args.command == "run":
+            from ecoinfer.commands.run import cmd_run  # noqa: PLC0415
+
+            return cmd_run(args)
+        if args.command == "demo":
+            from ecoinfer.commands.demo import cmd_demo  # noqa: PLC0415
+
+            return cmd_demo(args)
+    except EcoinferError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"ecoinfer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ecoinfer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in ecoinfer, not the user's fault
+        if args.debug:
+            traceback.print_exc()
+        else:
+            first = str(e).splitlines()[0] if str(e) else ""
+            print(
+                f"ecoinfer: internal error: {type(e).__name__}: {first} "
+                "(run again with --debug for the traceback and please report it)",
+                file=sys.stderr,
+            )
+        return 1
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

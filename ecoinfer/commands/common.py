@@ -1,0 +1,125 @@
+"""Helpers shared by CLI commands: parsing --shapes and --input, making random inputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ecoinfer.errors import InputError, MissingInputError
+from ecoinfer.ir.graph import Graph, Value
+
+
+def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """'name:1x128' or 'name:1,128' -> {name: (1, 128)}; a scalar is 'name:' ."""
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        for part in item.split(" "):
+            name, sep, dims = part.rpartition(":")
+            if not sep or not name:
+                raise InputError(f"--shapes '{part}': write it as NAME:DIMS, e.g. input_ids:1x128")
+            if dims.strip() == "":
+                out[name] = ()
+                continue
+            tokens = re.split(r"[x,]", dims)
+            if not all(t.strip().isdigit() for t in tokens):
+                raise InputError(
+                    f"--shapes '{part}': dimensions must be whole numbers separated by 'x', e.g. {name}:1x128"
+                )
+            out[name] = tuple(int(t) for t in tokens)
+    return out
+
+
+def load_input_files(items: list[str], graph: Graph) -> dict[str, np.ndarray]:
+    """--input name=file.npy / --input file.npz -> arrays, exactly as stored."""
+    feeds: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = "", item
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"--input {item}: file '{path}' does not exist")
+        try:
+            data = np.load(p, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(
+                f"--input {item}: '{path}' is not a readable .npy/.npz file ({type(e).__name__})"
+            ) from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            if name:
+                if name not in data.files:
+                    raise InputError(
+                        f"--input {item}: '{path}' has no array '{name}' (it has {', '.join(data.files)})"
+                    )
+                feeds[name] = data[name]
+            else:
+                feeds.update({k: data[k] for k in data.files})
+        else:
+            if not name:
+                if len(graph.inputs) != 1:
+                    raise InputError(
+                        f"--input {item}: the model has several inputs; write NAME=FILE.npy"
+                    )
+                name = graph.inputs[0].name
+            feeds[name] = data
+    return feeds
+
+
+def _index_bound(graph: Graph, name: str) -> int | None:
+    """If an integer input indexes a constant table (Gather on an embedding), its size."""
+    for n in graph.nodes:
+        if n.op_type == "Gather" and len(n.inputs) > 1 and n.inputs[1] == name:
+            data = graph.initializers.get(n.inputs[0])
+            if data is not None:
+                axis = int(n.attrs.get("axis", 0))
+                return int(data.shape[axis])
+    return None
+
+
+def random_inputs(graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int = 0, given: dict | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for every input not given: floats ~ N(0,1), masks all ones, ids in range."""
+    rng = np.random.default_rng(seed)
+    feeds = dict(given or {})
+    for v in graph.inputs:
+        if v.name in feeds:
+            continue
+        shape = _concrete_shape(v, shapes)
+        dt = v.dtype or "float32"
+        lname = v.name.lower()
+        if dt == "bool":
+            feeds[v.name] = np.ones(shape, dtype=bool)
+        elif dt.startswith(("int", "uint")):
+            if "mask" in lname:
+                feeds[v.name] = np.ones(shape, dtype=dt)
+            elif "type" in lname or "segment" in lname:
+                feeds[v.name] = np.zeros(shape, dtype=dt)
+            else:
+                high = _index_bound(graph, v.name) or 2
+                feeds[v.name] = rng.integers(0, high, size=shape).astype(dt)
+        elif dt in ("float32", "float16", "float64"):
+            feeds[v.name] = rng.standard_normal(shape).astype(dt)
+        else:
+            raise MissingInputError(
+                f"input '{v.name}' is {dt}; ecoinfer cannot make random data of that type, "
+                "give it with --input"
+            )
+    return feeds
+
+
+def _concrete_shape(v: Value, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    if v.name in shapes:
+        return shapes[v.name]
+    if v.shape is None:
+        raise MissingInputError(
+            f"input '{v.name}' has an unknown rank; give its shape with --shapes {v.name}:DIMS"
+        )
+    dims = []
+    for d in v.shape:
+        if isinstance(d, int):
+            dims.append(d)
+        else:
+            # symbolic: 1 for batch-like dims; others need the user to say
+            dims.append(1 if d is None or "batch" in str(d).lower() or d == "N" else 8)
+    return tuple(dims)

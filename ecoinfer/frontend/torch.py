@@ -1,0 +1,299 @@
+"""nn.Module -> ONNX (torch.onnx.export) -> ecoinfer IR.
+
+Both torch exporters are supported: the torch.export-based one (dynamo=True, needs onnxscript)
+and the legacy TorchScript one (dynamo=False). The model goes through a temporary ONNX file
+so that big models (external data) take the same path as small ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from ecoinfer.errors import EcoinferError, ModelLoadError
+from ecoinfer.frontend.onnx import import_onnx
+from ecoinfer.ir.graph import Graph
+
+DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
+
+
+def import_module(
+    module: torch.nn.Module,
+    example_inputs: Any = None,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
+    dynamic_shapes: Any = None,
+    dynamo: bool = True,
+    opset: int | None = None,
+) -> Graph:
+    """Export `module` with torch.onnx.export and import the ONNX model.
+
+    example_inputs: a tensor, a tuple/list of positional tensors, or a dict of keyword tensors
+    (e.g. a tokenizer's output for a Hugging Face model).
+    dynamic_axes: ONNX-style {input_name: {axis: dim_name}}; {} exports static shapes. Default:
+    axis 0 of every input is "batch" and axis 1 of 2-D integer inputs (token ids, masks) is "seq".
+    dynamic_shapes: torch.export-style spec, passed as is to the dynamo exporter.
+    """
+    label = type(module).__name__
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"{label}: import_module takes a torch.nn.Module")
+    if example_inputs is None:
+        raise ModelLoadError(
+            f"{label}: example inputs are needed to export a module, e.g. "
+            "ecoinfer.load(module, (torch.randn(1, 3, 224, 224),))"
+        )
+    args, kwargs = _split_inputs(example_inputs)
+    names = list(input_names) if input_names is not None else _input_names(module, args, kwargs)
+    if len(names) != len(args) + len(kwargs):
+        raise ModelLoadError(
+            f"{label}: {len(names)} input names given for {len(args) + len(kwargs)} example inputs"
+        )
+    tensors = dict(zip(names, [*args, *kwargs.values()]))
+    user_dynamic = dynamic_axes is not None or dynamic_shapes is not None
+    axes = dict(dynamic_axes) if dynamic_axes is not None else _default_axes(tensors)
+    if output_names is None:
+        output_names = _output_names(module, args, kwargs)
+
+    exporter = "dynamo (torch.export)" if dynamo else "TorchScript"
+    with tempfile.TemporaryDirectory(prefix="ecoinfer_export_") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            _export(module, args, kwargs, path, names, axes, dynamic_shapes, dynamo, opset)
+        except Exception as e:  # noqa: BLE001
+            if user_dynamic or not axes:
+                raise _export_error(label, exporter, dynamo, e) from e
+            # the default dynamic batch/seq axes may clash with the model's code: go static
+            warnings.warn(
+                f"{label}: {exporter} export with dynamic axes failed ({_first_line(e)}); "
+                "exporting with static shapes",
+                stacklevel=2,
+            )
+            try:
+                _export(module, args, kwargs, path, names, {}, None, dynamo, opset)
+            except Exception as e2:  # noqa: BLE001
+                raise _export_error(label, exporter, dynamo, e2) from e2
+        model = onnx.load(str(path), load_external_data=True)
+        _rename_outputs(model, output_names)
+        try:
+            graph = import_onnx(model)
+        except EcoinferError as e:
+            # keep the ecoinfer error type; say the model came from a torch export
+            raise type(e)(f"{label} (exported with the {exporter} exporter): {e}") from None
+    graph.metadata.setdefault("source", f"torch module {label} ({exporter} exporter)")
+    return graph
+
+
+# ---------------------------------------------------------------------------- inputs
+def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):  # e.g. a tokenizer's BatchEncoding
+        return (), {str(k): v for k, v in example_inputs.items()}
+    if isinstance(example_inputs, list | tuple):
+        return tuple(example_inputs), {}
+    raise ModelLoadError(
+        f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
+        f"not {type(example_inputs).__name__}"
+    )
+
+
+def _input_names(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    # the forward() parameter names, which both exporters would otherwise lose for positionals
+    try:
+        params = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    names = [params[i] if i < len(params) else f"input_{i}" for i in range(len(args))]
+    return names + list(kwargs)
+
+
+def _default_axes(tensors: Mapping[str, Any]) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            continue
+        ax = {0: "batch"}
+        if t.dim() == 2 and not t.dtype.is_floating_point and t.dtype != torch.bool:
+            ax[1] = "seq"  # token ids, attention masks, position ids
+        axes[name] = ax
+    return axes
+
+
+def _output_names(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | None:
+    """Names from the module's output structure: "output", "output_<i>" or dict/ModelOutput keys."""
+    import torch.utils._pytree as pytree  # noqa: PLC0415
+
+    try:
+        with torch.no_grad(), _eval_mode(module):
+            out = module(*args, **kwargs)
+        leaves = pytree.tree_flatten_with_path(out)[0]
+    except Exception:  # noqa: BLE001  (the exporter will report the real problem)
+        return None
+    if len(leaves) == 1 and isinstance(out, torch.Tensor):
+        return ["output"]
+    names: list[str] = []
+    for i, (path, _) in enumerate(leaves):
+        keys = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+        keys = [k for k in keys if k and not k.isdigit()]
+        names.append("_".join(keys) if keys else f"output_{i}")
+    return names if len(set(names)) == len(names) else [f"output_{i}" for i in range(len(names))]
+
+
+def _rename_outputs(model: onnx.ModelProto, names: Sequence[str] | None) -> None:
+    g = model.graph
+    if not names or len(names) != len(g.output):
+        return
+    taken = {i.name for i in g.input} | {t.name for t in g.initializer}
+    taken |= {o for n in g.node for o in n.output}
+    old = [o.name for o in g.output]
+    # skip outputs that are also inputs/weights or appear twice: renaming them is ambiguous
+    if len(set(old)) != len(old) or any(
+        o in {i.name for i in g.input} | {t.name for t in g.initializer} for o in old
+    ):
+        return
+    mapping = {o: n for o, n in zip(old, names) if o != n}
+    if any(n in taken and n not in mapping for n in mapping.values()):
+        return
+    for node in g.node:
+        node.input[:] = [mapping.get(x, x) for x in node.input]
+        node.output[:] = [mapping.get(x, x) for x in node.output]
+    for vi in [*g.output, *g.value_info]:
+        vi.name = mapping.get(vi.name, vi.name)
+
+
+# ---------------------------------------------------------------------------- export
+def _export(
+    module: torch.nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    path: Path,
+    names: list[str],
+    axes: Mapping[str, Any],
+    dynamic_shapes: Any,
+    dynamo: bool,
+    opset: int | None,
+) -> None:
+    kw: dict[str, Any] = {"input_names": names, "dynamo": dynamo}
+    if opset is not None:
+        kw["opset_version"] = opset
+    if dynamo:
+        if dynamic_shapes is not None:
+            kw["dynamic_shapes"] = dynamic_shapes
+        elif axes:
+            kw["dynamic_shapes"] = _axes_to_shapes(module, args, kwargs, names, axes)
+        kw["external_data"] = True
+        kw["verbose"] = False
+    else:
+        if axes:
+            kw["dynamic_axes"] = {k: dict(v) if isinstance(v, Mapping) else list(v) for k, v in axes.items()}
+        kw["do_constant_folding"] = True
+    kw = _supported_kwargs(kw)
+    with _eval_mode(module), _quiet(), torch.no_grad():
+        torch.onnx.export(module, args, str(path), kwargs=kwargs or None, **kw)
+    if not path.exists():
+        raise RuntimeError("torch.onnx.export wrote no file")
+
+
+def _axes_to_shapes(
+    module: torch.nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: list[str],
+    axes: Mapping[str, Any],
+) -> Any:
+    """ONNX-style dynamic axes -> torch.export dynamic_shapes (string dim names, torch >= 2.6)."""
+
+    def spec(name: str) -> dict[int, str] | None:
+        ax = axes.get(name)
+        if ax is None:
+            return None
+        if isinstance(ax, Mapping):
+            return {int(k): str(v) for k, v in ax.items()}
+        return {int(k): f"{name}_dim{k}" for k in ax}
+
+    # torch.export matches dynamic_shapes to forward()'s parameters: positionals by position
+    positional = tuple(spec(n) for n in names[: len(args)])
+    if not kwargs:
+        return positional
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    shapes: dict[str, Any] = {}
+    for i, s in enumerate(positional):
+        shapes[params[i] if i < len(params) else names[i]] = s
+    for k in kwargs:
+        shapes[k] = spec(k)
+    return shapes
+
+
+def _supported_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    # older torch versions lack some keywords (dynamo, external_data, ...): drop those
+    try:
+        params = inspect.signature(torch.onnx.export).parameters
+    except (TypeError, ValueError):
+        return kw
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kw
+    return {k: v for k, v in kw.items() if k in params}
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    # export what inference runs (no dropout, BN running stats); restore training flags after
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # the exporters print progress and warnings (missing torchvision, deprecations) per export
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _export_error(label: str, exporter: str, dynamo: bool, e: BaseException) -> ModelLoadError:
+    msg = _first_line(e)
+    if dynamo and isinstance(e, ImportError | ModuleNotFoundError):
+        hint = "install onnxscript (pip install onnxscript) or pass dynamo=False"
+    elif dynamo:
+        hint = "try dynamo=False (TorchScript exporter), or static shapes with dynamic_axes={}"
+    else:
+        hint = "try dynamo=True (torch.export exporter), or static shapes with dynamic_axes={}"
+    return ModelLoadError(f"{label}: the {exporter} ONNX exporter failed ({msg}); {hint}")
+
+
+def _first_line(e: BaseException) -> str:
+    for line in str(e).strip().splitlines():
+        if line.strip():
+            return f"{type(e).__name__}: {line.strip()[:240]}"
+    return type(e).__name__
