@@ -50,7 +50,10 @@ def test_initializers_constants_and_symbolic_shapes() -> None:
 def test_external_data(tmp_path) -> None:  # noqa: ANN001
     m = _mlp()
     path = tmp_path / "ext.onnx"
-    onnx.save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
+    # save_model rewrites the proto in place to point at the data file: save a copy
+    ext = onnx.ModelProto()
+    ext.CopyFrom(m)
+    onnx.save_model(ext, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location="ext.data", size_threshold=0)
     assert (tmp_path / "ext.data").exists()
     x = np.ones((2, 3), np.float32)

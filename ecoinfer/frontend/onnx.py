@@ -324,6 +324,15 @@ def _split(ctx: ImportContext, node: Node) -> list[Node]:
     return [node]
 
 
+@importer("TopK")
+def _topk(ctx: ImportContext, node: Node) -> list[Node]:
+    # TopK-1 takes k as an attribute; later opsets take a 1-element input
+    if "k" in node.attrs:
+        node.attrs["k"] = [int(node.attrs["k"])]
+    ctx.attr_to_input(node, "k", 1)
+    return [node]
+
+
 @importer("Clip")
 def _clip(ctx: ImportContext, node: Node) -> list[Node]:
     if "min" in node.attrs or "max" in node.attrs:
@@ -334,6 +343,35 @@ def _clip(ctx: ImportContext, node: Node) -> list[Node]:
             ctx.const(f"{node.name}_max", hi, torch.float32) if hi is not None else "",
         ]
     return [node]
+
+
+@importer("Softmax", "LogSoftmax", "Hardmax")
+def _softmax_coerce_2d(ctx: ImportContext, node: Node) -> list[Node]:
+    # Before opset 13 these ops flatten the input to 2-D at `axis` (default 1) and work on
+    # the whole second half; the IR op works along one axis. Same thing when axis is last.
+    if ctx.opset >= 13:
+        return [node]
+    g = ctx.graph
+    assert g is not None
+    axis = int(node.attrs.get("axis", 1))
+    x = node.inputs[0]
+    if x in g.initializers:
+        rank: int | None = g.initializers[x].dim()
+    else:
+        v = g.values.get(x)
+        rank = v.rank if v is not None else None
+    if axis == -1 or (rank is not None and axis == rank - 1):
+        node.attrs["axis"] = -1
+        return [node]
+    y = node.outputs[0]
+    flat, flat_y, shape = (g.fresh_name(f"{y}__{s}") for s in ("flat2d", "flat2d_out", "shape"))
+    base = node.name or y
+    return [
+        Node("Flatten", [x], [flat], {"axis": axis}, f"{base}__flatten", ""),
+        Node(node.op_type, [flat], [flat_y], {"axis": 1}, node.name, node.domain),
+        Node("Shape", [x], [shape], {}, f"{base}__shape", ""),
+        Node("Reshape", [flat_y, shape], [y], {}, f"{base}__reshape", ""),
+    ]
 
 
 @importer("Slice")
@@ -375,6 +413,22 @@ def _upsample(ctx: ImportContext, node: Node) -> list[Node]:
     else:
         node.attrs.update(coordinate_transformation_mode="asymmetric")
     node.op_type = "Resize"
+    node.inputs = [node.inputs[0], "", node.inputs[1]]
+    return [node]
+
+
+@importer("Resize")
+def _resize_10(ctx: ImportContext, node: Node) -> list[Node]:
+    # Resize-10 is (X, scales) with Upsample's asymmetric coordinates; onnxruntime picks the
+    # nearest pixel by truncation when upsampling and by ceil when downsampling
+    if ctx.opset >= 11:
+        return [node]
+    g = ctx.graph
+    assert g is not None
+    scales = g.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    down = scales is not None and bool((scales < 1).any()) and not bool((scales > 1).any())
+    node.attrs.setdefault("coordinate_transformation_mode", "asymmetric")
+    node.attrs.setdefault("nearest_mode", "ceil" if down else "floor")
     node.inputs = [node.inputs[0], "", node.inputs[1]]
     return [node]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,13 +38,55 @@ def import_module(
     dynamo: bool = True,
     opset: int | None = None,
 ) -> Graph:
-    """Export `module` with torch.onnx.export and import the ONNX model.
+    """Export `module` with torch.onnx.export (see export_module) and import the ONNX model."""
+    label = type(module).__name__
+    exporter = _exporter_name(dynamo)
+    with tempfile.TemporaryDirectory(prefix="ecoinfer_export_") as tmp:
+        path = export_module(
+            module,
+            example_inputs,
+            Path(tmp) / "model.onnx",
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            dynamic_shapes=dynamic_shapes,
+            dynamo=dynamo,
+            opset=opset,
+        )
+        model = onnx.load(str(path), load_external_data=True)
+    try:
+        graph = import_onnx(model)
+    except EcoinferError as e:
+        # keep the ecoinfer error type; name the module, not a temporary file
+        where = f"{label} (exported with the {exporter} exporter)"
+        raise type(e)(str(e).replace("<model>", where, 1)) from None
+    graph.metadata.setdefault("source", f"torch module {label} ({exporter} exporter)")
+    return graph
+
+
+def export_module(
+    module: torch.nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
+    dynamic_shapes: Any = None,
+    dynamo: bool = True,
+    opset: int | None = None,
+) -> Path:
+    """Export `module` to an ONNX file at `path`; returns the path.
 
     example_inputs: a tensor, a tuple/list of positional tensors, or a dict of keyword tensors
     (e.g. a tokenizer's output for a Hugging Face model).
+    input_names: default forward()'s parameter names (dict keys for keyword inputs).
+    output_names: default "output" for one tensor, else the dict/ModelOutput keys or "output_<i>".
     dynamic_axes: ONNX-style {input_name: {axis: dim_name}}; {} exports static shapes. Default:
-    axis 0 of every input is "batch" and axis 1 of 2-D integer inputs (token ids, masks) is "seq".
+    axis 0 of every input is "batch" and axis 1 of 2-D integer inputs (token ids, masks) is
+    "seq"; if the exporter rejects those, the export falls back to static shapes with a warning.
     dynamic_shapes: torch.export-style spec, passed as is to the dynamo exporter.
+    Errors of either exporter become a one-line ModelLoadError.
     """
     label = type(module).__name__
     if not isinstance(module, torch.nn.Module):
@@ -52,6 +95,11 @@ def import_module(
         raise ModelLoadError(
             f"{label}: example inputs are needed to export a module, e.g. "
             "ecoinfer.load(module, (torch.randn(1, 3, 224, 224),))"
+        )
+    if dynamic_shapes is not None and not dynamo:
+        raise ModelLoadError(
+            f"{label}: dynamic_shapes is for the dynamo exporter; with dynamo=False give "
+            "dynamic_axes={input_name: {axis: dim_name}}"
         )
     args, kwargs = _split_inputs(example_inputs)
     names = list(input_names) if input_names is not None else _input_names(module, args, kwargs)
@@ -65,33 +113,71 @@ def import_module(
     if output_names is None:
         output_names = _output_names(module, args, kwargs)
 
-    exporter = "dynamo (torch.export)" if dynamo else "TorchScript"
-    with tempfile.TemporaryDirectory(prefix="ecoinfer_export_") as tmp:
-        path = Path(tmp) / "model.onnx"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exporter = _exporter_name(dynamo)
+    try:
+        _export(module, args, kwargs, path, names, axes, dynamic_shapes, dynamo, opset)
+    except Exception as e:  # noqa: BLE001
+        if user_dynamic or not axes:
+            raise _export_error(label, exporter, dynamo, e) from e
+        # the default dynamic batch/seq axes may clash with the model's code: go static
+        warnings.warn(
+            f"{label}: {exporter} export with dynamic axes failed ({_first_line(e)}); "
+            "exporting with static shapes",
+            stacklevel=2,
+        )
         try:
-            _export(module, args, kwargs, path, names, axes, dynamic_shapes, dynamo, opset)
-        except Exception as e:  # noqa: BLE001
-            if user_dynamic or not axes:
-                raise _export_error(label, exporter, dynamo, e) from e
-            # the default dynamic batch/seq axes may clash with the model's code: go static
-            warnings.warn(
-                f"{label}: {exporter} export with dynamic axes failed ({_first_line(e)}); "
-                "exporting with static shapes",
-                stacklevel=2,
-            )
-            try:
-                _export(module, args, kwargs, path, names, {}, None, dynamo, opset)
-            except Exception as e2:  # noqa: BLE001
-                raise _export_error(label, exporter, dynamo, e2) from e2
-        model = onnx.load(str(path), load_external_data=True)
-        _rename_outputs(model, output_names)
-        try:
-            graph = import_onnx(model)
-        except EcoinferError as e:
-            # keep the ecoinfer error type; say the model came from a torch export
-            raise type(e)(f"{label} (exported with the {exporter} exporter): {e}") from None
-    graph.metadata.setdefault("source", f"torch module {label} ({exporter} exporter)")
-    return graph
+            _export(module, args, kwargs, path, names, {}, None, dynamo, opset)
+        except Exception as e2:  # noqa: BLE001
+            raise _export_error(label, exporter, dynamo, e2) from e2
+    model = onnx.load(str(path), load_external_data=True)
+    renamed = _rename_outputs(model, output_names)
+    if _tidy_dims(model) or renamed:
+        _save(model, path)
+    return path
+
+
+def _tidy_dims(model: onnx.ModelProto) -> bool:
+    """Forget exporter-made dim names (TorchScript's "MatMul555_dim_0") that no input declares,
+    so shape inference derives them from the inputs' "batch"/"seq" instead."""
+    g = model.graph
+    known = {d.dim_param for i in g.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+    changed = False
+    for vi in [*g.output, *g.value_info]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param and d.dim_param not in known:
+                d.ClearField("dim_param")
+                changed = True
+    return changed
+
+
+def _exporter_name(dynamo: bool) -> str:
+    return "dynamo (torch.export)" if dynamo else "TorchScript"
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    # protobuf cannot hold more than 2 GiB: big models keep their weights in one data file
+    for f in path.parent.glob(path.name + "*.data"):
+        f.unlink()
+    big = model.ByteSize() > 1_800_000_000 if _size_known(model) else True
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=big,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+
+
+def _size_known(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+    except Exception:  # noqa: BLE001  (ByteSize fails past 2 GiB on some protobuf builds)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -108,7 +194,9 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]
     )
 
 
-def _input_names(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+def _input_names(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[str]:
     # the forward() parameter names, which both exporters would otherwise lose for positionals
     try:
         params = [
@@ -134,7 +222,9 @@ def _default_axes(tensors: Mapping[str, Any]) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _output_names(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | None:
+def _output_names(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[str] | None:
     """Names from the module's output structure: "output", "output_<i>" or dict/ModelOutput keys."""
     import torch.utils._pytree as pytree  # noqa: PLC0415
 
@@ -154,10 +244,11 @@ def _output_names(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[s
     return names if len(set(names)) == len(names) else [f"output_{i}" for i in range(len(names))]
 
 
-def _rename_outputs(model: onnx.ModelProto, names: Sequence[str] | None) -> None:
+def _rename_outputs(model: onnx.ModelProto, names: Sequence[str] | None) -> bool:
+    """Give the graph outputs readable names; returns whether anything changed."""
     g = model.graph
     if not names or len(names) != len(g.output):
-        return
+        return False
     taken = {i.name for i in g.input} | {t.name for t in g.initializer}
     taken |= {o for n in g.node for o in n.output}
     old = [o.name for o in g.output]
@@ -165,15 +256,16 @@ def _rename_outputs(model: onnx.ModelProto, names: Sequence[str] | None) -> None
     if len(set(old)) != len(old) or any(
         o in {i.name for i in g.input} | {t.name for t in g.initializer} for o in old
     ):
-        return
+        return False
     mapping = {o: n for o, n in zip(old, names) if o != n}
-    if any(n in taken and n not in mapping for n in mapping.values()):
-        return
+    if not mapping or any(n in taken and n not in mapping for n in mapping.values()):
+        return False
     for node in g.node:
         node.input[:] = [mapping.get(x, x) for x in node.input]
         node.output[:] = [mapping.get(x, x) for x in node.output]
     for vi in [*g.output, *g.value_info]:
         vi.name = mapping.get(vi.name, vi.name)
+    return True
 
 
 # ---------------------------------------------------------------------------- export
@@ -200,13 +292,35 @@ def _export(
         kw["verbose"] = False
     else:
         if axes:
-            kw["dynamic_axes"] = {k: dict(v) if isinstance(v, Mapping) else list(v) for k, v in axes.items()}
+            kw["dynamic_axes"] = {
+                k: dict(v) if isinstance(v, Mapping) else list(v) for k, v in axes.items()
+            }
         kw["do_constant_folding"] = True
     kw = _supported_kwargs(kw)
+    if kwargs and not dynamo:
+        # the TorchScript exporter mishandles keyword inputs: call through positionals
+        module = _KwargsAdapter(module, list(kwargs), len(args))
+        args, kwargs = (*args, *kwargs.values()), {}
     with _eval_mode(module), _quiet(), torch.no_grad():
-        torch.onnx.export(module, args, str(path), kwargs=kwargs or None, **kw)
+        if kwargs:
+            torch.onnx.export(module, args, str(path), kwargs=kwargs, **kw)
+        else:
+            torch.onnx.export(module, args, str(path), **kw)
     if not path.exists():
         raise RuntimeError("torch.onnx.export wrote no file")
+
+
+class _KwargsAdapter(torch.nn.Module):
+    """forward(*positionals, *keyword values) -> module(*positionals, **keywords)."""
+
+    def __init__(self, module: torch.nn.Module, keys: list[str], n_args: int):
+        super().__init__()
+        self.module = module
+        self.keys = keys
+        self.n_args = n_args
+
+    def forward(self, *xs: Any) -> Any:
+        return self.module(*xs[: self.n_args], **dict(zip(self.keys, xs[self.n_args :])))
 
 
 def _axes_to_shapes(
@@ -268,7 +382,8 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     # the exporters print progress and warnings (missing torchvision, deprecations) per export
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

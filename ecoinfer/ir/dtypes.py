@@ -109,7 +109,8 @@ def numpy_to_torch(array: np.ndarray, where: str = "") -> torch.Tensor:
     """Exact conversion (no value changes) including bfloat16/float8 via ml_dtypes."""
     name = from_numpy(array.dtype, where)
     tdt = to_torch(name, where)
-    array = np.ascontiguousarray(array)
+    # ascontiguousarray alone turns a 0-d array into shape [1]: keep scalars scalar
+    array = np.ascontiguousarray(array).reshape(array.shape)
     if name == "bfloat16" or name.startswith("float8") or name in ("uint16", "uint32", "uint64"):
         # numpy <-> torch can't share these dtypes directly: move the raw bits
         size = array.dtype.itemsize

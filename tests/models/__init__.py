@@ -37,7 +37,9 @@ def _pixels(batch: int) -> dict[str, torch.Tensor]:
 
 def _tokens(batch: int, seq: int = 16) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1234 + batch)
-    return {"input_ids": torch.randint(0, 1000, (batch, seq), generator=g)}
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    mask[1:, seq - 4 :] = 0  # right padding on all but the first row
+    return {"input_ids": torch.randint(0, 1000, (batch, seq), generator=g), "attention_mask": mask}
 
 
 CASES: dict[str, ModelCase] = {

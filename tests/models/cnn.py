@@ -23,7 +23,13 @@ def _randomize_bn(model: nn.Module, seed: int) -> nn.Module:
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(cout)]
+
+
+def shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
+    # projection shortcut where the residual changes shape, identity otherwise
+    return nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else None
 
 
 # ---------------------------------------------------------------------------- ResNet
@@ -36,7 +42,7 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = conv_bn(cin, width, 3, stride)
         self.conv2, self.bn2 = conv_bn(width, cout, 3)
         self.relu = nn.ReLU(inplace=True)
-        self.down = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else None
+        self.down = shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idt = x if self.down is None else self.down(x)
@@ -54,7 +60,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = conv_bn(width, width, 3, stride)
         self.conv3, self.bn3 = conv_bn(width, cout, 1)
         self.relu = nn.ReLU(inplace=True)
-        self.down = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else None
+        self.down = shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idt = x if self.down is None else self.down(x)

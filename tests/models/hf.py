@@ -32,7 +32,7 @@ class ViT(nn.Module):
 
 
 class GPT2(nn.Module):
-    """transformers.GPT2LMHeadModel without KV cache; returns logits (causal self-attention)."""
+    """transformers.GPT2LMHeadModel without KV cache; returns logits (causal + padding mask)."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -46,12 +46,19 @@ class GPT2(nn.Module):
             vocab_size=1000,
             n_positions=64,
             use_cache=False,
+            bos_token_id=0,
+            eos_token_id=0,
             attn_implementation="eager",
         )
         self.model = GPT2LMHeadModel(cfg).eval()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, use_cache=False, return_dict=False)[0]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # an explicit padding mask: without it transformers' packed-sequence check uses
+        # torch.diff, which the TorchScript exporter cannot export
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=False
+        )
+        return out[0]
 
 
 def vit(seed: int = 0) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Bundled real models used by the demo and the tests."""
