@@ -63,7 +63,9 @@ def _on_cuda(tensors: Mapping[str, torch.Tensor]) -> bool:
     return any(t.is_cuda for t in tensors.values())
 
 
-def load(src: str | os.PathLike | bytes | onnx.ModelProto | torch.nn.Module, *args: Any, **kw: Any) -> Model:
+def load(
+    src: str | os.PathLike | bytes | onnx.ModelProto | torch.nn.Module, *args: Any, **kw: Any
+) -> Model:
     """Import an ONNX file/bytes/proto, or an nn.Module (with example inputs) via torch.onnx."""
     if isinstance(src, torch.nn.Module):
         from ecoinfer.frontend.torch import import_module  # noqa: PLC0415

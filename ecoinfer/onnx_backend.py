@@ -16,7 +16,6 @@ from ecoinfer.ir import dtypes
 from ecoinfer.ir.ops import has_schema
 from ecoinfer.kernels.torch_ops import get_kernel
 
-
 _REWRITTEN = {"Upsample": "Resize"}
 
 
@@ -45,13 +44,20 @@ def unsupported_reason(model: onnx.ModelProto) -> str | None:
             tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
             if tt is None and vi.HasField("type"):
                 return f"{vi.name}: non-tensor type"
-            if tt is not None and tt.elem_type and (
-                tt.elem_type not in dtypes.BY_ONNX
-                or dtypes.BY_ONNX[tt.elem_type].name not in dtypes.SUPPORTED
+            if (
+                tt is not None
+                and tt.elem_type
+                and (
+                    tt.elem_type not in dtypes.BY_ONNX
+                    or dtypes.BY_ONNX[tt.elem_type].name not in dtypes.SUPPORTED
+                )
             ):
                 return f"dtype {onnx.TensorProto.DataType.Name(tt.elem_type)}"
         for t in graph.initializer:
-            if t.data_type not in dtypes.BY_ONNX or dtypes.BY_ONNX[t.data_type].name not in dtypes.SUPPORTED:
+            if (
+                t.data_type not in dtypes.BY_ONNX
+                or dtypes.BY_ONNX[t.data_type].name not in dtypes.SUPPORTED
+            ):
                 return f"dtype {onnx.TensorProto.DataType.Name(t.data_type)}"
         for n in graph.node:
             domain = "" if n.domain in ("", "ai.onnx") else n.domain

@@ -36,7 +36,9 @@ def main() -> int:
     suite.run(result)
     skipped = Counter()
     for _, reason in result.skipped:
-        skipped[reason.split(":", 1)[1].strip() if reason.startswith("unsupported") else reason] += 1
+        skipped[
+            reason.split(":", 1)[1].strip() if reason.startswith("unsupported") else reason
+        ] += 1
     n_skip = len(result.skipped)
     failed = [t.id().rsplit(".", 1)[1] for t, _ in result.failures + result.errors]
     xfail = len(result.expectedFailures)
@@ -54,9 +56,11 @@ def main() -> int:
         "pass_rate": (passed + len(xpass)) / supported if supported else 0.0,
         "skip_reasons": dict(skipped.most_common()),
     }
-    print(f"cases {counts['cases']}, supported {supported}, passed {counts['passed']} "
-          f"({100 * counts['pass_rate']:.2f}%), expected failures {xfail}, "
-          f"unexpected failures {len(failed)}, skipped (unsupported op/dtype) {n_skip}")
+    print(
+        f"cases {counts['cases']}, supported {supported}, passed {counts['passed']} "
+        f"({100 * counts['pass_rate']:.2f}%), expected failures {xfail}, "
+        f"unexpected failures {len(failed)}, skipped (unsupported op/dtype) {n_skip}"
+    )
     for f in failed:
         print("  FAILED", f)
     for f in xpass:

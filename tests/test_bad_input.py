@@ -87,8 +87,10 @@ def test_empty_and_missing_file(tmp_path) -> None:  # noqa: ANN001
 
 def test_unsupported_op_names_op_node_opset_and_lists_supported(tmp_path) -> None:  # noqa: ANN001
     m = _model(
-        [helper.make_node("Add", ["x", "x"], ["y"], name="a"),
-         helper.make_node("FancyOp", ["y"], ["z"], name="my_fancy_node")],
+        [
+            helper.make_node("Add", ["x", "x"], ["y"], name="a"),
+            helper.make_node("FancyOp", ["y"], ["z"], name="my_fancy_node"),
+        ],
         [helper.make_tensor_value_info("x", T.FLOAT, [2])],
         [helper.make_tensor_value_info("z", T.FLOAT, [2])],
         opset=18,
@@ -146,7 +148,14 @@ def test_wrong_rank_and_contradicting_shape(add_model) -> None:  # noqa: ANN001
 def test_cli_reports_input_errors(add_model, tmp_path) -> None:  # noqa: ANN001
     np.save(tmp_path / "y.npy", np.ones((2, 3), np.float64))
     np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
-    proc = _cli("run", str(add_model), "--input", f"x={tmp_path / 'x.npy'}", "--input", f"y={tmp_path / 'y.npy'}")
+    proc = _cli(
+        "run",
+        str(add_model),
+        "--input",
+        f"x={tmp_path / 'x.npy'}",
+        "--input",
+        f"y={tmp_path / 'y.npy'}",
+    )
     _one_line_error(proc, "input 'y'", "float64")
     _one_line_error(_cli("run", str(add_model), "--input", "x=/no/such.npy"), "/no/such.npy")
     _one_line_error(_cli("run", str(add_model), "--shapes", "x:2by3"), "--shapes")

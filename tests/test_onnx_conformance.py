@@ -8,9 +8,8 @@ tests/conformance_xfail/*.txt ("test_name_regex | reason"); the counts are in th
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import unittest
+from pathlib import Path
 
 import onnx.backend.test
 

@@ -24,14 +24,19 @@ def _mlp(opset: int = 17) -> onnx.ModelProto:
     w = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal((4,)).astype(np.float32), "b")
     nodes = [
-        helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float32))),
+        helper.make_node(
+            "Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float32))
+        ),
         helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
         helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
         helper.make_node("Mul", ["hb", "two"], ["y"], name="scale"),
     ]
     g = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", T.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 4])], initializer=[w, b],
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 4])],
+        initializer=[w, b],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -53,8 +58,14 @@ def test_external_data(tmp_path) -> None:  # noqa: ANN001
     # save_model rewrites the proto in place to point at the data file: save a copy
     ext = onnx.ModelProto()
     ext.CopyFrom(m)
-    onnx.save_model(ext, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.data", size_threshold=0)
+    onnx.save_model(
+        ext,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.data").exists()
     x = np.ones((2, 3), np.float32)
     got = ecoinfer.load(path).run({"x": x})["y"]
@@ -78,8 +89,12 @@ def test_old_opset_attribute_forms() -> None:
         helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0], name="u"),
         helper.make_node("Squeeze", ["u"], ["y"], axes=[0], name="s"),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [2, 3])],
-                          [helper.make_tensor_value_info("y", T.FLOAT, [2, 3])])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [2, 3])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
     ir = import_onnx(m)
     assert len(ir.nodes[0].inputs) == 2 and ir.nodes[0].inputs[1] in ir.initializers

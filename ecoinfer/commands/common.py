@@ -78,7 +78,9 @@ def _index_bound(graph: Graph, name: str) -> int | None:
     return None
 
 
-def random_inputs(graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int = 0, given: dict | None = None) -> dict[str, np.ndarray]:
+def random_inputs(
+    graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int = 0, given: dict | None = None
+) -> dict[str, np.ndarray]:
     """Random inputs for every input not given: floats ~ N(0,1), masks all ones, ids in range."""
     rng = np.random.default_rng(seed)
     feeds = dict(given or {})

@@ -51,8 +51,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"model   {args.model}  (graph '{info['name']}', opset {info['opset']}"
-          + (f", from {info['producer']}" if info["producer"] else "") + ")")
+    print(
+        f"model   {args.model}  (graph '{info['name']}', opset {info['opset']}"
+        + (f", from {info['producer']}" if info["producer"] else "")
+        + ")"
+    )
     print("inputs")
     for v in info["inputs"]:
         print(f"  {v['name']:<28} {v['type']}")
@@ -65,7 +68,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     f = info["flops"]
     shapes = ", ".join(f"{k}:{'x'.join(map(str, s))}" for k, s in f["input_shapes"].items())
     assumed = f["assumed_dims"]
-    note = f"; assumed {', '.join(f'{k}={v}' for k, v in assumed.items())} (set with --shapes)" if assumed else ""
+    note = (
+        f"; assumed {', '.join(f'{k}={v}' for k, v in assumed.items())} (set with --shapes)"
+        if assumed
+        else ""
+    )
     print(f"FLOPs   {_human(f['total'])} at {shapes}{note}")
     if f["by_op"]:
         top = list(f["by_op"].items())[:6]

@@ -18,7 +18,9 @@ _NO_MATH = frozenset(
 )
 
 
-def bind_input_shapes(graph: Graph, shapes: dict[str, tuple[int, ...]], default_dim: int = 1) -> tuple[Graph, dict[str, int]]:
+def bind_input_shapes(
+    graph: Graph, shapes: dict[str, tuple[int, ...]], default_dim: int = 1
+) -> tuple[Graph, dict[str, int]]:
     """A shallow copy of the graph whose inputs have concrete shapes, with shapes re-inferred.
 
     Symbolic dims not fixed by `shapes` take `default_dim`; returns them as the assumed dims.

@@ -54,8 +54,7 @@ BY_TORCH = {d.torch: d for d in _TABLE if d.torch is not None}
 BY_NUMPY = {d.numpy: d for d in _TABLE if d.numpy is not None and d.name != "string"}
 
 FLOAT_TYPES = frozenset(
-    {"float16", "bfloat16", "float32", "float64"}
-    | {n for n in BY_NAME if n.startswith("float8")}
+    {"float16", "bfloat16", "float32", "float64"} | {n for n in BY_NAME if n.startswith("float8")}
 )
 INT_TYPES = frozenset(
     {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int4", "uint4"}

@@ -33,7 +33,11 @@ class Value:
         return None if self.shape is None else len(self.shape)
 
     def type_str(self) -> str:
-        dims = "?" if self.shape is None else "x".join("?" if d is None else str(d) for d in self.shape)
+        dims = (
+            "?"
+            if self.shape is None
+            else "x".join("?" if d is None else str(d) for d in self.shape)
+        )
         return f"{self.dtype or '?'}[{dims}]"
 
 
@@ -214,7 +218,9 @@ class Graph:
         for v in self.outputs:
             lines.append(f"  output {v.name}: {self.values.get(v.name, v).type_str()}")
         count, nbytes = self.param_count()
-        lines.append(f"  {len(self.initializers)} initializers, {count:,} parameters, {nbytes:,} bytes")
+        lines.append(
+            f"  {len(self.initializers)} initializers, {count:,} parameters, {nbytes:,} bytes"
+        )
         for k, n in enumerate(self.nodes):
             if max_nodes is not None and k >= max_nodes:
                 lines.append(f"  ... {len(self.nodes) - k} more nodes")
@@ -225,7 +231,9 @@ class Graph:
             ins = ", ".join(i if i else "<none>" for i in n.inputs)
             attrs = ""
             if n.attrs:
-                attrs = " {" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(n.attrs.items())) + "}"
+                attrs = (
+                    " {" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(n.attrs.items())) + "}"
+                )
             op = n.op_type if not n.domain else f"{n.domain}.{n.op_type}"
             lines.append(f"  {outs} = {op}({ins}){attrs}  # {n.name}")
         return "\n".join(lines)

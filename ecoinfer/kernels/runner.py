@@ -60,7 +60,9 @@ class ReferenceRunner:
                 xs = [env[i] if i else None for i in node.inputs]
             except KeyError as e:
                 raise ExecutionError(f"{node.label()}: input {e} was never computed") from None
-            ctx = KernelContext(node, attrs, self.device, self._run_subgraph(graph, env), graph.opset)
+            ctx = KernelContext(
+                node, attrs, self.device, self._run_subgraph(graph, env), graph.opset
+            )
             try:
                 ys = fn(ctx, xs)
             except EcoinferError:

@@ -371,7 +371,8 @@ def test_pool_fast_path_equals_generic_path(attrs, monkeypatch) -> None:
         a = dict(attrs)
         if op == "MaxPool":
             a.pop("count_include_pad", None)
-        model = Model(import_onnx(_node_model(op, [("x", F, list(x.shape))], **a)))
+        proto = _node_model(op, [("x", F, list(x.shape))], **a)
+        model = Model(import_onnx(proto))
         fast = model.run({"x": x})["y0"]
         with monkeypatch.context() as mp:
             mp.setattr(nn_kernels, "_MAXPOOL", {})
@@ -379,13 +380,7 @@ def test_pool_fast_path_equals_generic_path(attrs, monkeypatch) -> None:
             generic = Model(model.graph).run({"x": x})["y0"]
         assert fast.shape == generic.shape
         assert _rel(fast, generic) <= 1e-6
-        assert (
-            _rel(
-                fast,
-                _ort(model_proto := _node_model(op, [("x", F, list(x.shape))], **a), {"x": x})[0],
-            )
-            <= 1e-6
-        ), model_proto.graph.node[0]
+        assert _rel(fast, _ort(proto, {"x": x})[0]) <= 1e-6, (op, a)
 
 
 @pytest.mark.parametrize("storage_order", [0, 1])

@@ -1,5 +1,7 @@
 """Op schemas and shape/dtype inference. Importing this package registers every op."""
 
+# category modules register their ops on import
+from ecoinfer.ir.ops import control, elementwise, nn, reduce, tensor  # noqa: E402, F401, I001
 from ecoinfer.ir.ops.registry import (
     InferContext,
     OpSchema,
@@ -10,9 +12,6 @@ from ecoinfer.ir.ops.registry import (
     op,
     supported_ops,
 )
-
-# category modules register their ops on import
-from ecoinfer.ir.ops import elementwise, nn, reduce, tensor, control  # noqa: E402, F401, I001
 
 __all__ = [
     "InferContext",

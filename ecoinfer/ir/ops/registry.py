@@ -25,7 +25,11 @@ class OutType:
     sym: Shape | None = None
 
     def type_str(self) -> str:
-        dims = "?" if self.shape is None else "x".join("?" if d is None else str(d) for d in self.shape)
+        dims = (
+            "?"
+            if self.shape is None
+            else "x".join("?" if d is None else str(d) for d in self.shape)
+        )
         return f"{self.dtype or '?'}[{dims}]"
 
 
@@ -84,7 +88,9 @@ def supported_ops(domain: str | None = "") -> list[str]:
     return sorted(name for (d, name) in _REGISTRY if domain is None or d == domain)
 
 
-def get_schema(op_type: str, domain: str = "", where: str = "", opset: int | None = None) -> OpSchema:
+def get_schema(
+    op_type: str, domain: str = "", where: str = "", opset: int | None = None
+) -> OpSchema:
     _load_all()
     schema = _REGISTRY.get((_norm_domain(domain), op_type))
     if schema is None:
@@ -155,7 +161,12 @@ class InferContext:
         """Known contents of a 0-D/1-D integer input: from a constant or from Shape propagation."""
         c = self.const(i)
         if c is not None:
-            if c.dim() <= 1 and c.numel() <= 64 and not c.is_floating_point() and c.dtype != torch.bool:
+            if (
+                c.dim() <= 1
+                and c.numel() <= 64
+                and not c.is_floating_point()
+                and c.dtype != torch.bool
+            ):
                 return tuple(int(x) for x in c.reshape(-1).tolist())
             return None
         if not self.has(i):

@@ -27,8 +27,10 @@ def _loop(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     i = 0
     dev = ctx.device
     while cond and (max_trip is None or i < max_trip):
-        feeds = {names[0]: torch.tensor(i, dtype=torch.int64, device=dev),
-                 names[1]: torch.tensor(cond, dtype=torch.bool, device=dev)}
+        feeds = {
+            names[0]: torch.tensor(i, dtype=torch.int64, device=dev),
+            names[1]: torch.tensor(cond, dtype=torch.bool, device=dev),
+        }
         feeds.update(dict(zip(names[2:], carried)))
         outs = ctx.run_graph(body, feeds)
         cond = bool(outs[0].reshape(-1)[0])
@@ -53,6 +55,28 @@ def _loop(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
 
 @kernel("Scan")
 def _scan(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    if ctx.opset < 9:
+        return _scan8(ctx, xs)
+    return _scan9(ctx, xs)
+
+
+def _scan8(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    # Scan-8 carries a leading batch axis and an optional sequence_lens input: run the
+    # Scan-9 logic once per batch element and stack.
+    lens, rest = xs[0], xs[1:]
+    n_scan_in = int(ctx.attr("num_scan_inputs"))
+    n_state = len(rest) - n_scan_in
+    if lens is not None and rest[n_state:] and bool((lens != rest[n_state].shape[1]).any()):
+        raise NotImplementedError("Scan-8 with ragged sequence_lens")
+    dirs = ctx.attr("directions")
+    per_batch = []
+    for b in range(rest[0].shape[0]):
+        sub = KernelContext(ctx.node, {**ctx.attrs, "scan_input_directions": dirs}, ctx.device, ctx.run_graph, 9)
+        per_batch.append(_scan9(sub, [x[b] for x in rest]))
+    return [torch.stack([r[k] for r in per_batch]) for k in range(len(per_batch[0]))]
+
+
+def _scan9(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     body = ctx.attr("body")
     n_scan_in = int(ctx.attr("num_scan_inputs"))
     n_state = len(xs) - n_scan_in
