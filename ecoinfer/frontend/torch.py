@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -407,8 +408,19 @@ def _export_error(label: str, exporter: str, dynamo: bool, e: BaseException) -> 
     return ModelLoadError(f"{label}: the {exporter} ONNX exporter failed ({msg}); {hint}")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(e: BaseException) -> str:
-    for line in str(e).strip().splitlines():
-        if line.strip():
-            return f"{type(e).__name__}: {line.strip()[:240]}"
-    return type(e).__name__
+    """One line: the error's first line, plus its root cause (the exporters wrap the real one)."""
+
+    def line(x: BaseException) -> str:
+        for text in _ANSI.sub("", str(x)).strip().splitlines():
+            if text.strip():
+                return f"{type(x).__name__}: {text.strip()[:200]}"
+        return type(x).__name__
+
+    root = e
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    return line(e) if root is e else f"{line(e)} <- {line(root)}"
