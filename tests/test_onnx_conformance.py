@@ -7,6 +7,7 @@ tests/conformance_xfail/*.txt ("test_name_regex | reason"); the counts are in th
 
 from __future__ import annotations
 
+import os
 import re
 import unittest
 from pathlib import Path
@@ -43,9 +44,12 @@ class ConformanceBackend(EcoinferBackend):
 
 backend_test = onnx.backend.test.BackendTest(ConformanceBackend, __name__)
 # only the node cases: the model zoo cases need downloads
+# CPU always; CUDA too when ECOINFER_CONFORMANCE_CUDA=1 (on a GPU machine)
 backend_test.include(r"^test_.*_cpu$")
+if os.environ.get("ECOINFER_CONFORMANCE_CUDA") == "1":
+    backend_test.include(r"^test_.*_cuda$")
 for _name in load_xfails():
-    backend_test.xfail(rf"^{_name}_cpu$")
+    backend_test.xfail(rf"^{_name}_(cpu|cuda)$")
 # the "simple", "pytorch-*" and "real" model collections are kept out: node cases only
 globals().update(
     {

@@ -38,7 +38,8 @@ def _mlp(opset: int = 17) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 4])],
         initializer=[w, b],
     )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    # IR version 10: onnxruntime 1.30 (the GPU image) reads up to 13
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
 def test_initializers_constants_and_symbolic_shapes() -> None:
