@@ -13,3 +13,58 @@ if _TESTS not in sys.path:
 # real-model tests read local files only (the bundled MiniLM); never reach the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+from helpers import SENTENCES  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """export(name, dynamo) -> ONNX path of a tests/models case; each exported once a session."""
+    from models import CASES  # noqa: PLC0415
+
+    from ecoinfer.frontend.torch import export_module  # noqa: PLC0415
+
+    root = tmp_path_factory.mktemp("onnx_models")
+    cache: dict[tuple[str, bool], Path] = {}
+
+    def get(name: str, dynamo: bool) -> Path:
+        key = (name, dynamo)
+        if key not in cache:
+            case = CASES[name]
+            path = root / f"{name}_{'dynamo' if dynamo else 'torchscript'}.onnx"
+            cache[key] = export_module(case.build(), case.inputs(2), path, dynamo=dynamo)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_export(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """minilm_export(dynamo) -> (ONNX path, feeds): all-MiniLM-L6-v2 with its real weights,
+    exported once per exporter per session with batch/seq axes; feeds are 4 padded sentences."""
+    from ecoinfer.errors import EcoinferError  # noqa: PLC0415
+
+    mm = pytest.importorskip("ecoinfer.models.minilm")
+    try:
+        mm.minilm_dir()
+    except EcoinferError as e:
+        pytest.skip(str(e))
+    tok = mm.load_minilm_tokenizer()
+    root = tmp_path_factory.mktemp("minilm")
+    cache: dict[bool, Path] = {}
+
+    def get(dynamo: bool = True):  # noqa: ANN202
+        if dynamo not in cache:
+            path = root / f"minilm_{'dynamo' if dynamo else 'torchscript'}.onnx"
+            cache[dynamo] = mm.export_minilm_onnx(path, dynamo=dynamo, tokenizer=tok)
+        return cache[dynamo], mm.sample_inputs(SENTENCES, tok)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_export):  # noqa: ANN001, ANN201
+    """(path, feeds) of the dynamo export of all-MiniLM-L6-v2."""
+    return minilm_export(True)

@@ -15,7 +15,10 @@ from onnx import helper, numpy_helper
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ecoinfer.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "ecoinfer.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -63,7 +66,14 @@ def test_run_with_random_and_file_inputs(mlp_path, tmp_path) -> None:  # noqa: A
     assert np.load(tmp_path / "o.npz")["y"].shape == (3, 4, 16)
     ids = np.array([[1, 2, 49]], np.int64)
     np.save(tmp_path / "ids.npy", ids)
-    proc = _cli("run", str(mlp_path), "--input", f"ids={tmp_path / 'ids.npy'}", "-o", str(tmp_path / "p.npz"))
+    proc = _cli(
+        "run",
+        str(mlp_path),
+        "--input",
+        f"ids={tmp_path / 'ids.npy'}",
+        "-o",
+        str(tmp_path / "p.npz"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "(file)" in proc.stdout
     out = np.load(tmp_path / "p.npz")["y"]

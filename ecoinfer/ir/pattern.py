@@ -101,7 +101,9 @@ class Match:
         return self.nodes[node].attrs.get(key, default)
 
 
-RewriteFn = Callable[[Match, "Rewriter"], list[Node] | None]
+# A rewrite returns the nodes replacing the root, a value name the root's output is
+# equal to (an alias: the root disappears and its readers read that value), or None.
+RewriteFn = Callable[[Match, "Rewriter"], "list[Node] | str | None"]
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,9 @@ class Rewriter:
 
     def value(self, base: str, like: Value | None = None) -> str:
         name = self.graph.fresh_name(base)
-        self.graph.values[name] = Value(name, like.dtype if like else None, like.shape if like else None)
+        self.graph.values[name] = Value(
+            name, like.dtype if like else None, like.shape if like else None
+        )
         return name
 
 
@@ -224,10 +228,55 @@ def _apply_once(graph: Graph, rule: Rule) -> bool:
         new = rule.rewrite(m, Rewriter(graph))
         if new is None:
             continue
-        replace_nodes(graph, m.root, new)
+        if isinstance(new, str):
+            if not alias_output(graph, m.root, new):
+                continue
+        else:
+            replace_nodes(graph, m.root, new)
         remove_dead(graph)
         return True
     return False
+
+
+def alias_output(graph: Graph, root: Node, value: str) -> bool:
+    """Make readers of root's (single) output read `value` instead; False if that's unsafe.
+
+    A graph output keeps its name: then the producer of `value` is renamed to write it, which
+    is only safe when `value` has no other reader and is not a graph input or weight.
+    """
+    old = root.outputs[0]
+    if old in graph.output_names:
+        prod = graph.producers().get(value)
+        readers = graph.consumers().get(value, [])
+        if prod is None or len(readers) != 1 or value in graph.output_names:
+            return False
+        prod.outputs = [old if o == value else o for o in prod.outputs]
+        graph.nodes = [n for n in graph.nodes if n is not root]
+        graph.values.pop(value, None)
+        return True
+    replace_all_uses(graph, old, value)
+    graph.nodes = [n for n in graph.nodes if n is not root]
+    graph.values.pop(old, None)
+    return True
+
+
+def replace_all_uses(graph: Graph, old: str, new: str) -> None:
+    """Every node input (and subgraph reference) reading `old` reads `new`."""
+    for n in graph.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+        for v in n.attrs.values():
+            for sub in v if isinstance(v, list) else [v]:
+                if isinstance(sub, Graph):
+                    _rename_free(sub, old, new)
+
+
+def _rename_free(g: Graph, old: str, new: str) -> None:
+    if old in g.input_names or old in g.initializers or any(old in n.outputs for n in g.nodes):
+        return  # shadowed inside the subgraph
+    replace_all_uses(g, old, new)
+    for o in g.outputs:
+        if o.name == old:
+            o.name = new
 
 
 def replace_nodes(graph: Graph, root: Node, new: list[Node]) -> None:

@@ -1,0 +1,103 @@
+"""Remove ops that do nothing: Identity, inference Dropout, same-type Cast, same-shape Reshape..."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from ecoinfer.ir.graph import Graph
+from ecoinfer.ir.pattern import Any_, Const, Match, Op, Rewriter, Rule, apply_rules
+from ecoinfer.passes.registry import register_pass
+
+
+def _same_type(m: Match, src: str) -> bool:
+    a = m.graph.values.get(m.values[src])
+    b = m.graph.values.get(m.root.outputs[0])
+    if m.values[src] in m.graph.initializers or a is None or b is None:
+        return False
+    if a.dtype is None or a.dtype != b.dtype or a.shape is None or b.shape is None:
+        return False
+    # equal shapes, dim by dim (ints equal, or the same symbol)
+    return len(a.shape) == len(b.shape) and all(
+        x == y and x is not None for x, y in zip(a.shape, b.shape)
+    )
+
+
+def _alias(src: str):  # noqa: ANN202
+    def rewrite(m: Match, rw: Rewriter) -> str | None:
+        return m.values[src] if _same_type(m, src) else None
+
+    return rewrite
+
+
+def _is_zero(t: torch.Tensor) -> bool:
+    return t.numel() <= 1 << 16 and bool((t == 0).all())
+
+
+def _is_one(t: torch.Tensor) -> bool:
+    return t.numel() <= 1 << 16 and bool((t == 1).all())
+
+
+RULES = [
+    # Identity(x) ==> x
+    Rule("identity", Op("Identity", Any_("x")), _alias("x")),
+    # Dropout(x) in inference (no mask read, training_mode absent) ==> x
+    Rule(
+        "dropout",
+        Op(
+            "Dropout",
+            Any_("x"),
+            any_inputs=True,
+            where=lambda m, n: (
+                (len(n.inputs) < 3 or n.inputs[2] == "")
+                and (len(n.outputs) < 2 or not n.outputs[1])
+            ),
+        ),
+        lambda m, rw: (
+            m.root.inputs[0]
+            if _same_type(Match(m.graph, m.root, values={"x": m.root.inputs[0]}), "x")
+            else None
+        ),
+    ),
+    # Cast(x: T, to=T) ==> x
+    Rule("cast_to_same_type", Op("Cast", Any_("x")), _alias("x")),
+    # Reshape(x, s) where s gives x's own shape ==> x
+    Rule("reshape_to_same_shape", Op("Reshape", Any_("x"), Any_()), _alias("x")),
+    # Expand(x, s) where the result has x's shape ==> x
+    Rule("expand_to_same_shape", Op("Expand", Any_("x"), Any_()), _alias("x")),
+    # Transpose(x, perm=identity) ==> x
+    Rule(
+        "identity_transpose",
+        Op(
+            "Transpose",
+            Any_("x"),
+            where=lambda m, n: list(n.attrs.get("perm", [])) == sorted(n.attrs.get("perm", [-1])),
+        ),
+        _alias("x"),
+    ),
+    # Squeeze/Unsqueeze/Flatten that keep the shape ==> x
+    Rule(
+        "noop_shape_op",
+        Op(["Squeeze", "Unsqueeze", "Flatten", "Slice", "Pad", "Tile"], Any_("x"), any_inputs=True),
+        lambda m, rw: (
+            m.root.inputs[0]
+            if _same_type(Match(m.graph, m.root, values={"x": m.root.inputs[0]}), "x")
+            else None
+        ),
+    ),
+    # x + 0, x - 0 ==> x ;  x * 1, x / 1 ==> x   (only when the result keeps x's type and shape)
+    Rule("add_zero", Op(["Add", "Sub"], Any_("x"), Const("c", where=_is_zero)), _alias("x")),
+    Rule("mul_one", Op(["Mul", "Div"], Any_("x"), Const("c", where=_is_one)), _alias("x")),
+    # Concat of a single input ==> that input
+    Rule("single_concat", Op("Concat", Any_("x")), _alias("x")),
+]
+
+
+@register_pass(
+    "eliminate_noops",
+    level=1,
+    doc="remove Identity, inference Dropout, same-type Cast, same-shape Reshape/Expand/Transpose, x+0, x*1",
+)
+def eliminate_noops(graph: Graph) -> Counter[str]:
+    return apply_rules(graph, RULES)
