@@ -34,6 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shapes(q)
     q.add_argument("--dump", action="store_true", help="print every node of the graph")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    q.add_argument(
+        "--optimize", action="store_true", help="also run the optimizer and report every pass"
+    )
+    q.add_argument("--level", type=int, default=2, choices=[0, 1, 2, 3], help="optimization level")
+
+    o = sub.add_parser("optimize", help="optimize a model and write it back to ONNX")
+    o.add_argument("model", help="path to an .onnx file")
+    o.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    o.add_argument(
+        "--level",
+        type=int,
+        default=2,
+        choices=[0, 1, 2, 3],
+        help="0 none, 1 cleanups, 2 + fusions (default), 3 + NHWC layout",
+    )
+    o.add_argument("--disable", nargs="+", default=[], metavar="PASS", help="passes to skip")
+    o.add_argument(
+        "--verify",
+        action="store_true",
+        help="verify the graph after every pass (names the pass that breaks it)",
+    )
 
     r = sub.add_parser("run", help="run a model once with given or random inputs")
     r.add_argument("model", help="path to an .onnx file")
@@ -76,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.run import cmd_run  # noqa: PLC0415
 
             return cmd_run(args)
+        if args.command == "optimize":
+            from ecoinfer.commands.optimize import cmd_optimize  # noqa: PLC0415
+
+            return cmd_optimize(args)
         if args.command == "demo":
             from ecoinfer.commands.demo import cmd_demo  # noqa: PLC0415
 

@@ -79,6 +79,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("        " + ", ".join(f"{k} {_human(v)}" for k, v in top))
     if f["nodes_without_estimate"]:
         print(f"        ({len(f['nodes_without_estimate'])} nodes have no estimate)")
+    if getattr(args, "optimize", False):
+        from ecoinfer.commands.optimize import print_pass_table  # noqa: PLC0415
+        from ecoinfer.passes import OptimizeConfig, optimize  # noqa: PLC0415
+
+        optimized, reports = optimize(graph, OptimizeConfig(level=args.level))
+        print(f"optimizer, level {args.level}:")
+        print_pass_table(graph, optimized, reports)
+        graph = optimized
     if args.dump:
         print(graph.dump())
     return 0

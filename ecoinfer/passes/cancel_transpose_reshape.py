@@ -51,6 +51,35 @@ def _squeeze_unsqueeze(m: Match, rw: Rewriter) -> str | None:
     return m.values["x"] if na == nb else None
 
 
+def _same_dims(a, b) -> bool:  # noqa: ANN001
+    return (
+        a is not None
+        and b is not None
+        and len(a) == len(b)
+        and all(x is not None and x == y for x, y in zip(a, b))
+    )
+
+
+def _merged_transpose(m: Match, rw: Rewriter) -> list[Node] | None:
+    """Reshape(Transpose(Reshape(x))) that merges x's leading dims, permutes the rest and
+    splits the leading dims back is one Transpose of x (the K^T form exporters emit)."""
+    g = m.graph
+    xs = g.value(m.values["x"]).shape
+    a = g.value(m.nodes["r1"].outputs[0]).shape
+    c = g.value(m.root.outputs[0]).shape
+    perm = m.nodes["t"].attrs.get("perm")
+    if xs is None or a is None or c is None or perm is None or perm[0] != 0:
+        return None
+    k = len(xs) - len(a) + 1  # leading dims of x merged into a[0]
+    if k < 1 or not _same_dims(a[1:], xs[k:]):
+        return None
+    permuted = [a[p] for p in perm[1:]]
+    if not _same_dims(c[:k], xs[:k]) or not _same_dims(c[k:], permuted):
+        return None
+    full = list(range(k)) + [k - 1 + p for p in perm[1:]]
+    return [Node("Transpose", [m.values["x"]], list(m.root.outputs), {"perm": full}, m.root.name)]
+
+
 RULES = [
     # Transpose(Transpose(x, p1), p2) ==> Transpose(x, p1[p2]), or x when that is the identity
     Rule(
@@ -59,6 +88,16 @@ RULES = [
     # Reshape(Reshape(x, s1), s2) ==> Reshape(x, s2)   (s2 has no 0 entries)
     Rule(
         "reshape_reshape", Op("Reshape", Op("Reshape", Any_("x"), Any_()), Const("s2")), _reshapes
+    ),
+    # Reshape(Transpose(Reshape(x, [d0*d1, ...]), [0, p...]), [d0, d1, ...]) ==> Transpose(x, [0, 1, 1+p...])
+    Rule(
+        "reshape_transpose_reshape",
+        Op(
+            "Reshape",
+            Op("Transpose", Op("Reshape", Any_("x"), Any_(), name="r1"), name="t"),
+            Any_(),
+        ),
+        _merged_transpose,
     ),
     # Squeeze(Unsqueeze(x, axes), axes) ==> x
     Rule(

@@ -62,6 +62,48 @@ def _fold_node(graph: Graph, node) -> list[torch.Tensor] | None:  # noqa: ANN001
     return [o.contiguous().clone() for o in outs]
 
 
+def _shape_as_constant(graph: Graph, node) -> torch.Tensor | None:  # noqa: ANN001
+    """Reshape/Expand whose target shape is computed at run time but known symbolically:
+    the same target as a constant, using Reshape's 0 (copy this dim) / -1 and Expand's 1
+    (keep this dim) for dims equal to the input's own symbolic dims."""
+    if node.op_type not in ("Reshape", "Expand") or len(node.inputs) < 2:
+        return None
+    if node.inputs[1] in graph.initializers:
+        return None
+    sv = graph.values.get(node.inputs[1])
+    xv = graph.values.get(node.inputs[0]) if node.inputs[0] not in graph.initializers else None
+    if sv is None or sv.sym is None or xv is None or xv.shape is None:
+        return None
+    target, x = list(sv.sym), list(xv.shape)
+    out: list[int] = []
+    if node.op_type == "Reshape":
+        literal_zero = any(d == 0 for d in target)
+        if literal_zero and node.attrs.get("allowzero", 0):
+            return None
+        unknown = 0
+        for k, d in enumerate(target):
+            if isinstance(d, int):
+                out.append(d)
+            elif k < len(x) and d is not None and x[k] == d:
+                out.append(0)  # copy the input's dim k
+            else:
+                out.append(-1)
+                unknown += 1
+        if unknown > 1 or (unknown == 1 and -1 in [d for d in target if isinstance(d, int)]):
+            return None
+    else:
+        offset = len(target) - len(x)
+        for k, d in enumerate(target):
+            j = k - offset
+            if isinstance(d, int):
+                out.append(d)
+            elif 0 <= j < len(x) and d is not None and x[j] == d:
+                out.append(1)  # broadcasting keeps the input's dim
+            else:
+                return None
+    return torch.tensor(out, dtype=torch.int64)
+
+
 @register_pass(
     "fold_constants",
     level=1,
@@ -92,6 +134,18 @@ def fold_constants(graph: Graph) -> Counter[str]:
             counts[kind] += 1
             changed = True
         graph.nodes = keep
+        for node in graph.nodes:
+            shape = _shape_as_constant(graph, node)
+            if shape is not None:
+                name = graph.fresh_name(f"{node.name or node.op_type}_shape")
+                graph.initializers[name] = shape
+                node.inputs[1] = name
+                if node.op_type == "Reshape":
+                    node.attrs["allowzero"] = 0  # 0 now means "copy"; no literal 0 is present
+                counts["symbolic_shapes"] += 1
+                changed = True
+        if changed:
+            remove_dead(graph)
     remove_dead(graph)
     return counts
 

@@ -16,6 +16,7 @@ class OptimizeConfig:
     level: int = 2  # 0 none, 1 cleanups, 2 + fusions, 3 + layout and aggressive fusions
     debug: bool = False  # verify() after every pass, naming the pass that broke the graph
     disable: tuple[str, ...] = ()  # pass names to skip
+    only: tuple[str, ...] = ()  # if given, run just these passes (in pipeline order)
 
 
 @dataclass
@@ -65,7 +66,7 @@ def optimize(graph: Graph, config: OptimizeConfig | None = None) -> tuple[Graph,
     before = _signature(g)
     reports: list[PassReport] = []
     for p in pipeline(cfg.level):
-        if p.name in cfg.disable:
+        if p.name in cfg.disable or (cfg.only and p.name not in cfg.only):
             continue
         reports.append(run_pass(g, p, cfg.debug, before))
     return g, reports
