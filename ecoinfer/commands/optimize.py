@@ -32,13 +32,13 @@ def _check_disable(names: list[str]) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     _check_disable(args.disable)
+    out = Path(args.output)
+    if out.resolve() == Path(args.model).resolve():
+        raise EcoinferError(f"-o {out}: refusing to overwrite the input model; pick another name")
     graph = import_onnx(args.model)
     cfg = OptimizeConfig(level=args.level, debug=args.verify, disable=tuple(args.disable))
     optimized, reports = optimize(graph, cfg)
     print_pass_table(graph, optimized, reports)
-    out = Path(args.output)
-    if out.resolve() == Path(args.model).resolve():
-        raise EcoinferError(f"-o {out}: refusing to overwrite the input model; pick another name")
     save_onnx(optimized, out)
     fused = sorted({n.op_type for n in optimized.nodes if n.domain == FUSED_DOMAIN})
     note = (
