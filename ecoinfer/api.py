@@ -43,6 +43,7 @@ class Model:
         feeds: Mapping[str, np.ndarray | torch.Tensor],
         device: str | None = None,
         as_torch: bool = False,
+        profile: dict[str, list[float]] | None = None,
     ) -> dict[str, np.ndarray | torch.Tensor]:
         """Run the model. Inputs are checked against the model (names, dtypes, shapes) and never cast."""
         tensors = validate_inputs(self.graph, feeds, self.source)
@@ -53,7 +54,7 @@ class Model:
 
             runner = self._runners[dev] = ReferenceRunner(self.graph, dev)
         with torch.inference_mode():
-            out = runner.run(tensors)
+            out = runner.run(tensors, profile)
         if as_torch:
             return out
         return {k: dtypes.torch_to_numpy(v) for k, v in out.items()}

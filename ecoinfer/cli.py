@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
 
+    b = sub.add_parser("bench", help="time a model (latency, throughput, energy), like trtexec")
+    from ecoinfer.commands.bench import add_arguments as _bench_args  # noqa: PLC0415
+
+    _bench_args(b)
+
     d = sub.add_parser("demo", help="run the main job on the bundled all-MiniLM-L6-v2")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--cache-dir", default=None, help="where the exported ONNX file is kept")
@@ -101,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.optimize import cmd_optimize  # noqa: PLC0415
 
             return cmd_optimize(args)
+        if args.command == "bench":
+            from ecoinfer.commands.bench import cmd_bench  # noqa: PLC0415
+
+            return cmd_bench(args)
         if args.command == "demo":
             from ecoinfer.commands.demo import cmd_demo  # noqa: PLC0415
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ecoinfer.errors import EcoinferError, ExecutionError, UnsupportedOpError
@@ -32,11 +34,19 @@ class ReferenceRunner:
         attrs = {**schema.attrs, **node.attrs}
         return node, fn, attrs
 
-    def run(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+    def run(
+        self, feeds: dict[str, Tensor], profile: dict[str, list[float]] | None = None
+    ) -> dict[str, Tensor]:
+        """Run the graph. With `profile`, every top-level node is synchronised and its wall
+        time appended to profile[node name] (slower: for per-layer tables only)."""
         env = dict(self._weights)
         env.update({k: v.to(self.device) for k, v in feeds.items()})
-        outs = self._execute(self.graph, self._plan, env)
+        outs = self._execute(self.graph, self._plan, env, profile)
         return dict(zip(self.graph.output_names, outs))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _run_subgraph(self, graph: Graph, env: dict[str, Tensor]):
         def run(sub: Graph, feeds: dict[str, Tensor]) -> list[Tensor]:
@@ -48,7 +58,7 @@ class ReferenceRunner:
 
         return run
 
-    def _execute(self, graph: Graph, plan, env: dict[str, Tensor]) -> list[Tensor]:  # noqa: ANN001
+    def _execute(self, graph: Graph, plan, env: dict[str, Tensor], profile=None) -> list[Tensor]:  # noqa: ANN001
         last_use = {}
         for k, (node, _, _) in enumerate(plan):
             # subgraph bodies read outer values too: those count as uses
@@ -63,6 +73,9 @@ class ReferenceRunner:
             ctx = KernelContext(
                 node, attrs, self.device, self._run_subgraph(graph, env), graph.opset
             )
+            if profile is not None:
+                self._sync()
+                t0 = time.perf_counter()
             try:
                 ys = fn(ctx, xs)
             except EcoinferError:
@@ -71,6 +84,11 @@ class ReferenceRunner:
                 raise ExecutionError(
                     f"{node.label()} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 ) from e
+            if profile is not None:
+                self._sync()
+                profile.setdefault(node.name or f"{node.op_type}_{k}", []).append(
+                    time.perf_counter() - t0
+                )
             for name, y in zip(node.outputs, ys):
                 if name:
                     env[name] = y

@@ -1,0 +1,202 @@
+"""`ecoinfer bench`: trtexec-style timing (and energy) of one model on one runner."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ecoinfer.errors import EcoinferError, InputError
+
+if TYPE_CHECKING:  # the parser imports this module: keep torch out of `ecoinfer --help`
+    import numpy as np
+
+    from ecoinfer.bench.harness import BenchResult
+    from ecoinfer.ir.graph import Graph
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument(
+        "--runner",
+        default="ecoinfer",
+        choices=["ecoinfer", "onnxruntime"],
+        help="what runs the model (default: ecoinfer's runtime)",
+    )
+    p.add_argument(
+        "--opt-level",
+        type=int,
+        default=2,
+        choices=[0, 1, 2, 3],
+        help="ecoinfer graph optimization level (default 2)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="batch size for a symbolic first dim")
+    p.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DxD")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up seconds")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="timed seconds (energy needs >= 3 s on NVML)",
+    )
+    p.add_argument("--iterations", type=int, default=None, help="timed calls instead of --duration")
+    p.add_argument("--streams", type=int, default=1, help="concurrent callers")
+    p.add_argument("--profile", action="store_true", help="per-layer time table")
+    p.add_argument("--no-energy", action="store_true", help="skip energy measurement")
+    p.add_argument(
+        "--declared-power-w",
+        type=float,
+        default=None,
+        help="power to assume where nothing can be measured (result marked estimated)",
+    )
+    p.add_argument("--export-json", metavar="FILE", help="write the result as JSON")
+
+
+def _batched_shapes(graph: Graph, shapes: dict, batch: int | None) -> dict:
+    """--batch N sets the leading symbolic dim of every input not given in --shapes."""
+    if batch is None:
+        return shapes
+    if batch < 1:
+        raise InputError(f"--batch {batch}: must be at least 1")
+    out = dict(shapes)
+    for v in graph.inputs:
+        if v.name in out or v.shape is None or not v.shape:
+            continue
+        if isinstance(v.shape[0], int) and v.shape[0] != batch:
+            raise InputError(
+                f"--batch {batch}: input '{v.name}' has a fixed batch of {v.shape[0]} ({v.type_str()}); "
+                "re-export the model with a dynamic batch dimension"
+            )
+        out[v.name] = (batch, *(d if isinstance(d, int) else 8 for d in v.shape[1:]))
+    return out
+
+
+def _batch_of(feeds: dict[str, np.ndarray]) -> int:
+    dims = [a.shape[0] for a in feeds.values() if a.ndim > 0]
+    return int(dims[0]) if dims else 1
+
+
+def make_runner(args: argparse.Namespace, path: str, graph: Graph, feeds: dict, device: str):
+    """(name, fn, profile_fn) for the chosen runner."""
+    from ecoinfer.api import Model, validate_inputs  # noqa: PLC0415
+    from ecoinfer.bench.harness import layer_table  # noqa: PLC0415
+
+    if args.runner == "onnxruntime":
+        try:
+            import onnxruntime as ort  # noqa: PLC0415
+        except ImportError:
+            raise EcoinferError(
+                "--runner onnxruntime: onnxruntime is not installed (pip install onnxruntime)"
+            ) from None
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise EcoinferError(
+                "--runner onnxruntime --device cuda: this onnxruntime has no CUDA provider"
+            )
+        sess = ort.InferenceSession(path, providers=providers)
+        return f"onnxruntime ({providers[0]})", (lambda: sess.run(None, feeds)), None
+
+    from ecoinfer.passes import OptimizeConfig, optimize  # noqa: PLC0415
+
+    opt, _ = optimize(graph, OptimizeConfig(level=args.opt_level))
+    model = Model(opt, path)
+    tensors = {k: v.to(device) for k, v in validate_inputs(opt, feeds, path).items()}
+
+    def fn() -> object:
+        return model.run(tensors, device=device, as_torch=True)
+
+    def profile_fn() -> list[dict]:
+        times: dict[str, list[float]] = {}
+        for _ in range(5):
+            model.run(tensors, device=device, as_torch=True, profile=times)
+        return layer_table(times, {n.name: n.op_type for n in opt.nodes})
+
+    return f"ecoinfer reference fp32 (level {args.opt_level})", fn, profile_fn
+
+
+def print_result(r: BenchResult) -> None:
+    lat = r.latency
+    print(f"=== {r.name} on {r.device}, batch {r.batch}")
+    if r.skipped:
+        print(f"skipped: {r.skipped}")
+        return
+    assert lat is not None
+    print(
+        f"latency  min {lat.min_ms:.3f}  mean {lat.mean_ms:.3f}  median {lat.median_ms:.3f}  "
+        f"p90 {lat.p90_ms:.3f}  p95 {lat.p95_ms:.3f}  p99 {lat.p99_ms:.3f} ms  ({lat.n} calls)"
+    )
+    if r.gpu_compute is not None:
+        print(
+            f"GPU compute median {r.gpu_compute.median_ms:.3f} ms; enqueue median "
+            f"{r.enqueue.median_ms:.3f} ms"
+            if r.enqueue
+            else ""
+        )
+    print(f"throughput {r.throughput_per_s:,.1f} inferences/s")
+    if r.peak_memory_bytes is not None:
+        print(f"peak GPU memory {r.peak_memory_bytes / 2**20:.1f} MiB")
+    e = r.energy
+    if e is not None:
+        label = "measured" if e.measured else "ESTIMATED"
+        idle = f", idle {e.idle_power_w:.1f} W" if e.idle_power_w is not None else ""
+        util = f", GPU util {e.gpu_util_pct:.0f}%" if e.gpu_util_pct is not None else ""
+        print(
+            f"energy   {e.energy_j:.2f} J over {e.duration_s:.2f} s ({e.method}, {label}); mean "
+            f"{e.mean_power_w:.1f} W{idle}{util}"
+        )
+        if r.j_per_inference is not None:
+            above = (
+                f"; above idle {r.j_per_inference_above_idle * 1e3:.3f} mJ"
+                if r.j_per_inference_above_idle is not None
+                else ""
+            )
+            print(f"         {r.j_per_inference * 1e3:.3f} mJ/inference{above} ({label})")
+        for k, v in e.alt.items():
+            print(f"         same window by {k}: {v:.2f}")
+    for w in r.warnings:
+        print(f"warning: {w}")
+    if r.profile:
+        print(f"{'layer':<40} {'op':<22} {'mean ms':>9} {'median ms':>10} {'%':>6}")
+        for row in r.profile[:40]:
+            print(
+                f"{row['layer'][:40]:<40} {row['op'][:22]:<22} {row['mean_ms']:9.4f} "
+                f"{row['median_ms']:10.4f} {row['percent']:6.1f}"
+            )
+        if len(r.profile) > 40:
+            print(f"... {len(r.profile) - 40} more layers (all in --export-json)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ecoinfer.bench.harness import BenchConfig, run_benchmark  # noqa: PLC0415
+    from ecoinfer.commands.common import load_input_files, parse_shapes, random_inputs  # noqa: PLC0415
+    from ecoinfer.commands.run import pick_device  # noqa: PLC0415
+    from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
+
+    graph = import_onnx(args.model)
+    device = pick_device(args.device)
+    shapes = _batched_shapes(graph, parse_shapes(args.shapes), args.batch)
+    feeds = random_inputs(graph, shapes, 0, load_input_files(args.input, graph))
+    name, fn, profile_fn = make_runner(args, args.model, graph, feeds, device)
+    cfg = BenchConfig(
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        iterations=args.iterations,
+        measure_energy=not args.no_energy,
+        profile=args.profile,
+        declared_power_w=args.declared_power_w,
+        streams=args.streams,
+        progress=True,
+    )
+    result = run_benchmark(name, fn, _batch_of(feeds), cfg, device, profile_fn)
+    print_result(result)
+    if args.export_json:
+        Path(args.export_json).write_text(
+            json.dumps([dataclasses.asdict(result)], indent=2, default=str)
+        )
+        print(f"wrote {args.export_json}")
+    return 0
