@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _bench_args(b)
 
+    rp = sub.add_parser(
+        "report", help="project results onto a fleet: GPUs, kWh, PUE, cost, CO2, savings"
+    )
+    from ecoinfer.commands.report import add_arguments as _report_args  # noqa: PLC0415
+
+    _report_args(rp)
+
     d = sub.add_parser("demo", help="run the main job on the bundled all-MiniLM-L6-v2")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--cache-dir", default=None, help="where the exported ONNX file is kept")
@@ -110,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.bench import cmd_bench  # noqa: PLC0415
 
             return cmd_bench(args)
+        if args.command == "report":
+            from ecoinfer.commands.report import cmd_report  # noqa: PLC0415
+
+            return cmd_report(args)
         if args.command == "demo":
             from ecoinfer.commands.demo import cmd_demo  # noqa: PLC0415
 

@@ -53,3 +53,8 @@ class IndexOutOfRangeError(EcoinferError):
 
 class ExecutionError(EcoinferError):
     """A node failed while running; the message names the node."""
+
+
+class EnergyMeterError(EcoinferError):
+    """An energy meter (NVML, RAPL) cannot be opened or read; the message names the call
+    that failed and what to do (e.g. use --device cpu, or declare a power figure)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ecoinfer.energy import EnergyReading, open_meter
+from ecoinfer.errors import EnergyMeterError
 
 CV_WARNING = 0.10  # coefficient of variation above which results are called noisy
 
@@ -135,11 +136,14 @@ def run_benchmark(
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     result = BenchResult(name, device_name(device), batch, None)
 
-    meter = (
-        open_meter("cuda" if cuda else "cpu", declared_power_w=cfg.declared_power_w)
-        if cfg.measure_energy
-        else None
-    )
+    meter = None
+    if cfg.measure_energy:
+        try:
+            meter = open_meter("cuda" if cuda else "cpu", declared_power_w=cfg.declared_power_w)
+        except EnergyMeterError as e:  # e.g. no NVML: the timing is still worth having
+            result.warnings.append(
+                f"energy not measured: {e} (give --declared-power-w for an estimate)"
+            )
     idle_w = meter.idle_power_w(1.0) if meter is not None else None
 
     # warm-up: compilation, allocator growth, cuDNN autotuning stay out of the numbers

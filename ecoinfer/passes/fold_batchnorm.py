@@ -50,9 +50,7 @@ def _scale_shift(m: Match, channels: int) -> tuple[torch.Tensor, torch.Tensor] |
 
 def _fold_conv(m: Match, rw: Rewriter) -> list[Node] | None:
     conv = m.nodes["conv"]
-    ins = [i for i in conv.inputs]
-    if len(ins) > 2 and ins[2] and ins[2] not in m.graph.initializers:
-        return None  # a bias computed at run time cannot absorb the shift
+    ins = list(conv.inputs)
     if conv.domain == "ecoinfer":
         # a FusedConv is affine only without epilogue; fold_batchnorm runs first anyway
         if conv.attrs.get("activation") or (len(ins) > 3 and ins[3]):
@@ -66,15 +64,41 @@ def _fold_conv(m: Match, rw: Rewriter) -> list[Node] | None:
     if st is None:
         return None
     s, t = st
-    b = m.graph.initializers.get(ins[2]) if len(ins) > 2 and ins[2] else None
-    b64 = b.double().reshape(-1) if b is not None else torch.zeros_like(s)
-    if b64.shape != s.shape:
-        return None
     w2 = (w.double() * s.reshape(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
-    b2 = (b64 * s + t).to(w.dtype)
-    new_ins = [ins[0], rw.const(f"{ins[1]}_bn", w2), rw.const(f"{m.root.name or 'conv'}_bias", b2)]
-    new_ins += ins[3:]
-    return [Node(conv.op_type, new_ins, [m.root.outputs[0]], dict(conv.attrs), conv.name, conv.domain)]
+    base = m.root.name or conv.name or "conv"
+    bias = ins[2] if len(ins) > 2 else ""
+    pre: list[Node] = []
+    if not bias or bias in m.graph.initializers:
+        b = m.graph.initializers[bias].double().reshape(-1) if bias else torch.zeros_like(s)
+        if b.shape != s.shape:
+            return None
+        new_bias = rw.const(f"{base}_bias", (b * s + t).to(w.dtype))
+    else:
+        # a bias computed at run time (the dynamo exporter's zeros): scale and shift it
+        bv = m.graph.values.get(bias)
+        if bv is None or bv.shape is None or len(bv.shape) != 1 or bv.shape[0] != s.shape[0]:
+            return None
+        scaled = rw.value(f"{base}_bias_scaled", bv)
+        new_bias = rw.value(f"{base}_bias", bv)
+        pre = [
+            Node(
+                "Mul",
+                [bias, rw.const(f"{base}_s", s.to(w.dtype))],
+                [scaled],
+                {},
+                f"{base}_bias_mul",
+            ),
+            Node(
+                "Add",
+                [scaled, rw.const(f"{base}_t", t.to(w.dtype))],
+                [new_bias],
+                {},
+                f"{base}_bias_add",
+            ),
+        ]
+    new_ins = [ins[0], rw.const(f"{ins[1]}_bn", w2), new_bias, *ins[3:]]
+    out = Node(conv.op_type, new_ins, [m.root.outputs[0]], dict(conv.attrs), conv.name, conv.domain)
+    return [*pre, out]
 
 
 def _fold_gemm(m: Match, rw: Rewriter) -> list[Node] | None:
@@ -127,7 +151,11 @@ def _fold_matmul(m: Match, rw: Rewriter) -> list[Node] | None:
         return None
     w2 = (w.double() * s[None, :]).to(w.dtype)
     name = m.nodes["mm"].name
-    ins = [x, rw.const(f"{m.values['w']}_bn", w2), rw.const(f"{name or 'matmul'}_bias", c2.to(w.dtype))]
+    ins = [
+        x,
+        rw.const(f"{m.values['w']}_bn", w2),
+        rw.const(f"{name or 'matmul'}_bias", c2.to(w.dtype)),
+    ]
     return [Node("Gemm", ins, [m.root.outputs[0]], {}, name)]
 
 
@@ -151,8 +179,16 @@ def _standalone(m: Match, rw: Rewriter) -> list[Node] | None:
     mid = rw.value(f"{m.root.outputs[0]}_scaled", xv)
     base = m.root.name or "bn"
     return [
-        Node("Mul", [x, rw.const(f"{base}_scale", s.reshape(shape).to(dt))], [mid], {}, f"{base}_mul"),
-        Node("Add", [mid, rw.const(f"{base}_shift", t.reshape(shape).to(dt))], [m.root.outputs[0]], {}, base),
+        Node(
+            "Mul", [x, rw.const(f"{base}_scale", s.reshape(shape).to(dt))], [mid], {}, f"{base}_mul"
+        ),
+        Node(
+            "Add",
+            [mid, rw.const(f"{base}_shift", t.reshape(shape).to(dt))],
+            [m.root.outputs[0]],
+            {},
+            base,
+        ),
     ]
 
 

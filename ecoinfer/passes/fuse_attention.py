@@ -192,11 +192,16 @@ def _k_layout(vw: _View, kt: str) -> _KLayout:
     """How to read K ([B, H, Sk, D]) from the MatMul operand Kᵀ."""
     # Transpose(x, p) then swapping the last two axes is Transpose(x, p'), p' = p with its last
     # two entries swapped (the identity: K is x itself)
-    t = vw.node(kt, ("Transpose",))
+    # (reading x is safe even when the Transpose has other readers: it stays for them; a new
+    # Transpose is only made when the old one goes away, so no work is duplicated)
+    t = vw.node(kt, ("Transpose",), single=False)
     if t is not None and len(t.attrs.get("perm", [])) == _RANK:
         perm = list(t.attrs["perm"])
         perm2 = perm[:-2] + [perm[-1], perm[-2]]
-        return _KLayout(t.inputs[0], 0, None if perm2 == list(range(_RANK)) else perm2)
+        if perm2 == list(range(_RANK)):
+            return _KLayout(t.inputs[0], 0)
+        if vw.single_use(kt):
+            return _KLayout(t.inputs[0], 0, perm2)
     # Reshape(Transpose(Reshape(k, [B*H, S, D]), [0, 2, 1]), [B, H, D, S]) is k with its last
     # two axes swapped (the dynamo export of k.transpose(-2, -1) in the SDPA decomposition)
     r2 = vw.node(kt, ("Reshape",))
@@ -320,7 +325,16 @@ def _fuse(nan_to_zero: bool):  # noqa: ANN202
         k, extra = kl.build(vw, rw)
         new += extra
         if keep_const is not None and sc.keep_negated:
-            keep = rw.const(f"{keep}_keep", keep_const)
+            # not(masked-out constant), made once and shared by every layer that reads it
+            have = m.graph.initializers.get(f"{keep}_keep")
+            if (
+                have is not None
+                and have.shape == keep_const.shape
+                and torch.equal(have, keep_const)
+            ):
+                keep = f"{keep}_keep"
+            else:
+                keep = rw.const(f"{keep}_keep", keep_const)
         elif keep is not None and sc.keep_negated:
             keep, extra = _not_node(vw, rw, keep, m.root)
             new += extra

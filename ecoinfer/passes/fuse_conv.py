@@ -146,12 +146,18 @@ def _per_channel(c: torch.Tensor, rank: int, m_out: object) -> bool:
 def _bias(sign: float):  # noqa: ANN202
     def rewrite(m: Match, rw: Rewriter) -> list[Node] | None:
         conv = m.nodes["conv"]
+        if conv.attrs.get("layout", "NCHW") != "NCHW":
+            return None  # the per-channel test below reads axis 1
         out = _shape(m.graph, conv.outputs[0])
         c = m.const("c")
         if out is None or not _per_channel(c, len(out), out[1]) or not isinstance(out[1], int):
             return None
         n_out = int(out[1])
-        old = m.graph.initializers.get(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+        old = (
+            m.graph.initializers.get(conv.inputs[2])
+            if len(conv.inputs) > 2 and conv.inputs[2]
+            else None
+        )
         if len(conv.inputs) > 2 and conv.inputs[2] and old is None:
             return None  # run-time bias: keep the Add
         dt = old.dtype if old is not None else c.dtype

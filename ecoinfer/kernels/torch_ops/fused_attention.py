@@ -34,8 +34,11 @@ def _attention(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     s = matmul(q, kt)
     scale = float(ctx.attr("scale", 1.0))
     if scale != 1.0:
-        s = s * torch.tensor(scale, dtype=s.dtype, device=s.device)
-    fill = torch.tensor(float(ctx.attr("mask_fill", float("-inf"))), dtype=s.dtype, device=s.device)
+        # a 0-d tensor in s's dtype: the same rounding as Mul by the graph's scalar constant
+        s = s * torch.full((), scale, dtype=s.dtype, device=s.device)
+    fill = torch.full(
+        (), float(ctx.attr("mask_fill", float("-inf"))), dtype=s.dtype, device=s.device
+    )
     if keep is not None:
         s = torch.where(keep, s, fill)
     if ctx.attr("is_causal"):

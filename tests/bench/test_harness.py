@@ -1,0 +1,139 @@
+"""The timing loop: statistics, throughput, energy labels, streams, profile; `ecoinfer bench`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+from ecoinfer.bench.harness import BenchConfig, LatencyStats, layer_table, run_benchmark
+
+FAST = dict(warmup_s=0.02, measure_energy=True, declared_power_w=100.0)
+
+
+def test_latency_stats_match_numpy() -> None:
+    xs = [0.001 * k for k in range(1, 101)]
+    s = LatencyStats.of(xs)
+    assert s.n == 100 and s.min_ms == pytest.approx(1.0) and s.max_ms == pytest.approx(100.0)
+    assert s.median_ms == pytest.approx(50.5) and s.p99_ms == pytest.approx(
+        np.percentile(np.arange(1, 101), 99)
+    )
+    assert s.cv == pytest.approx(s.std_ms / s.mean_ms)
+
+
+def test_sleeping_fn_gives_its_latency_throughput_and_estimated_energy() -> None:
+    r = run_benchmark(
+        "sleep", lambda: time.sleep(0.004), batch=8, config=BenchConfig(iterations=25, **FAST)
+    )
+    assert r.latency.n == 25
+    assert 3.9 <= r.latency.median_ms <= 8.0
+    # 8 items per call, one call at a time
+    assert r.throughput_per_s == pytest.approx(8 * 1e3 / r.latency.mean_ms, rel=0.15)
+    e = r.energy
+    assert e is not None
+    if e.method == "estimated":  # no RAPL here: the number is an estimate and says so
+        assert not e.measured and any("estimated" in w for w in r.warnings)
+        assert e.energy_j == pytest.approx(100.0 * e.duration_s, rel=1e-6)
+    assert r.j_per_inference == pytest.approx(e.energy_j / (25 * 8))
+
+
+def test_streams_run_concurrently() -> None:
+    one = run_benchmark(
+        "s1", lambda: time.sleep(0.005), 1, BenchConfig(duration_s=0.3, streams=1, **FAST)
+    )
+    two = run_benchmark(
+        "s2", lambda: time.sleep(0.005), 1, BenchConfig(duration_s=0.3, streams=2, **FAST)
+    )
+    assert two.throughput_per_s > 1.6 * one.throughput_per_s
+
+
+def test_noisy_latency_is_flagged() -> None:
+    k = iter(range(10**6))
+    r = run_benchmark(
+        "noisy",
+        lambda: time.sleep(0.001 if next(k) % 4 else 0.02),
+        1,
+        BenchConfig(iterations=24, **FAST),
+    )
+    assert any("varies a lot" in w for w in r.warnings)
+
+
+def test_layer_table_orders_by_time() -> None:
+    rows = layer_table({"a": [0.001, 0.003], "b": [0.010]}, {"a": "Relu", "b": "MatMul"})
+    assert [r["layer"] for r in rows] == ["b", "a"]
+    assert rows[1]["mean_ms"] == pytest.approx(2.0) and rows[1]["median_ms"] == pytest.approx(2.0)
+    assert sum(r["percent"] for r in rows) == pytest.approx(100.0)
+
+
+@pytest.fixture
+def mlp(tmp_path):  # noqa: ANN001, ANN201
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+        helper.make_node("Relu", ["h"], ["y"], name="act"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 32])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w")
+        ],
+    )
+    path = tmp_path / "mlp.onnx"
+    onnx.save(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), path
+    )
+    return path
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ecoinfer.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bench_cli_json_profile_and_labels(mlp, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "r.json"
+    proc = _bench(
+        str(mlp),
+        "--batch",
+        "4",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.05",
+        "--profile",
+        "--opt-level",
+        "0",
+        "--export-json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "throughput" in proc.stdout and "mJ/inference" in proc.stdout
+    (r,) = json.loads(out.read_text())
+    assert r["batch"] == 4 and r["latency"]["n"] > 0 and r["throughput_per_s"] > 0
+    assert {row["layer"] for row in r["profile"]} == {"proj", "act"}
+    if r["energy"]["method"] == "estimated":
+        assert "ESTIMATED" in proc.stdout and r["energy"]["measured"] is False
+
+
+def test_bench_cli_onnxruntime_runner_and_bad_batch(mlp, tmp_path) -> None:  # noqa: ANN001
+    proc = _bench(
+        str(mlp), "--runner", "onnxruntime", "--duration", "0.2", "--warmup", "0.05", "--no-energy"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime (CPUExecutionProvider)" in proc.stdout
+    proc = _bench(str(mlp), "--batch", "0", "--duration", "0.2")
+    assert proc.returncode == 2 and "--batch 0" in proc.stderr and "Traceback" not in proc.stderr
