@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     _bench_args(b)
 
+    c = sub.add_parser(
+        "compare", help="PyTorch, torch.compile, onnxruntime vs ecoinfer: same inputs and device"
+    )
+    from ecoinfer.commands.compare import add_arguments as _compare_args  # noqa: PLC0415
+
+    _compare_args(c)
+
+    te = sub.add_parser(
+        "tune-energy", help="pick the configuration with the fewest J/inference within a p99 SLO"
+    )
+    from ecoinfer.commands.tune_energy import add_arguments as _tune_args  # noqa: PLC0415
+
+    _tune_args(te)
+
     rp = sub.add_parser(
         "report", help="project results onto a fleet: GPUs, kWh, PUE, cost, CO2, savings"
     )
@@ -117,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.bench import cmd_bench  # noqa: PLC0415
 
             return cmd_bench(args)
+        if args.command == "compare":
+            from ecoinfer.commands.compare import cmd_compare  # noqa: PLC0415
+
+            return cmd_compare(args)
+        if args.command == "tune-energy":
+            from ecoinfer.commands.tune_energy import cmd_tune_energy  # noqa: PLC0415
+
+            return cmd_tune_energy(args)
         if args.command == "report":
             from ecoinfer.commands.report import cmd_report  # noqa: PLC0415
 

@@ -458,16 +458,30 @@ def prepare_onnxruntime(model_path: str, feeds: Mapping[str, np.ndarray], device
 
 
 def prepare_ecoinfer(
-    model_path: str, feeds: Mapping[str, np.ndarray], device: str, graph: Any = None
+    model_path: str,
+    feeds: Mapping[str, np.ndarray],
+    device: str,
+    graph: Any = None,
+    opt_level: int = 2,
 ) -> Prepared:
-    """The ecoinfer reference runtime (FP32, node by node with torch kernels)."""
-    import torch  # noqa: PLC0415
-
+    """The ecoinfer reference runtime in FP32 (node by node with torch kernels) on the graph
+    optimized at `opt_level` (0 = as imported); if the optimizer fails, the imported graph
+    runs and the row says so."""
     from ecoinfer.api import Model  # noqa: PLC0415
     from ecoinfer.bench.harness import layer_table  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
 
     g = graph if graph is not None else import_onnx(model_path)
+    warn = None
+    level = opt_level
+    if opt_level > 0:
+        from ecoinfer.passes import OptimizeConfig, optimize  # noqa: PLC0415
+
+        try:
+            g, _ = optimize(g, OptimizeConfig(level=opt_level))
+        except Exception as e:  # noqa: BLE001  (the unoptimized graph is still a fair peer)
+            warn = f"optimizer level {opt_level} failed ({_first_line(e)}); ran the imported graph"
+            level = 0
     model = Model(g, str(model_path))
     tfeeds = torch_inputs(feeds, device)
 
@@ -475,17 +489,19 @@ def prepare_ecoinfer(
         return model.run(tfeeds, device=device, as_torch=True)
 
     def profile_fn() -> list[dict]:
-        from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
-
-        runner = ReferenceRunner(g, device)
         times: dict[str, list[float]] = {}
-        with torch.inference_mode():
-            for _ in range(5):
-                runner.run(tfeeds, profile=times)
+        for _ in range(5):
+            model.run(tfeeds, device=device, as_torch=True, profile=times)
         return layer_table(times, {n.name: n.op_type for n in g.nodes})
 
-    extra = {"framework": "ecoinfer reference runtime", "precision": "fp32"}
-    return Prepared(PEERS["ecoinfer-fp32"], fn, extra, profile_fn=profile_fn)
+    extra = {"framework": "ecoinfer reference runtime", "precision": "fp32", "opt_level": level}
+
+    def after(r: BenchResult) -> None:
+        if warn:
+            r.warnings.append(warn)
+
+    name = f"{PEERS['ecoinfer-fp32']} (level {level})"
+    return Prepared(name, fn, extra, profile_fn=profile_fn, after=after)
 
 
 # ---------------------------------------------------------------------------- compare
@@ -559,6 +575,7 @@ def compare(
     peers: str | Sequence[str] | None = None,
     config: BenchConfig | None = None,
     seed: int = 0,
+    opt_level: int = 2,
     no_module_reason: str = NO_MODULE,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
@@ -566,6 +583,7 @@ def compare(
 
     feeds: the inputs (numpy, by ONNX input name); default random inputs of `batch` x `seq`
     (or `shapes`) from ecoinfer.commands.common.random_inputs with `seed`.
+    opt_level: ecoinfer's graph optimization level for its FP32 peer (0 = as imported).
     """
     import torch  # noqa: PLC0415
 
@@ -604,7 +622,7 @@ def compare(
         say(f"[{i}/{len(keys)}] {label}")
         prep: Prepared | None = None
         try:
-            prep = _prepare(key, path, graph, module, feeds, dev, cuda, no_module_reason)
+            prep = _prepare(key, path, graph, module, feeds, dev, cuda, no_module_reason, opt_level)
             out = prep.extra.pop("_outputs", None)
             first = prep.fn()
             if cuda:
@@ -692,6 +710,7 @@ def _prepare(
     device: str,
     cuda: bool,
     no_module_reason: str,
+    opt_level: int = 2,
 ) -> Prepared:
     if key in TORCH_PEERS:
         if module is None:
@@ -714,7 +733,7 @@ def _prepare(
     if key == "onnxruntime":
         return prepare_onnxruntime(path, feeds, device)
     if key == "ecoinfer-fp32":
-        return prepare_ecoinfer(path, feeds, device, graph)
+        return prepare_ecoinfer(path, feeds, device, graph, opt_level)
     if key == "ecoinfer-engine":
         raise Skip(ENGINE_NOT_BUILT)
     raise Skip(f"unknown peer {key}")

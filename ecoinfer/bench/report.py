@@ -50,7 +50,6 @@ TUNE_COLUMNS = [
     "gpu_util",
     "power_w",
     "j_per_inf",
-    "energy_rel",
     "pareto",
     "choice",
 ]
@@ -100,7 +99,7 @@ def as_report(obj: Any, title: str | None = None) -> Report:
 
 
 # ---------------------------------------------------------------------------- values
-def _num(x: float | None, unit: str = "") -> str:
+def fmt_num(x: float | None, unit: str = "") -> str:
     """3-4 significant figures without exponent for everyday magnitudes."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
@@ -155,7 +154,7 @@ def _error(r: BenchResult, rep: Report) -> str:
 def _j(r: BenchResult, rep: Report) -> str:
     if r.j_per_inference is None:
         return "-"
-    return _num(r.j_per_inference) + (" (estimated)" if is_estimated(r) else "")
+    return fmt_num(r.j_per_inference) + (" (estimated)" if is_estimated(r) else "")
 
 
 def _util(r: BenchResult, rep: Report) -> str:
@@ -178,21 +177,21 @@ COLUMNS: dict[str, Column] = {
         "CUDA graphs",
         lambda r, rep: {True: "on", False: "off"}.get(r.extra.get("cuda_graphs"), "-"),
     ),
-    "p50_ms": ("p50 ms", lambda r, rep: _num(_lat(r, "median_ms"))),
-    "p99_ms": ("p99 ms", lambda r, rep: _num(_lat(r, "p99_ms"))),
+    "p50_ms": ("p50 ms", lambda r, rep: fmt_num(_lat(r, "median_ms"))),
+    "p99_ms": ("p99 ms", lambda r, rep: fmt_num(_lat(r, "p99_ms"))),
     "slo": ("p99 <= SLO", _slo),
-    "throughput": ("throughput/s", lambda r, rep: _num(r.throughput_per_s or None)),
+    "throughput": ("throughput/s", lambda r, rep: fmt_num(r.throughput_per_s or None)),
     "gpu_util": ("GPU util %", _util),
     "power_w": (
         "mean power W",
-        lambda r, rep: _num(r.energy.mean_power_w if r.energy is not None else None),
+        lambda r, rep: fmt_num(r.energy.mean_power_w if r.energy is not None else None),
     ),
     "j_per_inf": ("J/inference", _j),
     "energy_rel": ("energy vs FP32", _energy_rel),
     "error": ("error vs FP32 (rel L2 / max abs)", _error),
     "compile_s": (
         "compile s",
-        lambda r, rep: _num(r.extra.get("compile_time_s")),
+        lambda r, rep: fmt_num(r.extra.get("compile_time_s")),
     ),
     "pareto": ("Pareto", lambda r, rep: "yes" if r.extra.get("pareto") else ""),
     "choice": ("choice", lambda r, rep: "CHOSEN" if r.extra.get("chosen") else ""),
@@ -236,7 +235,8 @@ def footnotes(obj: Any) -> list[str]:
         out.append("Energy method: " + ", ".join(methods) + ".")
     est = next((r for r in rep.results if is_estimated(r) and not r.skipped), None)
     if est is not None and est.energy is not None and est.energy.warnings:
-        out.append(f"J/inference marked 'estimated': {est.energy.warnings[0]}.")
+        w = est.energy.warnings[0].removeprefix("estimated, not measured: ")
+        out.append(f"J/inference marked 'estimated' is not measured: {w}.")
     # a warning every row shares (the meter's) is said once
     ran = [r for r in rep.results if not r.skipped]
     per_row = {
@@ -474,7 +474,7 @@ def plot_energy_bars(obj: Any) -> bytes | None:
             edgecolor="#1d4a78",
         )
         rel = r.extra.get("energy_vs_baseline")
-        lab = _num(r.j_per_inference, " J") + (f"  ({rel:.2f}x)" if rel is not None else "")
+        lab = fmt_num(r.j_per_inference, " J") + (f"  ({rel:.2f}x)" if rel is not None else "")
         ax.annotate(lab, (r.j_per_inference, y), textcoords="offset points", xytext=(4, 0),
                     va="center", fontsize=8)  # fmt: skip
     ax.set_yticks(ys, [r.name for r in rows], fontsize="small")
@@ -522,16 +522,17 @@ def plot_throughput_vs_energy(obj: Any) -> bytes | None:
     fig = _figure()
     ax = fig.add_subplot()
     front = pareto_front(rows)
-    if len(front) > 1:
-        ax.plot(
-            [r.j_per_inference for r in front],
-            [r.throughput_per_s for r in front],
-            "-",
-            color="#2f6fb0",
-            lw=1,
-            alpha=0.6,
-            label="Pareto front",
-        )
+    ax.plot(
+        [r.j_per_inference for r in front],
+        [r.throughput_per_s for r in front],
+        "-s",
+        color="#2f6fb0",
+        mfc="none",
+        ms=12,
+        lw=1,
+        alpha=0.6,
+        label="Pareto front",
+    )
     for r in rows:
         miss = r.extra.get("meets_slo") is False
         ax.scatter(
@@ -558,8 +559,7 @@ def plot_throughput_vs_energy(obj: Any) -> bytes | None:
         t += "; hollow = misses SLO"
     ax.set_title(t, fontsize="medium")
     ax.grid(alpha=0.3)
-    if len(front) > 1 or any(r.extra.get("chosen") for r in rows):
-        ax.legend(fontsize="small")
+    ax.legend(fontsize="small")
     return _png(fig)
 
 
@@ -710,16 +710,16 @@ def to_html(obj: Any) -> str:
         details.append(
             [
                 r.name,
-                _num(r.latency.mean_ms),
-                _num(r.latency.p90_ms),
-                _num(r.latency.p95_ms),
+                fmt_num(r.latency.mean_ms),
+                fmt_num(r.latency.p90_ms),
+                fmt_num(r.latency.p95_ms),
                 f"{r.latency.cv:.1%}" if math.isfinite(r.latency.cv) else "-",
-                _num(r.gpu_compute.median_ms) if r.gpu_compute else "-",
-                _num(e.mean_power_w) if e else "-",
-                _num(e.idle_power_w) if e and e.idle_power_w is not None else "-",
-                _num(r.j_per_inference_above_idle) if r.j_per_inference_above_idle else "-",
+                fmt_num(r.gpu_compute.median_ms) if r.gpu_compute else "-",
+                fmt_num(e.mean_power_w) if e else "-",
+                fmt_num(e.idle_power_w) if e and e.idle_power_w is not None else "-",
+                fmt_num(r.j_per_inference_above_idle) if r.j_per_inference_above_idle else "-",
                 e.method if e else "-",
-                _num(r.extra.get("compile_time_s")),
+                fmt_num(r.extra.get("compile_time_s")),
                 f"{r.peak_memory_bytes / 2**20:.0f}" if r.peak_memory_bytes else "-",
             ]
         )

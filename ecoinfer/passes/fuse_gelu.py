@@ -16,7 +16,7 @@ from collections import Counter
 
 from ecoinfer.ir.graph import Graph, Node
 from ecoinfer.ir.pattern import Any_, Const, Match, Op, Pattern, Rewriter, Rule, apply_rules
-from ecoinfer.passes.fusion_util import const_near, internal_only, is_float
+from ecoinfer.passes.fusion_util import const_near, internal_only, is_float, keeps_shape
 from ecoinfer.passes.registry import register_pass
 
 _LOOSE = 1e-4
@@ -59,7 +59,11 @@ def _products(x: Pattern, factor: Pattern) -> list[Op]:
 
 def _gelu(approximate: str):  # noqa: ANN202
     def rewrite(m: Match, rw: Rewriter) -> list[Node] | None:
-        if not is_float(m.graph, m.values["x"]) or not internal_only(m):
+        if (
+            not is_float(m.graph, m.values["x"])
+            or not keeps_shape(m, m.values["x"])
+            or not internal_only(m)
+        ):
             return None
         attrs = {"approximate": approximate} if approximate != "none" else {}
         return [

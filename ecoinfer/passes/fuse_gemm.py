@@ -143,9 +143,7 @@ def _from_gemm(m: Match, rw: Rewriter) -> list[Node] | None:
         else:
             return None
     return [
-        fused_gemm(
-            n.name or "FusedGemm", a, b, n.outputs[0], bias, residual, {"trans_b": trans_b}
-        )
+        fused_gemm(n.name or "FusedGemm", a, b, n.outputs[0], bias, residual, {"trans_b": trans_b})
     ]
 
 

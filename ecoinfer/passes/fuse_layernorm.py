@@ -27,6 +27,7 @@ from ecoinfer.passes.fusion_util import (
     dtype_of,
     internal_only,
     is_float,
+    keeps_shape,
     param_for,
     scalar,
     shape_of,
@@ -90,7 +91,11 @@ def norm_axis(m: Match, *reductions: str) -> tuple[int, list[int]] | None:
 
 
 def _fuse_core(m: Match, rw: Rewriter) -> list[Node] | None:
-    if not is_float(m.graph, m.values["x"]) or not internal_only(m):
+    if (
+        not is_float(m.graph, m.values["x"])
+        or not keeps_shape(m, m.values["x"])
+        or not internal_only(m)
+    ):
         return None
     found = norm_axis(m, "mean", "var")
     if found is None:
@@ -166,7 +171,11 @@ def _absorb_bias(m: Match, rw: Rewriter) -> list[Node] | None:
             return None
         p = torch.broadcast_to(b, dims) + p
     bias = rw.const(f"{m.root.outputs[0]}_ln_bias", p)
-    return [Node(n.op_type, [n.inputs[0], n.inputs[1], bias], [m.root.outputs[0]], dict(n.attrs), n.name)]
+    return [
+        Node(
+            n.op_type, [n.inputs[0], n.inputs[1], bias], [m.root.outputs[0]], dict(n.attrs), n.name
+        )
+    ]
 
 
 def _norm(op_type: str) -> Op:

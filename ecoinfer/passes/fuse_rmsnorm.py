@@ -19,7 +19,7 @@ from ecoinfer.ir.dtypes import to_torch
 from ecoinfer.ir.graph import Graph, Node
 from ecoinfer.ir.pattern import Any_, Const, Match, Op, Rewriter, Rule, apply_rules
 from ecoinfer.passes.fuse_layernorm import absorb_scale, inverse_of, norm_axis, squared
-from ecoinfer.passes.fusion_util import dtype_of, internal_only, is_float, scalar
+from ecoinfer.passes.fusion_util import dtype_of, internal_only, is_float, keeps_shape, scalar
 from ecoinfer.passes.registry import register_pass
 
 
@@ -34,7 +34,11 @@ def _core_patterns() -> list[Op]:
 
 
 def _fuse_core(m: Match, rw: Rewriter) -> list[Node] | None:
-    if not is_float(m.graph, m.values["x"]) or not internal_only(m):
+    if (
+        not is_float(m.graph, m.values["x"])
+        or not keeps_shape(m, m.values["x"])
+        or not internal_only(m)
+    ):
         return None
     found = norm_axis(m, "ms")
     eps = m.const("eps")

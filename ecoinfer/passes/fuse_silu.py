@@ -15,13 +15,13 @@ from collections import Counter
 
 from ecoinfer.ir.graph import Graph, Node
 from ecoinfer.ir.pattern import Any_, Const, Match, Op, Rewriter, Rule, apply_rules
-from ecoinfer.passes.fusion_util import const_near, is_float, scalar
+from ecoinfer.passes.fusion_util import const_near, is_float, keeps_shape, scalar
 from ecoinfer.passes.registry import register_pass
 
 
 def _unary(op_type: str, alpha: str | None = None):  # noqa: ANN202
     def rewrite(m: Match, rw: Rewriter) -> list[Node] | None:
-        if not is_float(m.graph, m.values["x"]):
+        if not is_float(m.graph, m.values["x"]) or not keeps_shape(m, m.values["x"]):
             return None
         attrs = {}
         if alpha is not None:
@@ -43,7 +43,12 @@ def _hard_sigmoid_is_swish_gate(m: Match, n: Node) -> bool:
 
 
 _X = Any_("x")
-_RELU6 = Op("Clip", Op("Add", _X, Const(where=const_near(3.0))), Const(where=const_near(0.0)), Const(where=const_near(6.0)))
+_RELU6 = Op(
+    "Clip",
+    Op("Add", _X, Const(where=const_near(3.0))),
+    Const(where=const_near(0.0)),
+    Const(where=const_near(6.0)),
+)
 _SIX = Const(where=const_near(6.0))
 _SIXTH = Const(where=const_near(1.0 / 6.0))
 
@@ -53,7 +58,11 @@ RULES = [
     # x * sigmoid(a*x) ==> Swish(x, alpha=a)
     Rule(
         "swish",
-        Op("Mul", _X, Op("Sigmoid", Op("Mul", _X, Const("a", where=lambda t: scalar(t) is not None)))),
+        Op(
+            "Mul",
+            _X,
+            Op("Sigmoid", Op("Mul", _X, Const("a", where=lambda t: scalar(t) is not None))),
+        ),
         _unary("Swish", alpha="a"),
         "x*sigmoid(a*x) ==> Swish(alpha=a)",
     ),

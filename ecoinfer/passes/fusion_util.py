@@ -37,8 +37,12 @@ def internal_only(m: Match) -> bool:
 
 
 def scalar(t: torch.Tensor | None) -> float | None:
-    """The value of a one-element constant, else None."""
-    if t is None or t.numel() != 1 or t.dtype == torch.bool:
+    """The value of a one-element constant of rank <= 1, else None.
+
+    Rank <= 1 so that broadcasting it against the fused op's input (rank >= 1) cannot grow
+    the result's rank: the fused op keeps its input's shape.
+    """
+    if t is None or t.numel() != 1 or t.dim() > 1 or t.dtype == torch.bool:
         return None
     return float(t.reshape(-1)[0])
 
@@ -52,6 +56,15 @@ def near(t: torch.Tensor | None, want: float, rtol: float = 1e-6) -> bool:
 def const_near(want: float, rtol: float = 1e-6):  # noqa: ANN201
     """A Const(where=...) predicate: a scalar constant equal to `want` up to rounding."""
     return lambda t: near(t, want, rtol)
+
+
+def keeps_shape(m: Match, x: str) -> bool:
+    """The matched subgraph's result has the rank of x (where both are known): a rewrite into
+    a shape-preserving op (Gelu, LayerNormalization...) must not drop a broadcast."""
+    xs, ys = shape_of(m.graph, x), shape_of(m.graph, m.root.outputs[0])
+    if xs is not None and len(xs) == 0:
+        return False
+    return xs is None or ys is None or len(xs) == len(ys)
 
 
 def is_float(graph: Graph, name: str) -> bool:

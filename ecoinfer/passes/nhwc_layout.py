@@ -189,10 +189,23 @@ class _Converter:
         self.entering: dict[str, str] = {}  # NCHW value -> its channels-last copy
         self.permuted: dict[tuple[str, int], str] = {}  # constant -> permuted constant
 
+    def _nchw_reads(self, region: list[Node]) -> set[str]:
+        """Values read in NCHW: by nodes outside the region (subgraphs included), by region
+        nodes at inputs that do not follow the layout, and graph outputs."""
+        reads = set(self.g.output_names)
+        inside = {id(n) for n in region}
+        for m in self.g.nodes:
+            if id(m) in inside:
+                lay = set(self.plans[id(m)].layout_inputs)
+                reads.update(i for k, i in enumerate(m.inputs) if k not in lay)
+            else:
+                reads.update(all_inputs(m))
+        return reads
+
     def convert(self, region: list[Node]) -> None:
         g = self.g
-        inside = {id(n) for n in region}
-        renamed: dict[str, str] = {}  # channels-last outputs of the region
+        nchw_reads = self._nchw_reads(region)  # before any input is renamed
+        renamed: dict[str, tuple[str, int]] = {}  # channels-last outputs of the region
         for n in region:
             p = self.plans[id(n)]
             if p.nhwc_out:
@@ -200,24 +213,20 @@ class _Converter:
                 v = g.values.get(old, Value(old))
                 new = self.rw.value(f"{old}_nhwc")
                 g.values[new] = Value(new, v.dtype, permute_shape(v.shape, to_last(p.rank)))
-                renamed[old] = new
+                renamed[old] = (new, p.rank)
         for n in region:
             p = self.plans[id(n)]
             for i in p.layout_inputs:
                 src = n.inputs[i]
-                n.inputs[i] = renamed.get(src) or self._enter(src, p.rank)
+                n.inputs[i] = renamed[src][0] if src in renamed else self._enter(src, p.rank)
             for i in p.const_inputs:
                 n.inputs[i] = self._permuted_const(n.inputs[i], p.rank)
             self._relayout(n, p)
             if p.nhwc_out:
-                n.outputs[0] = renamed[n.outputs[0]]
-        # values read outside the region (or graph outputs) go back to NCHW, same name
-        outside_reads = {i for m in g.nodes if id(m) not in inside for i in all_inputs(m)}
-        outside_reads |= set(g.output_names)
-        for old, new in renamed.items():
-            if old in outside_reads:
-                rank = len(g.values[new].shape or ()) or None
-                assert rank is not None
+                n.outputs[0] = renamed[n.outputs[0]][0]
+        # values still read in NCHW go back to it under their own name
+        for old, (new, rank) in renamed.items():
+            if old in nchw_reads:
                 self.new_nodes.append(
                     Node("Transpose", [new], [old], {"perm": to_first(rank)}, f"{old}_to_nchw")
                 )
@@ -227,21 +236,15 @@ class _Converter:
 
     def cost(self, region: list[Node]) -> int:
         """How many Transposes converting `region` would add (none are added here)."""
-        inside = {id(n) for n in region}
         made = {n.outputs[0] for n in region if self.plans[id(n)].nhwc_out}
         entering = set()
         for n in region:
             for i in self.plans[id(n)].layout_inputs:
                 src = n.inputs[i]
-                if (
-                    src not in made
-                    and src not in self.g.initializers
-                    and self._cancels(src) is None
-                ):
-                    entering.add(src)
-        reads = {i for m in self.g.nodes if id(m) not in inside for i in all_inputs(m)}
-        leaving = made & (reads | set(self.g.output_names))
-        return len(entering) + len(leaving)
+                if src in made or src in self.g.initializers or self._cancels(src) is not None:
+                    continue
+                entering.add(src)
+        return len(entering) + len(made & self._nchw_reads(region))
 
     def _cancels(self, src: str) -> str | None:
         """y when src = Transpose(y, channels-last -> NCHW), else None."""

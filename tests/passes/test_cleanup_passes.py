@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from helpers import check_optimized
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
@@ -210,3 +211,13 @@ def test_minilm_level1_keeps_outputs(minilm) -> None:  # noqa: ANN001
     before = reports[0].nodes_before
     assert len(g.nodes) < before * 0.85, f"{before} -> {len(g.nodes)}"
     assert [v.shape for v in g.outputs] == [("batch", "seq", 384), ("batch", 384)]
+
+
+def test_fold_constants_folds_castlike_of_a_constant() -> None:
+    nodes = [
+        helper.make_node("CastLike", ["c", "x"], ["c2"]),
+        helper.make_node("Add", ["x", "c2"], ["y"]),
+    ]
+    inits = [_t("c", np.arange(8, dtype=np.float64))]
+    g, _ = check_optimized(_model(nodes, [X], [Y], inits), FEEDS, level=1, only=("fold_constants",))
+    assert _ops(g) == ["Add"] and g.initializers[g.nodes[0].inputs[1]].dtype == torch.float32

@@ -286,3 +286,38 @@ def test_conv_1d_and_3d(nd: int) -> None:
     g, reports = check_optimized(_model(nodes, [x], [Y], inits), feeds, only=ONLY)
     assert _counts(reports) == {"conv": 1, "bias_sub": 1, "activation": 1}
     assert len(g.nodes) == 1
+
+
+@pytest.mark.parametrize(
+    ("form", "expect"),
+    [("silu", "Swish"), ("hardswish_relu6", "HardSwish"), ("gelu_erf", "Gelu")],
+)
+def test_decomposed_activations_fuse_in_the_level2_pipeline(form: str, expect: str) -> None:
+    # fuse_silu / fuse_gelu recognise the decomposed forms first; fuse_conv takes the op
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    inits = [_w("w", 6, 4, 3, 3), _w("b", 6)]
+    if form == "silu":
+        nodes += [
+            helper.make_node("Sigmoid", ["c"], ["g"]),
+            helper.make_node("Mul", ["c", "g"], ["y"]),
+        ]
+    elif form == "hardswish_relu6":  # x * relu6(x + 3) / 6
+        nodes += [
+            helper.make_node("Add", ["c", "three"], ["a"]),
+            helper.make_node("Clip", ["a", "zero", "six"], ["r6"]),
+            helper.make_node("Mul", ["c", "r6"], ["m"]),
+            helper.make_node("Div", ["m", "six"], ["y"]),
+        ]
+        inits += [_t("three", 3.0), _t("zero", 0.0), _t("six", 6.0)]
+    else:  # 0.5 * x * (1 + erf(x / sqrt(2)))
+        nodes += [
+            helper.make_node("Div", ["c", "sqrt2"], ["d"]),
+            helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["e1"]),
+            helper.make_node("Mul", ["c", "e1"], ["m"]),
+            helper.make_node("Mul", ["m", "half"], ["y"]),
+        ]
+        inits += [_t("sqrt2", np.sqrt(2.0)), _t("one", 1.0), _t("half", 0.5)]
+    g, reports = check_optimized(_model(nodes, [X], [Y], inits), FEEDS, level=2)
+    (fc,) = g.nodes
+    assert fc.op_type == "FusedConv" and fc.attrs["activation"] == expect

@@ -44,10 +44,16 @@ def _counts(reports):  # noqa: ANN001, ANN202
     return next(r for r in reports if r.name == "fuse_gelu").counts
 
 
-def _gelu_graph(form: str, spelling: str, product: str, half: float = 0.5, also_out: str = "") -> bytes:
+def _gelu_graph(
+    form: str, spelling: str, product: str, half: float = 0.5, also_out: str = ""
+) -> bytes:
     mk = helper.make_node
     if form == "erf":
-        scale = mk("Div", ["x", "sqrt2"], ["s"]) if spelling == "div" else mk("Mul", ["inv_sqrt2", "x"], ["s"])
+        scale = (
+            mk("Div", ["x", "sqrt2"], ["s"])
+            if spelling == "div"
+            else mk("Mul", ["inv_sqrt2", "x"], ["s"])
+        )
         nodes = [scale, mk("Erf", ["s"], ["e"]), mk("Add", ["one", "e"], ["f"])]
     else:
         if spelling == "pow":
@@ -81,7 +87,10 @@ def _gelu_graph(form: str, spelling: str, product: str, half: float = 0.5, also_
         _c("sqrt2pi", math.sqrt(2 / math.pi)),
     ]
     x = helper.make_tensor_value_info("x", T.FLOAT, ["batch", 16])
-    outs = [helper.make_tensor_value_info(o, T.FLOAT, None) for o in ["y"] + ([also_out] if also_out else [])]
+    outs = [
+        helper.make_tensor_value_info(o, T.FLOAT, None)
+        for o in ["y"] + ([also_out] if also_out else [])
+    ]
     return _model(nodes, [x], outs, inits)
 
 
@@ -160,7 +169,9 @@ def test_minilm_opset16_every_gelu_fused(tmp_path_factory) -> None:  # noqa: ANN
     def build(path: Path) -> None:
         example = {
             k: torch.from_numpy(v)
-            for k, v in mm.sample_inputs(["An example sentence.", "And a longer second one."], tok).items()
+            for k, v in mm.sample_inputs(
+                ["An example sentence.", "And a longer second one."], tok
+            ).items()
         }
         export_module(
             mm.load_minilm_module(),
@@ -203,5 +214,7 @@ def test_gpt2_new_gelu(exported, dynamo: bool) -> None:  # noqa: ANN001
     g, reports = check_optimized(exported("gpt2", dynamo), numpy_feeds(CASES["gpt2"].inputs(2)))
     assert _counts(reports) == {"gelu_tanh": 2}
     assert not FORMULA_OPS & set(_ops(g))
-    tanh_gemms = [n for n in g.nodes if n.op_type == "FusedGemm" and n.attrs.get("activation") == "Gelu"]
+    tanh_gemms = [
+        n for n in g.nodes if n.op_type == "FusedGemm" and n.attrs.get("activation") == "Gelu"
+    ]
     assert [n.attrs["activation_params"] for n in tanh_gemms] == [[1.0], [1.0]]

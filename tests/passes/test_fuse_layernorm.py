@@ -155,7 +155,9 @@ def test_gamma_varying_along_a_batch_dim_stays_outside() -> None:
     model = onnx.load_from_string(_layernorm_graph(shape=("batch", 5, 16)))
     for i, init in enumerate(model.graph.initializer):
         if init.name == "gamma":
-            model.graph.initializer[i].CopyFrom(_t("gamma", RNG.standard_normal((5, 1)).astype(np.float32)))
+            model.graph.initializer[i].CopyFrom(
+                _t("gamma", RNG.standard_normal((5, 1)).astype(np.float32))
+            )
     g, reports = check_optimized(model.SerializeToString(), _feeds(), only=ONLY)
     assert _ops(g, "LayerNormalization") == 1 and _ops(g, "Mul") == 1
     assert _counts(reports) == {"layernorm": 1}
@@ -188,7 +190,9 @@ def minilm_opset16(tmp_path_factory):  # noqa: ANN001, ANN201
     def build(path: Path) -> None:
         example = {
             k: torch.from_numpy(v)
-            for k, v in mm.sample_inputs(["An example sentence.", "And a longer second one."], tok).items()
+            for k, v in mm.sample_inputs(
+                ["An example sentence.", "And a longer second one."], tok
+            ).items()
         }
         export_module(
             mm.load_minilm_module(),

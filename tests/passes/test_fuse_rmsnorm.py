@@ -53,7 +53,11 @@ def _rms_graph(square: str = "pow", divide: str = "div", gamma: bool = True, axe
     else:  # 1 / den
         nodes.append(helper.make_node("Div", ["one", "den"], ["inv"]))
         nodes.append(helper.make_node("Mul", ["inv", "x"], ["n"]))
-    nodes.append(helper.make_node("Mul", ["n", "gamma"], ["y"]) if gamma else helper.make_node("Identity", ["n"], ["y"]))
+    nodes.append(
+        helper.make_node("Mul", ["n", "gamma"], ["y"])
+        if gamma
+        else helper.make_node("Identity", ["n"], ["y"])
+    )
     inits = [
         _t("axes", np.array(axes, np.int64)),
         _t("two", np.array(2.0, np.float32)),
@@ -80,7 +84,9 @@ def test_decomposed_forms_fuse(square: str, divide: str) -> None:
     # gamma became the scale
     np.testing.assert_array_equal(
         g.initializers[n.inputs[1]].numpy(),
-        numpy_helper.to_array(next(i for i in onnx.load_from_string(model).graph.initializer if i.name == "gamma")),
+        numpy_helper.to_array(
+            next(i for i in onnx.load_from_string(model).graph.initializer if i.name == "gamma")
+        ),
     )
     assert _counts(reports) == {"rmsnorm": 1, "scale": 1}
     check_optimized(model, FEEDS)  # whole level-2 pipeline

@@ -52,7 +52,11 @@ def test_silu() -> None:
 
 def test_swish_with_alpha() -> None:
     # x * sigmoid(1.702 x): the "quick GELU" of CLIP
-    nodes = [mk("Mul", ["a", "x"], ["ax"]), mk("Sigmoid", ["ax"], ["s"]), mk("Mul", ["x", "s"], ["y"])]
+    nodes = [
+        mk("Mul", ["a", "x"], ["ax"]),
+        mk("Sigmoid", ["ax"], ["s"]),
+        mk("Mul", ["x", "s"], ["y"]),
+    ]
     g, reports = check_optimized(_model(nodes, inits=CONSTS), FEEDS, only=ONLY)
     assert _ops(g) == ["Swish"] and g.nodes[0].attrs["alpha"] == pytest.approx(1.702)
     assert _counts(reports) == {"swish": 1}
@@ -96,7 +100,11 @@ def test_sigmoid_read_elsewhere_is_left_alone() -> None:
 
 def test_gate_of_another_tensor_is_left_alone() -> None:
     # x * sigmoid(2x) with 2x computed as x + x: not x * sigmoid(x), nor a constant alpha
-    nodes = [mk("Add", ["x", "x"], ["x2"]), mk("Sigmoid", ["x2"], ["s"]), mk("Mul", ["s", "x"], ["y"])]
+    nodes = [
+        mk("Add", ["x", "x"], ["x2"]),
+        mk("Sigmoid", ["x2"], ["s"]),
+        mk("Mul", ["s", "x"], ["y"]),
+    ]
     g, reports = check_optimized(_model(nodes), FEEDS, only=ONLY)
     assert "Swish" not in _ops(g) and not _counts(reports)
 
