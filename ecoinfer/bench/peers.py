@@ -350,6 +350,9 @@ def _torch_copy(
         "framework": f"PyTorch {torch.__version__}",
         "precision": "fp16" if fp16 else "fp32",
         "memory_format": "channels_last" if cl else "contiguous",
+        # PyTorch's own defaults, recorded: FP32 convolutions may run in TF32 on Ampere+
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
     }
     return m, tfeeds, cl, extra
 

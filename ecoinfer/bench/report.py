@@ -196,6 +196,7 @@ COLUMNS: dict[str, Column] = {
     "pareto": ("Pareto", lambda r, rep: "yes" if r.extra.get("pareto") else ""),
     "choice": ("choice", lambda r, rep: "CHOSEN" if r.extra.get("chosen") else ""),
 }
+_LEFT = {"name", "device", "precision", "cuda_graphs", "slo", "pareto", "choice"}
 # a skipped row keeps these cells; the reason spans the others
 _KEEP_ON_SKIP = {"name", "device", "batch", "precision", "cuda_graphs"}
 
@@ -265,9 +266,11 @@ def to_text(obj: Any) -> str:
         for k, c in enumerate(row if isinstance(row, list) else row[0]):
             widths[k] = max(widths[k], len(c))
 
+    left = [c in _LEFT for c in rep.columns if c in COLUMNS]
+
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))
+            c.ljust(w) if left[k] else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
     out = [*rep.notes, line(headers), "  ".join("-" * w for w in widths)]
@@ -627,6 +630,7 @@ def to_html(obj: Any) -> str:
     """One self-contained page: no external file, font, script or stylesheet."""
     rep = as_report(obj)
     headers, rows = table(rep)
+    al = ["l" if c in _LEFT else "" for c in rep.columns if c in COLUMNS]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -660,7 +664,7 @@ def to_html(obj: Any) -> str:
 
     parts.append("<h2>Results</h2>")
     parts.append('<table id="results"><thead><tr>')
-    parts += [f'<th class="{"l" if k < 2 else ""}">{_e(h)}</th>' for k, h in enumerate(headers)]
+    parts += [f'<th class="{al[k]}">{_e(h)}</th>' for k, h in enumerate(headers)]
     parts.append("</tr></thead><tbody>")
     for r, row in zip(rep.results, rows):
         cls = []
@@ -672,14 +676,10 @@ def to_html(obj: Any) -> str:
             cls.append("baseline")
         tr = f'<tr class="{" ".join(cls)}" data-name="{_e(r.name)}">'
         if isinstance(row, list):
-            cells = "".join(
-                f'<td class="{"l" if k < 2 else ""}">{_e(c)}</td>' for k, c in enumerate(row)
-            )
+            cells = "".join(f'<td class="{al[k]}">{_e(c)}</td>' for k, c in enumerate(row))
         else:
             lead, reason = row
-            cells = "".join(
-                f'<td class="{"l" if k < 2 else ""}">{_e(c)}</td>' for k, c in enumerate(lead)
-            )
+            cells = "".join(f'<td class="{al[k]}">{_e(c)}</td>' for k, c in enumerate(lead))
             cells += f'<td class="l" colspan="{len(headers) - len(lead)}">{_e(reason)}</td>'
         parts.append(tr + cells + "</tr>")
     parts.append("</tbody></table>")

@@ -107,6 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         duration_s=args.duration,
         declared_power_w=args.declared_power_w,
+        progress=sys.stderr.isatty(),
     )
     comp = peers.compare(
         model_path,

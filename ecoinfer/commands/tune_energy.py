@@ -277,7 +277,10 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.warmup < 0:
         raise InputError("--duration must be positive and --warmup not negative")
     cfg = BenchConfig(
-        warmup_s=args.warmup, duration_s=args.duration, declared_power_w=args.declared_power_w
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        declared_power_w=args.declared_power_w,
+        progress=sys.stderr.isatty(),
     )
     rep = tune_energy(
         args.model,

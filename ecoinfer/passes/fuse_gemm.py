@@ -7,8 +7,9 @@ bias Add is also read elsewhere keeps its bias but stops there:
 
     MatMul(A, W const 2-D)                     -> FusedGemm(A, W)
     Gemm(A, B, C; transA=0)                    -> FusedGemm(A, alpha*B, beta*C, trans_b=transB)
-    Reshape(FusedGemm(Reshape(x, [-1, K])), x.shape[:-1] + [N])
-                                               -> FusedGemm(x)   (N-D A: the 2-D Gemm view)
+    Reshape(FusedGemm(Reshape(x, [-1, K])), x.shape[:t] + [N])
+                                               -> FusedGemm(x viewed as x.shape[:t] + [K])
+                                                  (N-D A instead of the 2-D Gemm view)
     FusedGemm(...) + c   (c const along N)     -> bias += c       (before any activation)
     act(FusedGemm(...))                        -> activation = act  (before any residual)
     FusedGemm(...) + r                         -> residual = r
@@ -124,24 +125,27 @@ def _from_gemm(m: Match, rw: Rewriter) -> list[Node] | None:
     trans_b = int(n.attrs.get("transB", 0))
     if int(n.attrs.get("transA", 0)) or not is_float(g, a) or not _same_dtype(g, a, b, c):
         return None
-    if alpha != 1.0:
-        w = g.initializers.get(b)
-        if w is None:
-            return None
-        b = rw.const(f"{b}_alpha", w * alpha)
-    bias, residual = "", ""
+    w = g.initializers.get(b)
+    if alpha != 1.0 and w is None:
+        return None  # alpha is folded into a constant B only
+    bias_t, residual = None, ""
     if c and beta != 0.0:
         cs = g.initializers.get(c)
         bshape = shape_of(g, b)
         n_out = None if bshape is None or len(bshape) != 2 else bshape[0 if trans_b else 1]
-        t = _as_bias(cs, n_out, 2) if cs is not None else None
-        if t is not None:
-            if bool((t != 0).any()):  # a zero bias adds nothing
-                bias = rw.const(f"{c}_bias", t * beta if beta != 1.0 else t)
-        elif beta == 1.0:
-            residual = c  # y = A@B + C with C broadcast: the residual slot's semantics
-        else:
-            return None
+        bias_t = _as_bias(cs, n_out, 2) if cs is not None else None
+        if bias_t is None:
+            if beta != 1.0:
+                return None
+            residual = c  # y = A@B + C, C broadcast: the residual slot's semantics
+        elif not bool((bias_t != 0).any()):
+            bias_t = None  # a zero bias adds nothing
+    # decided: now add the folded constants
+    if alpha != 1.0:
+        b = rw.const(f"{b}_alpha", w * alpha)  # type: ignore[operator]
+    bias = ""
+    if bias_t is not None:
+        bias = rw.const(f"{c}_bias", bias_t * beta if beta != 1.0 else bias_t)
     return [
         fused_gemm(n.name or "FusedGemm", a, b, n.outputs[0], bias, residual, {"trans_b": trans_b})
     ]
@@ -150,6 +154,20 @@ def _from_gemm(m: Match, rw: Rewriter) -> list[Node] | None:
 def _same_dims(x: tuple, y: tuple) -> bool:
     # ints equal, or the same symbol (one runtime value wherever it appears)
     return len(x) == len(y) and all(d is not None and d == e for d, e in zip(x, y))
+
+
+def _merge_point(xs: tuple, ys: tuple, k: int, n: object) -> int | None:
+    """t such that x's dims from t on multiply to K and the result is x.shape[:t] + [N]."""
+    size = 1
+    for t in range(len(xs) - 1, 0, -1):
+        if not isinstance(xs[t], int):
+            return None
+        size *= xs[t]
+        if size == k and _same_dims(ys, (*xs[:t], n)):
+            return t
+        if size > k:
+            return None
+    return None
 
 
 def _unflatten(m: Match, rw: Rewriter) -> list[Node] | None:
@@ -175,18 +193,8 @@ def _unflatten(m: Match, rw: Rewriter) -> list[Node] | None:
     k, n = kn
     if not isinstance(k, int) or flat[1] != k:
         return None
-    for t in range(len(xs) - 1, 0, -1):
-        tail = xs[t:]
-        if not all(isinstance(d, int) for d in tail):
-            break
-        size = 1
-        for d in tail:
-            size *= int(d)  # type: ignore[arg-type]
-        if size == k and _same_dims(tuple(ys), (*xs[:t], n)):
-            break
-    else:
-        return None
-    if size != k or not _same_dims(tuple(ys), (*xs[:t], n)):
+    t = _merge_point(tuple(xs), tuple(ys), k, n)
+    if t is None:
         return None
     if t == len(xs) - 1:
         return [_rebuild(g_node, m.root.outputs[0], a=x)]

@@ -222,6 +222,41 @@ def test_gemm_with_alpha_beta_trans_b(c_shape: tuple[int, ...]) -> None:
     assert _counts(reports) == {"gemm": 1}
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "back", "fused"),
+    [
+        ((2, 3, 8), (2, 3, 6), True),  # [B, S, K] -> [B*S, K] -> Gemm -> [B, S, N]
+        ((2, 3, 2, 4), (2, 3, 6), True),  # heads merged into K on the way: [B, S, H, D]
+        ((2, 3, 8), (3, 2, 6), False),  # rows regrouped differently: not x's leading dims
+        ((2, 3, 8), (6, 6), False),  # stays 2-D
+    ],
+)
+def test_gemm_between_reshapes_becomes_n_d(x_shape, back, fused: bool) -> None:  # noqa: ANN001
+    k = int(np.prod(x_shape)) // 6
+    x = _vi("x", list(x_shape))
+    nodes = [
+        mk("Reshape", ["x", "flat"], ["x2"]),
+        mk("Gemm", ["x2", "w", "b"], ["y2"], transB=1),
+        mk("Reshape", ["y2", "back"], ["y3"]),
+        mk("Add", ["y3", "r"], ["y"]),
+    ]
+    inits = [
+        _t("flat", np.array([-1, k], np.int64)),
+        _t("back", np.array(back, np.int64)),
+        _t("w", _w(6, k)),
+        _t("b", _w(6)),
+        _t("r", _w(*back)),
+    ]
+    feeds = {"x": RNG.standard_normal(x_shape).astype(np.float32)}
+    g, reports = check_optimized(_model(nodes, [x], [_vi("y")], inits), feeds, only=ONLY)
+    counts = _counts(reports)
+    if fused:
+        assert counts == {"gemm": 1, "unflatten": 1, "residual": 1}
+        assert _ops(g)[-1] == "FusedGemm" and len(g.values["y"].shape) == 3
+    else:
+        assert "unflatten" not in counts and "Reshape" in _ops(g)
+
+
 # ------------------------------------------------------------------------------ real models
 def _check_all_gemms_fused(g: Graph) -> None:
     assert _const_weight_matmuls(g) == []

@@ -1,0 +1,170 @@
+"""`ecoinfer compare` and `ecoinfer tune-energy` end to end through the real CLI, on the CPU
+with a tiny ONNX model and short windows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+FAST = ["--duration", "0.2", "--warmup", "0.05"]
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ecoinfer.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory) -> Path:  # noqa: ANN001
+    """ids [batch, seq] -> Gather(embedding) -> MatMul -> Relu: a tiny token model."""
+    rng = np.random.default_rng(0)
+    emb = numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "emb")
+    w = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w"], ["h"], name="proj"),
+        helper.make_node("Relu", ["h"], ["y"], name="act"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("ids", T.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["batch", "seq", 16])],
+        initializer=[emb, w],
+    )
+    path = tmp_path_factory.mktemp("cli") / "mlp.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_compare_prints_the_table_and_writes_reports(mlp, tmp_path) -> None:  # noqa: ANN001
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "md", "html")}
+    proc = _cli(
+        "compare", str(mlp), "--batch", "4", "--seq", "16", "--device", "cpu", *FAST,
+        "--json", str(out["json"]), "--markdown", str(out["md"]), "--html", str(out["html"]),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "inputs ids: int64[4x16]" in text
+    for col in ("p50 ms", "p99 ms", "throughput/s", "GPU util %", "J/inference",
+                "energy vs FP32", "error vs FP32"):  # fmt: skip
+        assert col in text
+    lines = text.splitlines()
+    torch_row = next(ln for ln in lines if ln.startswith("PyTorch eager FP32"))
+    assert "skipped: give the nn.Module (Python API) or --torch-model" in torch_row
+    eng = next(ln for ln in lines if ln.startswith("ecoinfer engine"))
+    assert "skipped: engine not built yet (issue 4)" in eng
+    ort = next(ln for ln in lines if ln.startswith("onnxruntime FP32 (CPU EP)"))
+    eco = next(ln for ln in lines if ln.startswith("ecoinfer reference fp32"))
+    assert "1.00x (baseline)" in eco and "baseline" in eco
+    data = json.loads(out["json"].read_text())
+    rows = {r["extra"]["peer"]: r for r in data["results"]}
+    method = rows["ecoinfer-fp32"]["energy"]["method"]
+    assert method in ("rapl", "estimated")
+    # the label follows the meter: estimated rows say so, measured ones do not
+    assert ("(estimated)" in ort) is (method == "estimated")
+    assert rows["onnxruntime"]["extra"]["rel_l2_error"] < 1e-5
+    assert rows["torch-fp32"]["skipped"].startswith("give the nn.Module")
+    assert data["meta"]["batch"] == 4 and data["meta"]["inputs"] == {"ids": "int64[4x16]"}
+    assert "| onnxruntime FP32 (CPU EP) |" in out["md"].read_text()
+    page = out["html"].read_text()
+    assert page.count("data:image/png;base64,") >= 3  # latency, J bars, scatter (+ power)
+    assert "wrote" in text and str(out["html"]) in text
+
+
+def test_compare_peers_option_and_errors(mlp) -> None:  # noqa: ANN001
+    proc = _cli("compare", str(mlp), "--peers", "ecoinfer", "--device", "cpu", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime" not in proc.stdout and "ecoinfer reference fp32" in proc.stdout
+    bad = _cli("compare", str(mlp), "--peers", "tensorrt")
+    assert bad.returncode == 2 and "unknown peer" in bad.stderr
+    none = _cli("compare")
+    assert none.returncode == 2 and "--torch-model" in none.stderr
+
+
+def test_tune_energy_picks_a_configuration_and_says_what_is_missing(mlp, tmp_path) -> None:  # noqa: ANN001
+    js, png, page = tmp_path / "t.json", tmp_path / "t.png", tmp_path / "t.html"
+    proc = _cli(
+        "tune-energy", str(mlp), "--slo-ms", "1000", "--batches", "1,4", "--seq", "8",
+        "--precisions", "fp32,fp16", "--cuda-graphs", "on,off", "--device", "cpu", *FAST,
+        "--json", str(js), "--plot", str(png), "--html", str(page),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "Not measured: precision fp16" in text and "Not measured: CUDA graphs on" in text
+    assert "Offered today" in text and "GPU clocks and power limits were not changed" in text
+    assert "Pareto front" in text and "Chosen: ecoinfer fp32 batch" in text
+    data = json.loads(js.read_text())
+    assert data["kind"] == "tune-energy" and data["slo_ms"] == 1000
+    res = data["results"]
+    assert [r["batch"] for r in res] == [1, 4]
+    assert all(
+        r["extra"]["precision"] == "fp32" and r["extra"]["cuda_graphs"] is False for r in res
+    )
+    (best,) = [r for r in res if r["extra"].get("chosen")]
+    ok = [r for r in res if r["extra"]["meets_slo"]]
+    assert best["j_per_inference"] == min(r["j_per_inference"] for r in ok)
+    assert any(r["extra"].get("pareto") for r in res)
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert "CHOSEN" in page.read_text()
+
+
+def test_tune_energy_with_an_impossible_slo_exits_1(mlp) -> None:  # noqa: ANN001
+    proc = _cli("tune-energy", str(mlp), "--slo-ms", "0.000001", "--batches", "1",
+                "--seq", "4", "--device", "cpu", *FAST)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "No configuration meets p99 <= 1e-06 ms" in proc.stdout
+
+
+def test_tune_energy_refuses_when_nothing_is_available(mlp) -> None:  # noqa: ANN001
+    proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--precisions", "fp16")
+    assert proc.returncode == 2
+    assert "nothing to measure" in proc.stderr
+    proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--batches", "0")
+    assert proc.returncode == 2 and "--batches" in proc.stderr
+
+
+def test_never_touches_clocks_or_power_limits() -> None:
+    """The search only measures: no NVML setter in the code that drives it."""
+    import ecoinfer.bench.peers as peers
+    import ecoinfer.commands.tune_energy as tune
+
+    for mod in (peers, tune):
+        src = Path(mod.__file__).read_text()
+        for setter in (
+            "nvmlDeviceSet",
+            "nvidia-smi",
+            "SetApplicationsClocks",
+            "PowerManagementLimit",
+        ):
+            assert setter not in src, f"{mod.__name__} mentions {setter}"
+
+
+@pytest.mark.slow
+def test_compare_with_the_bundled_minilm_module(minilm) -> None:  # noqa: ANN001
+    path, _ = minilm
+    proc = _cli(
+        "compare", str(path), "--torch-model", "minilm", "--peers", "torch-fp32,ecoinfer",
+        "--batch", "2", "--seq", "16", "--device", "cpu", *FAST,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [
+        ln
+        for ln in proc.stdout.splitlines()
+        if ln.startswith(("PyTorch eager", "ecoinfer reference"))
+    ]
+    assert len(rows) == 2 and not any("skipped" in r for r in rows), proc.stdout
+    assert "1.00x (baseline)" in rows[0]
+    assert "disagree" not in proc.stdout

@@ -1,0 +1,278 @@
+"""Peers (ecoinfer.bench.peers): same inputs, same device, skipped rows with reasons, errors
+against the FP32 baseline, energy labels. CPU only, tiny models, short windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ecoinfer.bench import peers
+from ecoinfer.bench.harness import BenchConfig
+from ecoinfer.errors import InputError
+
+FAST = BenchConfig(duration_s=0.2, warmup_s=0.05)
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 4),
+        )
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TinyText(nn.Module):
+    """Token ids + mask -> (hidden, pooled): the shape of a BERT-class model's outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 16)
+        self.proj = nn.Linear(16, 16)
+        self.eval()
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.proj(self.emb(input_ids))) * attention_mask.unsqueeze(-1).float()
+        return h, h.mean(1)
+
+
+def _export(module: nn.Module, example: tuple, path, names: list[str]):  # noqa: ANN001, ANN202
+    from ecoinfer.frontend.torch import export_module
+
+    axes = {n: {0: "batch"} | ({1: "seq"} if t.dim() == 2 else {}) for n, t in zip(names, example)}
+    return export_module(module, example, path, input_names=names, dynamic_axes=axes, dynamo=False)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):  # noqa: ANN001, ANN201
+    m = TinyCNN()
+    path = _export(
+        m, (torch.randn(2, 3, 16, 16),), tmp_path_factory.mktemp("cnn") / "cnn.onnx", ["x"]
+    )
+    return m, path
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):  # noqa: ANN001, ANN201
+    m = TinyText()
+    ex = (torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.int64))
+    path = _export(
+        m, ex, tmp_path_factory.mktemp("text") / "text.onnx", ["input_ids", "attention_mask"]
+    )
+    return m, path
+
+
+def _energy_label_ok(r) -> None:  # noqa: ANN001
+    """On this CPU the energy is RAPL (measured) or an estimate, and says which."""
+    assert r.energy is not None
+    assert r.energy.method in ("rapl", "estimated"), r.energy.method
+    assert r.energy.measured is (r.energy.method != "estimated")
+    assert r.j_per_inference is not None and r.j_per_inference > 0
+
+
+def test_compare_cnn_with_module_on_cpu(cnn) -> None:  # noqa: ANN001
+    module, path = cnn
+    w0 = module.body[0].weight.detach().clone()
+    comp = peers.compare(path, module, batch=3, device="cpu", config=FAST)
+    assert [r.extra["peer"] for r in comp.results] == list(peers.PEERS)
+    assert comp.device == "cpu" and comp.batch == 3
+    assert comp.inputs == {"x": "float32[3x3x16x16]"}
+    assert comp.baseline == "PyTorch eager FP32"
+
+    ran = {r.extra["peer"]: r for r in comp.results if not r.skipped}
+    skipped = {r.extra["peer"]: r.skipped for r in comp.results if r.skipped}
+    assert set(ran) == {"torch-fp32", "onnxruntime", "ecoinfer-fp32"}
+    assert "CUDA only" in skipped["torch-fp16"]
+    assert "CUDA only" in skipped["torch-compile"]
+    assert "CUDA only" in skipped["torch-compile-fp16"]
+    assert skipped["ecoinfer-engine"] == "engine not built yet (issue 4)"
+    assert ran["onnxruntime"].name == "onnxruntime FP32 (CPU EP)"
+    assert ran["ecoinfer-fp32"].name.startswith("ecoinfer reference fp32")
+
+    base = ran["torch-fp32"]
+    assert base.extra["energy_vs_baseline"] == pytest.approx(1.0)
+    assert base.extra["rel_l2_error"] == 0.0
+    for key in ("onnxruntime", "ecoinfer-fp32"):
+        r = ran[key]
+        assert r.batch == 3 and r.latency is not None and r.latency.n > 0
+        assert r.throughput_per_s > 0
+        assert r.extra["error_reference"] == "PyTorch eager FP32"
+        assert r.extra["rel_l2_error"] < 1e-5, r.extra
+        assert r.extra["max_abs_error"] < 1e-4
+        expect = r.j_per_inference / base.j_per_inference
+        assert r.extra["energy_vs_baseline"] == pytest.approx(expect)
+    for r in ran.values():
+        _energy_label_ok(r)
+        assert r.energy.gpu_util_pct is None  # a CPU run has no GPU utilisation
+    # the caller's module is neither moved nor cast nor changed
+    assert module.body[0].weight.dtype == torch.float32
+    assert torch.equal(module.body[0].weight, w0)
+    assert comp.environment["torch"] == torch.__version__
+
+
+def test_without_module_pytorch_peers_are_skipped_with_the_reason(text) -> None:  # noqa: ANN001
+    _, path = text
+    comp = peers.compare(
+        path, device="cpu", batch=2, seq=5, config=FAST, peers="torch-fp32,torch-fp16,ecoinfer"
+    )
+    assert [r.skipped for r in comp.results[:2]] == [peers.NO_MODULE, peers.NO_MODULE]
+    assert "nn.Module (Python API)" in peers.NO_MODULE and "--torch-model" in peers.NO_MODULE
+    eco = comp.results[2]
+    assert not eco.skipped
+    # no PyTorch FP32: ecoinfer's FP32 is the baseline
+    assert comp.baseline == eco.name
+    assert eco.extra["energy_vs_baseline"] == pytest.approx(1.0)
+    assert comp.inputs == {"input_ids": "int64[2x5]", "attention_mask": "int64[2x5]"}
+
+
+def test_keyword_module_and_tuple_outputs(text) -> None:  # noqa: ANN001
+    module, path = text
+    comp = peers.compare(
+        path, module, device="cpu", batch=2, seq=7, config=FAST, peers=["torch-fp32", "ecoinfer"]
+    )
+    eco = comp.result("ecoinfer-fp32")
+    assert eco is not None and not eco.skipped
+    assert len(eco.extra["errors_per_output"]) == 2  # hidden and pooled, matched by position
+    assert eco.extra["rel_l2_error"] < 1e-5
+    assert comp.warnings == []
+
+
+def test_different_weights_are_flagged(cnn) -> None:  # noqa: ANN001
+    _, path = cnn
+    comp = peers.compare(
+        path, TinyCNN(seed=1), device="cpu", batch=1, config=FAST, peers="torch-fp32,ecoinfer"
+    )
+    assert any("disagree" in w for w in comp.warnings), comp.warnings
+
+
+def test_fp16_eager_copy_in_channels_last(cnn) -> None:  # noqa: ANN001
+    module, path = cnn
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    prep = peers.prepare_torch_eager(module, feeds, "cpu", fp16=True)
+    assert prep.name == "PyTorch eager FP16 channels_last"
+    assert prep.extra["precision"] == "fp16" and prep.extra["memory_format"] == "channels_last"
+    out = prep.fn()
+    assert out.dtype == torch.float16
+    ref = module(torch.from_numpy(feeds["x"])).detach().numpy()
+    err = peers.output_errors([peers._to_f64(out)], [ref.astype(np.float64)])
+    assert err["rel_l2_error"] < 1e-2  # FP16 tolerance (DESIGN.md, Measuring)
+    assert module.body[0].weight.dtype == torch.float32  # a copy was cast, not the module
+    # token inputs are never cast, and no channels_last without a 4-D image
+    tfeeds = peers.torch_inputs({"ids": np.zeros((2, 4), np.int64)}, "cpu", torch.float16, True)
+    assert tfeeds["ids"].dtype == torch.int64
+
+
+def test_torch_compile_modes_time_and_failure(cnn, text, monkeypatch) -> None:  # noqa: ANN001
+    calls = []
+
+    def fake_compile(m, mode=None):  # noqa: ANN001, ANN202
+        calls.append(mode)
+        return m
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cnn_mod, _ = cnn
+    img = {"x": np.ones((1, 3, 16, 16), np.float32)}
+    p = peers.prepare_torch_compile(cnn_mod, img, "cpu")
+    assert calls == ["max-autotune-no-cudagraphs"]
+    assert p.extra["compile_time_s"] >= 0 and "max-autotune-no-cudagraphs" in p.name
+    txt_mod, _ = text
+    ids = {"input_ids": np.ones((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)}
+    p = peers.prepare_torch_compile(txt_mod, ids, "cpu")
+    assert calls[-1] == "default" and p.extra["compile_mode"] == "default"
+
+    def broken(m, mode=None):  # noqa: ANN001, ANN202
+        raise RuntimeError("inductor exploded\nmore lines")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(peers.Skip, match="torch.compile failed: RuntimeError: inductor exploded"):
+        peers.prepare_torch_compile(cnn_mod, img, "cpu")
+
+
+def test_onnxruntime_without_cuda_provider_is_skipped_on_gpu_runs(cnn, monkeypatch) -> None:  # noqa: ANN001
+    ort = pytest.importorskip("onnxruntime")
+    _, path = cnn
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(peers.Skip, match="CUDAExecutionProvider not available"):
+        peers.prepare_onnxruntime(str(path), {"x": np.ones((1, 3, 16, 16), np.float32)}, "cuda")
+
+
+def test_input_shapes(text, cnn) -> None:  # noqa: ANN001
+    from ecoinfer.frontend.onnx import import_onnx
+
+    g = import_onnx(text[1])
+    assert peers.input_shapes(g, 4, 32) == {"input_ids": (4, 32), "attention_mask": (4, 32)}
+    assert peers.input_shapes(g, 4, 32, {"input_ids": (1, 3)})["input_ids"] == (1, 3)
+    g = import_onnx(cnn[1])
+    assert peers.input_shapes(g, 5, 128) == {"x": (5, 3, 16, 16)}
+
+
+def test_fixed_batch_is_refused(tmp_path) -> None:  # noqa: ANN001
+    from ecoinfer.frontend.onnx import import_onnx
+
+    m = TinyCNN()
+    path = _export(m, (torch.randn(1, 3, 8, 8),), tmp_path / "fixed.onnx", ["x"])
+    import onnx
+
+    model = onnx.load(path)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, path)
+    with pytest.raises(InputError, match="fixed batch dimension of 1"):
+        peers.input_shapes(import_onnx(path), 8, 128)
+
+
+def test_output_errors_and_flatten() -> None:
+    ref = [np.array([1.0, 2.0, 2.0]), np.zeros((2, 2))]
+    out = [np.array([1.0, 2.0, 2.3]), np.zeros((3,))]
+    e = peers.output_errors(out, ref)
+    assert e["rel_l2_error"] == pytest.approx(0.1)
+    assert e["max_abs_error"] == pytest.approx(0.3)
+    assert any("not compared" in n for n in e["notes"])
+    t = torch.ones(2)
+    assert len(peers.flatten_outputs({"a": t, "b": (t, None, [t])})) == 3
+    assert len(peers.flatten_outputs(t)) == 1
+
+
+def test_parse_peers() -> None:
+    assert peers.parse_peers(None) == list(peers.PEERS)
+    assert peers.parse_peers("ecoinfer,torch-fp32") == ["torch-fp32", "ecoinfer-fp32"]
+    assert peers.parse_peers(["ort", "torch-compile"]) == ["torch-compile", "onnxruntime"]
+    with pytest.raises(InputError, match="unknown peer"):
+        peers.parse_peers("tensorrt")
+
+
+def test_bert_base_by_name_is_bert_base_sized() -> None:
+    pytest.importorskip("transformers")
+    m = peers.load_torch_model("bert-base")
+    assert m.config.hidden_size == 768 and m.config.num_hidden_layers == 12
+    assert not m.training
+    with pytest.raises(InputError, match="unknown model"):
+        peers.load_torch_model("gpt-17")
+
+
+@pytest.mark.slow
+def test_minilm_module_against_its_onnx_export(minilm) -> None:  # noqa: ANN001
+    """The bundled MiniLM as a PyTorch peer: keyword call, ModelOutput, same weights."""
+    path, feeds = minilm
+    module = peers.load_torch_model("minilm")
+    comp = peers.compare(
+        path, module, feeds=feeds, device="cpu", config=FAST, peers="torch-fp32,ecoinfer"
+    )
+    assert comp.batch == feeds["input_ids"].shape[0]
+    eco = comp.result("ecoinfer-fp32")
+    assert eco is not None and not eco.skipped, eco.skipped if eco else None
+    assert eco.extra["rel_l2_error"] < 1e-4
+    assert comp.warnings == []
