@@ -4,11 +4,14 @@ onnxruntime. A benchmark script, not a test.
     python bench/cpu_optimize.py                     # 1x128 and 8x128 tokens, 2 threads
     python bench/cpu_optimize.py --runs 50 --threads 4 --shapes 1x128,8x128,1x512
 
-Exports MiniLM with torch.onnx (dynamo by default), then for each shape times, interleaved
-round by round so load changes on a shared machine hit every config alike:
-ecoinfer at each --levels (the torch reference runner on the optimized graph) and
-onnxruntime (CPUExecutionProvider, ORT_ENABLE_ALL) on the original model. torch and
-onnxruntime get the same thread count. Prints median / p90 latency, the ratios level-N vs
+Exports MiniLM with torch.onnx (dynamo by default), then for each shape times ecoinfer at
+each --levels (the torch reference runner on the optimized graph, through Model.run) and
+onnxruntime (CPUExecutionProvider, ORT_ENABLE_ALL, InferenceSession.run) on the original
+model; torch and onnxruntime get the same intra-op thread count. The runs of each config
+are split over --rounds blocks, the configs taking turns block by block (so a change of load
+on a shared machine hits every config alike), and each block starts with an untimed run:
+the thread pools of the config before (OpenMP, onnxruntime) keep spinning for a while after
+they finish and would otherwise slow the first timed run of the next one. Prints median / p90 latency, the ratios level-N vs
 level 0 and vs onnxruntime, node counts, and writes JSON to
 bench/results/cpu_optimize_<date>.json with the CPU model, versions and machine load.
 """
@@ -95,6 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30, help="timed runs per config (default 30)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    ap.add_argument("--rounds", type=int, default=4, help="blocks the runs are split into")
     ap.add_argument("--threads", type=int, default=2, help="torch = onnxruntime intra-op threads")
     ap.add_argument("--shapes", default="1x128,8x128", help="batch x tokens list")
     ap.add_argument("--levels", default="0,1,2,3", help="ecoinfer optimization levels")
@@ -168,12 +172,15 @@ def main() -> int:
                 res[name].max_rel_error_vs_ort = max(rel_error(outs[k], ref[k]) for k in ref)
             for _ in range(args.warmup - 1):
                 fn(feeds)
-        # interleaved rounds: a burst of load from other processes hits every config alike
-        for _ in range(args.runs):
+        # blocks taking turns; the untimed run first lets the last config's threads go idle
+        per_block = [len(b) for b in np.array_split(np.arange(args.runs), args.rounds)]
+        for n_runs in per_block:
             for name, fn in runners.items():
-                t0 = time.perf_counter()
                 fn(feeds)
-                res[name].times_ms.append((time.perf_counter() - t0) * 1e3)
+                for _ in range(n_runs):
+                    t0 = time.perf_counter()
+                    fn(feeds)
+                    res[name].times_ms.append((time.perf_counter() - t0) * 1e3)
         for r in res.values():
             r.median_ms = statistics.median(r.times_ms)
             r.p90_ms = pct(r.times_ms, 0.9)
@@ -186,8 +193,8 @@ def main() -> int:
     # ------------------------------------------------------------------ table
     lines = [
         f"MiniLM-L6 ({exporter} export), CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, "
-        f"{args.threads} threads (torch = onnxruntime), {args.runs} runs after "
-        f"{args.warmup} warm-up; load average {load_before[0]:.2f} before, "
+        f"{args.threads} threads (torch = onnxruntime), {args.runs} runs in {args.rounds} "
+        f"rounds after {args.warmup} warm-up; load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after",
         "",
         "| shape | config | nodes | median ms | p90 ms | min ms | vs ecoinfer-L0 "
@@ -229,6 +236,7 @@ def main() -> int:
             "logical_cpus": os.cpu_count(),
             "threads": args.threads,
             "runs": args.runs,
+            "rounds": args.rounds,
             "warmup": args.warmup,
             "load_average_before": load_before,
             "load_average_after": load_after,

@@ -38,6 +38,7 @@ ORDER = [
     "fuse_conv",
     "fuse_gemm",
     "pack_qkv",
+    "fuse_attention_heads",
     "nhwc_layout",
     "fuse_elementwise",
     "dce",

@@ -2,7 +2,7 @@
 
 # category modules register their ops on import
 from ecoinfer.ir.ops import control, elementwise, nn, reduce, tensor  # noqa: E402, F401, I001
-from ecoinfer.ir.ops import fused_attention, fused_conv, fused_elementwise, fused_gemm  # noqa: E402, F401, I001
+from ecoinfer.ir.ops import fused_attention, fused_conv, fused_elementwise, fused_gemm, fused_mha  # noqa: E402, F401, I001
 from ecoinfer.ir.ops.registry import (
     InferContext,
     OpSchema,

@@ -395,6 +395,28 @@ def _slice_len(d: Dim, start: int, end: int, step: int) -> Dim:
     return None
 
 
+def _symbolic_slice(ctx: InferContext, s: tuple) -> tuple:
+    """Slice whose ends are symbolic dims (x[:, :seq] with seq from Shape): from 0 with step 1
+    the result has `seq` elements, assuming (as the model does) that seq lies within the axis."""
+    starts, ends = ctx.sym(1), ctx.sym(2)
+    axes = ctx.ints(3) if ctx.has(3) else (list(range(len(starts))) if starts is not None else None)
+    steps = ctx.ints(4) if ctx.has(4) else ([1] * len(starts) if starts is not None else None)
+    if starts is None or ends is None or axes is None or steps is None:
+        return tuple(ctx.new_dim() for _ in s)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        return tuple(ctx.new_dim() for _ in s)
+    out = list(s)
+    for axis, start, end, step in zip(_axes(ctx, axes, len(s)), starts, ends, steps):
+        if isinstance(start, int) and isinstance(end, int):
+            d = _slice_len(s[axis], start, end, step)
+            out[axis] = ctx.new_dim() if d is None else d
+        elif start == 0 and step == 1 and isinstance(end, str):
+            out[axis] = end
+        else:
+            out[axis] = ctx.new_dim()
+    return tuple(out)
+
+
 @op("Slice", inputs=(3, 5))
 def _slice(ctx: InferContext) -> list[OutType]:
     s = ctx.shape(0)
@@ -402,7 +424,7 @@ def _slice(ctx: InferContext) -> list[OutType]:
         return [OutType(ctx.dtype(0), None)]
     params = _slice_params(ctx, len(s))
     if params is None:
-        return [OutType(ctx.dtype(0), tuple(None for _ in s))]
+        return [OutType(ctx.dtype(0), _symbolic_slice(ctx, s))]
     out = list(s)
     for axis, start, end, step in params:
         d = _slice_len(s[axis], start, end, step)

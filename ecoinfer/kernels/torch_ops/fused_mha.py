@@ -1,0 +1,37 @@
+"""Torch reference kernel of ecoinfer.MultiHeadAttention: split heads, Attention, merge heads.
+
+The reshapes and transposes are views, and the attention itself is ecoinfer.Attention's
+kernel, so the numbers are exactly those of the unfused graph."""
+
+from __future__ import annotations
+
+import torch
+
+from ecoinfer.kernels.torch_ops.fused_attention import _attention
+from ecoinfer.kernels.torch_ops.registry import KernelContext, kernel
+
+Tensor = torch.Tensor
+
+
+def _heads(x: Tensor, h: int) -> Tensor:
+    b, s, _ = x.shape
+    return x.reshape(b, s, h, -1).transpose(1, 2)
+
+
+@kernel("MultiHeadAttention", domain="ecoinfer")
+def _mha(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    h, d = int(ctx.attr("num_heads")), int(ctx.attr("head_size"))
+    if ctx.attr("packed", 0):
+        qkv = xs[0]
+        assert qkv is not None
+        q, k, v = qkv[..., : h * d], qkv[..., h * d : 2 * h * d], qkv[..., 2 * h * d :]
+    else:
+        q, k, v = xs[0], xs[1], xs[2]
+    assert q is not None and k is not None and v is not None
+    masks = list(xs[3:5]) + [None] * (2 - len(xs[3:5]))
+    attn_ctx = KernelContext(
+        ctx.node, {**ctx.attrs, "k_transposed": 0}, ctx.device, ctx.run_graph, ctx.opset
+    )
+    (y,) = _attention(attn_ctx, [_heads(q, h), _heads(k, h), _heads(v, h), *masks])
+    b, _, s, dv = y.shape
+    return [y.transpose(1, 2).reshape(b, s, h * dv)]
