@@ -226,6 +226,9 @@ def run_benchmark(
         result.warnings += reading.warnings
 
     result.latency = LatencyStats.of(lat)
+    # per-call latencies for histograms; evenly thinned so a long run stays a small file
+    step = max(1, len(lat) // 2000)
+    result.extra["latencies_ms"] = [t * 1e3 for t in lat[::step]]
     result.enqueue = LatencyStats.of(enq)
     result.gpu_compute = LatencyStats.of(gpu) if cuda else None
     result.throughput_per_s = len(lat) * batch / wall if wall > 0 else 0.0
