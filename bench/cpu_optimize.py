@@ -13,7 +13,7 @@ on a shared machine hits every config alike), and each block starts with an unti
 the thread pools of the config before (OpenMP, onnxruntime) keep spinning for a while after
 they finish and would otherwise slow the first timed run of the next one. Prints median / p90 latency, the ratios level-N vs
 level 0 and vs onnxruntime, node counts, and writes JSON to
-bench/results/cpu_optimize_<date>.json with the CPU model, versions and machine load.
+bench/results/cpu_optimize_<date>[_torchscript].json with the CPU model, versions and machine load.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -189,6 +190,7 @@ def main() -> int:
             results.append(r)
         print(f"  {label}: done", flush=True)
     load_after = os.getloadavg()
+    shutil.rmtree(tmp, ignore_errors=True)  # the exported and the ORT-optimized models
 
     # ------------------------------------------------------------------ table
     lines = [
@@ -226,7 +228,8 @@ def main() -> int:
     if not args.no_json:
         args.out.mkdir(parents=True, exist_ok=True)
         today = dt.date.today().isoformat()
-        out = args.out / f"cpu_optimize_{today}.json"
+        suffix = "_torchscript" if args.torchscript else ""  # dynamo, the default: no suffix
+        out = args.out / f"cpu_optimize_{today}{suffix}.json"
         payload = {
             "benchmark": "cpu_optimize",
             "date": dt.datetime.now().isoformat(timespec="seconds"),

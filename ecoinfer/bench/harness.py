@@ -32,6 +32,9 @@ class BenchConfig:
     declared_power_w: float | None = None
     streams: int = 1  # concurrent callers (threads; each gets its own CUDA stream)
     progress: bool = False  # a progress line on stderr while it runs
+    # idle power measured once beforehand (e.g. by compare, before any peer heats the GPU);
+    # None: measure it here, before the warm-up
+    idle_power_w: float | None = None
 
 
 @dataclass
@@ -144,7 +147,9 @@ def run_benchmark(
             result.warnings.append(
                 f"energy not measured: {e} (give --declared-power-w for an estimate)"
             )
-    idle_w = meter.idle_power_w(1.0) if meter is not None else None
+    idle_w = cfg.idle_power_w
+    if meter is not None and idle_w is None:
+        idle_w = meter.idle_power_w(1.0)
 
     # warm-up: compilation, allocator growth, cuDNN autotuning stay out of the numbers
     t_end = time.perf_counter() + cfg.warmup_s

@@ -20,6 +20,7 @@ ecoinfer's reference FP32.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import gc
 import inspect
@@ -566,6 +567,19 @@ def parse_peers(spec: str | Sequence[str] | None) -> list[str]:
     return sorted(out, key=list(PEERS).index)
 
 
+def _idle_power_w(dev: str, cfg: BenchConfig) -> float | None:
+    from ecoinfer.energy import open_meter  # noqa: PLC0415
+    from ecoinfer.errors import EnergyMeterError  # noqa: PLC0415
+
+    try:
+        meter = open_meter(
+            "cuda" if dev.startswith("cuda") else "cpu", declared_power_w=cfg.declared_power_w
+        )
+        return meter.idle_power_w(2.0)
+    except EnergyMeterError:
+        return None
+
+
 def compare(
     model_path: str | os.PathLike,
     module: Any = None,
@@ -619,6 +633,10 @@ def compare(
     )
     cuda = dev.startswith("cuda")
     outputs: dict[str, list[np.ndarray]] = {}
+    if cfg.measure_energy and cfg.idle_power_w is None:
+        # idle power once, before any peer runs: measured between peers it still carries the
+        # previous peer's heat and the driver's ~1 s power averaging
+        cfg = dataclasses.replace(cfg, idle_power_w=_idle_power_w(dev, cfg))
 
     for i, key in enumerate(keys, 1):
         label = PEERS[key]
