@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the main job on the bundled all-MiniLM-L6-v2")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--cache-dir", default=None, help="where the exported ONNX file is kept")
+    d.add_argument(
+        "--report",
+        default=None,
+        metavar="OUT.html",
+        help="where to write the HTML report (default: in the cache folder)",
+    )
+    d.add_argument(
+        "--declared-power-w",
+        type=float,
+        default=None,
+        help="power to assume where energy cannot be measured (marked estimated)",
+    )
+    d.add_argument("--verbose", action="store_true", help="print every optimizer pass")
     return p
 
 

@@ -89,8 +89,10 @@ def test_demo_runs_minilm_and_agrees_with_onnxruntime(tmp_path) -> None:  # noqa
     proc = _cli("demo", "--device", "cpu", "--cache-dir", str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "22.7 M parameters" in out
-    err = float(out.split("onnxruntime (CPU)")[1].split("vs this:")[1].split()[0])
-    assert err < 1e-5
-    first = out.split("[4/4]")[1].splitlines()[1]
+    assert "22.7 M parameters" in out and "[3/5] optimize level 2: 288 -> " in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("ecoinfer reference fp32"))
+    rel_err = float(row.split()[-3])  # "... rel L2 / max abs" columns end the row
+    assert rel_err < 1e-5, row
+    assert "onnxruntime FP32" in out and (tmp_path / "demo-report.html").exists()
+    first = out.split("[5/5]")[1].splitlines()[1]
     assert "reset your password" in first

@@ -1,15 +1,14 @@
 """`ecoinfer demo`: the main job on the bundled all-MiniLM-L6-v2.
 
-Today: export -> import -> run on the ecoinfer runtime, checked against onnxruntime and
-PyTorch, then a small FAQ search with the embeddings. It grows with the optimizer, the GPU
-engine and the energy comparison.
+export -> import -> optimize (level 2) -> compare against the peers on this device (latency,
+throughput, J/inference; HTML report) -> a small FAQ search with ecoinfer's embeddings. The
+GPU engine (issue 4) adds its FP16/INT8 rows to the comparison when it lands.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -41,26 +40,10 @@ def _cache_dir(arg: str | None) -> Path:
     return base
 
 
-def _median_ms(fn, repeats: int = 5) -> float:  # noqa: ANN001
-    fn()  # warm-up, excluded
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float32)
     emb = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(
-        np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30)
-    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -85,15 +68,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if onnx_path.exists():
-        print(f"[1/4] export  cached {onnx_path}")
+        print(f"[1/5] export  cached {onnx_path}")
     else:
         minilm.export_minilm_onnx(onnx_path, dynamo=True)
         print(
-            f"[1/4] export  torch.onnx.export(dynamo=True) -> {onnx_path} in {time.perf_counter() - t0:.1f} s"
+            f"[1/5] export  torch.onnx.export(dynamo=True) -> {onnx_path} in {time.perf_counter() - t0:.1f} s"
         )
 
     graph = import_onnx(onnx_path)
-    model = Model(graph, str(onnx_path))
     tok = minilm.load_minilm_tokenizer()
     sentences = [QUERY, *FAQ]
     tokens = minilm.sample_inputs(sentences, tok)
@@ -104,56 +86,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     count, nbytes = graph.param_count()
     ins = ", ".join(f"{v.name}: {v.type_str()}" for v in graph.inputs)
     print(
-        f"[2/4] import  {len(graph.nodes)} nodes, {len(graph.op_histogram())} op types, "
+        f"[2/5] import  {len(graph.nodes)} nodes, {len(graph.op_histogram())} op types, "
         f"{count / 1e6:.1f} M parameters ({nbytes / 2**20:.0f} MiB); inputs {ins}; "
         f"{flops / 1e9:.2f} GFLOP for {len(sentences)} sentences x {shapes[graph.input_names[0]][1]} tokens"
     )
 
     out_name = graph.output_names[0]
-    ours = model.run(feeds, device=device)[out_name]
-    rows = [
-        ("ecoinfer reference runtime", _median_ms(lambda: model.run(feeds, device=device)), None)
-    ]
-    try:
-        import onnxruntime as ort  # noqa: PLC0415
+    from ecoinfer.commands.optimize import print_pass_table  # noqa: PLC0415
+    from ecoinfer.passes import OptimizeConfig, optimize  # noqa: PLC0415
 
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        ref = sess.run([out_name], feeds)[0]
-        rows.append(
-            ("onnxruntime (CPU)", _median_ms(lambda: sess.run([out_name], feeds)), _rel(ours, ref))
-        )
-    except ImportError:
-        ref = None
-        rows.append(("onnxruntime", float("nan"), "skipped: not installed"))
-    module = minilm.load_minilm_module()
-    tfeeds = {k: torch.from_numpy(v) for k, v in tokens.items()}
-    with torch.inference_mode():
-        eager = module(**tfeeds)[0].numpy()
-        rows.append(
-            ("PyTorch eager (CPU)", _median_ms(lambda: module(**tfeeds)), _rel(ours, eager))
-        )
+    optimized, reports = optimize(graph, OptimizeConfig(level=2))
+    fused = {k: v for k, v in optimized.op_histogram().items() if k.startswith("ecoinfer.")}
     print(
-        f"[3/4] run     {len(sentences)} sentences, median of 5 runs after one warm-up, {device}:"
+        f"[3/5] optimize level 2: {len(graph.nodes)} -> {len(optimized.nodes)} nodes "
+        f"({100 * (1 - len(optimized.nodes) / len(graph.nodes)):.0f}% fewer); "
+        + ", ".join(f"{v} {k.split('.', 1)[1]}" for k, v in sorted(fused.items()))
     )
-    for name, ms, err in rows:
-        e = (
-            ""
-            if err is None
-            else (err if isinstance(err, str) else f"  rel. error of ecoinfer vs this: {err:.2e}")
-        )
-        print(f"        {name:<28} {ms:8.1f} ms{e}")
-    if ref is not None and _rel(ours, ref) > 1e-5:
-        print("        WARNING: ecoinfer disagrees with onnxruntime beyond 1e-5")
+    if args.verbose:
+        print_pass_table(graph, optimized, reports)
+    ours = Model(optimized, str(onnx_path)).run(feeds, device=device)[out_name]
+
+    from ecoinfer.bench import peers, report  # noqa: PLC0415
+    from ecoinfer.bench.harness import BenchConfig  # noqa: PLC0415
+
+    cuda = device == "cuda"
+    cfg = BenchConfig(
+        warmup_s=1.0 if cuda else 0.3,
+        duration_s=3.0 if cuda else 1.0,
+        declared_power_w=args.declared_power_w,
+    )
+    module = minilm.load_minilm_module()
+    print(
+        f"[4/5] compare {len(sentences)} sentences x {shapes[graph.input_names[0]][1]} tokens on "
+        f"{device}, same inputs for every peer ({cfg.duration_s:g} s timed each):"
+    )
+    comp = peers.compare(
+        onnx_path, module, feeds=feeds, device=device, config=cfg, log=lambda s: None
+    )
+    print(report.to_text(comp))
+    html = Path(args.report) if args.report else cache / "demo-report.html"
+    for path in report.write_reports(comp, None, None, html):
+        print(f"        report: {path}")
 
     mask = tokens["attention_mask"]
     emb = _mean_pool(ours, mask)
     scores = emb[1:] @ emb[0]
     order = np.argsort(-scores)
-    print(f'[4/4] search  query: "{QUERY}"')
+    print(f'[5/5] search  query: "{QUERY}"')
     for rank, k in enumerate(order[:3], 1):
         print(f"        {rank}. {scores[k]:.3f}  {FAQ[k]}")
     print(
-        "The CPU times above are the unoptimised reference runtime; graph optimisation, the GPU "
-        "engine and energy measurement arrive with the next issues."
+        "ecoinfer's row is its torch reference runtime on the optimized graph; the GPU engine "
+        "with FP16/INT8 kernels is the next step (issue 4)."
     )
     return 0
