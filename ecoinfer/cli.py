@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
 
+    bu = sub.add_parser(
+        "build", help="build an engine file from an ONNX model, like trtexec --saveEngine"
+    )
+    from ecoinfer.commands.build import add_arguments as _build_args  # noqa: PLC0415
+
+    _build_args(bu)
+
     b = sub.add_parser("bench", help="time a model (latency, throughput, energy), like trtexec")
     from ecoinfer.commands.bench import add_arguments as _bench_args  # noqa: PLC0415
 
@@ -140,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.optimize import cmd_optimize  # noqa: PLC0415
 
             return cmd_optimize(args)
+        if args.command == "build":
+            from ecoinfer.commands.build import cmd_build  # noqa: PLC0415
+
+            return cmd_build(args)
         if args.command == "bench":
             from ecoinfer.commands.bench import cmd_bench  # noqa: PLC0415
 

@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="power to assume where nothing can be measured (result marked estimated)",
     )
     p.add_argument("--export-json", metavar="FILE", help="write the result as JSON")
+    p.add_argument(
+        "--no-cuda-graphs", action="store_true", help="engine files: run without CUDA graphs"
+    )
 
 
 def _batched_shapes(graph: Graph, shapes: dict, batch: int | None) -> dict:
@@ -85,6 +88,18 @@ def make_runner(args: argparse.Namespace, path: str, graph: Graph, feeds: dict, 
     """(name, fn, profile_fn) for the chosen runner."""
     from ecoinfer.api import Model, validate_inputs  # noqa: PLC0415
     from ecoinfer.bench.harness import layer_table  # noqa: PLC0415
+    from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
+
+    if is_engine_file(path):
+        from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
+
+        engine = load_engine(path, device)
+        ctx = engine.create_context(cuda_graphs=not getattr(args, "no_cuda_graphs", False))
+        tensors = {
+            k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, path).items()
+        }
+        label = f"ecoinfer engine {engine.precision}" + (" + CUDA graphs" if ctx.use_graphs else "")
+        return label, (lambda: ctx.run(tensors, as_torch=True)), None
 
     if args.runner == "onnxruntime":
         try:
@@ -175,11 +190,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ecoinfer.bench.harness import BenchConfig, run_benchmark  # noqa: PLC0415
     from ecoinfer.commands.common import load_input_files, parse_shapes, random_inputs  # noqa: PLC0415
     from ecoinfer.commands.run import pick_device  # noqa: PLC0415
+    from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
 
-    graph = import_onnx(args.model)
-    device = pick_device(args.device)
-    shapes = _batched_shapes(graph, parse_shapes(args.shapes), args.batch)
+    shapes = parse_shapes(args.shapes)
+    if is_engine_file(args.model):
+        from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
+
+        engine = load_engine(args.model, None if args.device == "auto" else args.device)
+        graph, device = engine.graph, str(engine.device)
+        opt = dict(engine.profiles[0].opt) if engine.profiles else {}
+        if args.batch is not None:  # --batch replaces the leading (symbolic) dim of opt shapes
+            opt = {
+                k: (args.batch, *v[1:]) if v else v
+                for k, v in opt.items()
+                if not isinstance((engine.graph.values[k].shape or (1,))[0], int)
+            } | {
+                k: v
+                for k, v in opt.items()
+                if isinstance((engine.graph.values[k].shape or (1,))[0], int)
+            }
+        shapes = {**opt, **shapes}
+    else:
+        graph = import_onnx(args.model)
+        device = pick_device(args.device)
+    shapes = _batched_shapes(graph, shapes, args.batch)
     feeds = random_inputs(graph, shapes, 0, load_input_files(args.input, graph))
     name, fn, profile_fn = make_runner(args, args.model, graph, feeds, device)
     cfg = BenchConfig(

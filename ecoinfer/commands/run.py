@@ -31,17 +31,33 @@ def checksum(a: np.ndarray) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    graph = import_onnx(args.model)
-    model = Model(graph, args.model)
+    from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
+
     shapes = parse_shapes(args.shapes)
+    if is_engine_file(args.model):
+        from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
+
+        model = load_engine(args.model, None if args.device == "auto" else args.device)
+        graph = model.graph
+        # symbolic dims default to the first profile's opt shapes
+        shapes = (
+            {**{k: v for k, v in model.profiles[0].opt.items()}, **shapes}
+            if model.profiles
+            else shapes
+        )
+        device = str(model.device)
+    else:
+        graph = import_onnx(args.model)
+        model = Model(graph, args.model)
+        device = None
     given = load_input_files(args.input, graph)
     feeds = random_inputs(graph, shapes, args.seed, given)
-    device = pick_device(args.device)
+    device = device or pick_device(args.device)
     for name, arr in feeds.items():
         origin = "file" if name in given else "random"
         print(f"input  {name:<24} {arr.dtype}[{'x'.join(map(str, arr.shape))}] ({origin})")
     t0 = time.perf_counter()
-    out = model.run(feeds, device=device)
+    out = model.run(feeds) if not isinstance(model, Model) else model.run(feeds, device=device)
     dt = time.perf_counter() - t0
     for name, arr in out.items():
         print(f"output {name:<24} {arr.dtype}[{'x'.join(map(str, arr.shape))}] {checksum(arr)}")

@@ -1,0 +1,175 @@
+"""`ecoinfer build`: ONNX -> engine file, in the trtexec spirit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ecoinfer.errors import EcoinferError, InputError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.eng")
+    prec = p.add_mutually_exclusive_group()
+    for flag in ("fp32", "tf32", "fp16", "bf16"):
+        prec.add_argument(
+            f"--{flag}",
+            dest="precision",
+            action="store_const",
+            const=flag,
+            help=f"compute in {flag}" + (" (default)" if flag == "fp32" else ""),
+        )
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=[],
+        metavar="NAME:DxD",
+        help="fixed input shapes (min = opt = max)",
+    )
+    for which in ("min", "opt", "max"):
+        p.add_argument(
+            f"--{which}-shapes",
+            nargs="+",
+            action="append",
+            default=[],
+            metavar="NAME:DxD",
+            help=f"{which} shapes of a profile; repeat the three flags for more profiles",
+        )
+    p.add_argument("--timing-cache", metavar="FILE", help="reuse and extend this timing cache")
+    p.add_argument("--opt-level", type=int, default=2, choices=[0, 1, 2, 3])
+    p.add_argument(
+        "--workspace",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="tactic workspace limit (advisory)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--layer-precision",
+        nargs="+",
+        default=[],
+        metavar="REGEX:PREC",
+        help='per-layer precision, e.g. "attention.*:fp32" (first match wins)',
+    )
+    p.add_argument(
+        "--check-accuracy",
+        action="store_true",
+        help="compare the engine with onnxruntime FP32 on random inputs; fail beyond tolerance",
+    )
+    p.add_argument(
+        "--no-tune", action="store_true", help="reference kernels only, no tactic timing"
+    )
+    p.add_argument("--verbose", action="store_true", help="log every tactic candidate")
+
+
+def _profiles(args: argparse.Namespace, graph):  # noqa: ANN001, ANN202
+    from ecoinfer.commands.common import parse_shapes  # noqa: PLC0415
+    from ecoinfer.engine.builder import default_profile  # noqa: PLC0415
+    from ecoinfer.engine.runtime import ShapeProfile  # noqa: PLC0415
+
+    base = (
+        default_profile(graph)
+        if any(
+            v.shape is None or any(not isinstance(d, int) for d in v.shape) for v in graph.inputs
+        )
+        else ShapeProfile(*({v.name: tuple(v.shape) for v in graph.inputs},) * 3)
+    )
+    fixed = parse_shapes(args.shapes)
+    n = max(len(args.min_shapes), len(args.opt_shapes), len(args.max_shapes))
+    if n and not (len(args.min_shapes) == len(args.opt_shapes) == len(args.max_shapes)):
+        raise InputError(
+            "give --min-shapes, --opt-shapes and --max-shapes together, once per profile"
+        )
+    profiles = []
+    for k in range(max(n, 1)):
+        lo, opt, hi = dict(base.min), dict(base.opt), dict(base.max)
+        for d in (lo, opt, hi):
+            d.update(fixed)
+        if n:
+            lo.update(parse_shapes(args.min_shapes[k]))
+            opt.update(parse_shapes(args.opt_shapes[k]))
+            hi.update(parse_shapes(args.max_shapes[k]))
+        for name in {**lo, **opt, **hi}:
+            if name not in graph.input_names:
+                raise InputError(
+                    f"shapes name '{name}', which is not an input (inputs: {', '.join(graph.input_names)})"
+                )
+        profiles.append(ShapeProfile(lo, opt, hi))
+    return profiles
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from ecoinfer.engine.builder import BuildConfig, build, check_accuracy  # noqa: PLC0415
+    from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
+
+    if args.output == args.model:
+        raise InputError(f"-o {args.output}: refusing to overwrite the input model")
+    graph = import_onnx(args.model)
+    layer_precision = []
+    for item in args.layer_precision:
+        pattern, sep, prec = item.rpartition(":")
+        if not sep or not pattern:
+            raise InputError(
+                f'--layer-precision "{item}": write it as REGEX:PRECISION, e.g. "attention.*:fp32"'
+            )
+        layer_precision.append((pattern, prec))
+    cfg = BuildConfig(
+        precision=args.precision or "fp32",
+        device=args.device,
+        opt_level=args.opt_level,
+        profiles=_profiles(args, graph),
+        timing_cache=args.timing_cache,
+        layer_precision=layer_precision,
+        tune=not args.no_tune,
+        workspace_mb=args.workspace,
+        verbose=args.verbose,
+        progress=sys.stderr.isatty(),
+    )
+    engine = build(args.model, cfg)
+    path = engine.save(args.output)
+    rep = engine.report
+    print(
+        f"built {path}: {engine.precision} on {engine.fingerprint['device_name']} in {rep['build_seconds']:.1f} s; "
+        f"{rep['nodes']['imported']} -> {rep['nodes']['plan']} layers"
+    )
+    for k, p in enumerate(engine.profiles):
+        desc = ", ".join(
+            f"{n}: {p.describe(n)} (opt {'x'.join(map(str, p.opt[n]))})" for n in graph.input_names
+        )
+        mem = rep["memory"].get(f"profile {k}", {})
+        print(
+            f"profile {k}: {desc}; activations at opt: peak {mem.get('peak_activation_bytes', 0) / 2**20:.1f} MiB "
+            f"planned vs {mem.get('naive_activation_bytes', 0) / 2**20:.1f} MiB without reuse"
+        )
+    print(f"{'layer':<44} {'op':<30} {'precision':<9} {'tactic':<26} {'ms':>8}  runner-up")
+    for row in engine.layer_table():
+        t = f"{row['time_ms']:.4f}" if row["time_ms"] is not None else "-"
+        ru = (
+            f"{row['runner_up']} {row['runner_up_ms']:.4f} ms"
+            if row["runner_up"] and row["runner_up_ms"] is not None
+            else ""
+        )
+        print(
+            f"{row['layer'][:44]:<44} {row['op'][:30]:<30} {row['precision']:<9} {row['tactic'][:26]:<26} {t:>8}  {ru}"
+        )
+    if rep.get("timing_cache"):
+        print(f"timing cache {rep['timing_cache']}")
+    for w in engine.warnings:
+        print(f"warning: {w}")
+    if args.check_accuracy:
+        rows = check_accuracy(engine, args.model)
+        bad = [r for r in rows if not r["ok"]]
+        for r in rows:
+            shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+            print(
+                f"accuracy {r['output']:<24} at {shapes}: rel error {r['rel_error']:.2e}, max abs "
+                f"{r['max_abs_error']:.2e} (tolerance {r['tolerance']:g}) {'ok' if r['ok'] else 'FAIL'}"
+            )
+        if bad:
+            raise EcoinferError(
+                f"--check-accuracy: {len(bad)} output(s) beyond the {engine.precision} tolerance; "
+                "keep sensitive layers in fp32 with --layer-precision, or build --fp32"
+            )
+    return 0

@@ -1,0 +1,416 @@
+"""Builder: ONNX -> optimized graph -> precision -> per-layer tactic selection -> engine file.
+
+    engine = build("model.onnx", BuildConfig(precision="float16", profiles=[...]))
+    engine.save("model.eng");  engine = load_engine("model.eng")
+
+Tactics are timed on the device the engine is built for, at each profile's opt shapes, on
+the real activations of random inputs (each layer gets the inputs the previous layers
+produced): the builder runs the graph layer by layer with the reference kernels and, before
+each layer, lets the autotuner try every tactic on that layer's inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
+from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
+from ecoinfer.engine.runtime import (
+    Engine,
+    LayerChoice,
+    ShapeProfile,
+    _ControlFlow,
+    _no_subgraph,
+    _specialise,
+)
+from ecoinfer.engine.serialize import graph_from_dict, graph_to_dict
+from ecoinfer.errors import EcoinferError, InputError
+from ecoinfer.ir import dtypes
+from ecoinfer.ir.graph import Graph, all_inputs
+from ecoinfer.ir.ops import get_schema
+from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
+
+PRECISIONS = {
+    "fp32": "float32",
+    "float32": "float32",
+    "tf32": "tf32",
+    "fp16": "float16",
+    "float16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
+# defaults for symbolic dims when no shapes are given: (min, opt, max)
+_BATCH_DEFAULT = (1, 1, 64)
+_SEQ_DEFAULT = (1, 128, 512)
+
+
+@dataclass
+class BuildConfig:
+    precision: str = "float32"  # float32 | tf32 | float16 | bfloat16 (fp32/fp16/bf16 accepted)
+    device: str = "auto"  # auto | cpu | cuda
+    opt_level: int = 2
+    profiles: list[ShapeProfile] = field(default_factory=list)  # empty: defaults from symbols
+    timing_cache: str | None = None
+    layer_precision: list[tuple[str, str]] = field(default_factory=list)  # (name regex, precision)
+    tune: bool = True  # False: reference tactic everywhere
+    workspace_mb: int | None = None  # largest activation memory a tactic may ask for (advisory)
+    verbose: bool = False
+    progress: bool = False
+    seed: int = 0
+
+
+def _device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise EcoinferError(
+            "--device cuda: no CUDA GPU is visible; build for the CPU with --device cpu"
+        )
+    return choice
+
+
+def default_profile(graph: Graph) -> ShapeProfile:
+    """min/opt/max from the inputs' symbolic dims: batch 1/1/64, sequence 1/128/512."""
+    lo, opt, hi = {}, {}, {}
+    for v in graph.inputs:
+        if v.shape is None:
+            raise InputError(
+                f"input '{v.name}' has an unknown rank; give its shapes with --shapes/--min-shapes..."
+            )
+        a, b, c = [], [], []
+        for k, d in enumerate(v.shape):
+            if isinstance(d, int):
+                a.append(d), b.append(d), c.append(d)
+                continue
+            label = str(d).lower() if d is not None else ""
+            if k == 0 or "batch" in label or label == "n":
+                rng = _BATCH_DEFAULT
+            elif "seq" in label or "len" in label or "token" in label or k == 1:
+                rng = _SEQ_DEFAULT
+            else:
+                raise InputError(
+                    f"input '{v.name}' dim {k} ('{d}') is symbolic and has no default; give "
+                    f"--min-shapes/--opt-shapes/--max-shapes (or --shapes) for it"
+                )
+            a.append(rng[0]), b.append(rng[1]), c.append(rng[2])
+        lo[v.name], opt[v.name], hi[v.name] = tuple(a), tuple(b), tuple(c)
+    return ShapeProfile(lo, opt, hi)
+
+
+def _check_profile(graph: Graph, p: ShapeProfile) -> None:
+    for v in graph.inputs:
+        for which in ("min", "opt", "max"):
+            s = getattr(p, which).get(v.name)
+            if s is None:
+                raise InputError(f"shape profile: no {which} shape for input '{v.name}'")
+            if v.shape is not None and len(s) != len(v.shape):
+                raise InputError(
+                    f"shape profile: {which} shape {list(s)} of '{v.name}' has rank {len(s)}, the input {v.type_str()}"
+                )
+            for k, (d, want) in enumerate(zip(s, v.shape or ())):
+                if isinstance(want, int) and d != want:
+                    raise InputError(
+                        f"shape profile: {which} shape {list(s)} of '{v.name}' contradicts its fixed dim {k} = {want}"
+                    )
+        if not all(a <= b <= c for a, b, c in zip(p.min[v.name], p.opt[v.name], p.max[v.name])):
+            raise InputError(
+                f"shape profile for '{v.name}': need min <= opt <= max in every dim, got "
+                f"{list(p.min[v.name])} / {list(p.opt[v.name])} / {list(p.max[v.name])}"
+            )
+
+
+def _layer_precision(name: str, default: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, prec in rules:
+        if re.search(pattern, name):
+            return PRECISIONS.get(prec, prec)
+    return default
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no inf/nan: failing candidates are written as None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -> Engine:
+    """Build an engine for `model` (an ONNX path or an imported Graph)."""
+    from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
+    from ecoinfer.passes import OptimizeConfig, optimize  # noqa: PLC0415
+
+    cfg = config or BuildConfig()
+    precision = PRECISIONS.get(cfg.precision)
+    if precision is None:
+        raise InputError(f"precision '{cfg.precision}': choose fp32, tf32, fp16 or bf16")
+    device = _device(cfg.device)
+    if precision == "tf32" and not device.startswith("cuda"):
+        raise InputError("tf32 is a GPU tensor-core mode; on the CPU build fp32 or bf16")
+    t_start = time.perf_counter()
+    source = str(model) if not isinstance(model, Graph) else model.name
+    graph = import_onnx(model) if not isinstance(model, Graph) else model
+    optimized, pass_reports = optimize(graph, OptimizeConfig(level=cfg.opt_level))
+    profiles = cfg.profiles or [default_profile(optimized)]
+    for p in profiles:
+        _check_profile(optimized, p)
+
+    layer_report: list[dict] = []
+    if precision in ("float16", "bfloat16") or cfg.layer_precision:
+        from ecoinfer.engine.precision import assign_precision  # noqa: PLC0415
+
+        planned, layers = assign_precision(optimized, precision, list(cfg.layer_precision))
+        layer_report = [dict(vars(lp)) for lp in layers]
+    else:
+        planned = optimized
+    per_layer = {r.get("node", r.get("name")): r.get("precision", precision) for r in layer_report}
+
+    cache = None
+    if cfg.timing_cache:
+        from ecoinfer.tune.timing_cache import TimingCache  # noqa: PLC0415
+
+        cache = TimingCache.load(cfg.timing_cache)
+    choices: dict[str, LayerChoice] = {}
+    candidates: dict[str, list] = {}
+    memory = {}
+    for k, prof in enumerate(profiles):
+        c, cand, mem = _tune_profile(
+            planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles)
+        )
+        for name, ch in c.items():
+            choices.setdefault(name, ch)  # the first profile's opt shapes decide
+        candidates.update({n: v for n, v in cand.items() if n not in candidates})
+        memory[f"profile {k}"] = mem
+    if cache is not None and cfg.timing_cache:
+        cache.save(cfg.timing_cache)
+    report = {
+        "build_seconds": time.perf_counter() - t_start,
+        "passes": [
+            {
+                "name": r.name,
+                "nodes_before": r.nodes_before,
+                "nodes_after": r.nodes_after,
+                "counts": dict(r.counts),
+            }
+            for r in pass_reports
+        ],
+        "nodes": {
+            "imported": len(graph.nodes),
+            "optimized": len(optimized.nodes),
+            "plan": len(planned.nodes),
+        },
+        "layer_precision": layer_report,
+        "memory": memory,
+        "candidates": candidates,
+        "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
+    }
+    return Engine(
+        planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
+    )
+
+
+def _tune_profile(
+    graph: Graph,
+    prof: ShapeProfile,
+    device: str,
+    precision: str,
+    per_layer: dict,
+    cfg: BuildConfig,
+    cache: Any,
+    k: int,
+    n_prof: int,
+):  # noqa: ANN202
+    """Run the graph layer by layer at the opt shapes, choosing a tactic for every layer."""
+    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
+    from ecoinfer.tune.tactics import BuildInfo, tactics_for  # noqa: PLC0415
+
+    g = _specialise(graph, prof.opt)
+    feeds = random_inputs(g, dict(prof.opt), cfg.seed)
+    dev = torch.device(device)
+    env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
+    env.update({n: dtypes.numpy_to_torch(np.asarray(a)).to(dev) for n, a in feeds.items()})
+    weights = set(g.initializers)
+    last_use: dict[str, int] = {}
+    for i, n in enumerate(g.nodes):
+        for x in all_inputs(n):
+            last_use[x] = i
+    outputs = set(g.output_names)
+    choices: dict[str, LayerChoice] = {}
+    cand: dict[str, list] = {}
+    live = peak = naive = 0
+    sizes: dict[str, int] = {}
+    tuned_layers = 0
+    for i, node in enumerate(g.nodes):
+        attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
+        kernel = get_kernel(node.op_type, node.domain)
+        assert kernel is not None
+        xs = [env[x] if x else None for x in node.inputs]
+        prec = _layer_precision(node.name, per_layer.get(node.name, precision), cfg.layer_precision)
+
+        def reference(ins, _n=node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
+            if any(isinstance(v, Graph) for v in _n.attrs.values()):  # bodies see the env
+                return _ControlFlow(_n, _k, _a, dev, g).with_env(ins, env)
+            return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
+
+        infos = [
+            None
+            if x is None
+            else [list(x.shape), str(x.dtype).replace("torch.", ""), name in weights]
+            for x, name in zip(xs, node.inputs)
+        ]
+        choice = LayerChoice(precision=prec, inputs=infos)
+        has_tactics = cfg.tune and bool(tactics_for(node.op_type, node.domain, device, prec))
+        ys = None
+        if has_tactics and not any(isinstance(v, Graph) for v in node.attrs.values()):
+            from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
+
+            build_info = BuildInfo(dev, prec, {n: env[n] for n in node.inputs if n in weights})
+            ch, _fn = select_tactic(
+                node,
+                attrs,
+                xs,
+                build_info,
+                reference,
+                cache,
+                log=(lambda s: print(s, file=sys.stderr)) if cfg.verbose else None,
+            )
+            choice.tactic, choice.config = ch.tactic, dict(ch.config or {})
+            choice.time_ms, choice.runner_up, choice.runner_up_ms = (
+                ch.time_ms,
+                ch.runner_up,
+                ch.runner_up_ms,
+            )
+            cand[node.name] = [dict(c) if isinstance(c, dict) else vars(c) for c in ch.candidates]
+            tuned_layers += 1
+        choices[node.name] = choice
+        if ys is None:
+            ys = reference(xs)
+        if cfg.progress:
+            sys.stderr.write(
+                f"\r[profile {k + 1}/{n_prof}] layer {i + 1}/{len(g.nodes)} {node.op_type:<24} -> {choice.tactic:<24}"
+            )
+            sys.stderr.flush()
+        for name, y in zip(node.outputs, ys):
+            if name:
+                env[name] = y
+                sizes[name] = y.numel() * y.element_size()
+                live += sizes[name]
+                naive += sizes[name]
+        peak = max(peak, live)
+        for x in all_inputs(node):
+            if x and last_use.get(x) == i and x not in outputs and x not in weights:
+                env.pop(x, None)
+                live -= sizes.pop(x, 0)
+    if cfg.progress:
+        sys.stderr.write("\n")
+    mem = {
+        "opt_shapes": {n: list(s) for n, s in prof.opt.items()},
+        "peak_activation_bytes": peak,
+        "naive_activation_bytes": naive,
+        "tuned_layers": tuned_layers,
+        "weight_bytes": sum(t.numel() * t.element_size() for t in g.initializers.values()),
+    }
+    return choices, cand, mem
+
+
+# ---------------------------------------------------------------------- file I/O
+def save_engine(engine: Engine, path: str | os.PathLike) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    plan = graph_to_dict(engine.graph, tensors)
+    header = {
+        "fingerprint": engine.fingerprint,
+        "precision": engine.precision,
+        "profiles": [p.to_dict() for p in engine.profiles],
+        "source": engine.source,
+        "plan": plan,
+        "choices": {n: _finite(vars(c)) for n, c in engine.choices.items()},
+        "report": _finite(engine.report),
+    }
+    return write_engine(path, header, tensors)
+
+
+def load_engine(
+    path: str | os.PathLike, device: str | None = None, allow_mismatch: bool = False
+) -> Engine:
+    """Load an engine file; refuses one built for another GPU or software stack."""
+    header, tensors = read_engine(path)
+    built = header["fingerprint"]
+    dev = device or ("cuda" if built.get("device_type") == "cuda" else "cpu")
+    dev = _device(dev)
+    here = fingerprint(dev)
+    diff = differences(built, here)
+    if diff and not allow_mismatch:
+        src = header.get("source") or "MODEL.onnx"
+        raise EngineMismatchError(
+            f"{path}: this engine was built for another machine or software stack ({'; '.join(diff)}); "
+            f"rebuild it here: ecoinfer build {src} -o {path} --{header.get('precision', 'fp32').replace('float', 'fp').replace('bfp16', 'bf16')} "
+            "(a --timing-cache file makes the rebuild fast)"
+        )
+    graph = graph_from_dict(header["plan"], tensors)
+    choices = {
+        n: LayerChoice(**{k: v for k, v in c.items() if k in LayerChoice.__dataclass_fields__})
+        for n, c in header["choices"].items()
+    }
+    profiles = [ShapeProfile.from_dict(p) for p in header["profiles"]]
+    engine = Engine(
+        graph,
+        choices,
+        profiles,
+        dev,
+        header["precision"],
+        built,
+        header.get("report"),
+        header.get("source", ""),
+    )
+    if diff:
+        engine.warnings.append("loaded despite a fingerprint mismatch: " + "; ".join(diff))
+    return engine
+
+
+def check_accuracy(engine: Engine, onnx_path: str, n_sets: int = 2, seed: int = 1) -> list[dict]:
+    """Engine vs onnxruntime FP32 on random inputs at each profile's opt shapes: per output,
+    relative L2 and max abs error and whether it is within the precision's tolerance."""
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError:
+        raise EcoinferError(
+            "--check-accuracy needs onnxruntime (pip install onnxruntime)"
+        ) from None
+    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
+
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    tol = TOLERANCE[engine.precision]
+    rows = []
+    for p in engine.profiles:
+        for s in range(n_sets):
+            feeds = random_inputs(engine.graph, dict(p.opt), seed + s)
+            ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+            out = engine.run(feeds)
+            for name, r in ref.items():
+                o = np.asarray(out[name], np.float64)
+                r64 = np.asarray(r, np.float64)
+                denom = np.linalg.norm(r64) or 1.0
+                rel = float(np.linalg.norm(o - r64) / denom)
+                rows.append(
+                    {
+                        "output": name,
+                        "shapes": {k: list(v.shape) for k, v in feeds.items()},
+                        "rel_error": rel,
+                        "max_abs_error": float(np.max(np.abs(o - r64))) if o.size else 0.0,
+                        "tolerance": tol,
+                        "ok": bool(np.isfinite(rel) and rel <= tol),
+                    }
+                )
+    return rows

@@ -1,0 +1,82 @@
+"""What an engine (and a timing-cache entry) is bound to: GPU model and software versions."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+# tolerance of a tactic against the reference tactic, and of an engine against onnxruntime
+# FP32, per compute precision (relative L2 error), as DESIGN.md sets them
+TOLERANCE = {"float32": 1e-5, "tf32": 1e-3, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+def _driver() -> str | None:
+    try:
+        import pynvml  # noqa: PLC0415
+
+        pynvml.nvmlInit()
+        try:
+            v = pynvml.nvmlSystemGetDriverVersion()
+            return v.decode() if isinstance(v, bytes) else str(v)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001  (no NVML: the driver is unknown, not an error)
+        return None
+
+
+def _triton() -> str | None:
+    try:
+        import triton  # noqa: PLC0415
+
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+def fingerprint(device: str | torch.device) -> dict[str, str | None]:
+    """GPU name, compute capability, driver, CUDA, torch, triton and ecoinfer versions."""
+    from ecoinfer import __version__  # noqa: PLC0415
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        cap = torch.cuda.get_device_capability(dev)
+        name = torch.cuda.get_device_name(dev)
+        cc = f"{cap[0]}.{cap[1]}"
+        cuda = torch.version.cuda
+        driver = _driver()
+    else:
+        name = _cpu_name()
+        cc = None
+        cuda = None
+        driver = None
+    return {
+        "device_type": dev.type,
+        "device_name": name,
+        "compute_capability": cc,
+        "driver": driver,
+        "cuda": cuda,
+        "torch": torch.__version__,
+        "triton": _triton(),
+        "ecoinfer": __version__,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def differences(built: dict, here: dict) -> list[str]:
+    """Human-readable list of what differs between two fingerprints."""
+    out = []
+    for k in sorted(set(built) | set(here)):
+        if built.get(k) != here.get(k):
+            out.append(f"{k}: engine {built.get(k)!r}, this machine {here.get(k)!r}")
+    return out

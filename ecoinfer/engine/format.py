@@ -1,0 +1,129 @@
+"""The .eng file: a JSON header and the weights in safetensors, with a SHA-256 over both.
+
+    b"ECOINFER-ENGINE\\n" | header length (8 bytes, little endian) | header (UTF-8 JSON) | weights
+
+The header holds the format version, the fingerprint of the GPU and software stack the engine
+was built for, the shape profiles, the plan (graph, chosen tactic and precision per layer)
+and the build report. The SHA-256 covers the header (without its own "sha256" field) and the
+weights: a truncated or altered file is refused. Nothing in the file is executable: JSON and
+safetensors only, no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecoinfer.errors import EcoinferError
+
+MAGIC = b"ECOINFER-ENGINE\n"
+FORMAT_VERSION = 1
+
+
+class EngineFileError(EcoinferError):
+    """The engine file is missing, truncated, altered, or of another format or version."""
+
+
+class EngineMismatchError(EcoinferError):
+    """The engine was built for another GPU or software stack than this machine's."""
+
+
+def _canonical(header: dict) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def write_engine(
+    path: str | os.PathLike, header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> Path:
+    from safetensors.torch import save  # noqa: PLC0415
+
+    path = Path(path)
+    seen: set[int] = set()
+    flat = {}
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        # safetensors refuses tensors sharing storage (CSE may share a constant): copy those
+        flat[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    blob = save(flat) if flat else b""
+    body = dict(header, format_version=FORMAT_VERSION)
+    body.pop("sha256", None)
+    digest = hashlib.sha256(_canonical(body) + blob).hexdigest()
+    data = _canonical(dict(body, sha256=digest))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC)
+        f.write(struct.pack("<Q", len(data)))
+        f.write(data)
+        f.write(blob)
+    os.replace(tmp, path)  # never leave a half-written engine under the real name
+    return path
+
+
+def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and weights (on the CPU) of a verified engine file."""
+    from safetensors.torch import load  # noqa: PLC0415
+
+    path = Path(path)
+    label = str(path)
+    if not path.is_file():
+        raise EngineFileError(
+            f"{label}: no such engine file; build one with `ecoinfer build MODEL.onnx -o {label}`"
+        )
+    raw = path.read_bytes()
+    if not raw.startswith(MAGIC):
+        raise EngineFileError(
+            f"{label}: not an ecoinfer engine file (wrong magic bytes); build one with `ecoinfer build`"
+        )
+    if len(raw) < len(MAGIC) + 8:
+        raise EngineFileError(
+            f"{label}: the engine file is truncated; rebuild it with `ecoinfer build`"
+        )
+    (n,) = struct.unpack("<Q", raw[len(MAGIC) : len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    if start + n > len(raw):
+        raise EngineFileError(
+            f"{label}: the engine file is truncated (header cut off); rebuild it with `ecoinfer build`"
+        )
+    try:
+        header = json.loads(raw[start : start + n])
+    except ValueError:
+        raise EngineFileError(
+            f"{label}: the engine header is corrupted; rebuild it with `ecoinfer build`"
+        ) from None
+    blob = raw[start + n :]
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise EngineFileError(
+            f"{label}: engine format version {version}, this ecoinfer reads version {FORMAT_VERSION}; "
+            "rebuild it with this ecoinfer (`ecoinfer build`)"
+        )
+    want = header.pop("sha256", None)
+    got = hashlib.sha256(_canonical(header) + blob).hexdigest()
+    if want != got:
+        raise EngineFileError(
+            f"{label}: checksum mismatch: the engine file is truncated or was modified after it was "
+            "built; rebuild it with `ecoinfer build`"
+        )
+    try:
+        tensors = load(blob) if blob else {}
+    except Exception as e:  # noqa: BLE001
+        raise EngineFileError(
+            f"{label}: the weights section cannot be read ({type(e).__name__}); rebuild it"
+        ) from None
+    return header, tensors
+
+
+def is_engine_file(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False

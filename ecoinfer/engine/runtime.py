@@ -1,0 +1,460 @@
+"""Engine runtime: shape-specialised plans, chosen tactics, CUDA graphs, shared weights.
+
+An Engine holds the plan graph (optimized, precision-assigned), the tactic chosen for each
+layer, the shape profiles and the weights (on the device, shared by every context). An
+ExecutionContext runs it: it checks the inputs against the engine (names, dtypes, ranks and
+the profiles), specialises the plan to the concrete input shapes once per shape (shape
+arithmetic folds to constants, so the plan has no host synchronisation left), and on CUDA
+captures the specialised plan in a CUDA graph the first time a shape is seen and replays it
+afterwards. Contexts are independent (one lock each); Engine.run keeps one per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecoinfer.api import validate_inputs
+from ecoinfer.errors import EcoinferError, ExecutionError, IndexOutOfRangeError, InputShapeError
+from ecoinfer.ir import dtypes
+from ecoinfer.ir.graph import Graph, Node, Value, all_inputs
+from ecoinfer.ir.ops import get_schema
+from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
+
+Tensor = torch.Tensor
+RunFn = Callable[[list[Tensor | None]], list[Tensor]]
+
+# Inputs that ops read as host-side parameters (shapes, axes, sizes): small integer weights
+# feeding only these stay on the CPU, so reading them never synchronises with the GPU.
+HOST_PARAM_INPUTS: dict[str, frozenset[int]] = {
+    "Reshape": frozenset({1}),
+    "Expand": frozenset({1}),
+    "Tile": frozenset({1}),
+    "Squeeze": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "Split": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Pad": frozenset({1, 3}),
+    "ConstantOfShape": frozenset({0}),
+    "Range": frozenset({0, 1, 2}),
+    "TopK": frozenset({1}),
+    "OneHot": frozenset({1}),
+    "Resize": frozenset({1, 2, 3}),
+    "Upsample": frozenset({1}),
+    **{
+        op: frozenset({1})
+        for op in (
+            "ReduceSum",
+            "ReduceMean",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceSumSquare",
+        )
+    },
+}
+_MAX_SPECIALISATIONS = 16
+
+
+@dataclass
+class ShapeProfile:
+    """Allowed input shapes: min <= shape <= max per dim; opt is what the builder tunes for."""
+
+    min: dict[str, tuple[int, ...]]
+    opt: dict[str, tuple[int, ...]]
+    max: dict[str, tuple[int, ...]]
+
+    def admits(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        for name, s in shapes.items():
+            lo, hi = self.min.get(name), self.max.get(name)
+            if lo is None or hi is None:
+                continue
+            if len(s) != len(lo) or any(not (a <= d <= b) for a, d, b in zip(lo, s, hi)):
+                return False
+        return True
+
+    def describe(self, name: str) -> str:
+        lo, hi = self.min.get(name), self.max.get(name)
+        if lo is None or hi is None:
+            return "any"
+        return "x".join(str(a) if a == b else f"[{a}..{b}]" for a, b in zip(lo, hi))
+
+    def to_dict(self) -> dict:
+        return {k: {n: list(s) for n, s in getattr(self, k).items()} for k in ("min", "opt", "max")}
+
+    @staticmethod
+    def from_dict(d: dict) -> ShapeProfile:
+        return ShapeProfile(
+            *({n: tuple(s) for n, s in d[k].items()} for k in ("min", "opt", "max"))
+        )
+
+
+@dataclass
+class LayerChoice:
+    """The tactic chosen for one layer (by node name) and what the builder measured."""
+
+    tactic: str = "reference"
+    config: dict = field(default_factory=dict)
+    precision: str = "float32"
+    time_ms: float | None = None
+    runner_up: str | None = None
+    runner_up_ms: float | None = None
+    inputs: list[Any] = field(default_factory=list)  # [shape, dtype, is_weight] at opt shapes
+
+
+def _host_params(graph: Graph) -> set[str]:
+    """Small integer weights read only as host parameters."""
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for n in graph.nodes:
+        for k, i in enumerate(n.inputs):
+            if i:
+                readers.setdefault(i, []).append((n.op_type if not n.domain else "", k))
+    out = set()
+    for name, t in graph.initializers.items():
+        if t.dtype not in (torch.int64, torch.int32) or t.numel() > 1024:
+            continue
+        uses = readers.get(name, [])
+        if uses and all(k in HOST_PARAM_INPUTS.get(op, ()) for op, k in uses):
+            out.add(name)
+    return out
+
+
+def _specialise(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
+    """The plan graph with concrete input shapes and all shape arithmetic folded away."""
+    from ecoinfer.passes.fold_constants import fold_constants  # noqa: PLC0415
+    from ecoinfer.passes.manager import clone_graph  # noqa: PLC0415
+
+    g = clone_graph(graph)
+    for v in g.inputs:
+        if v.name in shapes:
+            v.shape = tuple(shapes[v.name])
+            g.values[v.name] = Value(v.name, v.dtype, v.shape)
+    # forget inferred intermediate shapes: they are re-inferred from the concrete inputs
+    keep = set(g.input_names) | set(g.output_names)
+    g.values = {k: v for k, v in g.values.items() if k in keep}
+    for o in g.outputs:
+        g.values[o.name] = Value(o.name, o.dtype, None)
+    g.infer_shapes()
+    fold_constants(g)
+    return g
+
+
+class Engine:
+    """A built engine: plan graph, chosen tactics, profiles, weights on one device."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        choices: dict[str, LayerChoice],
+        profiles: list[ShapeProfile],
+        device: str,
+        precision: str,
+        fingerprint: dict,
+        report: dict | None = None,
+        source: str = "",
+    ):
+        self.graph = graph
+        self.choices = choices
+        self.profiles = profiles
+        self.device = torch.device(device)
+        self.precision = precision
+        self.fingerprint = fingerprint
+        self.report = report or {}
+        self.source = source
+        self.warnings: list[str] = []
+        self._host = _host_params(graph)
+        self.weights = {
+            k: (t if k in self._host else t.to(self.device)) for k, t in graph.initializers.items()
+        }
+        self._tuned: dict[str, RunFn] = self._make_tuned()
+        self._index_inputs = self._indexing_inputs()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ tactics
+    def _make_tuned(self) -> dict[str, RunFn]:
+        from ecoinfer.tune.tactics import BuildInfo, TensorInfo, tactics_for  # noqa: PLC0415
+
+        fns: dict[str, RunFn] = {}
+        for n in self.graph.nodes:
+            ch = self.choices.get(n.name)
+            if ch is None or ch.tactic == "reference":
+                continue
+            specs = {
+                t.name: t for t in tactics_for(n.op_type, n.domain, self.device.type, ch.precision)
+            }
+            spec = specs.get(ch.tactic)
+            infos = [
+                None if i is None else TensorInfo(tuple(i[0]), getattr(torch, i[1]), bool(i[2]))
+                for i in ch.inputs
+            ]
+            build = BuildInfo(self.device, ch.precision, self.weights)
+            attrs = {**get_schema(n.op_type, n.domain).attrs, **n.attrs}
+            fn = None
+            try:
+                fn = spec.make(n, attrs, infos, dict(ch.config), build) if spec else None
+            except Exception as e:  # noqa: BLE001  (the reference kernel still runs the layer)
+                self.warnings.append(
+                    f"{n.name}: tactic {ch.tactic} failed to load ({e}); using the reference kernel"
+                )
+            if fn is None:
+                if spec is None:
+                    self.warnings.append(
+                        f"{n.name}: tactic {ch.tactic} is not available here; using the reference kernel"
+                    )
+                continue
+            fns[n.name] = _with_precision(fn, ch.precision)
+        return fns
+
+    def _indexing_inputs(self) -> dict[str, int]:
+        """Graph inputs used as indices into a weight table (Gather), with the table size."""
+        out: dict[str, int] = {}
+        names = set(self.graph.input_names)
+        for n in self.graph.nodes:
+            if (
+                n.op_type == "Gather"
+                and not n.domain
+                and len(n.inputs) > 1
+                and n.inputs[1] in names
+            ):
+                data = self.graph.initializers.get(n.inputs[0])
+                if data is not None:
+                    axis = int(n.attrs.get("axis", 0))
+                    out[n.inputs[1]] = min(out.get(n.inputs[1], 1 << 62), int(data.shape[axis]))
+        return out
+
+    # ------------------------------------------------------------------ API
+    def create_context(self, cuda_graphs: bool = True) -> ExecutionContext:
+        return ExecutionContext(self, cuda_graphs)
+
+    def run(self, feeds: Mapping[str, np.ndarray | Tensor], as_torch: bool = False) -> dict:
+        """Run with this thread's own execution context (created on first use)."""
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = self._local.ctx = self.create_context()
+        return ctx.run(feeds, as_torch=as_torch)
+
+    def save(self, path: str) -> str:
+        from ecoinfer.engine.builder import save_engine  # noqa: PLC0415
+
+        return str(save_engine(self, path))
+
+    def layer_table(self) -> list[dict]:
+        rows = []
+        for n in self.graph.nodes:
+            ch = self.choices.get(n.name, LayerChoice())
+            rows.append(
+                {
+                    "layer": n.name,
+                    "op": n.op_type if not n.domain else f"{n.domain}.{n.op_type}",
+                    "precision": ch.precision,
+                    "tactic": ch.tactic,
+                    "time_ms": ch.time_ms,
+                    "runner_up": ch.runner_up,
+                    "runner_up_ms": ch.runner_up_ms,
+                }
+            )
+        return rows
+
+
+def _with_precision(fn: RunFn, precision: str) -> RunFn:
+    if precision != "tf32":
+        return fn
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            return fn(xs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
+
+    return run
+
+
+def _no_subgraph(graph: Graph, feeds: dict) -> list[Tensor]:
+    raise EcoinferError("internal: a node without subgraphs asked to run one")
+
+
+class _ControlFlow:
+    """If/Loop/Scan: their bodies read values of the enclosing plan, so they get its env."""
+
+    def __init__(self, node: Node, fn, attrs: dict, device: torch.device, graph: Graph):  # noqa: ANN001
+        self.node, self.fn, self.attrs, self.device, self.graph = node, fn, attrs, device, graph
+
+    def with_env(self, xs: list[Tensor | None], env: dict[str, Tensor]) -> list[Tensor]:
+        from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
+
+        sub = ReferenceRunner.__new__(ReferenceRunner)
+        sub.device, sub._weights, sub.graph = self.device, {}, self.graph
+        ctx = KernelContext(
+            self.node, self.attrs, self.device, sub._run_subgraph(self.graph, env), self.graph.opset
+        )
+        return self.fn(ctx, xs)
+
+
+@dataclass
+class _Plan:
+    graph: Graph
+    steps: list[tuple[Node, RunFn]]
+    consts: dict[str, Tensor]
+    last_use: dict[str, int]
+    cuda_graph: Any = None
+    static_in: dict[str, Tensor] | None = None
+    static_out: dict[str, Tensor] | None = None
+    graph_error: str | None = None
+
+
+class ExecutionContext:
+    """Runs an engine; specialised plans (and CUDA graphs) are cached per input shape."""
+
+    def __init__(self, engine: Engine, cuda_graphs: bool = True):
+        self.engine = engine
+        self.use_graphs = cuda_graphs and engine.device.type == "cuda"
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+        self._lock = threading.Lock()
+        self.graph_replays = 0
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, feeds: Mapping[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
+        eng = self.engine
+        tensors = validate_inputs(eng.graph, feeds, eng.source or "engine")
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        if eng.profiles and not any(p.admits(shapes) for p in eng.profiles):
+            for name, s in shapes.items():
+                if not any(p.admits({name: s}) for p in eng.profiles):
+                    allowed = "; ".join(
+                        f"profile {k}: {p.describe(name)}" for k, p in enumerate(eng.profiles)
+                    )
+                    raise InputShapeError(
+                        f"{eng.source or 'engine'}: input '{name}' has shape {list(s)}, outside every "
+                        f"shape profile of the engine ({allowed}); rebuild with --max-shapes covering it"
+                    )
+            raise InputShapeError(
+                f"{eng.source or 'engine'}: the input shapes {shapes} fit no single profile together"
+            )
+        for name, n in eng._index_inputs.items():
+            t = tensors[name]
+            if t.numel():
+                lo, hi = int(t.min()), int(t.max())
+                if lo < -n or hi >= n:
+                    bad = hi if hi >= n else lo
+                    raise IndexOutOfRangeError(
+                        f"{eng.source or 'engine'}: input '{name}' holds index {bad}, outside the "
+                        f"table it indexes (valid: [{-n}, {n - 1}])"
+                    )
+        return tensors
+
+    # ------------------------------------------------------------------ plans
+    def _plan(self, shapes: dict[str, tuple[int, ...]]) -> _Plan:
+        key = tuple(sorted(shapes.items()))
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        eng = self.engine
+        g = _specialise(eng.graph, shapes)
+        host = _host_params(g)
+        consts = {}
+        for k, t in g.initializers.items():
+            if k in eng.weights and eng.graph.initializers.get(k) is t:
+                consts[k] = eng.weights[k]  # shared with every context
+            else:
+                consts[k] = t if k in host else t.to(eng.device)
+        steps = [(n, self._step_fn(g, n)) for n in g.nodes]
+        last_use: dict[str, int] = {}
+        for k, (n, _) in enumerate(steps):
+            for i in all_inputs(n):
+                last_use[i] = k
+        plan = _Plan(g, steps, consts, last_use)
+        self._plans[key] = plan
+        if len(self._plans) > _MAX_SPECIALISATIONS:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _step_fn(self, g: Graph, node: Node) -> RunFn:
+        tuned = self.engine._tuned.get(node.name)
+        if tuned is not None:
+            return tuned
+        fn = get_kernel(node.op_type, node.domain)
+        if fn is None:
+            raise EcoinferError(f"{node.label()}: no kernel for op {node.op_type}")
+        attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
+        device = self.engine.device
+        if any(isinstance(v, Graph) for v in node.attrs.values()):
+            return _ControlFlow(node, fn, attrs, device, g)
+
+        def run(xs: list[Tensor | None], _n: Node = node, _fn=fn, _a=attrs) -> list[Tensor]:
+            return _fn(KernelContext(_n, _a, device, _no_subgraph, g.opset), xs)
+
+        return run
+
+    def _execute(self, plan: _Plan, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        env: dict[str, Tensor] = dict(plan.consts)
+        env.update(inputs)
+        outs = set(plan.graph.output_names)
+        for k, (node, fn) in enumerate(plan.steps):
+            xs = [env[i] if i else None for i in node.inputs]
+            try:
+                ys = fn.with_env(xs, env) if isinstance(fn, _ControlFlow) else fn(xs)
+            except EcoinferError:
+                raise
+            except Exception as e:  # a kernel failure names the layer
+                raise ExecutionError(
+                    f"{node.label()} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                ) from e
+            for name, y in zip(node.outputs, ys):
+                if name:
+                    env[name] = y
+            for i in all_inputs(node):
+                if i and plan.last_use.get(i) == k and i not in outs and i not in plan.consts:
+                    env.pop(i, None)
+        return {o: env[o] for o in plan.graph.output_names}
+
+    def _run_graph(self, plan: _Plan, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if plan.cuda_graph is None and plan.graph_error is None:
+            try:
+                plan.static_in = {k: v.clone() for k, v in inputs.items()}
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):  # warm-up outside the capture, as CUDA asks
+                    self._execute(plan, plan.static_in)
+                torch.cuda.current_stream().wait_stream(stream)
+                cg = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(cg):
+                    plan.static_out = self._execute(plan, plan.static_in)
+                plan.cuda_graph = cg
+            except Exception as e:  # noqa: BLE001  (some plan cannot be captured: run it eagerly)
+                plan.graph_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                plan.cuda_graph = None
+                self.engine.warnings.append(
+                    f"CUDA graph capture failed, running eagerly: {plan.graph_error}"
+                )
+        if plan.cuda_graph is None:
+            return self._execute(plan, inputs)
+        assert plan.static_in is not None and plan.static_out is not None
+        for k, v in inputs.items():
+            plan.static_in[k].copy_(v)
+        plan.cuda_graph.replay()
+        self.graph_replays += 1
+        return {k: v.clone() for k, v in plan.static_out.items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray | Tensor], as_torch: bool = False) -> dict:
+        tensors = self._check(feeds)
+        dev = self.engine.device
+        with self._lock, torch.inference_mode():
+            inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
+            plan = self._plan({k: tuple(v.shape) for k, v in inputs.items()})
+            out = self._run_graph(plan, inputs) if self.use_graphs else self._execute(plan, inputs)
+        if as_torch:
+            return out
+        return {k: dtypes.torch_to_numpy(v) for k, v in out.items()}

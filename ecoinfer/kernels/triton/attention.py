@@ -1,0 +1,368 @@
+"""Triton flash-attention forward: ecoinfer.Attention and ecoinfer.MultiHeadAttention.
+
+One program computes BLOCK_M query rows of one (batch, head) against every key, a BLOCK_N
+tile at a time, with the online softmax (running max and sum in float32, the output
+accumulated in float32 and divided once at the end), so the [Sq, Sk] scores never reach
+memory. Every tensor is read through its strides, which is what lets
+
+  * K come as [B, H, Sk, D] or [B, H, D, Sk] (k_transposed) at no cost;
+  * batch/head dims (and masks) broadcast: an expanded view has stride 0;
+  * MultiHeadAttention read Q, K and V straight out of [B, S, H*D] projections or one packed
+    [B, S, 2*H*D + H*Dv] buffer, and write Y as [B, Sq, H*Dv]: no split/merge copies.
+
+Semantics (docs/fused-ops.md, in this order): S = scale * Q Kᵀ; keep_mask -> mask_fill;
+causal (j <= i, top-left aligned) -> mask_fill; S += add_mask; P = softmax(S); with
+nan_to_zero a row whose scores are all -inf gives 0, without it NaN (like the ONNX graph).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
+
+Tensor = torch.Tensor
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_SIZE = 256
+
+
+@dataclass(frozen=True)
+class FlashConfig:
+    BLOCK_M: int = 64
+    BLOCK_N: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> FlashConfig:
+        known = FlashConfig.__dataclass_fields__
+        return FlashConfig(**{k: int(v) for k, v in d.items() if k in known})
+
+
+def flash_configs(
+    sq: int, sk: int, d: int, dtype: torch.dtype, limit: int = 6
+) -> list[FlashConfig]:
+    """A few tile shapes sized to the sequence lengths and head size."""
+    mcap = max(16, triton.next_power_of_2(max(sq, 1)))
+    ncap = max(16, triton.next_power_of_2(max(sk, 1)))
+    big_head = d > 64 or dtype == torch.float32  # registers: a wide row tile costs more
+    cands = [
+        (128, 64, 8 if big_head else 4, 3),
+        (64, 64, 4, 3),
+        (128, 128, 8, 2),
+        (64, 128, 4, 2),
+        (128, 32, 4, 3),
+        (64, 32, 4, 2),
+        (32, 32, 2, 2),
+        (16, 32, 2, 2),
+    ]
+    if d > 128:
+        cands = [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2), (16, 32, 2, 2)]
+    out: list[FlashConfig] = []
+    for bm, bn, w, s in cands:
+        cfg = FlashConfig(min(bm, mcap), min(bn, ncap), w if min(bm, mcap) >= 64 else 2, s)
+        if cfg not in out:
+            out.append(cfg)
+    return out[:limit]
+
+
+@triton.jit
+def _flash_fwd(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    y_ptr,
+    add_ptr,
+    keep_ptr,
+    H,
+    SQ,
+    SK,
+    D,
+    DV,
+    sq_b,
+    sq_h,
+    sq_m,
+    sq_d,
+    sk_b,
+    sk_h,
+    sk_n,
+    sk_d,
+    sv_b,
+    sv_h,
+    sv_n,
+    sv_d,
+    sy_b,
+    sy_h,
+    sy_m,
+    sy_d,
+    sa_b,
+    sa_h,
+    sa_m,
+    sa_n,
+    sp_b,
+    sp_h,
+    sp_m,
+    sp_n,
+    qk_scale,
+    fill,
+    HAS_ADD: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    NAN_TO_ZERO: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    if INT64:
+        b = b.to(tl.int64)
+        h = h.to(tl.int64)
+    q_ptr += b * sq_b + h * sq_h
+    k_ptr += b * sk_b + h * sk_h
+    v_ptr += b * sv_b + h * sv_h
+    y_ptr += b * sy_b + h * sy_h
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_m = offs_m < SQ
+    q = tl.load(
+        q_ptr + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
+        mask=mask_m[:, None] & (offs_d[None, :] < D),
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    # running row max (log2 domain), row sum and output accumulator, all float32
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+
+    hi = SK
+    if CAUSAL:
+        # keys past the last query row of this block are masked for every row: skip them
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < SK
+        # K tile as [D, BLOCK_N] read through the strides (k_transposed only swaps them)
+        k = tl.load(
+            k_ptr + offs_d[:, None] * sk_d + offs_n[None, :] * sk_n,
+            mask=(offs_d[:, None] < D) & mask_n[None, :],
+            other=0.0,
+        )
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * qk_scale
+        if HAS_KEEP:
+            keep = tl.load(
+                keep_ptr + b * sp_b + h * sp_h + offs_m[:, None] * sp_m + offs_n[None, :] * sp_n,
+                mask=mask_m[:, None] & mask_n[None, :],
+                other=1,
+            )
+            s = tl.where(keep != 0, s, fill)
+        if CAUSAL:
+            s = tl.where(offs_n[None, :] <= offs_m[:, None], s, fill)
+        if HAS_ADD:
+            add = tl.load(
+                add_ptr + b * sa_b + h * sa_h + offs_m[:, None] * sa_m + offs_n[None, :] * sa_n,
+                mask=mask_m[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            s += add.to(tl.float32) * 1.4426950408889634
+        # columns past Sk do not exist: they weigh exactly 0
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row with no finite score yet keeps a 0 reference, so exp2(-inf - 0) = 0, not NaN
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_ref[:, None])
+        alpha = tl.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = tl.load(
+            v_ptr + offs_n[:, None] * sv_n + offs_dv[None, :] * sv_d,
+            mask=mask_n[:, None] & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    # l == 0: every score of the row was -inf: softmax is 0/0 = NaN (the graph's answer)
+    if NAN_TO_ZERO:
+        y = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
+    else:
+        y = acc / l_i[:, None]
+    tl.store(
+        y_ptr + offs_m[:, None] * sy_m + offs_dv[None, :] * sy_d,
+        y.to(y_ptr.dtype.element_ty),
+        mask=mask_m[:, None] & (offs_dv[None, :] < DV),
+    )
+
+
+def _as_4d(t: Tensor) -> Tensor:
+    """Leading (batch/head) dims as [B, H]: MatMul-style broadcasting over a rank < 4 input."""
+    if t.dim() > 4:
+        raise ValueError(f"flash attention takes rank <= 4 inputs, got {list(t.shape)}")
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape)) if t.dim() < 4 else t
+
+
+def _head_block(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def flash_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    add_mask: Tensor | None = None,
+    keep_mask: Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    k_transposed: bool = False,
+    is_causal: bool = False,
+    mask_fill: float = float("-inf"),
+    nan_to_zero: bool = False,
+    precision: str = "float32",
+    config: FlashConfig | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """ecoinfer.Attention on [B, H, S, D] tensors (any strides; leading dims broadcast).
+
+    `out`, if given, is a [B, H, Sq, Dv] (possibly strided) view to write Y into."""
+    q4, k4, v4 = _as_4d(q), _as_4d(k), _as_4d(v)
+    if k_transposed:
+        k4 = k4.transpose(-1, -2)  # a view: [B, H, Sk, D]
+    sq, d = q4.shape[-2], q4.shape[-1]
+    sk, dv = k4.shape[-2], v4.shape[-1]
+    if k4.shape[-1] != d or v4.shape[-2] != sk:
+        raise ValueError(
+            f"attention shapes disagree: Q {list(q.shape)}, K {list(k.shape)}, V {list(v.shape)}"
+        )
+    masks = [m for m in (add_mask, keep_mask) if m is not None]
+    lead = torch.broadcast_shapes(q4.shape[:2], k4.shape[:2], v4.shape[:2])
+    scores = torch.broadcast_shapes((*lead, sq, sk), *(m.shape for m in masks))
+    if len(scores) != 4 or tuple(scores[-2:]) != (sq, sk):
+        raise ValueError(f"masks {[list(m.shape) for m in masks]} grow the scores {[*lead, sq, sk]}")
+    bsz, heads = scores[0], scores[1]
+    # broadcasting as stride-0 views: nothing is copied
+    q4 = q4.expand(bsz, heads, sq, d)
+    k4 = k4.expand(bsz, heads, sk, d)
+    v4 = v4.expand(bsz, heads, sk, dv)
+    add4 = add_mask.expand(scores) if add_mask is not None else None
+    keep4 = keep_mask.expand(scores).view(torch.uint8) if keep_mask is not None else None
+    y = out if out is not None else torch.empty(bsz, heads, sq, dv, dtype=q.dtype, device=q.device)
+    if y.numel() == 0:
+        return y
+    if sk == 0:
+        # no key at all: softmax over nothing (NaN, or 0 with nan_to_zero)
+        y.fill_(0.0 if nan_to_zero else float("nan"))
+        return y
+    cfg = config or flash_configs(sq, sk, d, q.dtype)[0]
+    # mask_fill rounds to Q's dtype as the graph's constant does (-3.4e38 is -inf in fp16)
+    fill = float(torch.tensor(mask_fill, dtype=q.dtype).float())
+    fill2 = fill * LOG2E if math.isfinite(fill) else fill
+    dummy = y
+    grid = (triton.cdiv(sq, cfg.BLOCK_M), bsz * heads)
+    _flash_fwd[grid](
+        q4,
+        k4,
+        v4,
+        y,
+        add4 if add4 is not None else dummy,
+        keep4 if keep4 is not None else dummy,
+        heads,
+        sq,
+        sk,
+        d,
+        dv,
+        *q4.stride(),
+        *k4.stride(),
+        *v4.stride(),
+        *y.stride(),
+        *(add4.stride() if add4 is not None else (0, 0, 0, 0)),
+        *(keep4.stride() if keep4 is not None else (0, 0, 0, 0)),
+        float(scale) * LOG2E,
+        fill2,
+        HAS_ADD=add4 is not None,
+        HAS_KEEP=keep4 is not None,
+        CAUSAL=bool(is_causal),
+        NAN_TO_ZERO=bool(nan_to_zero),
+        INPUT_PRECISION=dot_precision(q.dtype, precision),
+        UPCAST=upcast_dot(q),
+        INT64=needs_int64(q4, k4, v4, y, add4, keep4),
+        BLOCK_M=cfg.BLOCK_M,
+        BLOCK_N=cfg.BLOCK_N,
+        BLOCK_D=_head_block(d),
+        BLOCK_DV=_head_block(dv),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return y
+
+
+def _split_heads(x: Tensor, h: int) -> Tensor:
+    """[B, S, H*D] -> [B, H, S, D] as a strided view (splitting the last dim never copies)."""
+    return x.unflatten(-1, (h, -1)).transpose(1, 2)
+
+
+def flash_mha(
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor | None,
+    add_mask: Tensor | None = None,
+    keep_mask: Tensor | None = None,
+    *,
+    num_heads: int,
+    head_size: int,
+    packed: bool = False,
+    scale: float = 1.0,
+    is_causal: bool = False,
+    mask_fill: float = float("-inf"),
+    nan_to_zero: bool = False,
+    precision: str = "float32",
+    config: FlashConfig | None = None,
+) -> Tensor:
+    """ecoinfer.MultiHeadAttention: heads split and merged through strides only."""
+    h, d = num_heads, head_size
+    if packed:
+        qkv = q
+        q, k, v = qkv[..., : h * d], qkv[..., h * d : 2 * h * d], qkv[..., 2 * h * d :]
+    assert k is not None and v is not None
+    bsz, sq = q.shape[0], q.shape[1]
+    dv = v.shape[-1] // h
+    y = torch.empty(bsz, sq, h, dv, dtype=q.dtype, device=q.device)
+    flash_attention(
+        _split_heads(q, h),
+        _split_heads(k, h),
+        _split_heads(v, h),
+        add_mask,
+        keep_mask,
+        scale=scale,
+        is_causal=is_causal,
+        mask_fill=mask_fill,
+        nan_to_zero=nan_to_zero,
+        precision=precision,
+        config=config,
+        out=y.transpose(1, 2),  # [B, H, Sq, Dv] view of the merged [B, Sq, H, Dv] output
+    )
+    return y.view(bsz, sq, h * dv)

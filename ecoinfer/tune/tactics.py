@@ -1,0 +1,108 @@
+"""Tactic registry: every op has several implementations; the builder times them per layer.
+
+A tactic is registered once per (op, implementation):
+
+    @tactic("FusedGemm", domain="ecoinfer", name="cublas_addmm", devices=("cuda",),
+            dtypes=("float16", "bfloat16", "float32"))
+    def cublas_addmm(node: Node, attrs: dict, inputs: list[TensorInfo], cfg: dict, build: BuildInfo):
+        if <not applicable>: return None          # e.g. unsupported attrs or shapes
+        def run(xs: list[Tensor | None]) -> list[Tensor]: ...
+        return run
+
+`make(...)` returns a callable that computes the node's outputs from its inputs (same
+contract as the torch reference kernels, without the context), or None when the tactic
+cannot implement this node. A tactic with a tunable configuration space gives `configs`:
+a function (node, attrs, inputs, build) -> list of config dicts; every config is a separate
+candidate named `name[k=v,...]`. The reference tactic ("reference": the torch kernel of
+ecoinfer/kernels/torch_ops) exists for every op and judges the others: a candidate whose
+outputs differ from it beyond the precision's tolerance, that raises, or that fails to
+compile scores infinity and is logged, never failing the build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ecoinfer.ir.graph import Node
+
+Tensor = torch.Tensor
+RunFn = Callable[[list[Tensor | None]], list[Tensor]]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A node input as the builder sees it at the profile's opt shapes (None: omitted input)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    is_weight: bool = False  # a constant of the engine (weights can be pre-packed at build)
+
+
+@dataclass
+class BuildInfo:
+    """What a tactic may know about the build."""
+
+    device: torch.device
+    precision: str  # compute precision of this layer: "float32", "tf32", "float16", "bfloat16"
+    weights: dict[str, Tensor] = field(default_factory=dict)  # the engine's weights by name
+
+
+MakeFn = Callable[
+    [Node, dict[str, Any], list[TensorInfo | None], dict[str, Any], BuildInfo], RunFn | None
+]
+ConfigsFn = Callable[
+    [Node, dict[str, Any], list[TensorInfo | None], BuildInfo], list[dict[str, Any]]
+]
+
+
+@dataclass(frozen=True)
+class TacticSpec:
+    name: str
+    op_type: str
+    domain: str
+    make: MakeFn
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    configs: ConfigsFn | None = None
+    doc: str = ""
+
+
+_TACTICS: dict[tuple[str, str], list[TacticSpec]] = {}
+
+
+def tactic(
+    op_type: str | list[str],
+    name: str,
+    domain: str = "",
+    devices: tuple[str, ...] = ("cpu", "cuda"),
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16"),
+    configs: ConfigsFn | None = None,
+    doc: str = "",
+) -> Callable[[MakeFn], MakeFn]:
+    def deco(fn: MakeFn) -> MakeFn:
+        for op in [op_type] if isinstance(op_type, str) else op_type:
+            lst = _TACTICS.setdefault((domain, op), [])
+            lst[:] = [t for t in lst if t.name != name]
+            lst.append(TacticSpec(name, op, domain, fn, devices, dtypes, configs, doc))
+        return fn
+
+    return deco
+
+
+def tactics_for(op_type: str, domain: str, device: str, dtype: str) -> list[TacticSpec]:
+    """Registered non-reference tactics for this op that run on `device` in `dtype`."""
+    import ecoinfer.tune.library  # noqa: F401, PLC0415  (registers the tactic modules)
+
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    base = "float32" if dtype == "tf32" else dtype
+    return [t for t in _TACTICS.get((domain, op_type), []) if dev in t.devices and base in t.dtypes]
+
+
+def all_tactics() -> dict[tuple[str, str], list[TacticSpec]]:
+    import ecoinfer.tune.library  # noqa: F401, PLC0415
+
+    return {k: list(v) for k, v in _TACTICS.items()}
