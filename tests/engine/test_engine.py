@@ -1,0 +1,188 @@
+"""Engine build / file / runtime on the CPU target (CI has no GPU)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_close, run_onnxruntime
+
+from ecoinfer.engine.builder import BuildConfig, build, load_engine
+from ecoinfer.engine.format import (
+    MAGIC,
+    EngineFileError,
+    EngineMismatchError,
+    read_engine,
+    write_engine,
+)
+from ecoinfer.engine.runtime import ShapeProfile
+from ecoinfer.errors import IndexOutOfRangeError, InputShapeError
+
+SHAPES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _profile(lo: tuple, opt: tuple, hi: tuple) -> ShapeProfile:
+    return ShapeProfile({n: lo for n in SHAPES}, {n: opt for n in SHAPES}, {n: hi for n in SHAPES})
+
+
+@pytest.fixture(scope="module")
+def engine_file(minilm, tmp_path_factory):  # noqa: ANN001, ANN201
+    path, _ = minilm
+    eng = build(path, BuildConfig(profiles=[_profile((1, 1), (4, 16), (8, 64))], device="cpu"))
+    out = tmp_path_factory.mktemp("eng") / "minilm.eng"
+    eng.save(out)
+    return out, eng
+
+
+def test_engine_round_trip_matches_onnxruntime(minilm, engine_file) -> None:  # noqa: ANN001
+    path, feeds = minilm
+    out, built = engine_file
+    eng = load_engine(out)
+    assert eng.precision == "float32" and eng.fingerprint["device_type"] == "cpu"
+    assert len(eng.graph.nodes) == len(built.graph.nodes)
+    got = eng.run(feeds)
+    assert_close(got, run_onnxruntime(path, feeds), "engine fp32 (cpu)")
+    mem = eng.report["memory"]["profile 0"]
+    assert 0 < mem["peak_activation_bytes"] < mem["naive_activation_bytes"]
+
+
+def test_profile_violation_names_input_and_ranges(engine_file) -> None:  # noqa: ANN001
+    eng = load_engine(engine_file[0])
+    bad = {n: np.ones((1, 100), np.int64) for n in SHAPES}
+    with pytest.raises(
+        InputShapeError, match=r"input 'input_ids' has shape \[1, 100\].*\[1\.\.8\]x\[1\.\.64\]"
+    ):
+        eng.run(bad)
+
+
+def test_index_inputs_checked_before_running(engine_file) -> None:  # noqa: ANN001
+    eng = load_engine(engine_file[0])
+    feeds = {n: np.zeros((1, 8), np.int64) for n in SHAPES}
+    feeds["input_ids"][0, 3] = 10**6
+    with pytest.raises(IndexOutOfRangeError, match="input 'input_ids' holds index 1000000"):
+        eng.run(feeds)
+
+
+def test_truncated_tampered_and_foreign_files(engine_file, tmp_path) -> None:  # noqa: ANN001
+    data = engine_file[0].read_bytes()
+    cut = tmp_path / "cut.eng"
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(EngineFileError, match="truncated or was modified"):
+        load_engine(cut)
+    cut.write_bytes(data[:30])
+    with pytest.raises(EngineFileError, match="truncated"):
+        load_engine(cut)
+    bad = bytearray(data)
+    bad[-5] ^= 0xFF  # one flipped bit in the weights
+    tampered = tmp_path / "t.eng"
+    tampered.write_bytes(bytes(bad))
+    with pytest.raises(EngineFileError, match="checksum mismatch"):
+        load_engine(tampered)
+    other = tmp_path / "model.onnx"
+    other.write_bytes(b"\x08\x07" + b"x" * 100)
+    with pytest.raises(EngineFileError, match="not an ecoinfer engine file"):
+        load_engine(other)
+
+
+def test_other_machine_or_stack_is_refused_with_what_differs(engine_file, tmp_path) -> None:  # noqa: ANN001
+    header, tensors = read_engine(engine_file[0])
+    header["fingerprint"] = dict(
+        header["fingerprint"], device_name="NVIDIA H100 80GB HBM3", torch="2.11.0+cu130"
+    )
+    moved = write_engine(tmp_path / "moved.eng", header, tensors)
+    with pytest.raises(EngineMismatchError) as e:
+        load_engine(moved)
+    msg = str(e.value)
+    assert (
+        "device_name: engine 'NVIDIA H100 80GB HBM3'" in msg
+        and "torch: engine '2.11.0+cu130'" in msg
+    )
+    assert "ecoinfer build" in msg and "\n" not in msg
+    eng = load_engine(moved, allow_mismatch=True)
+    assert any("mismatch" in w for w in eng.warnings)
+
+
+def test_loading_never_unpickles(engine_file, monkeypatch) -> None:  # noqa: ANN001
+    def refuse(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("an engine file must not be unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    load_engine(engine_file[0])
+    raw = engine_file[0].read_bytes()
+    (n,) = struct.unpack("<Q", raw[len(MAGIC) : len(MAGIC) + 8])
+    json.loads(raw[len(MAGIC) + 8 : len(MAGIC) + 8 + n])  # the header is plain JSON
+
+
+def test_contexts_share_weights_and_threads_agree(minilm, engine_file) -> None:  # noqa: ANN001
+    _, feeds = minilm
+    eng = load_engine(engine_file[0])
+    a, b = eng.create_context(), eng.create_context()
+    ref = a.run(feeds)["last_hidden_state"]
+    assert np.array_equal(b.run(feeds)["last_hidden_state"], ref)
+    results, errors = [], []
+
+    def worker() -> None:
+        try:
+            for _ in range(3):
+                results.append(eng.run(feeds)["last_hidden_state"])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 12
+    assert all(np.array_equal(r, ref) for r in results)
+
+
+def test_shape_specialisations_are_cached(engine_file) -> None:  # noqa: ANN001
+    eng = load_engine(engine_file[0])
+    ctx = eng.create_context()
+    for s in (8, 16, 8):
+        ctx.run({n: np.ones((2, s), np.int64) for n in SHAPES})
+    assert len(ctx._plans) == 2
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ecoinfer.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_build_cli_with_check_accuracy_and_errors(minilm, tmp_path) -> None:  # noqa: ANN001
+    path, _ = minilm
+    out = tmp_path / "m.eng"
+    shapes = [f"{n}:2x16" for n in SHAPES]
+    proc = _cli(
+        "build",
+        str(path),
+        "-o",
+        str(out),
+        "--shapes",
+        *shapes,
+        "--check-accuracy",
+        "--device",
+        "cpu",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy last_hidden_state" in proc.stdout and "FAIL" not in proc.stdout
+    assert "planned vs" in proc.stdout and "reference" in proc.stdout
+    proc = _cli("run", str(out))
+    assert proc.returncode == 0 and "float32[2x16x384]" in proc.stdout, proc.stderr
+    proc = _cli("build", str(path), "-o", str(out), "--layer-precision", "nocolon")
+    assert proc.returncode == 2 and "REGEX:PRECISION" in proc.stderr
+    proc = _cli("build", str(path), "-o", str(out), "--min-shapes", *shapes)
+    assert proc.returncode == 2 and "together" in proc.stderr
+    proc = _cli("build", str(path), "-o", str(out), "--tf32", "--device", "cpu")
+    assert proc.returncode == 2 and "tf32" in proc.stderr
