@@ -95,11 +95,13 @@ def test_compare_cnn_with_module_on_cpu(cnn) -> None:  # noqa: ANN001
 
     ran = {r.extra["peer"]: r for r in comp.results if not r.skipped}
     skipped = {r.extra["peer"]: r.skipped for r in comp.results if r.skipped}
-    assert set(ran) == {"torch-fp32", "onnxruntime", "ecoinfer-fp32"}
+    assert set(ran) == {"torch-fp32", "onnxruntime", "ecoinfer-fp32", "ecoinfer-engine"}
     assert "CUDA only" in skipped["torch-fp16"]
     assert "CUDA only" in skipped["torch-compile"]
     assert "CUDA only" in skipped["torch-compile-fp16"]
-    assert skipped["ecoinfer-engine"] == "engine not built yet (issue 4)"
+    # on a CPU the engine row is an FP32 engine built for exactly these shapes
+    assert ran["ecoinfer-engine"].name == "ecoinfer engine FP32"
+    assert ran["ecoinfer-engine"].extra["rel_l2_error"] < 1e-5
     assert ran["onnxruntime"].name == "onnxruntime FP32 (CPU EP)"
     assert ran["ecoinfer-fp32"].name.startswith("ecoinfer reference fp32")
 

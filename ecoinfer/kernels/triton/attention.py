@@ -262,7 +262,9 @@ def flash_attention(
     lead = torch.broadcast_shapes(q4.shape[:2], k4.shape[:2], v4.shape[:2])
     scores = torch.broadcast_shapes((*lead, sq, sk), *(m.shape for m in masks))
     if len(scores) != 4 or tuple(scores[-2:]) != (sq, sk):
-        raise ValueError(f"masks {[list(m.shape) for m in masks]} grow the scores {[*lead, sq, sk]}")
+        raise ValueError(
+            f"masks {[list(m.shape) for m in masks]} grow the scores {[*lead, sq, sk]}"
+        )
     bsz, heads = scores[0], scores[1]
     # broadcasting as stride-0 views: nothing is copied
     q4 = q4.expand(bsz, heads, sq, d)

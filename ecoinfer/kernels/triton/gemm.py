@@ -305,8 +305,8 @@ def fused_gemm(
     if bt.shape[0] != k:
         raise ValueError(f"FusedGemm: A has K={k} but op(B) is {list(bt.shape)}")
     out_shape = (*a.shape[:-1], n)
-    a2 = a.reshape(-1, k)  # a view for contiguous (and most strided) A
-    m = a2.shape[0]
+    m = math.prod(a.shape[:-1])
+    a2 = a.reshape(m, k)  # a view for contiguous (and most strided) A
     y = torch.empty(out_shape, dtype=a.dtype, device=a.device)
     if y.numel() == 0:
         return y

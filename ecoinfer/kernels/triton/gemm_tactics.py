@@ -1,0 +1,394 @@
+"""Tactics of the Triton GEMM, flash-attention and implicit-GEMM conv kernels.
+
+Importing this module registers (ecoinfer.kernels.triton.tactics imports it):
+
+  triton_gemm   ecoinfer.FusedGemm            gemm.py, one candidate per GemmConfig
+  triton_flash  ecoinfer.Attention and        attention.py, one candidate per FlashConfig
+                ecoinfer.MultiHeadAttention
+  triton_conv   ecoinfer.FusedConv            conv.py, one candidate per ConvConfig
+
+`make` checks what it can from the node and the opt-shape TensorInfos and returns None
+where the kernel does not apply (integer dtypes, grouped convolutions, 3-D convolutions,
+head sizes over 256, an unknown activation, a residual that would grow the output...).
+The returned run function takes any shapes of the profile: configs are only sized at the
+opt shapes. Under precision "float32" the dots use IEEE float32 (tolerance 1e-5 against
+the reference), under "tf32" TF32, and half inputs use the tensor cores as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ecoinfer.ir.graph import Node
+from ecoinfer.kernels.triton.attention import (
+    MAX_HEAD_SIZE,
+    FlashConfig,
+    flash_attention,
+    flash_configs,
+    flash_mha,
+)
+from ecoinfer.kernels.triton.conv import ConvConfig, conv_configs, conv_out_size, fused_conv
+from ecoinfer.kernels.triton.gemm import GemmConfig, act_code, fused_gemm, gemm_configs
+from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
+
+Tensor = torch.Tensor
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _get(xs: list[Tensor | None], i: int) -> Tensor | None:
+    return xs[i] if i < len(xs) else None
+
+
+def _info(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
+    return inputs[i] if i < len(inputs) else None
+
+
+def _grows(extra: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether broadcasting `extra` against `target` changes target's shape (or fails)."""
+    try:
+        return tuple(torch.broadcast_shapes(extra, target)) != tuple(target)
+    except RuntimeError:
+        return True
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+# ---------------------------------------------------------------------- FusedGemm
+def _gemm_dims(
+    attrs: dict[str, Any], inputs: list[TensorInfo | None]
+) -> tuple[int, int, int, tuple[int, ...]] | None:
+    """(M, N, K, output shape) at the opt shapes, None when the kernel does not apply."""
+    a, b = _info(inputs, 0), _info(inputs, 1)
+    if a is None or b is None or len(b.shape) != 2 or len(a.shape) < 1:
+        return None
+    if a.dtype not in _FLOATS or b.dtype != a.dtype:
+        return None
+    k = a.shape[-1]
+    bk, n = (b.shape[1], b.shape[0]) if int(attrs.get("trans_b", 0) or 0) else b.shape
+    if bk != k:
+        return None
+    out = (*a.shape[:-1], n)
+    return _numel(a.shape[:-1]), n, k, out
+
+
+def _gemm_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    dims = _gemm_dims(attrs, inputs)
+    if dims is None:
+        return [GemmConfig().as_dict()]
+    m, n, k, _ = dims
+    return [c.as_dict() for c in gemm_configs(m, n, k, inputs[0].dtype)]  # type: ignore[union-attr]
+
+
+@tactic(
+    "FusedGemm",
+    name="triton_gemm",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=_DTYPES,
+    configs=_gemm_configs,
+    doc="Triton GEMM, fp32 accumulation, bias/activation/residual fused in the epilogue",
+)
+def triton_gemm(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    cfg: dict[str, Any],
+    build: BuildInfo,
+) -> RunFn | None:
+    dims = _gemm_dims(attrs, inputs)
+    if dims is None:
+        return None
+    _, n, _, out = dims
+    bias, res = _info(inputs, 2), _info(inputs, 3)
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOATS):
+        return None
+    if res is not None and (res.dtype not in _FLOATS or _grows(res.shape, out)):
+        return None
+    try:
+        act = act_code(str(attrs.get("activation") or ""), attrs.get("activation_params") or [])
+    except ValueError:
+        return None
+    trans_b = bool(int(attrs.get("trans_b", 0) or 0))
+    config = GemmConfig.from_dict(cfg) if cfg else None
+    precision = build.precision
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        a, b = xs[0], xs[1]
+        assert a is not None and b is not None
+        return [
+            fused_gemm(
+                a,
+                b,
+                _get(xs, 2),
+                _get(xs, 3),
+                trans_b=trans_b,
+                act=act,
+                precision=precision,
+                config=config,
+            )
+        ]
+
+    return run
+
+
+# ---------------------------------------------------------------------- attention
+def _masks_ok(inputs: list[TensorInfo | None], scores: tuple[int, ...]) -> bool:
+    add, keep = _info(inputs, 3), _info(inputs, 4)
+    if add is not None and (add.dtype not in _FLOATS or len(add.shape) > 4):
+        return False
+    if keep is not None and (keep.dtype != torch.bool or len(keep.shape) > 4):
+        return False
+    return not any(m is not None and _grows(m.shape, scores) for m in (add, keep))
+
+
+def _attention_dims(
+    attrs: dict[str, Any], inputs: list[TensorInfo | None]
+) -> tuple[int, int, int, int] | None:
+    """(Sq, Sk, D, Dv) of ecoinfer.Attention, None when the kernel does not apply."""
+    q, k, v = _info(inputs, 0), _info(inputs, 1), _info(inputs, 2)
+    if q is None or k is None or v is None or q.dtype not in _FLOATS:
+        return None
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return None
+    if not all(2 <= len(t.shape) <= 4 for t in (q, k, v)):
+        return None
+    sq, d = q.shape[-2], q.shape[-1]
+    sk, dk = (k.shape[-1], k.shape[-2]) if int(attrs.get("k_transposed", 0) or 0) else k.shape[-2:]
+    dv = v.shape[-1]
+    if dk != d or v.shape[-2] != sk or max(d, dv) > MAX_HEAD_SIZE:
+        return None
+    try:
+        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        return None
+    if not _masks_ok(inputs, (*lead, sq, sk)):
+        return None
+    return sq, sk, d, dv
+
+
+def _attention_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    if node.op_type == "MultiHeadAttention":
+        dims = _mha_dims(attrs, inputs)
+    else:
+        dims = _attention_dims(attrs, inputs)
+    if dims is None:
+        return [FlashConfig().as_dict()]
+    sq, sk, d, _ = dims
+    return [c.as_dict() for c in flash_configs(sq, sk, d, inputs[0].dtype)]  # type: ignore[union-attr]
+
+
+def _mha_dims(
+    attrs: dict[str, Any], inputs: list[TensorInfo | None]
+) -> tuple[int, int, int, int] | None:
+    """(Sq, Sk, D, Dv) of ecoinfer.MultiHeadAttention, None when the kernel does not apply."""
+    h, d = int(attrs.get("num_heads", 0) or 0), int(attrs.get("head_size", 0) or 0)
+    q = _info(inputs, 0)
+    if h <= 0 or d <= 0 or q is None or q.dtype not in _FLOATS or len(q.shape) != 3:
+        return None
+    bsz, sq, width = q.shape
+    if int(attrs.get("packed", 0) or 0):
+        rest = width - 2 * h * d
+        if rest <= 0 or rest % h:
+            return None
+        sk, dv = sq, rest // h
+    else:
+        k, v = _info(inputs, 1), _info(inputs, 2)
+        if k is None or v is None or k.dtype != q.dtype or v.dtype != q.dtype:
+            return None
+        if len(k.shape) != 3 or len(v.shape) != 3 or v.shape[-1] % h:
+            return None
+        if width != h * d or k.shape[-1] != h * d or k.shape[:2] != v.shape[:2]:
+            return None
+        if k.shape[0] != bsz or v.shape[0] != bsz:
+            return None
+        sk, dv = k.shape[1], v.shape[-1] // h
+    if max(d, dv) > MAX_HEAD_SIZE or not _masks_ok(inputs, (bsz, h, sq, sk)):
+        return None
+    return sq, sk, d, dv
+
+
+def _attention_common(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "scale": float(attrs.get("scale", 1.0)),
+        "is_causal": bool(int(attrs.get("is_causal", 0) or 0)),
+        "mask_fill": float(attrs.get("mask_fill", float("-inf"))),
+        "nan_to_zero": bool(int(attrs.get("nan_to_zero", 0) or 0)),
+    }
+
+
+@tactic(
+    ["Attention", "MultiHeadAttention"],
+    name="triton_flash",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=_DTYPES,
+    configs=_attention_configs,
+    doc="Triton flash-attention forward (online softmax, fp32 accumulation, strided Q/K/V)",
+)
+def triton_flash(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    cfg: dict[str, Any],
+    build: BuildInfo,
+) -> RunFn | None:
+    config = FlashConfig.from_dict(cfg) if cfg else None
+    common = _attention_common(attrs)
+    precision = build.precision
+    if node.op_type == "MultiHeadAttention":
+        if _mha_dims(attrs, inputs) is None:
+            return None
+        h, d = int(attrs["num_heads"]), int(attrs["head_size"])
+        packed = bool(int(attrs.get("packed", 0) or 0))
+
+        def run_mha(xs: list[Tensor | None]) -> list[Tensor]:
+            q = xs[0]
+            assert q is not None
+            return [
+                flash_mha(
+                    q,
+                    _get(xs, 1),
+                    _get(xs, 2),
+                    _get(xs, 3),
+                    _get(xs, 4),
+                    num_heads=h,
+                    head_size=d,
+                    packed=packed,
+                    precision=precision,
+                    config=config,
+                    **common,
+                )
+            ]
+
+        return run_mha
+
+    if _attention_dims(attrs, inputs) is None:
+        return None
+    k_transposed = bool(int(attrs.get("k_transposed", 0) or 0))
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        q, k, v = xs[0], xs[1], xs[2]
+        assert q is not None and k is not None and v is not None
+        return [
+            flash_attention(
+                q,
+                k,
+                v,
+                _get(xs, 3),
+                _get(xs, 4),
+                k_transposed=k_transposed,
+                precision=precision,
+                config=config,
+                **common,
+            )
+        ]
+
+    return run
+
+
+# ---------------------------------------------------------------------- FusedConv
+def _conv_params(
+    attrs: dict[str, Any], inputs: list[TensorInfo | None]
+) -> tuple[dict[str, Any], tuple[int, ...], int, int, int] | None:
+    """(kernel kwargs, output shape, M, Cout, Cin) at the opt shapes, or None."""
+    x, w = _info(inputs, 0), _info(inputs, 1)
+    if x is None or w is None or x.dtype not in _FLOATS or w.dtype != x.dtype:
+        return None
+    nd = len(x.shape) - 2
+    if nd not in (1, 2) or len(w.shape) != nd + 2 or int(attrs.get("group", 1) or 1) != 1:
+        return None
+    layout = str(attrs.get("layout") or "NCHW")
+    if layout not in ("NCHW", "NHWC"):
+        return None
+    nhwc = layout == "NHWC"
+    spatial = x.shape[1:-1] if nhwc else x.shape[2:]
+    cin = x.shape[-1] if nhwc else x.shape[1]
+    kernel = w.shape[1:-1] if nhwc else w.shape[2:]
+    cout, wcin = w.shape[0], (w.shape[-1] if nhwc else w.shape[1])
+    if wcin != cin:
+        return None  # grouped/depthwise: cuDNN keeps those
+    ks = attrs.get("kernel_shape")
+    if ks and [int(v) for v in ks] != list(kernel):
+        return None
+    strides = [int(v) for v in (attrs.get("strides") or [1] * nd)]
+    dilations = [int(v) for v in (attrs.get("dilations") or [1] * nd)]
+    pads = [int(v) for v in (attrs.get("pads") or [0] * (2 * nd))]
+    if len(strides) != nd or len(dilations) != nd or len(pads) != 2 * nd:
+        return None
+    out_sp = [
+        conv_out_size(spatial[i], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i])
+        for i in range(nd)
+    ]
+    if any(o <= 0 for o in out_sp):
+        return None
+    out = (x.shape[0], *out_sp, cout) if nhwc else (x.shape[0], cout, *out_sp)
+    try:
+        acts = {
+            "activation": str(attrs.get("activation") or ""),
+            "activation_params": [float(p) for p in attrs.get("activation_params") or []],
+            "post_activation": str(attrs.get("post_activation") or ""),
+            "post_activation_params": [float(p) for p in attrs.get("post_activation_params") or []],
+        }
+        act_code(acts["activation"], acts["activation_params"])
+        act_code(acts["post_activation"], acts["post_activation_params"])
+    except ValueError:
+        return None
+    kwargs = {"strides": strides, "pads": pads, "dilations": dilations, "layout": layout, **acts}
+    return kwargs, out, x.shape[0] * math.prod(out_sp), cout, cin
+
+
+def _conv_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    p = _conv_params(attrs, inputs)
+    if p is None:
+        return [ConvConfig().as_dict()]
+    _, _, m, cout, cin = p
+    return [c.as_dict() for c in conv_configs(m, cout, cin, inputs[0].dtype)]  # type: ignore[union-attr]
+
+
+@tactic(
+    "FusedConv",
+    name="triton_conv",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=_DTYPES,
+    configs=_conv_configs,
+    doc="Triton implicit-GEMM convolution (group=1, 1-D/2-D, NCHW/NHWC) with fused epilogue",
+)
+def triton_conv(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    cfg: dict[str, Any],
+    build: BuildInfo,
+) -> RunFn | None:
+    p = _conv_params(attrs, inputs)
+    if p is None:
+        return None
+    kwargs, out, _, cout, _ = p
+    bias, z = _info(inputs, 2), _info(inputs, 3)
+    if bias is not None and (bias.shape != (cout,) or bias.dtype not in _FLOATS):
+        return None
+    if z is not None and (z.dtype not in _FLOATS or _grows(z.shape, out)):
+        return None
+    config = ConvConfig.from_dict(cfg) if cfg else None
+    precision = build.precision
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x, w = xs[0], xs[1]
+        assert x is not None and w is not None
+        y = fused_conv(x, w, _get(xs, 2), _get(xs, 3), precision=precision, config=config, **kwargs)
+        return [y]
+
+    return run

@@ -1,0 +1,626 @@
+"""Tactic selection: time every implementation of a node on the device, keep the fastest right one.
+
+For one node at the profile's opt shapes (real input tensors on the device):
+
+1. the reference tactic (the torch kernel) runs once; its outputs judge everyone else;
+2. every registered tactic x config (ecoinfer.tune.tactics.tactics_for) is made; make() -> None
+   means "not applicable";
+3. each candidate runs once and every output is compared with the reference's (same shape and
+   dtype, NaN/inf only where the reference has them, relative L2 error <= TOLERANCE[precision]);
+   a candidate that fails to build, raises, modifies its inputs or disagrees scores infinity and
+   is logged; nothing a candidate does fails the build (Inductor's select_algorithm, tinygrad's
+   BEAM);
+4. the right ones are timed (time_fn: CUDA graph replays timed with events on the GPU, median of
+   repeats; perf_counter on the CPU), unless the timing cache already has their time.
+
+The reference always passes, so there is always a choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ecoinfer.engine.fingerprint import TOLERANCE, fingerprint
+from ecoinfer.errors import ExecutionError
+from ecoinfer.ir.graph import Node
+from ecoinfer.tune.tactics import BuildInfo, RunFn, TacticSpec, TensorInfo, tactics_for
+from ecoinfer.tune.timing_cache import TimingCache, op_signature
+
+Tensor = torch.Tensor
+Log = logging.Logger | Callable[[str], None] | None
+
+_LOG = logging.getLogger("ecoinfer.tune")
+REFERENCE = "reference"
+TARGET_MS = 25.0  # timing budget per candidate (the issue asks ~20-50 ms)
+INF = math.inf
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class Candidate:
+    """One implementation tried for a node."""
+
+    tactic: str
+    config: dict[str, Any] = field(default_factory=dict)
+    time_ms: float = INF  # inf: not usable (see reason)
+    reason: str = ""  # why inf: "not applicable", "make failed: ...", "wrong result: ..."
+    error: float | None = None  # relative L2 error against the reference (worst output)
+    timing: str = ""  # how time_ms was obtained: "cuda_graph", "cuda_events", "cpu", "cache"
+
+    @property
+    def name(self) -> str:
+        return candidate_name(self.tactic, self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tactic": self.tactic,
+            "config": self.config,
+            "time_ms": self.time_ms if math.isfinite(self.time_ms) else None,
+            "reason": self.reason,
+            "error": self.error,
+            "timing": self.timing,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        t = d.get("time_ms")
+        return cls(
+            d["tactic"],
+            dict(d.get("config") or {}),
+            INF if t is None else float(t),
+            d.get("reason", ""),
+            d.get("error"),
+            d.get("timing", ""),
+        )
+
+
+@dataclass
+class Choice:
+    """The tactic chosen for one node, with the runner-up and every candidate tried."""
+
+    node: str
+    op: str
+    precision: str
+    tactic: str
+    config: dict[str, Any]
+    time_ms: float
+    runner_up: str | None = None  # candidate name (tactic[k=v,...])
+    runner_up_ms: float | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return candidate_name(self.tactic, self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (no inf): for the engine header and the build report."""
+        return {
+            "node": self.node,
+            "op": self.op,
+            "precision": self.precision,
+            "tactic": self.tactic,
+            "config": self.config,
+            "time_ms": self.time_ms if math.isfinite(self.time_ms) else None,
+            "runner_up": self.runner_up,
+            "runner_up_ms": self.runner_up_ms,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Choice:
+        t = d.get("time_ms")
+        return cls(
+            d["node"],
+            d["op"],
+            d.get("precision", ""),
+            d["tactic"],
+            dict(d.get("config") or {}),
+            INF if t is None else float(t),
+            d.get("runner_up"),
+            d.get("runner_up_ms"),
+            [Candidate.from_dict(c) for c in d.get("candidates", [])],
+        )
+
+
+def candidate_name(tactic: str, config: dict[str, Any] | None) -> str:
+    if not config:
+        return tactic
+    return f"{tactic}[{','.join(f'{k}={v}' for k, v in config.items())}]"
+
+
+# ---------------------------------------------------------------------- helpers
+def reference_runfn(node: Node, attrs: dict[str, Any], device: torch.device, opset: int = 21):  # noqa: ANN201
+    """The torch reference kernel of `node` as a RunFn (for ops without control flow)."""
+    from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel  # noqa: PLC0415
+
+    fn = get_kernel(node.op_type, node.domain)
+    if fn is None:
+        raise ExecutionError(f"{node.label()}: no torch reference kernel for this op")
+
+    def no_subgraph(*_: Any) -> list[Tensor]:
+        raise ExecutionError(f"{node.label()}: control flow is not supported by the tuner")
+
+    ctx = KernelContext(node, attrs, torch.device(device), no_subgraph, opset)
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        return fn(ctx, xs)
+
+    return run
+
+
+def find_tactic(op_type: str, domain: str, name: str, device: str, precision: str) -> TacticSpec:
+    """The registered tactic `name` of this op (to rebuild a chosen tactic when an engine loads)."""
+    for t in tactics_for(op_type, domain, device, precision):
+        if t.name == name:
+            return t
+    raise ExecutionError(
+        f"tactic '{name}' of {domain + '::' if domain else ''}{op_type} is not available here "
+        f"(device {device}, precision {precision}); rebuild the engine on this machine"
+    )
+
+
+def instantiate(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    build: BuildInfo,
+    tactic: str,
+    config: dict[str, Any],
+    reference: RunFn,
+) -> RunFn:
+    """The RunFn of an already chosen tactic (no timing): what loading an engine does."""
+    if tactic == REFERENCE:
+        return reference
+    spec = find_tactic(node.op_type, node.domain, tactic, build.device.type, build.precision)
+    fn = spec.make(node, attrs, inputs, dict(config), build)
+    if fn is None:
+        raise ExecutionError(
+            f"{node.label()}: tactic '{candidate_name(tactic, config)}' chosen at build time "
+            "does not apply here; rebuild the engine"
+        )
+    return fn
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(device: str) -> dict[str, str | None]:
+    return fingerprint(device)
+
+
+def device_fingerprint(device: str | torch.device) -> dict[str, str | None]:
+    """fingerprint(device), computed once per device (NVML is slow to open)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dict(_fingerprint(str(dev)))
+
+
+def _emit(log: Log, level: int, msg: str) -> None:
+    if log is None:
+        _LOG.log(level, msg)
+    elif isinstance(log, logging.Logger):
+        log.log(level, msg)
+    elif level >= logging.INFO:
+        log(msg)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _bits(t: Tensor) -> Tensor:
+    """The raw bytes of a tensor (bitwise equality: NaN == NaN, -0.0 != 0.0)."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+# ---------------------------------------------------------------------- correctness
+def compare_outputs(
+    outs: Any, refs: list[Tensor], wanted: list[bool], tol: float
+) -> tuple[bool, float | None, str]:
+    """(ok, worst relative L2 error, reason) of a candidate's outputs against the reference's.
+
+    Only the node's wanted outputs are compared. NaN never passes where the reference is not
+    NaN, and +-inf must sit where the reference has it; the rest is compared by relative L2."""
+    if not isinstance(outs, list | tuple):
+        return False, None, f"returned {type(outs).__name__}, not a list of tensors"
+    worst = 0.0
+    for i, want in enumerate(wanted):
+        if not want:
+            continue
+        if i >= len(outs) or i >= len(refs):
+            return False, None, f"returned {len(outs)} outputs, the node has {len(wanted)}"
+        o, r = outs[i], refs[i]
+        if not isinstance(o, torch.Tensor):
+            return False, None, f"output {i} is {type(o).__name__}, not a tensor"
+        if tuple(o.shape) != tuple(r.shape):
+            return False, None, f"output {i} has shape {list(o.shape)}, expected {list(r.shape)}"
+        if o.dtype != r.dtype:
+            return False, None, f"output {i} is {o.dtype}, expected {r.dtype}"
+        if o.device != r.device:
+            return False, None, f"output {i} is on {o.device}, expected {r.device}"
+        if not r.is_floating_point():
+            if not torch.equal(o, r):
+                return False, None, f"output {i} differs from the reference (exact type)"
+            continue
+        cdt = torch.float64 if r.dtype == torch.float64 else torch.float32
+        of, rf = o.to(cdt), r.to(cdt)
+        o_nan, r_nan = torch.isnan(of), torch.isnan(rf)
+        if bool((o_nan & ~r_nan).any()):
+            return False, None, f"output {i} has NaN where the reference has none"
+        if not torch.equal(o_nan, r_nan):
+            return False, None, f"output {i} lacks NaNs the reference has"
+        r_inf, o_inf = torch.isinf(rf), torch.isinf(of)
+        if not torch.equal(r_inf, o_inf) or not torch.equal(of[r_inf], rf[r_inf]):
+            return False, None, f"output {i} has +-inf where the reference differs"
+        fin = torch.isfinite(rf)
+        d = torch.linalg.vector_norm(of[fin] - rf[fin]).item()
+        n = torch.linalg.vector_norm(rf[fin]).item()
+        err = d / n if n > 0 else d
+        if not math.isfinite(err):
+            return False, err, f"output {i}: error is not finite ({err})"
+        worst = max(worst, err)
+        if err > tol:
+            return False, err, f"wrong result: output {i} relative L2 error {err:.3g} > {tol:g}"
+    return True, worst, ""
+
+
+# ---------------------------------------------------------------------- timing
+def time_fn(
+    fn: RunFn,
+    xs: list[Tensor | None],
+    device: str | torch.device,
+    target_ms: float = TARGET_MS,
+    cuda_graph: bool = True,
+) -> float:
+    """Median time of one fn(xs) call in milliseconds (warm-up excluded)."""
+    return measure(fn, xs, device, target_ms, cuda_graph)[0]
+
+
+def measure(
+    fn: RunFn,
+    xs: list[Tensor | None],
+    device: str | torch.device,
+    target_ms: float = TARGET_MS,
+    cuda_graph: bool = True,
+) -> tuple[float, str]:
+    """(median ms per call, method). On CUDA the calls are captured in a CUDA graph and its
+    replays timed with events, which is GPU time as the runtime (which replays graphs) sees it;
+    a function that cannot be captured is timed eagerly with events."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return _time_cpu(fn, xs, target_ms), "cpu"
+    return _time_cuda(fn, xs, dev, target_ms, cuda_graph)
+
+
+def _time_cpu(fn: RunFn, xs: list[Tensor | None], target_ms: float) -> float:
+    fn(xs)  # warm-up (first-call allocations, lazy init)
+    t0 = time.perf_counter()
+    fn(xs)
+    est = (time.perf_counter() - t0) * 1e3
+    reps = int(min(1000, max(3, target_ms / max(est, 1e-3))))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(xs)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _time_cuda(
+    fn: RunFn, xs: list[Tensor | None], dev: torch.device, target_ms: float, cuda_graph: bool
+) -> tuple[float, str]:
+    with torch.cuda.device(dev):
+        stream = torch.cuda.Stream(dev)
+        cur = torch.cuda.current_stream(dev)
+        stream.wait_stream(cur)
+        # warm up on the stream that captures (cuBLAS workspaces, autotuners, lazy modules)
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn(xs)
+        cur.wait_stream(stream)
+        torch.cuda.synchronize(dev)
+        est = _events(fn, xs, 3) / 3
+        inner = int(min(100, max(1, math.ceil(0.5 / max(est, 1e-4)))))
+        if cuda_graph:
+            try:
+                return _time_graph(fn, xs, dev, stream, inner, target_ms), "cuda_graph"
+            except Exception as e:  # noqa: BLE001  (not capturable: time it eagerly)
+                _LOG.debug("CUDA graph capture failed, timing eagerly: %s", _short(e))
+                torch.cuda.synchronize(dev)
+        reps = int(min(200, max(5, target_ms / max(est * inner, 1e-3))))
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            s.record()
+            for _ in range(inner):
+                fn(xs)
+            e.record()
+        torch.cuda.synchronize(dev)
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / inner, (
+            "cuda_events"
+        )
+
+
+def _events(fn: RunFn, xs: list[Tensor | None], n: int) -> float:
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(n):
+        fn(xs)
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e)
+
+
+def _time_graph(
+    fn: RunFn,
+    xs: list[Tensor | None],
+    dev: torch.device,
+    stream: torch.cuda.Stream,
+    inner: int,
+    target_ms: float,
+) -> float:
+    g = torch.cuda.CUDAGraph()
+    try:
+        # `inner` calls per graph amortise the replay launch for microsecond kernels
+        with torch.cuda.graph(g, stream=stream):
+            for _ in range(inner):
+                fn(xs)
+        g.replay()
+        torch.cuda.synchronize(dev)
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        g.replay()
+        e.record()
+        e.synchronize()
+        per = max(s.elapsed_time(e), 1e-4)
+        reps = int(min(200, max(5, target_ms / per)))
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            s.record()
+            g.replay()
+            e.record()
+        torch.cuda.synchronize(dev)
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / inner
+    finally:
+        del g  # frees the graph's private memory pool
+
+
+# ---------------------------------------------------------------------- selection
+def select_tactic(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[Tensor | None],
+    build: BuildInfo,
+    reference: RunFn,
+    cache: TimingCache | None = None,
+    log: Log = None,
+    target_ms: float = TARGET_MS,
+    tactics: list[TacticSpec] | None = None,
+) -> tuple[Choice, RunFn]:
+    """The fastest tactic for `node` whose outputs match the reference's, and its RunFn.
+
+    `inputs` are real tensors at the opt shapes on build.device (None for omitted inputs);
+    inputs named in build.weights are weights. `tactics` overrides the registry (tests)."""
+    with torch.no_grad():
+        return _select(node, attrs, inputs, build, reference, cache, log, target_ms, tactics)
+
+
+def _select(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[Tensor | None],
+    build: BuildInfo,
+    reference: RunFn,
+    cache: TimingCache | None,
+    log: Log,
+    target_ms: float,
+    tactics: list[TacticSpec] | None,
+) -> tuple[Choice, RunFn]:
+    dev = torch.device(build.device)
+    label = node.name or node.op_type
+    op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+    tol = TOLERANCE[build.precision]
+    infos: list[TensorInfo | None] = []
+    for i, x in enumerate(inputs):
+        name = node.inputs[i] if i < len(node.inputs) else ""
+        infos.append(
+            None if x is None else TensorInfo(tuple(x.shape), x.dtype, name in build.weights)
+        )
+    wanted = [bool(o) for o in node.outputs]
+    sig, sig_text = op_signature(
+        node.op_type, node.domain, attrs, infos, build.precision, list(node.outputs)
+    )
+    fp = device_fingerprint(dev) if cache is not None else {}
+
+    # 1. the judge
+    try:
+        refs = list(reference(inputs))
+        _sync(dev)
+    except Exception as e:
+        raise ExecutionError(
+            f"{node.label()}: the reference kernel failed at the opt shapes "
+            f"{[None if x is None else list(x.shape) for x in inputs]}: {_short(e)}"
+        ) from e
+    snapshot = [None if x is None else _bits(x).clone() for x in inputs]
+
+    # 2. the candidates
+    specs = (
+        tactics
+        if tactics is not None
+        else tactics_for(node.op_type, node.domain, dev.type, build.precision)
+    )
+    todo: list[tuple[str, dict[str, Any], TacticSpec | None]] = [(REFERENCE, {}, None)]
+    cands: list[Candidate] = []
+    for spec in specs:
+        if spec.name == REFERENCE:
+            continue
+        try:
+            cfgs = spec.configs(node, attrs, infos, build) if spec.configs else [{}]
+        except Exception as e:  # noqa: BLE001
+            cands.append(Candidate(spec.name, {}, INF, f"configs failed: {_short(e)}"))
+            _emit(log, logging.INFO, f"{label}: {spec.name}: configs failed: {_short(e)}")
+            continue
+        todo += [(spec.name, dict(c), spec) for c in cfgs]
+
+    best: tuple[float, int, RunFn] | None = None
+    for name, cfg, spec in todo:
+        cand = Candidate(name, cfg)
+        cands.append(cand)
+        run = reference if spec is None else _make(cand, spec, node, attrs, infos, build)
+        if run is None:
+            if not cand.reason:
+                cand.reason = "not applicable"
+            _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.reason}")
+            continue
+        if spec is not None:
+            if not _check(cand, run, inputs, refs, wanted, tol, dev):
+                _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
+                _restore(inputs, snapshot)
+                continue
+            if not _unchanged(inputs, snapshot):
+                cand.reason = "modified its inputs"
+                _restore(inputs, snapshot)
+                _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
+                continue
+        else:
+            cand.error = 0.0
+        t = cache.get(fp, sig, name, cfg) if cache is not None else None
+        if t is not None:
+            cand.time_ms, cand.timing = t, "cache"
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    cand.time_ms, cand.timing = measure(run, inputs, dev, target_ms)
+            except Exception as e:  # noqa: BLE001
+                cand.reason = f"timing failed: {_short(e)}"
+                _recover(dev)
+                _restore(inputs, snapshot)
+                _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
+                continue
+            if cache is not None:
+                cache.put(fp, sig, name, cfg, cand.time_ms, sig_text)
+        _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.time_ms:.4f} ms ({cand.timing})")
+        if best is None or cand.time_ms < best[0]:
+            best = (cand.time_ms, len(cands) - 1, run)
+
+    if best is None:  # only if the reference itself failed to time
+        raise ExecutionError(
+            f"{node.label()}: no tactic could run, not even the reference: "
+            + "; ".join(f"{c.name}: {c.reason}" for c in cands)
+        )
+    win = cands[best[1]]
+    ranked = sorted(
+        (c for c in cands if math.isfinite(c.time_ms) and c is not win), key=lambda c: c.time_ms
+    )
+    up = ranked[0] if ranked else None
+    choice = Choice(
+        label,
+        op,
+        build.precision,
+        win.tactic,
+        win.config,
+        win.time_ms,
+        up.name if up else None,
+        up.time_ms if up else None,
+        cands,
+    )
+    _emit(
+        log,
+        logging.DEBUG,
+        f"{label}: chose {win.name} {win.time_ms:.4f} ms"
+        + (f" (runner-up {up.name} {up.time_ms:.4f} ms)" if up else ""),
+    )
+    return choice, best[2]
+
+
+def _make(
+    cand: Candidate,
+    spec: TacticSpec,
+    node: Node,
+    attrs: dict[str, Any],
+    infos: list[TensorInfo | None],
+    build: BuildInfo,
+) -> RunFn | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return spec.make(node, attrs, infos, dict(cand.config), build)
+    except Exception as e:  # noqa: BLE001  (a build error of one candidate, never of the build)
+        cand.reason = f"make failed: {_short(e)}"
+        _recover(torch.device(build.device))
+        return None
+
+
+def _check(
+    cand: Candidate,
+    run: RunFn,
+    inputs: list[Tensor | None],
+    refs: list[Tensor],
+    wanted: list[bool],
+    tol: float,
+    dev: torch.device,
+) -> bool:
+    """Run once and compare with the reference; on failure cand.reason says why."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outs = run(inputs)
+            _sync(dev)  # asynchronous CUDA errors surface here, attributed to this candidate
+    except Exception as e:  # noqa: BLE001
+        cand.reason = f"raised {_short(e)}"
+        if caught:
+            cand.reason += f" (warning: {str(caught[0].message).splitlines()[0][:200]})"
+        _recover(dev)
+        return False
+    try:
+        ok, err, why = compare_outputs(outs, refs, wanted, tol)
+    except Exception as e:  # noqa: BLE001
+        ok, err, why = False, None, f"comparison failed: {_short(e)}"
+    cand.error = err
+    if not ok:
+        cand.reason = why
+    return ok
+
+
+def _recover(dev: torch.device) -> None:
+    """After a failure on the GPU: surface pending errors and release cached blocks."""
+    if dev.type != "cuda":
+        return
+    try:
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001  (a sticky error: later candidates will report it)
+        _LOG.warning("CUDA context after a failed candidate: %s", _short(e))
+
+
+def _unchanged(inputs: list[Tensor | None], snapshot: list[Tensor | None]) -> bool:
+    for x, s in zip(inputs, snapshot):
+        if x is not None and s is not None and not torch.equal(_bits(x), s):
+            return False
+    return True
+
+
+def _restore(inputs: list[Tensor | None], snapshot: list[Tensor | None]) -> None:
+    """Put back inputs a bad candidate wrote into (the next candidates need the real ones)."""
+    for x, s in zip(inputs, snapshot):
+        if x is not None and s is not None and not torch.equal(_bits(x), s):
+            with torch.no_grad():
+                x.copy_(s.view(x.dtype).reshape(x.shape))

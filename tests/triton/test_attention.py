@@ -1,0 +1,219 @@
+"""Triton flash attention (ecoinfer/kernels/triton/attention.py) under TRITON_INTERPRET=1
+against the torch reference kernels of ecoinfer.Attention / MultiHeadAttention, in float32
+from the same (rounded) inputs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest too)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from ecoinfer.ir.graph import Node  # noqa: E402
+from ecoinfer.ir.ops import get_schema  # noqa: E402
+from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel  # noqa: E402
+from ecoinfer.kernels.triton import gemm_tactics  # noqa: E402
+from ecoinfer.kernels.triton.attention import _split_heads, flash_configs  # noqa: E402
+from ecoinfer.tune.tactics import _TACTICS, BuildInfo, TensorInfo  # noqa: E402
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+PRECISION = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+B, H, S, D = 2, 2, 17, 16
+NEG = float("-inf")
+
+
+def reference(node: Node, attrs: dict, xs: list[torch.Tensor | None]) -> torch.Tensor:
+    fn = get_kernel(node.op_type, node.domain)
+    assert fn is not None
+    ctx = KernelContext(node, attrs, torch.device("cpu"), None, 21)  # type: ignore[arg-type]
+    xs32 = [x.float() if x is not None and x.is_floating_point() else x for x in xs]
+    return fn(ctx, xs32)[0]
+
+
+def make(op: str, xs: list[torch.Tensor | None], cfg: dict | None = None, **attrs):  # noqa: ANN201
+    names = ["q", "k", "v", "add", "keep"][: len(xs)]
+    node = Node(op, [n if x is not None else "" for n, x in zip(names, xs)], ["y"], attrs)
+    node.domain = "ecoinfer"
+    full = {**get_schema(op, "ecoinfer").attrs, **attrs}
+    infos = [TensorInfo(tuple(x.shape), x.dtype) if x is not None else None for x in xs]
+    dt = next(x.dtype for x in xs if x is not None)
+    build = BuildInfo(torch.device("cpu"), PRECISION.get(dt, "float32"))
+    return node, full, gemm_tactics.triton_flash(node, full, infos, cfg or {}, build)
+
+
+def check(op: str, xs: list[torch.Tensor | None], cfg: dict | None = None, **attrs) -> None:
+    node, full, run = make(op, xs, cfg, **attrs)
+    assert run is not None
+    (y,) = run(xs)
+    ref = reference(node, full, xs)
+    assert y.shape == ref.shape and y.dtype == xs[0].dtype  # type: ignore[union-attr]
+    nan = torch.isnan(ref)
+    # rows the graph leaves NaN (every score -inf, no nan_to_zero) stay NaN, the rest agree
+    assert torch.equal(torch.isnan(y), nan)
+    yv, rv = y.float()[~nan], ref[~nan]
+    err = float((yv.double() - rv.double()).norm() / rv.double().norm())
+    assert err <= TOL[y.dtype], f"rel error {err:.3e}"
+
+
+def qkv(dtype: torch.dtype, sq: int = S, sk: int = S, d: int = D, dv: int = D):  # noqa: ANN201
+    return (
+        torch.randn(B, H, sq, d).to(dtype),
+        torch.randn(B, H, sk, d).to(dtype),
+        torch.randn(B, H, sk, dv).to(dtype),
+    )
+
+
+def padding_mask(dtype: torch.dtype, sk: int = S) -> torch.Tensor:
+    """BERT's [B, 1, 1, Sk] additive mask: batch 1 has its last 7 keys padded."""
+    m = torch.zeros(B, 1, 1, sk)
+    m[1, ..., sk - 7 :] = torch.finfo(dtype).min
+    return m.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "case", ["plain", "pad_mask", "full_mask", "causal", "causal_mask", "keep", "ktrans"]
+)
+def test_attention(dtype: torch.dtype, case: str) -> None:
+    torch.manual_seed(0)
+    q, k, v = qkv(dtype)
+    attrs: dict = {"scale": D**-0.5}
+    xs: list[torch.Tensor | None] = [q, k, v]
+    if case == "pad_mask":
+        xs.append(padding_mask(dtype))
+    elif case == "full_mask":
+        xs.append(torch.randn(B, 1, S, S).to(dtype))
+    elif case == "causal":
+        attrs["is_causal"] = 1
+    elif case == "causal_mask":
+        attrs["is_causal"] = 1
+        xs.append(padding_mask(dtype))
+    elif case == "keep":
+        keep = torch.rand(B, 1, S, S) > 0.3
+        keep[..., 0] = True
+        xs += [None, keep]
+    elif case == "ktrans":
+        xs[1] = k.transpose(-1, -2).contiguous()
+        attrs["k_transposed"] = 1
+    check("Attention", xs, **attrs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_attention_odd_shapes(dtype: torch.dtype) -> None:
+    """Sq != Sk, a head size that is no power of 2, Dv != D, K/V shared over heads."""
+    torch.manual_seed(1)
+    q = torch.randn(B, H, 9, 24).to(dtype)
+    k = torch.randn(B, 1, 21, 24).to(dtype)
+    v = torch.randn(B, 1, 21, 40).to(dtype)
+    check("Attention", [q, k, v, padding_mask(dtype, 21)], scale=0.3)
+    check("Attention", [q, k, v], is_causal=1)
+
+
+@pytest.mark.parametrize("nan_to_zero", [0, 1])
+def test_attention_fully_masked_rows(nan_to_zero: int) -> None:
+    """Rows with every score -inf: NaN like the ONNX graph, or 0 with nan_to_zero."""
+    torch.manual_seed(2)
+    q, k, v = qkv(torch.float32)
+    keep = torch.rand(B, 1, S, S) > 0.5
+    keep[0, 0, 3, :] = False
+    keep[1, 0, 16, :] = False
+    add = torch.zeros(B, 1, S, S)
+    add[1, 0, 5, :] = NEG
+    check("Attention", [q, k, v, add, keep], nan_to_zero=nan_to_zero)
+
+
+def test_attention_finite_mask_fill() -> None:
+    """mask_fill=-10000 (old exporters): a fully masked row is a uniform average."""
+    torch.manual_seed(3)
+    q, k, v = qkv(torch.float16)
+    keep = torch.rand(B, 1, S, S) > 0.5
+    keep[0, 0, 3, :] = False
+    check("Attention", [q, k, v, None, keep], mask_fill=-10000.0, is_causal=1)
+
+
+def test_attention_every_proposed_config() -> None:
+    torch.manual_seed(4)
+    q, k, v = qkv(torch.float16, sq=33, sk=40)
+    node, full, _ = make("Attention", [q, k, v])
+    infos = [TensorInfo(tuple(t.shape), t.dtype) for t in (q, k, v)]
+    cfgs = gemm_tactics._attention_configs(node, full, infos, None)  # type: ignore[arg-type]
+    assert 2 <= len(cfgs) <= 8
+    for cfg in cfgs:
+        check("Attention", [q, k, v, padding_mask(torch.float16, 40)], cfg=cfg, is_causal=1)
+
+
+def test_flash_configs_sized() -> None:
+    small = flash_configs(17, 17, 16, torch.float16)
+    assert all(c.BLOCK_M <= 32 and c.BLOCK_N <= 32 for c in small)
+    big = flash_configs(128, 128, 64, torch.float16)
+    assert any(c.BLOCK_M == 128 for c in big) and len(big) >= 4
+
+
+# ---------------------------------------------------------------------- MultiHeadAttention
+def _packed(dtype: torch.dtype, dv: int = D) -> torch.Tensor:
+    return torch.randn(B, S, 2 * H * D + H * dv).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mask", ["none", "pad", "full", "causal"])
+def test_mha_packed(dtype: torch.dtype, mask: str) -> None:
+    torch.manual_seed(5)
+    xs: list[torch.Tensor | None] = [_packed(dtype), None, None]
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": D**-0.5}
+    if mask == "pad":
+        xs.append(padding_mask(dtype))
+    elif mask == "full":
+        xs.append(torch.randn(B, 1, S, S).to(dtype))
+    elif mask == "causal":
+        attrs["is_causal"] = 1
+    check("MultiHeadAttention", xs, **attrs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mha_separate_projections(dtype: torch.dtype) -> None:
+    torch.manual_seed(6)
+    q = torch.randn(B, 9, H * D).to(dtype)
+    k = torch.randn(B, S, H * D).to(dtype)
+    v = torch.randn(B, S, H * 8).to(dtype)
+    attrs = {"num_heads": H, "head_size": D, "scale": 0.25}
+    check("MultiHeadAttention", [q, k, v, padding_mask(dtype)], **attrs)
+
+
+def test_mha_packed_dv_and_nan_to_zero() -> None:
+    torch.manual_seed(7)
+    qkv_ = _packed(torch.float32, dv=8)
+    add = padding_mask(torch.float32)
+    add[0, 0, 0, :] = NEG  # every key of batch 0 masked
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "nan_to_zero": 1}
+    check("MultiHeadAttention", [qkv_, None, None, add], **attrs)
+
+
+def test_mha_packed_reads_views() -> None:
+    """The packed buffer is split into heads by strides alone: no copy of Q/K/V."""
+    qkv_ = _packed(torch.float16)
+    k = _split_heads(qkv_[..., H * D : 2 * H * D], H)
+    assert k.shape == (B, H, S, D)
+    assert k.data_ptr() == qkv_.data_ptr() + H * D * qkv_.element_size()
+    assert k.stride() == (S * 3 * H * D, D, 3 * H * D, 1)
+
+
+def test_flash_declines() -> None:
+    q = torch.randn(1, 1, 4, 512)
+    assert make("Attention", [q, q, q])[2] is None  # head size over 256
+    qi = torch.randn(1, 1, 4, 16)
+    assert make("Attention", [qi.long(), qi.long(), qi.long()])[2] is None
+    # a mask that would grow the scores
+    assert make("Attention", [qi, qi, qi, torch.zeros(1, 1, 4, 9)])[2] is None
+    bad = torch.randn(1, 4, 2 * 16 + 7)  # packed width not 2*H*D + H*Dv
+    assert make("MultiHeadAttention", [bad], num_heads=2, head_size=8, packed=1)[2] is None
+
+
+def test_flash_tactic_registered() -> None:
+    for op in ("Attention", "MultiHeadAttention"):
+        names = {t.name for t in _TACTICS[("ecoinfer", op)]}
+        assert "triton_flash" in names
