@@ -292,7 +292,7 @@ def _tune_profile(
                 ch.runner_up,
                 ch.runner_up_ms,
             )
-            cand[node.name] = [dict(c) if isinstance(c, dict) else vars(c) for c in ch.candidates]
+            cand[node.name] = ch.to_dict()["candidates"]
             tuned_layers += 1
         choices[node.name] = choice
         if ys is None:

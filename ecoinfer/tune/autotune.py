@@ -484,9 +484,10 @@ def _select(
         cands.append(cand)
         run = reference if spec is None else _make(cand, spec, node, attrs, infos, build)
         if run is None:
-            if not cand.reason:
-                cand.reason = "not applicable"
-            _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.reason}")
+            # a build failure is worth a line in a verbose build; "not applicable" is routine
+            level = logging.INFO if cand.reason else logging.DEBUG
+            cand.reason = cand.reason or "not applicable"
+            _emit(log, level, f"{label}: {cand.name}: {cand.reason}")
             continue
         if spec is not None:
             if not _check(cand, run, inputs, refs, wanted, tol, dev):

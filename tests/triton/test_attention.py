@@ -136,6 +136,34 @@ def test_attention_finite_mask_fill() -> None:
     check("Attention", [q, k, v, None, keep], mask_fill=-10000.0, is_causal=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_attention_finfo_min_masks(dtype: torch.dtype) -> None:
+    """Hugging Face style finfo.min masks: fully masked rows stay finite (a uniform average),
+    as in the graph; the kernel must not overflow them to -inf (which would give NaN)."""
+    torch.manual_seed(8)
+    q, k, v = qkv(dtype)
+    lo = torch.finfo(dtype).min
+    add = torch.zeros(B, 1, S, S)
+    add[0, 0, 2, :] = lo  # a query row with every key masked
+    add[1, 0, :, 9:] = lo
+    keep = torch.rand(B, 1, S, S) > 0.4
+    keep[1, 0, 4, :] = False
+    check("Attention", [q, k, v, add.to(dtype)], scale=0.25)
+    check("Attention", [q, k, v, None, keep], mask_fill=lo, is_causal=1)
+    # a long causal sequence (several key tiles) with a fully masked early row: the keys
+    # past the diagonal count in it (finite fill), so they are not skipped
+    q, k, v = (torch.randn(1, 1, 70, D).to(dtype) for _ in range(3))
+    keep = torch.ones(1, 1, 70, 70, dtype=torch.bool)
+    keep[0, 0, 5, :] = False
+    check(
+        "Attention",
+        [q, k, v, None, keep],
+        {"BLOCK_M": 16, "BLOCK_N": 16},
+        mask_fill=lo,
+        is_causal=1,
+    )
+
+
 def test_attention_every_proposed_config() -> None:
     torch.manual_seed(4)
     q, k, v = qkv(torch.float16, sq=33, sk=40)

@@ -184,3 +184,9 @@ def test_gemm_tactic_registered() -> None:
     assert spec.devices == ("cuda",)
     assert set(spec.dtypes) == {"float16", "bfloat16", "float32"}
     assert spec.configs is not None
+
+
+def test_triton_tactics_decline_cpu_without_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors only run under the interpreter: a CPU build outside the tests declines."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert make_gemm([torch.randn(4, 8), torch.randn(8, 5)])[2] is None

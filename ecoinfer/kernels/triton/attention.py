@@ -17,7 +17,7 @@ nan_to_zero a row whose scores are all -inf gives 0, without it NaN (like the ON
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,7 +28,6 @@ from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
 
 Tensor = torch.Tensor
 
-LOG2E = 1.4426950408889634
 MAX_HEAD_SIZE = 256
 
 
@@ -67,11 +66,19 @@ def flash_configs(
     ]
     if d > 128:
         cands = [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2), (16, 32, 2, 2)]
+    elt = 4 if dtype == torch.float32 else 2
+    bd = _head_block(d)
     out: list[FlashConfig] = []
     for bm, bn, w, s in cands:
-        cfg = FlashConfig(min(bm, mcap), min(bn, ncap), w if min(bm, mcap) >= 64 else 2, s)
+        bm, bn = min(bm, mcap), min(bn, ncap)
+        # shared memory: the Q tile plus `s` stages of K and V tiles (H100: 227 KiB a block)
+        if elt * (bm * bd + s * bn * 2 * bd) > 200 * 1024:
+            continue
+        cfg = FlashConfig(bm, bn, w if bm >= 64 else 2, s)
         if cfg not in out:
             out.append(cfg)
+    if not out:
+        out.append(FlashConfig(16, 16, 2, 1))
     return out[:limit]
 
 
@@ -112,11 +119,12 @@ def _flash_fwd(
     sp_h,
     sp_m,
     sp_n,
-    qk_scale,
+    scale,
     fill,
     HAS_ADD: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     CAUSAL: tl.constexpr,
+    CAUSAL_SKIP: tl.constexpr,
     NAN_TO_ZERO: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -150,14 +158,17 @@ def _flash_fwd(
     if UPCAST:
         q = q.to(tl.float32)
 
-    # running row max (log2 domain), row sum and output accumulator, all float32
+    # running row max, row sum and output accumulator, all float32. Scores stay in natural
+    # units (a finite mask_fill or additive mask like finfo.min would overflow to -inf if
+    # pre-scaled by log2(e)); exp() of the shifted score is one ex2 on the GPU anyway.
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
 
     hi = SK
-    if CAUSAL:
-        # keys past the last query row of this block are masked for every row: skip them
+    if CAUSAL_SKIP:
+        # keys past the last query row of this block weigh 0 for every row (mask_fill is
+        # -inf): skip them. A finite fill gives them weight in fully masked rows: not skipped
         hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -170,7 +181,7 @@ def _flash_fwd(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * qk_scale
+        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * scale
         if HAS_KEEP:
             keep = tl.load(
                 keep_ptr + b * sp_b + h * sp_h + offs_m[:, None] * sp_m + offs_n[None, :] * sp_n,
@@ -186,15 +197,15 @@ def _flash_fwd(
                 mask=mask_m[:, None] & mask_n[None, :],
                 other=0.0,
             )
-            s += add.to(tl.float32) * 1.4426950408889634
+            s += add.to(tl.float32)
         # columns past Sk do not exist: they weigh exactly 0
         s = tl.where(mask_n[None, :], s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        # a row with no finite score yet keeps a 0 reference, so exp2(-inf - 0) = 0, not NaN
+        # a row with no finite score yet keeps a 0 reference, so exp(-inf - 0) = 0, not NaN
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_ref[:, None])
-        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp(s - m_ref[:, None])
+        alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         v = tl.load(
@@ -217,6 +228,11 @@ def _flash_fwd(
         y.to(y_ptr.dtype.element_ty),
         mask=mask_m[:, None] & (offs_dv[None, :] < DV),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded(v: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(v, dtype=dtype).float())
 
 
 def _as_4d(t: Tensor) -> Tensor:
@@ -281,8 +297,7 @@ def flash_attention(
         return y
     cfg = config or flash_configs(sq, sk, d, q.dtype)[0]
     # mask_fill rounds to Q's dtype as the graph's constant does (-3.4e38 is -inf in fp16)
-    fill = float(torch.tensor(mask_fill, dtype=q.dtype).float())
-    fill2 = fill * LOG2E if math.isfinite(fill) else fill
+    fill = _rounded(float(mask_fill), q.dtype)
     dummy = y
     grid = (triton.cdiv(sq, cfg.BLOCK_M), bsz * heads)
     _flash_fwd[grid](
@@ -303,11 +318,12 @@ def flash_attention(
         *y.stride(),
         *(add4.stride() if add4 is not None else (0, 0, 0, 0)),
         *(keep4.stride() if keep4 is not None else (0, 0, 0, 0)),
-        float(scale) * LOG2E,
-        fill2,
+        float(scale),
+        fill,
         HAS_ADD=add4 is not None,
         HAS_KEEP=keep4 is not None,
         CAUSAL=bool(is_causal),
+        CAUSAL_SKIP=bool(is_causal) and fill == float("-inf"),
         NAN_TO_ZERO=bool(nan_to_zero),
         INPUT_PRECISION=dot_precision(q.dtype, precision),
         UPCAST=upcast_dot(q),

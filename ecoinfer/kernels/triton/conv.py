@@ -301,7 +301,7 @@ def fused_conv(
         xv,
         wv,
         yv,
-        bias if bias is not None else yv,
+        bias.contiguous() if bias is not None else yv,  # read as a dense [Cout] vector
         zv if zv is not None else yv,
         m,
         cout,

@@ -35,7 +35,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -79,7 +79,7 @@ def interpreting() -> bool:
 # ------------------------------------------------------------------------------ helpers
 # Float32 building blocks with the accuracy the 1e-5 tolerance needs, written with core
 # Triton ops only (libdevice is unavailable under TRITON_INTERPRET, so CI tests this code).
-_PRELUDE = '''
+_PRELUDE = """
 import triton
 import triton.language as tl
 
@@ -146,7 +146,7 @@ def _pow(x, y):
     odd = yi & (tl.floor(y * 0.5) * 2.0 != y)
     r = tl.where(x < 0, tl.where(yi, tl.where(odd, -r, r), float("nan")), r)
     return tl.where((y == 0.0) | (x == 1.0), 1.0, r)
-'''
+"""
 
 
 # ------------------------------------------------------------------------------ lowering
@@ -158,6 +158,7 @@ class _Val:
     deps: frozenset[int]  # body inputs whose shapes broadcast into this value's shape
     const_rank: int = 0  # largest rank of a body constant that broadcasts into it
     exact: bool = True  # register holds exactly a value of `dtype` (not a float32 excess)
+    reads: frozenset[int] = frozenset()  # body inputs loaded to compute it (deps and more)
 
 
 def _lit(v: float | int | bool, dt: torch.dtype) -> str:
@@ -212,7 +213,8 @@ class _Program:
     in_dtypes: tuple[torch.dtype, ...]
     lines: list[str]  # compute code, reads x{i} (input registers), defines the outputs
     outputs: list[_Val]
-    used: list[int]  # inputs the outputs depend on (loaded), in order
+    used: list[int]  # inputs the kernel loads, in order
+    deps: list[int]  # inputs whose shapes broadcast into the output shape
     const_rank: int  # rank the body constants give the output (a [1] constant makes it 1-D)
 
     @property
@@ -273,7 +275,7 @@ class _Lowering:
         for i, (v, dt, r) in enumerate(zip(body.inputs, in_dtypes, in_ranks)):
             if dt not in _SUPPORTED:
                 raise Unsupported(f"input dtype {dt}")
-            self.env[v.name] = _Val(f"x{i}", dt, r, frozenset({i}))
+            self.env[v.name] = _Val(f"x{i}", dt, r, frozenset({i}), reads=frozenset({i}))
         for name, t in body.initializers.items():
             if name in self.env:
                 continue
@@ -287,17 +289,24 @@ class _Lowering:
 
     # -------------------------------------------------------------- emission
     def emit(
-        self, expr: str, dtype: torch.dtype, ins: list[_Val], exact: bool | None = None
+        self,
+        expr: str,
+        dtype: torch.dtype,
+        ins: list[_Val],
+        exact: bool | None = None,
+        also_reads: tuple[_Val, ...] = (),
     ) -> _Val:
+        """`v<k> = expr`: a value shaped by `ins` (broadcast), also loading `also_reads`."""
         name = f"v{self.k}"
         self.k += 1
         self.lines.append(f"{name} = {expr}")
-        deps = frozenset().union(*(v.deps for v in ins)) if ins else frozenset()
+        deps = frozenset().union(*(v.deps for v in ins))
+        reads = frozenset().union(*(v.reads for v in [*ins, *also_reads]))
         rank = max((v.rank for v in ins), default=0)
         crank = max((v.const_rank for v in ins), default=0)
         if exact is None:
-            exact = dtype not in _HALF
-        return _Val(name, dtype, rank, deps, crank, exact)
+            exact = dtype not in _HALF  # float32 registers of a half value carry excess
+        return _Val(name, dtype, rank, deps, crank, exact, reads)
 
     def rounded(self, v: _Val) -> _Val:
         """v with its float32 excess dropped (rounded to its half dtype)."""
@@ -305,15 +314,17 @@ class _Lowering:
             return v
         if v.name not in self._rounded:
             expr = f"{v.name}.to({_TL[v.dtype]}).to(tl.float32)"
+            r = self.emit(expr, v.dtype, [v])
             self._rounded[v.name] = _Val(
-                self.emit(expr, v.dtype, [v]).name, v.dtype, v.rank, v.deps, v.const_rank, True
+                r.name, v.dtype, v.rank, v.deps, v.const_rank, True, v.reads
             )
         return self._rounded[v.name]
 
     def cvt(self, v: _Val, dt: torch.dtype, discrete: bool = False) -> str:
         """Expression of v converted as `tensor.to(dt)` would, in dt's register type.
-        discrete: the reader's result jumps with the value (round half values first)."""
-        if discrete or dt in _HALF or dt in _INT or dt == torch.bool:
+        discrete: the reader's result jumps with the value (round half values first). Half
+        values otherwise keep their float32 excess through arithmetic (rounded on store)."""
+        if discrete or (dt != v.dtype and (dt in _INT or dt == torch.bool)):
             v = self.rounded(v)
         x = v.name
         if v.dtype == dt:
@@ -353,10 +364,11 @@ class _Lowering:
             if v is None or v.name.startswith(("x", "c")):
                 raise Unsupported(f"body output {o.name} is an input or a constant")
             outputs.append(v)
-        used = sorted(frozenset().union(*(v.deps for v in outputs)))
+        used = sorted(frozenset().union(*(v.reads for v in outputs)))
+        deps = sorted(frozenset().union(*(v.deps for v in outputs)))
         crank = max(v.const_rank for v in outputs)
         in_dtypes = tuple(v.dtype for v in (self.env[x.name] for x in self.body.inputs))
-        return _Program(in_dtypes, self.lines, outputs, used, crank)
+        return _Program(in_dtypes, self.lines, outputs, used, deps, crank)
 
 
 def lower(body: Graph, in_dtypes: list[torch.dtype], in_ranks: list[int]) -> _Program:
@@ -550,6 +562,8 @@ def _cast(lw: _Lowering, node: Node, a: dict, ins: list[_Val | None]) -> list[_V
         xv = lw.cvt(x, x.dtype, discrete=True)
         e = f"({xv} != 0)" if to == torch.bool else f"{xv}.to({_TL[to]})"
         return [lw.emit(e, to, [x])]
+    if to == x.dtype:
+        return [lw.emit(x.name, to, [x], exact=x.exact)]
     return [lw.emit(lw.cvt(x, to), to, [x], exact=True)]
 
 
@@ -759,10 +773,9 @@ def _clip(lw: _Lowering, node: Node, a: dict, ins: list[_Val | None]) -> list[_V
         e = f"({e}).to({_ct(dt)})"
     elif not bounds:
         e = f"{e} + 0.0"
-    srcs = [x] + [v for v in (lo, hi) if v is not None]
-    # the bounds only fix values: they do not broadcast x (the reference reshapes them to ())
-    out = lw.emit(e, dt, [x], exact=x.exact)
-    return [_Val(out.name, dt, out.rank, out.deps, out.const_rank, out.exact)] if srcs else [out]
+    # the bounds are read but do not broadcast x (the reference reshapes them to ())
+    extra = tuple(v for v in (lo, hi) if v is not None)
+    return [lw.emit(e, dt, [x], exact=x.exact, also_reads=extra)]
 
 
 @_handles("PRelu")
@@ -799,6 +812,7 @@ class _Launch:
     scalars: list[int]
     out_shape: tuple[int, ...]
     numel: int
+    prog: _Program
 
 
 _COMPILED: dict[str, Any] = {}
@@ -868,21 +882,21 @@ class FusedElementwise:
         self, shapes: list[tuple[int, ...]], strides: list[tuple[int, ...]], prog: _Program
     ) -> tuple[_Spec, list[int], tuple[int, ...], int]:
         """(spec, scalar args, output shape, numel) for inputs of these shapes and strides."""
-        used = prog.used
+        used, deps = prog.used, set(prog.deps)
         out_shape = tuple(
-            torch.broadcast_shapes(*[shapes[i] for i in used], (1,) * prog.const_rank)
+            torch.broadcast_shapes(*[shapes[i] for i in deps], (1,) * prog.const_rank)
         )
         r = len(out_shape)
         full: list[list[int]] = []
         for i in used:
             sh, st = shapes[i], strides[i]
+            if i not in deps:  # read, not broadcast (Clip bounds): one element
+                if math.prod(sh) != 1:
+                    raise ValueError(f"input {i} must have one element, has shape {sh}")
+                full.append([0] * r)
+                continue
             off = r - len(sh)
-            full.append(
-                [
-                    0 if d < off or sh[d - off] == 1 else int(st[d - off])
-                    for d in range(r)
-                ]
-            )
+            full.append([0 if d < off or sh[d - off] == 1 else int(st[d - off]) for d in range(r)])
         mshape, mst = _merge_dims(out_shape, full)
         numel = math.prod(out_shape)
         contig = [0] * len(mshape)
@@ -899,10 +913,7 @@ class FusedElementwise:
             else:
                 kinds.append("g")
             nonzero.append(tuple(v != 0 for v in s))
-        max_off = max(
-            [numel]
-            + [sum((n - 1) * abs(v) for n, v in zip(mshape, s)) for s in mst]
-        )
+        max_off = max([numel] + [sum((n - 1) * abs(v) for n, v in zip(mshape, s)) for s in mst])
         i64 = max_off + self.block >= 2**31
         has_g = "g" in kinds
         spec = _Spec(tuple(kinds), len(mshape) if has_g else 0, tuple(nonzero), i64)
@@ -926,18 +937,20 @@ class FusedElementwise:
         if any(x is None for x in xs):
             raise ValueError("FusedElementwise: every input is required")
         ts: list[Tensor] = [x for x in xs if x is not None]
+        # one launch record per input signature: later calls are a dict lookup and a launch
         key = tuple((x.dtype, tuple(x.shape), tuple(x.stride())) for x in ts)
         launch = self._launches.get(key)
-        prog = self.program([x.dtype for x in ts], [x.dim() for x in ts])
         if launch is None:
             with self._lock:
+                prog = self.program([x.dtype for x in ts], [x.dim() for x in ts])
                 spec, scalars, out_shape, numel = self.plan(
                     [tuple(x.shape) for x in ts], [tuple(x.stride()) for x in ts], prog
                 )
                 kernel = compile_source(prog.source(spec))
                 grid = (max(1, -(-numel // self.block)),)
-                launch = _Launch(kernel, grid, scalars, out_shape, numel)
+                launch = _Launch(kernel, grid, scalars, out_shape, numel, prog)
                 self._launches[key] = launch
+        prog = launch.prog
         dev = ts[0].device if ts else torch.device("cpu")
         outs = [torch.empty(launch.out_shape, dtype=dt, device=dev) for dt in prog.out_dtypes]
         if launch.numel == 0:
@@ -976,7 +989,9 @@ def make(
     try:
         prog = kern.program([i.dtype for i in inputs], [len(i.shape) for i in inputs])
         shapes = [tuple(int(d) for d in i.shape) for i in inputs]
-        full = tuple(torch.broadcast_shapes(*[shapes[k] for k in prog.used]))
+        full = tuple(
+            torch.broadcast_shapes(*[shapes[k] for k in prog.deps], (1,) * prog.const_rank)
+        )
         for v in prog.outputs:
             own = tuple(torch.broadcast_shapes(*[shapes[k] for k in v.deps], (1,) * v.const_rank))
             if own != full:  # outputs of different shapes share no iteration space
@@ -989,8 +1004,3 @@ def make(
 
 
 __all__ = ["FusedElementwise", "Unsupported", "compile_source", "configs", "lower", "make"]
-
-
-@dataclass
-class _Unused:  # keeps dataclasses' `field` import meaningful for future config fields
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -15,6 +15,7 @@ The launch configuration (BLOCK_M/N/K, GROUP_M, num_warps, num_stages) is a `Gem
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +23,34 @@ import triton
 import triton.language as tl
 
 Tensor = torch.Tensor
+
+
+def interpreter_compat() -> None:
+    """Make Triton 3.6's CPU interpreter work with NumPy >= 2.4 (TRITON_INTERPRET=1 only).
+
+    The interpreter keeps scalar arguments as 1-element arrays and turns them into loop
+    bounds with int(array), which NumPy 2.4 rejects: every `range(0, K, BLOCK)` loop fails.
+    The patch converts through .item(); it touches nothing when the interpreter is off."""
+    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
+        return
+    try:
+        import numpy as np  # noqa: PLC0415
+        import triton.runtime.interpreter as interp  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        return
+    orig = getattr(interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_ecoinfer_fixed", False):
+        return
+
+    def patched(tensor, scope):  # noqa: ANN001, ANN202
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).item()))
+
+    patched._ecoinfer_fixed = True  # type: ignore[attr-defined]
+    interp._patch_lang_tensor = patched
+
+
+interpreter_compat()
 
 # ---------------------------------------------------------------------- activations
 # integer codes of the fused activations (constexpr in the kernels: dead branches vanish)
@@ -321,7 +350,7 @@ def fused_gemm(
         a2,
         bt,
         y2,
-        bias if bias is not None else y2,
+        bias.contiguous() if bias is not None else y2,  # read as a dense [N] vector
         r2 if r2 is not None else y2,
         m,
         n,

@@ -18,6 +18,7 @@ the reference), under "tf32" TF32, and half inputs use the tensor cores as they 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -37,6 +38,12 @@ from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 Tensor = torch.Tensor
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _runs_here(build: BuildInfo) -> bool:
+    """Triton runs CUDA tensors, and CPU tensors only under its interpreter (the CI tests)."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return torch.device(build.device).type == "cuda" or interpreting
 
 
 def _get(xs: list[Tensor | None], i: int) -> Tensor | None:
@@ -103,6 +110,8 @@ def triton_gemm(
     cfg: dict[str, Any],
     build: BuildInfo,
 ) -> RunFn | None:
+    if not _runs_here(build):
+        return None
     dims = _gemm_dims(attrs, inputs)
     if dims is None:
         return None
@@ -242,6 +251,8 @@ def triton_flash(
     cfg: dict[str, Any],
     build: BuildInfo,
 ) -> RunFn | None:
+    if not _runs_here(build):
+        return None
     config = FlashConfig.from_dict(cfg) if cfg else None
     common = _attention_common(attrs)
     precision = build.precision
@@ -373,6 +384,8 @@ def triton_conv(
     cfg: dict[str, Any],
     build: BuildInfo,
 ) -> RunFn | None:
+    if not _runs_here(build):
+        return None
     p = _conv_params(attrs, inputs)
     if p is None:
         return None

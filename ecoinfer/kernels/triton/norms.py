@@ -1,0 +1,358 @@
+"""Triton LayerNormalization and RMSNormalization over the trailing axes.
+
+One row (or several short rows) per program, BLOCK = next power of two of the row length,
+masked tails; statistics in float32 whatever the input dtype, one rounding on store. The
+normalized axes [axis, rank) are flattened into one row, as ONNX defines the op.
+
+Also the plumbing the softmax kernels share (lazy jit, row configs).
+
+Kernels are jitted on first use, not at import: whether Triton compiles for the GPU or runs
+its CPU interpreter (TRITON_INTERPRET=1, the CI tests) is decided when `triton.jit` runs, and
+an earlier import of this module must not freeze that choice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from ecoinfer.ir.graph import Node
+
+Tensor = torch.Tensor
+RunFn = Callable[[list[Tensor | None]], list[Tensor]]
+
+MAX_BLOCK = 16384  # a row is held in registers in one pass; longer rows keep the reference
+FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+# ------------------------------------------------------------------------------ plumbing
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+class LazyJit:
+    """`triton.jit(fn)`, made on the first launch."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self._k: Any = None
+        self._lock = threading.Lock()
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        if self._k is None:
+            with self._lock:
+                if self._k is None:
+                    self._k = triton.jit(self.fn)
+        return self._k[grid]
+
+
+@dataclass(frozen=True)
+class RowConfig:
+    rows: int  # rows per program
+    num_warps: int
+
+
+def default_config(n_cols: int) -> RowConfig:
+    """Rows per program so that a program holds ~2K elements; warps by elements held."""
+    block = next_pow2(n_cols)
+    rows = max(1, min(16, 2048 // block))
+    elems = rows * block
+    if elems <= 256:
+        warps = 1
+    elif elems <= 512:
+        warps = 2
+    elif elems <= 2048:
+        warps = 4
+    elif elems < 8192:
+        warps = 8
+    else:
+        warps = 16
+    return RowConfig(rows, warps)
+
+
+def row_configs(n_cols: int) -> list[dict[str, int]]:
+    """Tuning candidates: the heuristic, one row per program (spreads few rows over more
+    SMs), and twice the warps (long rows)."""
+    base = default_config(n_cols)
+    cands = [
+        base,
+        RowConfig(1, base.num_warps),
+        RowConfig(base.rows, min(16, base.num_warps * 2)),
+    ]
+    out: list[dict[str, int]] = []
+    for c in cands:
+        d = {"rows": c.rows, "num_warps": c.num_warps}
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def config_from(cfg: dict[str, Any], n_cols: int) -> RowConfig:
+    base = default_config(n_cols)
+    return RowConfig(int(cfg.get("rows", base.rows)), int(cfg.get("num_warps", base.num_warps)))
+
+
+def device_ok(build: Any) -> bool:
+    """Triton runs CUDA tensors, and CPU tensors only under the interpreter (tests)."""
+    dev = torch.device(getattr(build, "device", "cuda"))
+    return dev.type == "cuda" or interpreting()
+
+
+def as_rows(x: Tensor, n_cols: int) -> Tensor:
+    """x viewed as [rows, n_cols] with unit column stride (copied only when it must be)."""
+    x2 = x.reshape(-1, n_cols)
+    if n_cols > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    return x2
+
+
+def norm_axis(axis: Any, rank: int, default: int = -1) -> int:
+    a = default if axis is None else int(axis)
+    return a + rank if a < 0 else a
+
+
+def _wanted_outputs(node: Node) -> int:
+    return sum(1 for o in node.outputs if o)
+
+
+def _param(t: Tensor, norm_shape: tuple[int, ...], n_cols: int) -> Tensor:
+    """Scale/bias as a contiguous [n_cols] vector (broadcast to the normalized shape)."""
+    if t.numel() != n_cols:
+        t = t.expand(norm_shape)
+    return t.reshape(n_cols).contiguous()
+
+
+# ------------------------------------------------------------------------------ kernels
+def _layernorm_fwd(
+    X,
+    W,
+    B,
+    Y,
+    n_rows,
+    n_cols,
+    stride_x,
+    eps,
+    HAS_B: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    rmask = rows < n_rows
+    cmask = cols < n_cols
+    mask = rmask[:, None] & cmask[None, :]
+    r64 = rows.to(tl.int64)
+    x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    mean = tl.sum(x, axis=1) / n_cols
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / n_cols
+    inv = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = d * inv[:, None] * w[None, :]
+    if HAS_B:
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = y + b[None, :]
+    tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _rmsnorm_fwd(
+    X,
+    W,
+    Y,
+    n_rows,
+    n_cols,
+    stride_x,
+    eps,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    rmask = rows < n_rows
+    cmask = cols < n_cols
+    mask = rmask[:, None] & cmask[None, :]
+    r64 = rows.to(tl.int64)
+    x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    ms = tl.sum(x * x, axis=1) / n_cols
+    inv = 1.0 / tl.sqrt(ms + eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = x * inv[:, None] * w[None, :]
+    tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+_LAYERNORM = LazyJit(_layernorm_fwd)
+_RMSNORM = LazyJit(_rmsnorm_fwd)
+
+
+# ------------------------------------------------------------------------------ launchers
+def layer_norm(
+    x: Tensor,
+    scale: Tensor,
+    bias: Tensor | None,
+    axis: int = -1,
+    eps: float = 1e-5,
+    cfg: RowConfig | None = None,
+) -> Tensor:
+    """ONNX LayerNormalization's Y (dtype of x), normalizing axes [axis, rank)."""
+    axis = norm_axis(axis, x.dim())
+    norm_shape = tuple(x.shape[axis:])
+    n_cols = math.prod(norm_shape)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    x2 = as_rows(x, n_cols)
+    n_rows = x2.shape[0]
+    w = _param(scale, norm_shape, n_cols)
+    b = _param(bias, norm_shape, n_cols) if bias is not None else w  # unused when no bias
+    cfg = cfg or default_config(n_cols)
+    grid = (triton.cdiv(n_rows, cfg.rows),)
+    _LAYERNORM[grid](
+        x2,
+        w,
+        b,
+        y,
+        n_rows,
+        n_cols,
+        x2.stride(0),
+        float(eps),
+        HAS_B=bias is not None,
+        ROWS=cfg.rows,
+        BLOCK=next_pow2(n_cols),
+        num_warps=cfg.num_warps,
+    )
+    return y
+
+
+def rms_norm(
+    x: Tensor, scale: Tensor, axis: int = -1, eps: float = 1e-5, cfg: RowConfig | None = None
+) -> Tensor:
+    """ONNX RMSNormalization's Y (dtype of scale, as the reference's ONNX type V)."""
+    axis = norm_axis(axis, x.dim())
+    norm_shape = tuple(x.shape[axis:])
+    n_cols = math.prod(norm_shape)
+    y = torch.empty(x.shape, dtype=scale.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    x2 = as_rows(x, n_cols)
+    n_rows = x2.shape[0]
+    w = _param(scale, norm_shape, n_cols)
+    cfg = cfg or default_config(n_cols)
+    grid = (triton.cdiv(n_rows, cfg.rows),)
+    _RMSNORM[grid](
+        x2,
+        w,
+        y,
+        n_rows,
+        n_cols,
+        x2.stride(0),
+        float(eps),
+        ROWS=cfg.rows,
+        BLOCK=next_pow2(n_cols),
+        num_warps=cfg.num_warps,
+    )
+    return y
+
+
+# ------------------------------------------------------------------------------ tactics
+def _row_len(x_shape: tuple[int, ...], axis: int) -> int:
+    return math.prod(int(d) for d in x_shape[axis:])
+
+
+def _params_fit(inputs: list, axis: int, n_params: int) -> bool:
+    """Scale (and bias) broadcast to the normalized shape without growing it."""
+    norm_shape = tuple(int(d) for d in inputs[0].shape[axis:])
+    for p in inputs[1:n_params]:
+        if p is None:
+            continue
+        try:
+            if tuple(torch.broadcast_shapes(tuple(p.shape), norm_shape)) != norm_shape:
+                return False
+        except RuntimeError:
+            return False
+    return True
+
+
+def _axis_and_row(
+    node: Node, attrs: dict[str, Any], inputs: list, build: Any, n_params: int
+) -> tuple[int, int] | None:
+    """(axis, row length) where a norm kernel applies, else None."""
+    if not device_ok(build) or _wanted_outputs(node) != 1 or not node.outputs[0]:
+        return None  # Mean / InvStdDev outputs requested: the reference computes them
+    if len(inputs) < 2 or inputs[0] is None or inputs[1] is None:
+        return None
+    if any(i is not None and i.dtype not in FLOATS for i in inputs):
+        return None
+    x = inputs[0]
+    if len(x.shape) == 0:
+        return None
+    axis = norm_axis(attrs.get("axis"), len(x.shape))
+    if not 0 <= axis < len(x.shape) or not _params_fit(inputs, axis, n_params):
+        return None
+    n_cols = _row_len(x.shape, axis)
+    if n_cols == 0 or next_pow2(n_cols) > MAX_BLOCK:
+        return None
+    return axis, n_cols
+
+
+def make_layernorm(
+    node: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
+) -> RunFn | None:
+    found = _axis_and_row(node, attrs, inputs, build, 3)
+    if found is None:
+        return None
+    axis, n_cols = found
+    eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
+    rc = config_from(cfg, n_cols)
+    has_bias = len(inputs) > 2 and inputs[2] is not None
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        xt, scale = xs[0], xs[1]
+        assert xt is not None and scale is not None
+        bias = xs[2] if has_bias and len(xs) > 2 else None
+        return [layer_norm(xt, scale, bias, axis, eps, rc)]
+
+    return run
+
+
+def make_rmsnorm(
+    node: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
+) -> RunFn | None:
+    found = _axis_and_row(node, attrs, inputs, build, 2)
+    if found is None:
+        return None
+    axis, n_cols = found
+    eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
+    rc = config_from(cfg, n_cols)
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        xt, scale = xs[0], xs[1]
+        assert xt is not None and scale is not None
+        return [rms_norm(xt, scale, axis, eps, rc)]
+
+    return run
+
+
+def norm_configs(
+    node: Node, attrs: dict[str, Any], inputs: list, build: Any
+) -> list[dict[str, Any]]:
+    x = inputs[0] if inputs else None
+    if x is None or len(x.shape) == 0:
+        return [{}]
+    axis = norm_axis(attrs.get("axis"), len(x.shape))
+    if not 0 <= axis < len(x.shape):
+        return [{}]
+    return row_configs(max(1, _row_len(x.shape, axis)))

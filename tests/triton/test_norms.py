@@ -1,0 +1,152 @@
+"""Triton LayerNormalization / RMSNormalization against the torch reference kernels.
+
+Runs under Triton's CPU interpreter (tests/triton/conftest.py sets TRITON_INTERPRET=1); with
+TRITON_INTERPRET=0 and CUDA the same tests run on the GPU. References in float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from helpers import rel_error
+
+from ecoinfer.ir.graph import Node
+from ecoinfer.ir.ops import get_schema
+from ecoinfer.kernels.torch_ops import KernelContext, get_kernel
+from ecoinfer.kernels.triton import norms
+from ecoinfer.tune.tactics import BuildInfo, TensorInfo, tactics_for
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = torch.device("cpu" if INTERPRET else "cuda")
+BUILD = BuildInfo(device=DEVICE, precision="float32")
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _node(op: str, n_in: int, attrs: dict, outputs: tuple[str, ...] = ("y",)) -> Node:
+    return Node(op, [f"i{k}" for k in range(n_in)], list(outputs), dict(attrs), "n")
+
+
+def _reference(node: Node, xs: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """The torch reference kernel, on float32 copies of the inputs."""
+    attrs = {**get_schema(node.op_type).attrs, **node.attrs}
+    ctx = KernelContext(node, attrs, torch.device("cpu"), None, 21)  # type: ignore[arg-type]
+    fn = get_kernel(node.op_type)
+    assert fn is not None
+    return fn(ctx, [None if x is None else x.cpu().float() for x in xs])
+
+
+def _run_all_configs(node: Node, xs: list[torch.Tensor | None], make, configs) -> None:  # noqa: ANN001
+    infos = [None if x is None else TensorInfo(tuple(x.shape), x.dtype) for x in xs]
+    (ref,) = _reference(node, xs)[:1]
+    x_dt = xs[0].dtype  # type: ignore[union-attr]
+    cfgs = configs(node, node.attrs, infos, BUILD)
+    assert cfgs
+    for cfg in cfgs:
+        run = make(node, node.attrs, infos, cfg, BUILD)
+        assert run is not None, cfg
+        (out,) = run([None if x is None else x.to(DEVICE) for x in xs])
+        assert out.shape == ref.shape
+        rel, max_abs = rel_error(out.cpu().double().numpy(), ref.double().numpy())
+        assert rel <= TOL[x_dt], f"{cfg}: rel L2 {rel:.3e} (max abs {max_abs:.3e})"
+
+
+def _rand(shape: tuple[int, ...], dtype: torch.dtype, scale: float = 1.0, shift: float = 0.0):
+    g = torch.Generator().manual_seed(sum(shape) * 7 + len(shape))
+    return (torch.randn(shape, generator=g) * scale + shift).to(dtype)
+
+
+# ------------------------------------------------------------------------------ LayerNorm
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("n", [37, 384, 1000])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_layernorm(n: int, dtype: torch.dtype, bias: bool) -> None:
+    # a mean far from 0 checks the two-pass variance (x - mean first)
+    x = _rand((3, 5, n), dtype, 2.0, 3.0)
+    xs = [x, _rand((n,), dtype, 0.5, 1.0)] + ([_rand((n,), dtype, 0.2)] if bias else [])
+    node = _node("LayerNormalization", len(xs), {"axis": -1, "epsilon": 1e-5})
+    _run_all_configs(node, xs, norms.make_layernorm, norms.norm_configs)
+    out = norms.make_layernorm(
+        node, node.attrs, [TensorInfo(tuple(t.shape), t.dtype) for t in xs], {}, BUILD
+    )
+    assert out is not None and out([t.to(DEVICE) for t in xs])[0].dtype == dtype
+
+
+def test_layernorm_over_two_axes_and_small_epsilon() -> None:
+    # axis=1 of [2, 3, 13]: rows of 39 elements; BERT's epsilon 1e-12
+    x = _rand((2, 3, 13), torch.float32, 1.0)
+    xs = [x, _rand((3, 13), torch.float32), _rand((3, 13), torch.float32)]
+    node = _node("LayerNormalization", 3, {"axis": 1, "epsilon": 1e-12})
+    _run_all_configs(node, xs, norms.make_layernorm, norms.norm_configs)
+
+
+def test_layernorm_non_contiguous_input() -> None:
+    x = _rand((40, 6), torch.float32).t()  # [6, 40] with column stride 6
+    xs = [x, _rand((40,), torch.float32), _rand((40,), torch.float32)]
+    node = _node("LayerNormalization", 3, {"axis": -1, "epsilon": 1e-5})
+    _run_all_configs(node, xs, norms.make_layernorm, norms.norm_configs)
+
+
+def test_layernorm_declines() -> None:
+    x = TensorInfo((4, 8), torch.float32)
+    w = TensorInfo((8,), torch.float32)
+    # Mean / InvStdDev outputs requested: the reference computes them
+    node = _node("LayerNormalization", 3, {"axis": -1}, ("y", "mean", "inv"))
+    assert norms.make_layernorm(node, node.attrs, [x, w, w], {}, BUILD) is None
+    node = _node("LayerNormalization", 3, {"axis": -1}, ("y", "", "inv"))
+    assert norms.make_layernorm(node, node.attrs, [x, w, w], {}, BUILD) is None
+    plain = _node("LayerNormalization", 3, {"axis": -1}, ("y", "", ""))
+    assert norms.make_layernorm(plain, plain.attrs, [x, w, w], {}, BUILD) is not None
+    # integer input, over-long rows
+    xi = TensorInfo((4, 8), torch.int32)
+    assert norms.make_layernorm(plain, plain.attrs, [xi, w, w], {}, BUILD) is None
+    long = TensorInfo((2, norms.MAX_BLOCK + 1), torch.float32)
+    wl = TensorInfo((norms.MAX_BLOCK + 1,), torch.float32)
+    assert norms.make_layernorm(plain, plain.attrs, [long, wl, wl], {}, BUILD) is None
+
+
+# ------------------------------------------------------------------------------ RMSNorm
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("n", [37, 384, 1000])
+def test_rmsnorm(n: int, dtype: torch.dtype) -> None:
+    xs = [_rand((7, n), dtype, 2.0, 0.5), _rand((n,), dtype, 0.5, 1.0)]
+    node = _node("RMSNormalization", 2, {"axis": -1, "epsilon": 1e-6})
+    _run_all_configs(node, xs, norms.make_rmsnorm, norms.norm_configs)
+
+
+def test_rmsnorm_output_takes_scale_dtype() -> None:
+    # ONNX's V: Y has the scale's type (the reference's .to(scale.dtype) * scale)
+    x, w = _rand((3, 37), torch.float16), _rand((37,), torch.float32)
+    node = _node("RMSNormalization", 2, {"axis": -1, "epsilon": 1e-5})
+    infos = [TensorInfo(tuple(x.shape), x.dtype), TensorInfo(tuple(w.shape), w.dtype)]
+    run = norms.make_rmsnorm(node, node.attrs, infos, {}, BUILD)
+    assert run is not None
+    (out,) = run([x.to(DEVICE), w.to(DEVICE)])
+    (ref,) = _reference(node, [x, w])
+    assert out.dtype == torch.float32
+    assert rel_error(out.cpu().double().numpy(), ref.double().numpy())[0] <= 1e-2
+
+
+def test_registered_for_cuda() -> None:
+    assert "triton_layernorm" in [
+        t.name for t in tactics_for("LayerNormalization", "", "cuda", "float16")
+    ]
+    assert "triton_rmsnorm" in [
+        t.name for t in tactics_for("RMSNormalization", "", "cuda", "bfloat16")
+    ]
+    assert "triton_layernorm" not in [
+        t.name for t in tactics_for("LayerNormalization", "", "cpu", "float32")
+    ]
+
+
+def test_row_configs() -> None:
+    c = norms.default_config(384)
+    assert (c.rows, c.num_warps) == (4, 4)  # 4 rows of 512 per program
+    assert norms.default_config(4096).rows == 1
+    assert norms.next_pow2(37) == 64 and norms.next_pow2(64) == 64 and norms.next_pow2(1) == 1
+    assert {"rows": 1, "num_warps": 4} in norms.row_configs(384)

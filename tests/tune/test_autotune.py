@@ -1,0 +1,379 @@
+"""Tactic selection with fake tactics: the fastest right one wins, the others score inf."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ecoinfer.errors import ExecutionError
+from ecoinfer.ir.graph import Node
+from ecoinfer.tune import autotune
+from ecoinfer.tune.autotune import (
+    Choice,
+    compare_outputs,
+    instantiate,
+    reference_runfn,
+    select_tactic,
+    time_fn,
+)
+from ecoinfer.tune.tactics import BuildInfo, TensorInfo, tactic, tactics_for
+from ecoinfer.tune.timing_cache import TimingCache
+
+DOMAIN = "test.autotune"
+OP = "FakeDouble"  # y = 2 * x
+CALLS: dict[str, int] = {}
+
+
+def _count(name: str) -> None:
+    CALLS[name] = CALLS.get(name, 0) + 1
+
+
+@tactic(OP, "fast", DOMAIN)
+def _fast(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    def run(xs):  # noqa: ANN001, ANN202
+        _count("fast")
+        return [xs[0] * 2]
+
+    return run
+
+
+@tactic(OP, "slow", DOMAIN)
+def _slow(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    def run(xs):  # noqa: ANN001, ANN202
+        time.sleep(0.004)
+        return [xs[0] + xs[0]]
+
+    return run
+
+
+@tactic(OP, "wrong", DOMAIN)
+def _wrong(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    return lambda xs: [xs[0] * 2 + 1]
+
+
+@tactic(OP, "raising", DOMAIN)
+def _raising(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    def run(xs):  # noqa: ANN001, ANN202
+        raise RuntimeError("kernel exploded")
+
+    return run
+
+
+@tactic(OP, "not_here", DOMAIN)
+def _none(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    return None
+
+
+@tactic(OP, "bad_make", DOMAIN)
+def _bad_make(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    raise SyntaxError("compile error in generated kernel")
+
+
+@tactic(OP, "nan", DOMAIN)
+def _nan(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    return lambda xs: [torch.full_like(xs[0], float("nan"))]
+
+
+@tactic(OP, "mutator", DOMAIN)
+def _mutator(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    return lambda xs: [xs[0].mul_(2)]  # right answer, but destroys its input
+
+
+@tactic(OP, "wrong_dtype", DOMAIN, dtypes=("float32",))
+def _wrong_dtype(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    return lambda xs: [(xs[0] * 2).double()]
+
+
+@tactic(OP, "gpu_only", DOMAIN, devices=("cuda",))
+def _gpu_only(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    raise AssertionError("never made on the CPU")
+
+
+def _configs(node: Node, attrs: dict, inputs: list, build: BuildInfo) -> list[dict[str, Any]]:
+    assert isinstance(inputs[0], TensorInfo) and inputs[0].shape == (64, 32)
+    return [{"k": 1}, {"k": 2}]
+
+
+@tactic(OP, "tuned", DOMAIN, configs=_configs)
+def _tuned(node: Node, attrs: dict, inputs: list, cfg: dict, build: BuildInfo):  # noqa: ANN202
+    def run(xs):  # noqa: ANN001, ANN202
+        time.sleep(0.002)
+        return [xs[0] * 2 if cfg["k"] == 1 else xs[0] * 3]
+
+    return run
+
+
+def _reference(xs: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    time.sleep(0.001)
+    x = xs[0]
+    assert x is not None
+    return [x * 2]
+
+
+def _select(cache: TimingCache | None = None, log: Any = None) -> tuple[Choice, Any, torch.Tensor]:
+    node = Node(OP, ["x"], ["y"], {}, "double0", DOMAIN)
+    x = torch.randn(64, 32)
+    build = BuildInfo(torch.device("cpu"), "float32")
+    choice, run = select_tactic(node, {}, [x], build, _reference, cache, log, target_ms=3.0)
+    return choice, run, x
+
+
+def test_registry_filters_device_and_dtype() -> None:
+    names = {t.name for t in tactics_for(OP, DOMAIN, "cpu", "float32")}
+    assert "gpu_only" not in names and "wrong_dtype" in names
+    assert "wrong_dtype" not in {t.name for t in tactics_for(OP, DOMAIN, "cpu", "bfloat16")}
+    assert "gpu_only" in {t.name for t in tactics_for(OP, DOMAIN, "cuda:0", "tf32")}
+
+
+def test_picks_fastest_right_tactic() -> None:
+    lines: list[str] = []
+    choice, run, x = _select(log=lines.append)
+    assert choice.tactic == "fast" and choice.config == {}
+    assert choice.node == "double0" and choice.op == f"{DOMAIN}::{OP}"
+    assert 0 < choice.time_ms < math.inf
+    torch.testing.assert_close(run([x])[0], x * 2)
+
+    by = {c.name: c for c in choice.candidates}
+    assert set(by) == {
+        "reference",
+        "fast",
+        "slow",
+        "wrong",
+        "raising",
+        "not_here",
+        "bad_make",
+        "nan",
+        "mutator",
+        "wrong_dtype",
+        "tuned[k=1]",
+        "tuned[k=2]",
+    }
+    for name in ("reference", "fast", "slow", "tuned[k=1]"):
+        assert math.isfinite(by[name].time_ms), (name, by[name].reason)
+        assert by[name].reason == "" and by[name].timing == "cpu"
+    assert by["fast"].error == 0.0
+    assert by["slow"].time_ms > by["fast"].time_ms
+    assert by["slow"].time_ms > 3.0  # it sleeps 4 ms per call
+
+    def bad(name: str, *words: str) -> None:
+        c = by[name]
+        assert c.time_ms == math.inf, name
+        for w in words:
+            assert w in c.reason, (name, c.reason)
+
+    bad("wrong", "wrong result", "relative L2 error")
+    bad("tuned[k=2]", "wrong result")
+    bad("raising", "raised", "RuntimeError", "kernel exploded")
+    bad("not_here", "not applicable")
+    bad("bad_make", "make failed", "SyntaxError", "compile error")
+    bad("nan", "NaN")
+    bad("mutator", "modified its inputs")
+    bad("wrong_dtype", "torch.float64", "expected torch.float32")
+    assert by["wrong"].error is not None and by["wrong"].error > 1e-5
+
+    # the runner-up is the second fastest right candidate
+    ranked = sorted(
+        (c for c in choice.candidates if math.isfinite(c.time_ms)), key=lambda c: c.time_ms
+    )
+    assert ranked[0].name == "fast"
+    assert choice.runner_up == ranked[1].name and choice.runner_up_ms == ranked[1].time_ms
+
+    # failures are logged (INFO) through a plain callable; not-applicable only at DEBUG
+    text = "\n".join(lines)
+    assert "raising" in text and "wrong result" in text and "bad_make" in text
+    assert "not_here" not in text
+
+
+def test_inputs_restored_after_a_mutating_candidate() -> None:
+    node = Node(OP, ["x"], ["y"], {}, "d", DOMAIN)
+    x = torch.randn(64, 32)
+    x0 = x.clone()
+    build = BuildInfo(torch.device("cpu"), "float32")
+    specs = [t for t in tactics_for(OP, DOMAIN, "cpu", "float32") if t.name == "mutator"]
+    choice, _ = select_tactic(node, {}, [x], build, _reference, tactics=specs, target_ms=1.0)
+    assert choice.tactic == "reference"  # the reference always exists
+    assert choice.runner_up is None
+    assert torch.equal(x, x0)
+
+
+def test_cache_skips_timing_but_not_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "timing.json"
+    cache = TimingCache.load(path)
+    first, _, _ = _select(cache)
+    assert cache.misses > 0 and cache.hits == 0
+    timed = [c for c in first.candidates if math.isfinite(c.time_ms)]
+    assert cache.entries() == len(timed) == 4
+    cache.save()
+
+    again = TimingCache.load(path)
+
+    def no_timing(*a: Any, **k: Any) -> Any:
+        raise AssertionError("timed although the cache has the time")
+
+    monkeypatch.setattr(autotune, "measure", no_timing)
+    CALLS.clear()
+    second, run, x = _select(again)
+    assert again.hits == 4 and again.misses == 0
+    assert second.tactic == "fast" and second.time_ms == first.time_ms
+    assert all(c.timing == "cache" for c in second.candidates if math.isfinite(c.time_ms))
+    assert CALLS.get("fast") == 1  # the correctness check still ran
+    # still judged: the wrong candidates are inf again
+    assert {c.name for c in second.candidates if not math.isfinite(c.time_ms)} == {
+        c.name for c in first.candidates if not math.isfinite(c.time_ms)
+    }
+
+
+def test_cache_from_another_device_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = TimingCache(tmp_path / "t.json")
+    _select(cache)
+    n = cache.entries()
+    monkeypatch.setattr(
+        autotune, "device_fingerprint", lambda dev: {"device_name": "another machine"}
+    )
+    cache.hits = cache.misses = 0
+    _select(cache)
+    assert cache.hits == 0 and cache.misses == n
+    assert cache.entries() == 2 * n
+
+
+def test_choice_serialises_to_strict_json() -> None:
+    choice, _, _ = _select()
+    d = choice.to_dict()
+    text = json.dumps(d, allow_nan=False)
+    back = Choice.from_dict(json.loads(text))
+    assert back.name == choice.name and back.time_ms == choice.time_ms
+    assert [c.name for c in back.candidates] == [c.name for c in choice.candidates]
+    assert all(
+        (c.time_ms == math.inf) == (o.time_ms == math.inf)
+        for c, o in zip(back.candidates, choice.candidates)
+    )
+
+
+def test_reference_failure_is_an_error() -> None:
+    node = Node(OP, ["x"], ["y"], {}, "d", DOMAIN)
+
+    def broken(xs):  # noqa: ANN001, ANN202
+        raise RuntimeError("no")
+
+    with pytest.raises(ExecutionError, match="reference kernel failed"):
+        select_tactic(node, {}, [torch.ones(2)], BuildInfo(torch.device("cpu"), "float32"), broken)
+
+
+def test_instantiate_rebuilds_the_chosen_tactic() -> None:
+    node = Node(OP, ["x"], ["y"], {}, "d", DOMAIN)
+    info = [TensorInfo((64, 32), torch.float32)]
+    build = BuildInfo(torch.device("cpu"), "float32")
+    run = instantiate(node, {}, info, build, "tuned", {"k": 1}, _reference)
+    x = torch.randn(64, 32)
+    torch.testing.assert_close(run([x])[0], x * 2)
+    assert instantiate(node, {}, info, build, "reference", {}, _reference) is _reference
+    with pytest.raises(ExecutionError, match="rebuild"):
+        instantiate(node, {}, info, build, "no_such_tactic", {}, _reference)
+    with pytest.raises(ExecutionError, match="rebuild"):
+        instantiate(node, {}, info, build, "not_here", {}, _reference)
+
+
+def test_real_op_on_cpu_picks_a_checked_tactic() -> None:
+    """A FusedGemm node through the registry: torch tactics against the reference kernel."""
+    node = Node("FusedGemm", ["a", "w", "b"], ["y"], {"trans_b": 1}, "fc", "ecoinfer")
+    attrs = {"trans_b": 1, "activation": "Relu", "activation_params": []}
+    w, b = torch.randn(24, 16), torch.randn(24)
+    build = BuildInfo(torch.device("cpu"), "float32", {"w": w, "b": b})
+    ref = reference_runfn(node, attrs, build.device)
+    specs = [
+        t
+        for t in tactics_for("FusedGemm", "ecoinfer", "cpu", "float32")
+        if t.make.__module__ == "ecoinfer.tune.torch_tactics"
+    ]
+    xs = [torch.randn(4, 8, 16), w, b]
+    choice, run = select_tactic(node, attrs, xs, build, ref, target_ms=2, tactics=specs)
+    names = {c.tactic for c in choice.candidates if math.isfinite(c.time_ms)}
+    assert {"reference", "addmm", "linear"} <= names
+    a = torch.randn(4, 8, 16)
+    torch.testing.assert_close(run([a, w, b])[0], torch.relu(a @ w.t() + b))
+
+
+# ---------------------------------------------------------------------- compare_outputs
+def test_compare_outputs_rules() -> None:
+    r = torch.tensor([1.0, 2.0, float("nan"), float("inf")])
+    ok, err, _ = compare_outputs([r.clone()], [r], [True], 1e-5)
+    assert ok and err == 0.0
+    # NaN only where the reference has it; inf must match in place and sign
+    bad = r.clone()
+    bad[0] = float("nan")
+    assert not compare_outputs([bad], [r], [True], 1e-5)[0]
+    bad = r.clone()
+    bad[3] = float("-inf")
+    assert not compare_outputs([bad], [r], [True], 1e-5)[0]
+    bad = r.clone()
+    bad[2] = 0.0
+    assert not compare_outputs([bad], [r], [True], 1e-5)[0]
+    # relative error against the tolerance
+    near = torch.tensor([1.0, 2.001, float("nan"), float("inf")])
+    assert not compare_outputs([near], [r], [True], 1e-5)[0]
+    assert compare_outputs([near], [r], [True], 1e-3)[0]
+    # shape / dtype / count / type
+    assert "shape" in compare_outputs([r[:2]], [r], [True], 1)[2]
+    assert "dtype" not in compare_outputs([r.half()], [r], [True], 1)[2]  # message says "is"
+    assert not compare_outputs([r.half()], [r], [True], 1)[0]
+    assert not compare_outputs([], [r], [True], 1)[0]
+    assert not compare_outputs(r, [r], [True], 1)[0]
+    assert not compare_outputs(["x"], [r], [True], 1)[0]
+    # an omitted output is not compared; exact types compare exactly
+    assert compare_outputs([r, torch.zeros(1)], [r, torch.ones(1)], [True, False], 1e-5)[0]
+    i = torch.tensor([1, 2, 3])
+    assert compare_outputs([i.clone()], [i], [True], 1e-2)[0]
+    assert not compare_outputs([i + 1], [i], [True], 1e-2)[0]
+    # an all-zero reference: absolute error
+    z = torch.zeros(3)
+    assert compare_outputs([z + 1e-7], [z], [True], 1e-5)[0]
+    assert not compare_outputs([z + 1], [z], [True], 1e-5)[0]
+
+
+def test_time_fn_cpu() -> None:
+    x = torch.randn(32, 32)
+    t = time_fn(lambda xs: [xs[0] @ xs[0]], [x], "cpu", target_ms=2.0)
+    assert 0 < t < 1000
+
+
+# ---------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_time_fn_cuda_graph_and_eager() -> None:
+    from ecoinfer.tune.autotune import measure  # noqa: PLC0415
+
+    x = torch.randn(1024, 1024, device="cuda", dtype=torch.float16)
+    t, how = measure(lambda xs: [xs[0] @ xs[0]], [x], "cuda")
+    assert how == "cuda_graph" and 0 < t < 100
+
+    def not_capturable(xs):  # noqa: ANN001, ANN202
+        y = xs[0] @ xs[0]
+        float(y[0, 0])  # a host sync: cannot be captured
+        return [y]
+
+    t2, how2 = measure(not_capturable, [x], "cuda")
+    assert how2 == "cuda_events" and t2 > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_select_on_cuda() -> None:
+    node = Node(OP, ["x"], ["y"], {}, "d", DOMAIN)
+    x = torch.randn(256, 256, device="cuda")
+    build = BuildInfo(torch.device("cuda"), "float32")
+    specs = [t for t in tactics_for(OP, DOMAIN, "cpu", "float32") if t.name in ("fast", "wrong")]
+    choice, _ = select_tactic(
+        node, {}, [x], build, lambda xs: [xs[0] * 2], tactics=specs, target_ms=5
+    )
+    by = {c.name: c for c in choice.candidates}
+    assert math.isfinite(by["fast"].time_ms) and by["wrong"].time_ms == math.inf
