@@ -49,7 +49,7 @@ PEERS: dict[str, str] = {
 }
 TORCH_PEERS = ("torch-fp32", "torch-fp16", "torch-compile", "torch-compile-fp16")
 NO_MODULE = "give the nn.Module (Python API) or --torch-model minilm|bert-base for PyTorch peers"
-TORCH_MODELS = ("minilm", "bert-base")
+TORCH_MODELS = ("minilm", "bert-base", "resnet50")
 COMPILE_MODE_TRANSFORMER = "default"
 COMPILE_MODE_CNN = "max-autotune-no-cudagraphs"
 # above this relative error the torch module and the ONNX file are not the same function
@@ -98,6 +98,15 @@ def load_torch_model(name: str) -> Any:
             ) from None
         torch.manual_seed(0)  # random weights are fine for speed and energy; fixed for errors
         return BertModel(BertConfig()).eval()
+    if name == "resnet50":
+        import torch  # noqa: PLC0415
+
+        try:
+            import torchvision  # noqa: PLC0415
+        except Exception:  # noqa: BLE001  (PyPI torchvision does not load beside some torch builds)
+            raise EcoinferError("--torch-model resnet50 needs a working torchvision") from None
+        torch.manual_seed(0)
+        return torchvision.models.resnet50(weights=None).eval()
     raise InputError(
         f"--torch-model {name}: unknown model; choose one of {', '.join(TORCH_MODELS)}"
     )
@@ -141,6 +150,21 @@ def export_torch_model(name: str, cache_dir: str | os.PathLike | None = None) ->
                 input_names=list(example),
                 output_names=["last_hidden_state", "pooler_output"],
                 dynamic_axes={k: {0: "batch", 1: "seq"} for k in example},
+                dynamo=True,
+            )
+        return path
+    if name == "resnet50":
+        from ecoinfer.frontend.torch import export_module  # noqa: PLC0415
+
+        path = base / f"resnet50-random-seed0.dynamo.torch-{ver}.onnx"
+        if not path.exists():
+            export_module(
+                load_torch_model(name),
+                (torch.randn(2, 3, 224, 224),),
+                path,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "batch"}},
                 dynamo=True,
             )
         return path

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--torch-model",
-        choices=["minilm", "bert-base"],
+        choices=["minilm", "bert-base", "resnet50"],
         help="the nn.Module for the PyTorch peers: minilm (bundled all-MiniLM-L6-v2) or "
         "bert-base (transformers BertModel(BertConfig()), random weights, seed 0)",
     )

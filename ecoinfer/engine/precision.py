@@ -368,6 +368,14 @@ class _Lowering:
         self.converted: dict[str, str] = {}  # converted initializer -> original name
         self.node_names = {n.name for n in g.nodes if n.name}
         self.out: list[Node] = []
+        for n in g.nodes:
+            # the model's own Cast(v, to=float16/bfloat16) already is v in that dtype (its
+            # target is not retargeted): reuse it rather than cast v a second time
+            if n.op_type == "Cast" and n.inputs and n.inputs[0] and n.outputs[0]:
+                to = n.attrs.get("to")
+                to = to if isinstance(to, str) else dtypes.from_onnx(int(to))  # type: ignore[arg-type]
+                if to in ("float16", "bfloat16") and orig.get(n.inputs[0]) == "float32":
+                    self.cache.setdefault((n.inputs[0], to), n.outputs[0])
 
     def _node_name(self, base: str) -> str:
         name, k = base, 1

@@ -507,6 +507,8 @@ def test_kernels_cached_by_source() -> None:
     assert ew.compile_source(s1) is ew.compile_source(s2)
     # another dtype is another kernel
     assert k1.source_for([x.half()]) != s1
+    k1([x.to(DEVICE)])
+    assert k1.sources() == [s1]
 
 
 def test_merge_dims() -> None:

@@ -925,6 +925,16 @@ class FusedElementwise:
                     scalars += [v for v in s if v != 0]
         return spec, scalars, out_shape, numel
 
+    def sources(self) -> list[str]:
+        """Sources of the kernels launched so far (one per input signature): what an engine
+        file can carry to compile (or find in Triton's cache) at load, before the first run."""
+        seen: dict[str, None] = {}
+        for key, launch in list(self._launches.items()):
+            shapes = [k[1] for k in key]
+            strides = [k[2] for k in key]
+            seen[launch.prog.source(self.plan(shapes, strides, launch.prog)[0])] = None
+        return list(seen)
+
     def source_for(self, xs: list[Tensor]) -> str:
         """The kernel source these inputs launch (for inspection and tests)."""
         prog = self.program([x.dtype for x in xs], [x.dim() for x in xs])
