@@ -348,7 +348,7 @@ def _decide(
         return "float32", "default", "tf32 applies to matmul/conv only"
     note = ""
     if lowered and n.op_type in _NORMS:
-        note = "statistics in fp32 (stash_type=1)"
+        note = "statistics in fp32: stash_type=1"
     elif residual and name in residual.values():
         note = "residual add split out, runs in fp32"
     elif lowered and n.op_type in ("Softmax", "LogSoftmax", "Attention", "MultiHeadAttention"):

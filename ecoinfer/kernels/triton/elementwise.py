@@ -199,8 +199,11 @@ def _attrs(node: Node) -> dict[str, Any]:
 
 
 def _to_torch_dtype(to: Any) -> torch.dtype:
-    name = to if isinstance(to, str) else ir_dtypes.from_onnx(int(to))
-    dt = ir_dtypes.to_torch(name)
+    try:
+        name = to if isinstance(to, str) else ir_dtypes.from_onnx(int(to))
+        dt = ir_dtypes.to_torch(name)
+    except Exception as e:  # an element type ecoinfer or torch lacks
+        raise Unsupported(f"Cast to {to!r}") from e
     if dt not in _SUPPORTED:
         raise Unsupported(f"Cast to {name}")
     return dt

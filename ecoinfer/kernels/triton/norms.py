@@ -4,18 +4,17 @@ One row (or several short rows) per program, BLOCK = next power of two of the ro
 masked tails; statistics in float32 whatever the input dtype, one rounding on store. The
 normalized axes [axis, rank) are flattened into one row, as ONNX defines the op.
 
-Also the plumbing the softmax kernels share (lazy jit, row configs).
+Also the plumbing the softmax kernels share (row configs, row views).
 
-Kernels are jitted on first use, not at import: whether Triton compiles for the GPU or runs
-its CPU interpreter (TRITON_INTERPRET=1, the CI tests) is decided when `triton.jit` runs, and
-an earlier import of this module must not freeze that choice.
+TRITON_INTERPRET=1 (the CI tests, on CPU tensors) must be set before `triton` is first
+imported in the process: Triton decides at import whether its own library functions
+(tl.sum, tl.max...) are interpreted.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,22 +39,6 @@ def interpreting() -> bool:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
-
-
-class LazyJit:
-    """`triton.jit(fn)`, made on the first launch."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-        self._k: Any = None
-        self._lock = threading.Lock()
-
-    def __getitem__(self, grid: tuple[int, ...]) -> Any:
-        if self._k is None:
-            with self._lock:
-                if self._k is None:
-                    self._k = triton.jit(self.fn)
-        return self._k[grid]
 
 
 @dataclass(frozen=True)
@@ -135,6 +118,7 @@ def _param(t: Tensor, norm_shape: tuple[int, ...], n_cols: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ kernels
+@triton.jit
 def _layernorm_fwd(
     X,
     W,
@@ -168,6 +152,7 @@ def _layernorm_fwd(
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
+@triton.jit
 def _rmsnorm_fwd(
     X,
     W,
@@ -194,10 +179,6 @@ def _rmsnorm_fwd(
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-_LAYERNORM = LazyJit(_layernorm_fwd)
-_RMSNORM = LazyJit(_rmsnorm_fwd)
-
-
 # ------------------------------------------------------------------------------ launchers
 def layer_norm(
     x: Tensor,
@@ -220,7 +201,7 @@ def layer_norm(
     b = _param(bias, norm_shape, n_cols) if bias is not None else w  # unused when no bias
     cfg = cfg or default_config(n_cols)
     grid = (triton.cdiv(n_rows, cfg.rows),)
-    _LAYERNORM[grid](
+    _layernorm_fwd[grid](
         x2,
         w,
         b,
@@ -252,7 +233,7 @@ def rms_norm(
     w = _param(scale, norm_shape, n_cols)
     cfg = cfg or default_config(n_cols)
     grid = (triton.cdiv(n_rows, cfg.rows),)
-    _RMSNORM[grid](
+    _rmsnorm_fwd[grid](
         x2,
         w,
         y,

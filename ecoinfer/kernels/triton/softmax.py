@@ -17,7 +17,6 @@ from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.triton.norms import (
     FLOATS,
     MAX_BLOCK,
-    LazyJit,
     RowConfig,
     RunFn,
     as_rows,
@@ -32,6 +31,7 @@ from ecoinfer.kernels.triton.norms import (
 Tensor = torch.Tensor
 
 
+@triton.jit
 def _softmax_fwd(
     X,
     Y,
@@ -62,9 +62,6 @@ def _softmax_fwd(
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-_SOFTMAX = LazyJit(_softmax_fwd)
-
-
 def softmax(x: Tensor, log: bool = False, cfg: RowConfig | None = None) -> Tensor:
     """softmax (or log_softmax) of x over its last axis, in x's dtype."""
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -74,7 +71,7 @@ def softmax(x: Tensor, log: bool = False, cfg: RowConfig | None = None) -> Tenso
     x2 = as_rows(x, n_cols)
     n_rows = x2.shape[0]
     cfg = cfg or default_config(n_cols)
-    _SOFTMAX[(triton.cdiv(n_rows, cfg.rows),)](
+    _softmax_fwd[(triton.cdiv(n_rows, cfg.rows),)](
         x2,
         y,
         n_rows,
