@@ -17,5 +17,7 @@ _MODULES = (
 for _name in _MODULES:
     try:
         importlib.import_module(_name)
-    except ImportError as e:  # pragma: no cover - depends on the installed stack
-        log.info("tactics from %s unavailable: %s", _name, e)
+    except Exception as e:  # noqa: BLE001  # pragma: no cover - depends on the installed stack
+        # a tactic module that cannot load (missing Triton, a broken kernel file) must not stop
+        # the builder: every op keeps its reference tactic
+        log.warning("tactics from %s unavailable: %s: %s", _name, type(e).__name__, e)
