@@ -289,10 +289,22 @@ class _ControlFlow:
     """If/Loop/Scan: their bodies read values of the enclosing plan, so they get its env."""
 
     def __init__(self, node: Node, fn, attrs: dict, device: torch.device, graph: Graph):  # noqa: ANN001
+        from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
+
         self.node, self.fn, self.attrs, self.device, self.graph = node, fn, attrs, device, graph
+        self.body = None
+        if node.op_type == "FusedElementwise" and node.domain == "ecoinfer":
+            # a closed body: one runner, its constants moved to the device once (copies
+            # during a call would break CUDA-graph capture)
+            self.body = ReferenceRunner(attrs["body"], device)
 
     def with_env(self, xs: list[Tensor | None], env: dict[str, Tensor]) -> list[Tensor]:
         from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
+
+        if self.body is not None:
+            body = self.body.graph
+            out = self.body.run(dict(zip(body.input_names, xs)))
+            return [out[o] for o in body.output_names]
 
         sub = ReferenceRunner.__new__(ReferenceRunner)
         sub.device, sub._weights, sub.graph = self.device, {}, self.graph

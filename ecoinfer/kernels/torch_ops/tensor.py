@@ -254,18 +254,25 @@ def _nd_linear(ctx: KernelContext, idx: Tensor, dims: tuple[int, ...], first_axi
     if k == 0:
         return torch.zeros(idx.shape[:-1], dtype=torch.int64, device=idx.device)
     idx = idx.to(torch.int64)
-    d = torch.tensor(dims, dtype=torch.int64, device=idx.device)
-    if idx.numel():
-        bad = (idx < -d) | (idx >= d)
-        if bool(bad.any()):
-            where = bad.reshape(-1, k).nonzero()[0].tolist()
-            value = int(idx.reshape(-1, k)[where[0], where[1]])
-            raise _range_error(ctx, 1, value, dims[where[1]], first_axis + where[1])
-    idx = torch.where(idx < 0, idx + d, idx)
-    strides = [1] * k
-    for j in range(k - 2, -1, -1):
-        strides[j] = strides[j + 1] * dims[j + 1]
-    return (idx * torch.tensor(strides, dtype=torch.int64, device=idx.device)).sum(-1)
+    # per-dim arithmetic with Python ints: no host->device copies, so it can be captured
+    # in a CUDA graph (the check itself syncs, and is skipped while capturing: the engine
+    # runtime validates its index inputs before replaying)
+    capturing = idx.is_cuda and torch.cuda.is_current_stream_capturing()
+    if idx.numel() and not capturing:
+        for j, n in enumerate(dims):
+            c = idx[..., j]
+            bad = (c < -n) | (c >= n)
+            if bool(bad.any()):
+                pos = bad.reshape(-1).nonzero()[0].item()
+                raise _range_error(ctx, 1, int(c.reshape(-1)[pos]), n, first_axis + j)
+    lin = None
+    stride = 1
+    for j in range(k - 1, -1, -1):
+        c = idx[..., j]
+        c = torch.where(c < 0, c + dims[j], c)
+        lin = c * stride if lin is None else lin + c * stride
+        stride *= dims[j]
+    return lin
 
 
 @kernel("GatherND")
