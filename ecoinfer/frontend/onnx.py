@@ -91,7 +91,9 @@ def _first_line(e: BaseException) -> str:
 def import_onnx(src: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
     """Load an ONNX model into an ecoinfer Graph with inferred (symbolic) shapes."""
     model, label = read_model(src)
-    opsets = {(imp.domain if imp.domain != "ai.onnx" else ""): imp.version for imp in model.opset_import}
+    opsets = {
+        (imp.domain if imp.domain != "ai.onnx" else ""): imp.version for imp in model.opset_import
+    }
     opset = opsets.get("", 0)
     if "" in opsets and opset < MIN_OPSET:
         raise UnsupportedOpError(
@@ -105,12 +107,16 @@ def import_onnx(src: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
 
             model = onnx.inliner.inline_local_functions(model)
         except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"{label}: could not inline its local functions ({_first_line(e)})") from None
+            raise ModelLoadError(
+                f"{label}: could not inline its local functions ({_first_line(e)})"
+            ) from None
     ctx = ImportContext(label, opsets)
     graph = ctx.import_graph(model.graph, outer=frozenset())
     graph.metadata = {p.key: p.value for p in model.metadata_props}
     if model.producer_name:
-        graph.metadata.setdefault("producer", f"{model.producer_name} {model.producer_version}".strip())
+        graph.metadata.setdefault(
+            "producer", f"{model.producer_name} {model.producer_version}".strip()
+        )
     graph.infer_shapes()
     return graph
 
@@ -169,7 +175,11 @@ class ImportContext:
                 "ecoinfer supports tensors only"
             )
         tt = t.tensor_type
-        dtype = dtypes.from_onnx(tt.elem_type, f"{self.label}: {kind} '{vi.name}'") if tt.elem_type else None
+        dtype = (
+            dtypes.from_onnx(tt.elem_type, f"{self.label}: {kind} '{vi.name}'")
+            if tt.elem_type
+            else None
+        )
         shape: tuple[Dim, ...] | None = None
         if tt.HasField("shape"):
             dims: list[Dim] = []
@@ -185,7 +195,9 @@ class ImportContext:
 
     def tensor(self, t: onnx.TensorProto, where: str) -> torch.Tensor:
         if t.data_type == onnx.TensorProto.STRING:
-            raise UnsupportedDTypeError(f"{self.label}: {where} holds strings, which ecoinfer cannot run")
+            raise UnsupportedDTypeError(
+                f"{self.label}: {where} holds strings, which ecoinfer cannot run"
+            )
         name = dtypes.from_onnx(t.data_type, f"{self.label}: {where}")
         if name in ("int4", "uint4"):
             raise UnsupportedDTypeError(
@@ -194,14 +206,18 @@ class ImportContext:
         try:
             arr = numpy_helper.to_array(t)
         except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"{self.label}: {where} could not be read ({_first_line(e)})") from None
+            raise ModelLoadError(
+                f"{self.label}: {where} could not be read ({_first_line(e)})"
+            ) from None
         return dtypes.numpy_to_torch(np.asarray(arr), f"{self.label}: {where}")
 
     # ---------------------------------------------------------------- nodes
     def attribute(self, a: onnx.AttributeProto, where: str, visible: frozenset[str]) -> Any:
         A = onnx.AttributeProto
         if a.ref_attr_name:
-            raise UnsupportedOpError(f"{where}: attribute '{a.name}' refers to a function attribute")
+            raise UnsupportedOpError(
+                f"{where}: attribute '{a.name}' refers to a function attribute"
+            )
         if a.type == A.FLOAT:
             return float(a.f)
         if a.type == A.INT:
@@ -224,7 +240,9 @@ class ImportContext:
             return [self.import_graph(g, visible) for g in a.graphs]
         raise UnsupportedOpError(f"{where}: attribute '{a.name}' has a type ecoinfer cannot read")
 
-    def import_node(self, np_: onnx.NodeProto, index: int, visible: frozenset[str] | set[str]) -> None:
+    def import_node(
+        self, np_: onnx.NodeProto, index: int, visible: frozenset[str] | set[str]
+    ) -> None:
         g = self.graph
         assert g is not None
         name = np_.name or f"{np_.op_type}_{index}"
@@ -254,7 +272,9 @@ class ImportContext:
         g.initializers[name] = torch.as_tensor(value, dtype=dtype)
         return name
 
-    def attr_to_input(self, node: Node, attr: str, pos: int, dtype: torch.dtype = torch.int64) -> None:
+    def attr_to_input(
+        self, node: Node, attr: str, pos: int, dtype: torch.dtype = torch.int64
+    ) -> None:
         """Move an attribute that later opsets take as an input into that input slot."""
         if attr not in node.attrs:
             return
@@ -310,8 +330,15 @@ def _reduce_sum(ctx: ImportContext, node: Node) -> list[Node]:
 
 
 @importer(
-    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
 )
 def _reduce(ctx: ImportContext, node: Node) -> list[Node]:
     ctx.attr_to_input(node, "axes", 1)

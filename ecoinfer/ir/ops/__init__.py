@@ -1,8 +1,18 @@
 """Op schemas and shape/dtype inference. Importing this package registers every op."""
 
 # category modules register their ops on import
-from ecoinfer.ir.ops import control, elementwise, nn, reduce, tensor  # noqa: E402, F401, I001
-from ecoinfer.ir.ops import fused_attention, fused_conv, fused_elementwise, fused_gemm, fused_mha  # noqa: E402, F401, I001
+from ecoinfer.ir.ops import (  # noqa: F401
+    control,
+    elementwise,
+    fused_attention,
+    fused_conv,
+    fused_elementwise,
+    fused_gemm,
+    fused_mha,
+    nn,
+    reduce,
+    tensor,
+)
 from ecoinfer.ir.ops.registry import (
     InferContext,
     OpSchema,

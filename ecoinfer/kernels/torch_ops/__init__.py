@@ -1,7 +1,18 @@
 """Reference implementation of every IR op on torch (CPU and CUDA)."""
 
-from ecoinfer.kernels.torch_ops import control, elementwise, nn, reduce, tensor  # noqa: E402, F401, I001
-from ecoinfer.kernels.torch_ops import fused_attention, fused_conv, fused_elementwise, fused_gemm, fused_mha  # noqa: E402, F401, I001
+# the category modules register their kernels on import
+from ecoinfer.kernels.torch_ops import (  # noqa: F401
+    control,
+    elementwise,
+    fused_attention,
+    fused_conv,
+    fused_elementwise,
+    fused_gemm,
+    fused_mha,
+    nn,
+    reduce,
+    tensor,
+)
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel, kernel, kernel_ops
 
 __all__ = ["KernelContext", "get_kernel", "kernel", "kernel_ops"]

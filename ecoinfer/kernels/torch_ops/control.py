@@ -71,7 +71,9 @@ def _scan8(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     dirs = ctx.attr("directions")
     per_batch = []
     for b in range(rest[0].shape[0]):
-        sub = KernelContext(ctx.node, {**ctx.attrs, "scan_input_directions": dirs}, ctx.device, ctx.run_graph, 9)
+        sub = KernelContext(
+            ctx.node, {**ctx.attrs, "scan_input_directions": dirs}, ctx.device, ctx.run_graph, 9
+        )
         per_batch.append(_scan9(sub, [x[b] for x in rest]))
     return [torch.stack([r[k] for r in per_batch]) for k in range(len(per_batch[0]))]
 
