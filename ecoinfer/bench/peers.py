@@ -7,7 +7,8 @@
   "max-autotune-no-cudagraphs" for CNNs; the compile time is recorded),
 - onnxruntime FP32 (CPUExecutionProvider on a CPU run; CUDAExecutionProvider on a GPU run),
 - the ecoinfer reference runtime in FP32 (`ecoinfer.api.Model.run`), and
-- ecoinfer engines (FP16/BF16/INT8), listed as skipped until the engine exists (issue 4).
+- an ecoinfer engine built for exactly these input shapes and tuned on this device: FP16
+  with CUDA graphs on a GPU, FP32 on the CPU (`prepare_ecoinfer_engine`).
 
 The PyTorch peers need the nn.Module: the Python API takes it (`compare(path, module=m)`),
 the CLI knows the bundled MiniLM and a random-weight BERT-base by name (`--torch-model`).

@@ -4,6 +4,7 @@ with a tiny ONNX model and short windows."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,13 @@ from onnx import helper, numpy_helper
 FAST = ["--duration", "0.2", "--warmup", "0.05"]
 
 
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ecoinfer.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -94,29 +96,54 @@ def test_compare_peers_option_and_errors(mlp) -> None:  # noqa: ANN001
     assert none.returncode == 2 and "--torch-model" in none.stderr
 
 
-def test_tune_energy_picks_a_configuration_and_says_what_is_missing(mlp, tmp_path) -> None:  # noqa: ANN001
+def test_tune_energy_measures_engines_and_says_what_the_cpu_lacks(mlp, tmp_path) -> None:  # noqa: ANN001
     js, png, page = tmp_path / "t.json", tmp_path / "t.png", tmp_path / "t.html"
+    cache = tmp_path / "timing_cache.json"
     proc = _cli(
         "tune-energy", str(mlp), "--slo-ms", "1000", "--batches", "1,4", "--seq", "8",
-        "--precisions", "fp32,fp16", "--cuda-graphs", "on,off", "--device", "cpu", *FAST,
+        "--precisions", "fp32,bf16,fp16", "--cuda-graphs", "on,off", "--device", "cpu", *FAST,
         "--json", str(js), "--plot", str(png), "--html", str(page),
+        env={"ECOINFER_TIMING_CACHE": str(cache)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    assert "Not measured: precision fp16" in text and "Not measured: CUDA graphs on" in text
-    assert "Offered today" in text and "GPU clocks and power limits were not changed" in text
-    assert "Pareto front" in text and "Chosen: ecoinfer fp32 batch" in text
+    assert "Not measured: fp16 not available on the CPU" in text
+    assert "Not measured: CUDA graphs on (CUDA graphs need a GPU)" in text
+    assert (
+        "Search space on the CPU" in text and "GPU clocks and power limits were not changed" in text
+    )
+    assert "Pareto front" in text and "Chosen: ecoinfer " in text
+    assert "skipped: fp16 not available on the CPU" in text
+    assert "skipped: CUDA graphs need a GPU" in text
     data = json.loads(js.read_text())
     assert data["kind"] == "tune-energy" and data["slo_ms"] == 1000
     res = data["results"]
-    assert [r["batch"] for r in res] == [1, 4]
-    assert all(
-        r["extra"]["precision"] == "fp32" and r["extra"]["cuda_graphs"] is False for r in res
-    )
+    key = {(r["extra"]["precision"], r["batch"], r["extra"]["cuda_graphs"]): r for r in res}
+    assert len(key) == len(res) == 3 * 2 * 2  # every asked-for configuration has a row
+    for prec in ("fp32", "bf16"):
+        for b in (1, 4):
+            ran = key[(prec, b, False)]
+            assert ran["skipped"] is None and ran["latency"]["n"] > 0, ran
+            assert ran["extra"]["framework"] == "ecoinfer engine"
+            assert ran["extra"]["engine_precision"] == {"fp32": "float32", "bf16": "bfloat16"}[prec]
+            assert ran["extra"]["build_seconds"] > 0
+            assert key[(prec, b, True)]["skipped"] == "CUDA graphs need a GPU"
+    for b in (1, 4):
+        assert key[("fp16", b, False)]["skipped"] == "fp16 not available on the CPU"
+        assert key[("fp16", b, True)]["skipped"] == (
+            "fp16 not available on the CPU; CUDA graphs need a GPU"
+        )
     (best,) = [r for r in res if r["extra"].get("chosen")]
-    ok = [r for r in res if r["extra"]["meets_slo"]]
+    ok = [r for r in res if r["extra"].get("meets_slo")]
+    assert best["extra"]["meets_slo"] and best["latency"]["p99_ms"] <= 1000
     assert best["j_per_inference"] == min(r["j_per_inference"] for r in ok)
+    assert best["extra"]["precision"] in ("fp32", "bf16") and best["extra"]["cuda_graphs"] is False
     assert any(r["extra"].get("pareto") for r in res)
+    meta = data["meta"]
+    assert meta["precisions"] == ["fp32", "bf16", "fp16"] and meta["cuda_graphs"] == [True, False]
+    assert meta["batches"] == [1, 4] and len(meta["configs"]) == 12
+    assert sum(c["measured"] for c in meta["configs"]) == 4
+    assert meta["timing_cache"] == str(cache) and cache.exists()  # ECOINFER_TIMING_CACHE is used
     assert png.read_bytes().startswith(b"\x89PNG")
     assert "CHOSEN" in page.read_text()
 
@@ -129,11 +156,32 @@ def test_tune_energy_with_an_impossible_slo_exits_1(mlp) -> None:  # noqa: ANN00
 
 
 def test_tune_energy_refuses_when_nothing_is_available(mlp) -> None:  # noqa: ANN001
-    proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--precisions", "fp16")
+    proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--precisions", "fp16,tf32",
+                "--device", "cpu")  # fmt: skip
     assert proc.returncode == 2
-    assert "nothing to measure" in proc.stderr
+    assert "nothing to measure on the CPU: fp16 not available on the CPU" in proc.stderr
+    assert "--precisions fp32,bf16 with --cuda-graphs off" in proc.stderr
+    proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--precisions", "int8",
+                "--device", "cpu")  # fmt: skip
+    assert proc.returncode == 2
+    assert "int8 not available yet: quantization (issue 6)" in proc.stderr
     proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--batches", "0")
     assert proc.returncode == 2 and "--batches" in proc.stderr
+
+
+def test_tune_energy_search_space_per_device() -> None:
+    from ecoinfer.commands import tune_energy as tune
+
+    assert tune.offered("cpu") == (("fp32", "bf16"), (False,))
+    assert tune.offered("cuda") == (("fp32", "tf32", "fp16", "bf16"), (True, False))
+    assert tune.unavailable("bf16", False, "cpu") is None
+    assert tune.unavailable("tf32", False, "cpu") == "tf32 not available on the CPU"
+    assert tune.unavailable("fp32", True, "cpu") == "CUDA graphs need a GPU"
+    assert tune.unavailable("fp16", True, "cuda:0") is None
+    assert tune.unavailable("fp8", True, "cuda") == "fp8 not available yet: quantization (issue 6)"
+    assert tune.parse_precisions("auto") is None and tune.parse_cuda_graphs("auto") is None
+    assert tune.parse_precisions("FP32, float16,fp32") == ["fp32", "fp16"]
+    assert tune.parse_cuda_graphs("on,off") == [True, False]
 
 
 def test_never_touches_clocks_or_power_limits() -> None:
