@@ -10,6 +10,7 @@ from ecoinfer.ir.ops import (  # noqa: F401
     fused_gemm,
     fused_mha,
     nn,
+    quant,
     reduce,
     tensor,
 )
