@@ -1,0 +1,66 @@
+"""Post-training quantization: calibration data, calibrators and the calibration cache.
+
+Q/DQ insertion, quantized tactics and the sensitivity analysis come later (issue 6).
+"""
+
+from __future__ import annotations
+
+from ecoinfer.quant.cache import CalibrationCache, CalibrationCacheError, model_fingerprint
+from ecoinfer.quant.calibrators import (
+    CALIBRATORS,
+    Calibrator,
+    EntropyCalibrator,
+    HistogramCalibrator,
+    MinMaxCalibrator,
+    MSECalibrator,
+    PercentileCalibrator,
+    fp8_scale,
+    int_scale,
+    make_calibrator,
+    per_channel_amax,
+    per_channel_minmax,
+    per_channel_scale,
+)
+from ecoinfer.quant.data import (
+    CalibrationDataError,
+    DataReader,
+    LimitedReader,
+    NpyFolderReader,
+    NpzFolderReader,
+    ScriptReader,
+    ValidatedReader,
+    allocate_strata,
+    open_calibration_data,
+    stratified_sample,
+    validate_batch,
+)
+
+__all__ = [
+    "CALIBRATORS",
+    "CalibrationCache",
+    "CalibrationCacheError",
+    "CalibrationDataError",
+    "Calibrator",
+    "DataReader",
+    "EntropyCalibrator",
+    "HistogramCalibrator",
+    "LimitedReader",
+    "MSECalibrator",
+    "MinMaxCalibrator",
+    "NpyFolderReader",
+    "NpzFolderReader",
+    "PercentileCalibrator",
+    "ScriptReader",
+    "ValidatedReader",
+    "allocate_strata",
+    "fp8_scale",
+    "int_scale",
+    "make_calibrator",
+    "model_fingerprint",
+    "open_calibration_data",
+    "per_channel_amax",
+    "per_channel_minmax",
+    "per_channel_scale",
+    "stratified_sample",
+    "validate_batch",
+]
