@@ -25,6 +25,7 @@ CV_WARNING = 0.10  # coefficient of variation above which results are called noi
 @dataclass
 class BenchConfig:
     warmup_s: float = 1.0
+    warmup_iterations: int = 1  # the warm-up lasts warmup_s and at least this many calls
     duration_s: float = 3.0  # the energy window: NVML's counter needs at least ~3 s
     iterations: int | None = None  # run exactly this many timed calls instead of duration_s
     measure_energy: bool = True
@@ -153,11 +154,11 @@ def run_benchmark(
 
     # warm-up: compilation, allocator growth, cuDNN autotuning stay out of the numbers
     t_end = time.perf_counter() + cfg.warmup_s
-    fn()
-    sync()
-    while time.perf_counter() < t_end:
+    done = 0
+    while done < max(1, cfg.warmup_iterations) or time.perf_counter() < t_end:
         fn()
         sync()
+        done += 1
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up seconds")
     p.add_argument(
+        "--warmup-iterations",
+        type=int,
+        default=1,
+        metavar="N",
+        help="at least this many warm-up calls (the warm-up also lasts --warmup seconds)",
+    )
+    p.add_argument(
         "--duration",
         type=float,
         default=3.0,
@@ -219,6 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     name, fn, profile_fn = make_runner(args, args.model, graph, feeds, device)
     cfg = BenchConfig(
         warmup_s=args.warmup,
+        warmup_iterations=args.warmup_iterations,
         duration_s=args.duration,
         iterations=args.iterations,
         measure_energy=not args.no_energy,

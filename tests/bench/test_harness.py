@@ -137,3 +137,14 @@ def test_bench_cli_onnxruntime_runner_and_bad_batch(mlp, tmp_path) -> None:  # n
     assert "onnxruntime (CPUExecutionProvider)" in proc.stdout
     proc = _bench(str(mlp), "--batch", "0", "--duration", "0.2")
     assert proc.returncode == 2 and "--batch 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_warmup_by_count_and_time() -> None:
+    calls = []
+    run_benchmark(
+        "w",
+        lambda: calls.append(1),
+        1,
+        BenchConfig(warmup_s=0.0, warmup_iterations=7, iterations=3, measure_energy=False),
+    )
+    assert len(calls) == 7 + 3
