@@ -64,3 +64,24 @@ __all__ = [
     "stratified_sample",
     "validate_batch",
 ]
+
+# Q/DQ insertion needs torch and the runtime: loaded on first use, so importing the data and
+# calibrator half of the package stays light
+_QUANTIZE_EXPORTS = frozenset(
+    {
+        "QuantizationError",
+        "calibrate",
+        "calibrate_methods",
+        "quant_targets",
+        "quantize_graph",
+        "quantize_weight",
+    }
+)
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in _QUANTIZE_EXPORTS:
+        from ecoinfer.quant import quantize  # noqa: PLC0415
+
+        return getattr(quantize, name)
+    raise AttributeError(f"module 'ecoinfer.quant' has no attribute '{name}'")

@@ -1,0 +1,278 @@
+"""Calibration runs and Q/DQ insertion: the graph-level half of post-training quantization.
+
+calibrate() runs a graph with the reference runner over calibration batches and feeds every
+activation that enters a quantizable op (the data input of ecoinfer.FusedGemm, MatMul with a
+constant weight, ecoinfer.FusedConv and Conv) into one streaming calibrator per tensor.
+
+quantize_graph() then rewrites the graph in the QDQ form TensorRT and onnxruntime use:
+
+    x -> QuantizeLinear(scale = amax / 127, zero_point = int8 0) -> DequantizeLinear -> op
+    W (float)  becomes  DequantizeLinear(W_int8, per-output-channel scale, axis) -> op
+
+Weights are quantized once, here, symmetric per output channel; activations per tensor.
+The result runs on the reference runtime and computes exactly what INT8 kernels with a
+float epilogue compute, up to the float rounding of the accumulation order: the operands
+the op sees are exactly int8 codes times their scales.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecoinfer.errors import EcoinferError
+from ecoinfer.ir import dtypes
+from ecoinfer.ir.graph import Graph, Node, Value
+from ecoinfer.quant.calibrators import Calibrator, int_scale, make_calibrator, per_channel_scale
+from ecoinfer.quant.data import CalibrationDataError
+
+# int8 symmetric: amax maps to 127; -128 is never produced by the weights
+INT8_MAX = 127
+PRECISIONS = ("int8",)
+
+
+class QuantizationError(EcoinferError):
+    """The graph cannot be quantized as asked (missing thresholds, unknown precision)."""
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    """One quantizable node: its activation input, its constant weight and the weight's
+    output-channel axis (None: per tensor, for a 1-D weight)."""
+
+    node: Node
+    act_index: int
+    weight_index: int
+    weight_axis: int | None
+
+    @property
+    def activation(self) -> str:
+        return self.node.inputs[self.act_index]
+
+    @property
+    def weight(self) -> str:
+        return self.node.inputs[self.weight_index]
+
+
+def _is(node: Node, op_type: str, domain: str) -> bool:
+    return node.op_type == op_type and (node.domain or "") in (
+        (domain,) if domain else ("", "ai.onnx")
+    )
+
+
+def quant_targets(graph: Graph) -> list[QuantTarget]:
+    """The nodes quantize_graph() quantizes, in graph order.
+
+    - ecoinfer.FusedGemm(A, B, ...) and MatMul(A, B) with B an initializer: A per tensor,
+      B per output channel (axis 0 of B [N, K] when trans_b=1, else its last axis);
+    - ecoinfer.FusedConv(X, W, ...) and Conv(X, W, ...) with W an initializer: X per tensor,
+      W per output channel (axis 0, in NCHW and NHWC layouts alike).
+    """
+    out: list[QuantTarget] = []
+    for n in graph.nodes:
+        if len(n.inputs) < 2 or not n.inputs[0] or n.inputs[1] not in graph.initializers:
+            continue
+        w = graph.initializers[n.inputs[1]]
+        if not w.is_floating_point() or w.dim() == 0:
+            continue
+        if _is(n, "FusedGemm", "ecoinfer") or _is(n, "MatMul", ""):
+            if w.dim() == 1:
+                axis = None
+            elif int(n.attrs.get("trans_b", 0) or 0) and w.dim() == 2:
+                axis = 0
+            else:
+                axis = w.dim() - 1
+        elif _is(n, "FusedConv", "ecoinfer") or _is(n, "Conv", ""):
+            axis = 0
+        else:
+            continue
+        out.append(QuantTarget(n, 0, 1, axis))
+    return out
+
+
+# ------------------------------------------------------------------------------ calibration
+def calibrate_methods(
+    graph: Graph,
+    batches: Iterable[Mapping[str, Any]],
+    methods: Sequence[str] = ("entropy",),
+    max_batches: int | None = None,
+    **options: Any,
+) -> dict[str, dict[str, float]]:
+    """Like calibrate(), for several methods from one pass over the data:
+    {method: {tensor: amax}}. `options` go to every calibrator (e.g. num_bins)."""
+    from ecoinfer.api import validate_inputs  # noqa: PLC0415 (api imports the frontends)
+    from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
+    from ecoinfer.passes.manager import clone_graph  # noqa: PLC0415
+
+    names = list(dict.fromkeys(t.activation for t in quant_targets(graph)))
+    if not names:
+        return {m: {} for m in methods}
+    # the same graph with every observed activation as an extra output, so the runner keeps
+    # it for us; memory per batch is bounded by one batch's activations
+    g = clone_graph(graph)
+    have = set(g.output_names)
+    for name in names:
+        if name not in have:
+            v = graph.values.get(name, Value(name))
+            g.outputs.append(Value(name, v.dtype, v.shape, v.sym))
+    runner = ReferenceRunner(g, "cpu")
+    cals: dict[str, dict[str, Calibrator]] = {
+        m: {name: make_calibrator(m, name, **_options_for(m, options)) for name in names}
+        for m in methods
+    }
+    seen = 0
+    for feeds in batches:
+        if max_batches is not None and seen >= max_batches:
+            break
+        tensors = validate_inputs(graph, feeds, graph.name)
+        with torch.inference_mode():
+            outs = runner.run(tensors)
+        for name in names:
+            x = outs[name].detach().float().cpu().numpy()
+            for m in methods:
+                cals[m][name].observe(x)
+        seen += 1
+    if seen == 0:
+        raise CalibrationDataError("calibration got no batches; give at least one")
+    return {m: {name: float(c.amax()) for name, c in cals[m].items()} for m in methods}
+
+
+def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    # num_bins etc. only mean something to the histogram calibrators
+    return {} if method == "minmax" else dict(options)
+
+
+def calibrate(
+    graph: Graph,
+    batches: Iterable[Mapping[str, Any]],
+    method: str = "entropy",
+    max_batches: int | None = None,
+    **options: Any,
+) -> dict[str, float]:
+    """Clipping thresholds (amax) of every activation that feeds a quantizable op.
+
+    Runs `graph` (normally the optimized one, since its fused nodes are what gets quantized)
+    on each batch (a dict of input arrays or tensors) with the reference runner on CPU; each
+    activation has one streaming calibrator of `method` ("entropy", "percentile", "minmax",
+    "mse"), so memory does not grow with the number of batches.
+    """
+    return calibrate_methods(graph, batches, (method,), max_batches, **options)[method]
+
+
+# ------------------------------------------------------------------------------ Q/DQ insertion
+def quantize_weight(w: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization of a weight: (int8 codes, float32 scale), per output
+    channel along `axis` (scale 1-D) or per tensor (axis None, scale 0-D)."""
+    wf = w.detach().float().cpu()
+    if axis is None:
+        amax = float(wf.abs().max()) if wf.numel() else 0.0
+        scale = torch.tensor(int_scale(amax), dtype=torch.float32)
+        s = scale
+    else:
+        scale = torch.from_numpy(per_channel_scale(wf.numpy(), axis).astype(np.float32))
+        shape = [1] * wf.dim()
+        shape[axis] = -1
+        s = scale.reshape(shape)
+    # QuantizeLinear's arithmetic: x / scale in float32, round half to even, saturate
+    q = torch.round(wf / s).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def _keep(node: Node, patterns: Sequence[re.Pattern[str]]) -> bool:
+    return any(p.search(node.name or "") for p in patterns)
+
+
+def quantize_graph(
+    graph: Graph,
+    amax: Mapping[str, float],
+    precision: str = "int8",
+    keep_fp: Sequence[str] = (),
+) -> Graph:
+    """A copy of `graph` with Q/DQ nodes around every quantizable op (see quant_targets).
+
+    `amax` holds the activation thresholds from calibrate() (or a calibration cache).
+    Nodes whose name matches one of the `keep_fp` regexes (re.search) stay in float.
+    """
+    from ecoinfer.passes.manager import clone_graph  # noqa: PLC0415
+
+    if precision not in PRECISIONS:
+        raise QuantizationError(
+            f"precision '{precision}' is not supported yet; choose one of {', '.join(PRECISIONS)}"
+        )
+    try:
+        patterns = [re.compile(p) for p in keep_fp]
+    except re.error as e:
+        raise QuantizationError(f"keep_fp: bad regular expression: {e}") from None
+    g = clone_graph(graph)
+    targets = [t for t in quant_targets(g) if not _keep(t.node, patterns)]
+    missing = sorted({t.activation for t in targets if t.activation not in amax})
+    if missing:
+        raise QuantizationError(
+            f"no calibration threshold for {len(missing)} activation(s), e.g. "
+            f"{', '.join(repr(m) for m in missing[:3])}; calibrate this graph (the optimized "
+            "one, if it is what you quantize) or keep those nodes in float with keep_fp"
+        )
+    by_node = {id(t.node): t for t in targets}
+    act_dq: dict[str, str] = {}  # activation -> its DequantizeLinear output
+    weight_dq: dict[tuple[str, int | None], str] = {}
+    replaced_weights: set[str] = set()
+    nodes: list[Node] = []
+
+    def new_value(base: str, dtype: str | None, shape: Any) -> str:
+        name = g.fresh_name(base)
+        g.values[name] = Value(name, dtype, shape)
+        return name
+
+    def new_init(base: str, t: torch.Tensor) -> str:
+        name = new_value(base, dtypes.from_torch(t.dtype), tuple(t.shape))
+        g.initializers[name] = t
+        return name
+
+    for n in g.nodes:
+        t = by_node.get(id(n))
+        if t is None:
+            nodes.append(n)
+            continue
+        x = t.activation
+        if x not in act_dq:
+            v = g.values.get(x)
+            fdtype = v.dtype if v is not None and v.dtype else "float32"
+            shape = v.shape if v is not None else None
+            scale = torch.tensor(int_scale(float(amax[x]), 8), dtype=dtypes.to_torch(fdtype))
+            s = new_init(f"{x}_scale", scale)
+            zp = new_init(f"{x}_zero_point", torch.tensor(0, dtype=torch.int8))
+            q = new_value(f"{x}_quantized", "int8", shape)
+            dq = new_value(f"{x}_dequantized", fdtype, shape)
+            nodes.append(Node("QuantizeLinear", [x, s, zp], [q], {}, g.fresh_name(f"{x}_Q")))
+            nodes.append(Node("DequantizeLinear", [q, s, zp], [dq], {}, g.fresh_name(f"{x}_DQ")))
+            act_dq[x] = dq
+        w = t.weight
+        key = (w, t.weight_axis)
+        if key not in weight_dq:
+            wt = g.initializers[w]
+            codes, wscale = quantize_weight(wt, t.weight_axis)
+            wq = new_init(f"{w}_int8", codes)
+            ws = new_init(f"{w}_scale", wscale.to(wt.dtype))
+            wdq = new_value(f"{w}_dequantized", dtypes.from_torch(wt.dtype), tuple(wt.shape))
+            attrs = {"axis": t.weight_axis} if t.weight_axis is not None else {}
+            nodes.append(Node("DequantizeLinear", [wq, ws], [wdq], attrs, g.fresh_name(f"{w}_DQ")))
+            weight_dq[key] = wdq
+            replaced_weights.add(w)
+        n.inputs[t.act_index] = act_dq[x]
+        n.inputs[t.weight_index] = weight_dq[key]
+        nodes.append(n)
+    g.nodes = nodes
+    # drop float weights nothing reads any more (all their users now read the int8 copy)
+    used = {i for n in g.nodes for i in n.inputs} | set(g.output_names)
+    for w in replaced_weights - used:
+        del g.initializers[w]
+        g.values.pop(w, None)
+    g.metadata = {**g.metadata, "ecoinfer.quantization": precision}
+    g.infer_shapes()
+    g.verify()
+    return g
