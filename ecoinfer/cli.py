@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _compare_args(c)
 
+    dp = sub.add_parser(
+        "debug-precision", help="FP32 vs quantized graph per layer: where accuracy goes"
+    )
+    from ecoinfer.commands.debug_precision import add_arguments as _dp_args  # noqa: PLC0415
+
+    _dp_args(dp)
+
     te = sub.add_parser(
         "tune-energy", help="pick the configuration with the fewest J/inference within a p99 SLO"
     )
@@ -159,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.compare import cmd_compare  # noqa: PLC0415
 
             return cmd_compare(args)
+        if args.command == "debug-precision":
+            from ecoinfer.commands.debug_precision import cmd_debug_precision  # noqa: PLC0415
+
+            return cmd_debug_precision(args)
         if args.command == "tune-energy":
             from ecoinfer.commands.tune_energy import cmd_tune_energy  # noqa: PLC0415
 

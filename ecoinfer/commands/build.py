@@ -20,6 +20,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             const=flag,
             help=f"compute in {flag}" + (" (default)" if flag == "fp32" else ""),
         )
+    for flag in ("int8", "fp8"):
+        prec.add_argument(
+            f"--{flag}",
+            dest="precision",
+            action="store_const",
+            const=flag,
+            help=f"post-training {flag.upper()} quantization (needs --calib-data or --calib-cache)",
+        )
+    q = p.add_argument_group("quantization (--int8 / --fp8)")
+    q.add_argument(
+        "--calib-data",
+        metavar="DIR_OR_SCRIPT",
+        help="folder of .npz (or per-input .npy folders), or a .py defining batches()",
+    )
+    q.add_argument("--calib-batches", type=int, metavar="N", help="use the first N batches")
+    q.add_argument(
+        "--calib-method", default="entropy", choices=["entropy", "percentile", "minmax", "mse"]
+    )
+    q.add_argument(
+        "--calib-cache",
+        metavar="FILE",
+        help="calibration cache: written after calibrating, read when --calib-data is absent",
+    )
+    q.add_argument(
+        "--accuracy-budget",
+        type=float,
+        metavar="X",
+        help="keep the most sensitive layers in float until the metric meets X",
+    )
+    q.add_argument(
+        "--budget-metric",
+        default="cosine",
+        metavar="cosine|top1|max-rel|METRIC.py",
+        help="metric of the budget (a .py defines metric(ref, out) -> float, higher is better)",
+    )
+    q.add_argument("--val-data", metavar="DIR", help="validation data (default: --calib-data)")
     p.add_argument(
         "--shapes",
         nargs="+",
@@ -100,6 +136,47 @@ def _profiles(args: argparse.Namespace, graph):  # noqa: ANN001, ANN202
     return profiles
 
 
+def _quant_options(args: argparse.Namespace):  # noqa: ANN202
+    from ecoinfer.quant.budget import QuantizeOptions  # noqa: PLC0415
+
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k in ("calib_data", "calib_batches", "calib_cache", "accuracy_budget", "val_data")
+        if getattr(args, k, None) is not None
+    ]
+    if args.precision not in ("int8", "fp8"):
+        if given:
+            raise InputError(f"{given[0]} only applies to quantized builds: add --int8")
+        return None
+    return QuantizeOptions(
+        precision=args.precision,
+        calib_data=args.calib_data,
+        calib_batches=args.calib_batches,
+        calib_method=args.calib_method,
+        calib_cache=args.calib_cache,
+        accuracy_budget=args.accuracy_budget,
+        budget_metric=args.budget_metric,
+        val_data=args.val_data,
+    )
+
+
+def _precision_label(engine) -> str:  # noqa: ANN001
+    q = engine.report.get("quantization") if engine.report else None
+    return f"{q['precision']} Q/DQ, {engine.precision} elsewhere" if q else engine.precision
+
+
+def _print_quantization(q: dict | None) -> None:
+    if not q:
+        return
+    for line in q.get("log", []):
+        print(line)
+    print(
+        f"{q['precision']}: {len(q['quantized_layers'])} layer(s) quantized with Q/DQ, "
+        f"{len(q['float_layers'])} kept in float; INT8 is emulated exactly by the reference "
+        "kernels until INT8 GPU tactics land"
+    )
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from ecoinfer.engine.builder import BuildConfig, build, check_accuracy  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
@@ -115,8 +192,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                 f'--layer-precision "{item}": write it as REGEX:PRECISION, e.g. "attention.*:fp32"'
             )
         layer_precision.append((pattern, prec))
+    quant = _quant_options(args)
     cfg = BuildConfig(
-        precision=args.precision or "fp32",
+        precision="fp32" if quant is not None else (args.precision or "fp32"),
         device=args.device,
         opt_level=args.opt_level,
         profiles=_profiles(args, graph),
@@ -126,14 +204,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         workspace_mb=args.workspace,
         verbose=args.verbose,
         progress=sys.stderr.isatty(),
+        quant=quant,
     )
     engine = build(args.model, cfg)
     path = engine.save(args.output)
     rep = engine.report
     print(
-        f"built {path}: {engine.precision} on {engine.fingerprint['device_name']} in {rep['build_seconds']:.1f} s; "
+        f"built {path}: {_precision_label(engine)} on {engine.fingerprint['device_name']} in {rep['build_seconds']:.1f} s; "
         f"{rep['nodes']['imported']} -> {rep['nodes']['plan']} layers"
     )
+    _print_quantization(rep.get("quantization"))
     for k, p in enumerate(engine.profiles):
         desc = ", ".join(
             f"{n}: {p.describe(n)} (opt {'x'.join(map(str, p.opt[n]))})" for n in graph.input_names

@@ -67,6 +67,8 @@ class BuildConfig:
     verbose: bool = False
     progress: bool = False
     seed: int = 0
+    # ecoinfer.quant.budget.QuantizeOptions: calibrate and insert Q/DQ (INT8) after optimizing
+    quant: Any = None
 
 
 def _device(choice: str) -> str:
@@ -162,7 +164,22 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     t_start = time.perf_counter()
     source = str(model) if not isinstance(model, Graph) else model.name
     graph = import_onnx(model) if not isinstance(model, Graph) else model
+    if cfg.quant is not None:
+        from ecoinfer.quant.budget import check_quant_precision  # noqa: PLC0415
+
+        check_quant_precision(cfg.quant.precision, device)
+        if precision != "float32":
+            raise InputError(
+                f"a {cfg.quant.precision} build keeps its float layers in fp32 for now; "
+                f"drop --{cfg.precision}"
+            )
     optimized, pass_reports = optimize(graph, OptimizeConfig(level=cfg.opt_level))
+    quant_report = None
+    if cfg.quant is not None:
+        from ecoinfer.quant.budget import quantize_for_build  # noqa: PLC0415
+
+        log = (lambda s: print(s, file=sys.stderr)) if cfg.verbose else None
+        optimized, quant_report = quantize_for_build(optimized, cfg.quant, log)
     profiles = cfg.profiles or [default_profile(optimized)]
     for p in profiles:
         _check_profile(optimized, p)
@@ -216,6 +233,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         "candidates": candidates,
         "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
     }
+    if quant_report is not None:
+        report["quantization"] = quant_report
     return Engine(
         planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
     )

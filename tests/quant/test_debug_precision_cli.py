@@ -1,0 +1,154 @@
+"""`ecoinfer build --int8` end to end (calibration, cache, accuracy budget, engine) and
+`ecoinfer debug-precision`, through the CLI entry point on a small hand-built MLP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_budget import batches, sensitive_mlp, write_npz
+
+from ecoinfer.api import Model
+from ecoinfer.cli import main
+from ecoinfer.engine.builder import load_engine
+from ecoinfer.frontend.onnx import import_onnx
+from ecoinfer.passes.manager import OptimizeConfig, optimize
+from ecoinfer.quant.cache import CalibrationCache
+from ecoinfer.quant.quantize import quantize_graph
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    model = tmp_path / "mlp.onnx"
+    onnx.save(sensitive_mlp(), model)
+    return model, write_npz(tmp_path / "calib", batches())
+
+
+def _error_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ecoinfer: error: ") and "\n" not in err, err
+    return err
+
+
+def test_build_int8_engine_matches_quantized_graph_and_reuses_cache(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model, calib = files
+    eng, cache = tmp_path / "m.eng", tmp_path / "calib.json"
+    args = ["build", str(model), "-o", str(eng), "--int8", "--device", "cpu"]
+    assert main([*args, "--calib-data", str(calib), "--calib-method", "minmax",
+                 "--calib-cache", str(cache)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "int8 Q/DQ" in out and "3 layer(s) quantized" in out
+    assert "emulated exactly by the reference kernels" in out
+    assert f"calibration cache written to {cache}" in out
+
+    # the engine computes what the quantized graph computes
+    graph, _ = optimize(import_onnx(str(model)), OptimizeConfig(level=2))
+    amax = {n: t.amax for n, t in CalibrationCache.load_for(cache, graph).tensors.items()}
+    qgraph = quantize_graph(graph, amax)
+    engine = load_engine(eng, device="cpu")
+    assert engine.report["quantization"]["quantized_layers"] == ["fc1", "fc2", "fc3"]
+    assert engine.graph.op_histogram()["QuantizeLinear"] == 3
+    x = {"x": np.random.default_rng(7).normal(size=(5, 8)).astype(np.float32)}
+    want = Model(qgraph).run(x)["y"]
+    y = engine.run(x)["y"]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(Model(graph).run(x)["y"] - want).max() > 1e-2  # it really is quantized
+
+    # a second build reuses the cache without any data, and builds the same engine
+    eng2 = tmp_path / "m2.eng"
+    assert main(["build", str(model), "-o", str(eng2), "--int8", "--device", "cpu",
+                 "--calib-cache", str(cache), "--no-tune"]) == 0  # fmt: skip
+    assert "from cache" in capsys.readouterr().out
+    np.testing.assert_allclose(load_engine(eng2, device="cpu").run(x)["y"], y, rtol=1e-5, atol=1e-5)
+
+
+def test_build_with_accuracy_budget_keeps_sensitive_layer(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model, calib = files
+    val = write_npz(tmp_path / "val", batches(2, seed=5))
+    eng = tmp_path / "m.eng"
+    base = ["build", str(model), "-o", str(eng), "--int8", "--device", "cpu", "--no-tune",
+            "--calib-data", str(calib), "--calib-method", "minmax", "--val-data", str(val)]  # fmt: skip
+    assert main([*base, "--accuracy-budget", "0.999"]) == 0
+    out = capsys.readouterr().out
+    assert "kept in float: fc2" in out and "1 kept in float" in out
+    q = load_engine(eng, device="cpu").report["quantization"]
+    assert q["float_layers"] == ["fc2"] and q["budget"]["value"] >= 0.999
+
+    assert main([*base, "--accuracy-budget", "1.5"]) == 2
+    err = _error_line(capsys)
+    assert "no mix" in err and "best mix found" in err
+
+
+def test_fp8_on_cpu_is_a_clear_error(files: tuple[Path, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    model, calib = files
+    argv = ["build", str(model), "-o", str(tmp_path / "m.eng"), "--fp8", "--device", "cpu",
+            "--calib-data", str(calib)]  # fmt: skip
+    assert main(argv) == 2
+    err = _error_line(capsys)
+    assert "compute capability >= 8.9" in err and "--int8" in err
+
+
+def test_bad_calibration_data(files: tuple[Path, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    model, _ = files
+    rng = np.random.default_rng(0)
+    cases = {
+        "name": ({"inp": rng.normal(size=(4, 8)).astype(np.float32)}, "no input 'inp'"),
+        "dtype": ({"x": rng.normal(size=(4, 8))}, "is float64, the model expects float32"),
+        "shape": ({"x": rng.normal(size=(4, 5)).astype(np.float32)}, "dim 1 must be 8"),
+    }
+    for what, (batch, msg) in cases.items():
+        folder = write_npz(tmp_path / what, [batch])
+        argv = ["build", str(model), "-o", str(tmp_path / "m.eng"), "--int8", "--device", "cpu",
+                "--calib-data", str(folder)]  # fmt: skip
+        assert main(argv) == 2, what
+        assert msg in _error_line(capsys), what
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = tmp_path / "none.py"
+    script.write_text("def batches():\n    return iter(())\n")
+    for source in (empty, script):
+        argv = ["build", str(model), "-o", str(tmp_path / "m.eng"), "--int8", "--device", "cpu",
+                "--calib-data", str(source)]  # fmt: skip
+        assert main(argv) == 2
+        assert "empty" in _error_line(capsys)
+    # no data and no cache; calibration flags without --int8
+    assert main(["build", str(model), "-o", str(tmp_path / "m.eng"), "--int8"]) == 2
+    assert "needs calibration data" in _error_line(capsys)
+    assert main(["build", str(model), "-o", str(tmp_path / "m.eng"), "--calib-data", "d"]) == 2
+    assert "add --int8" in _error_line(capsys)
+
+
+def test_debug_precision_lists_every_quantized_layer(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    model, calib = files
+    assert main(["debug-precision", str(model), "--calib-data", str(calib), "--int8",
+                 "--calib-method", "minmax"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "fused layer keeps the name of the root node" in out
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 6 and parts[2] in ("int8", "fp32"):
+            rows[parts[0]] = parts
+    assert set(rows) == {"fc1", "fc2", "fc3"}
+    assert all(r[2] == "int8" and r[1] == "FusedGemm" for r in rows.values())
+    # the optimized fc1 (MatMul+Add+Relu) computes ONNX node relu1's output
+    assert rows["fc1"][5] == "relu1" and rows["fc3"][5] == "fc3"
+    rel = {k: float(r[3]) for k, r in rows.items()}
+    cos = {k: float(r[4]) for k, r in rows.items()}
+    assert 0 < rel["fc1"] < rel["fc2"] and cos["fc2"] < cos["fc1"] <= 1.0
+
+    # level 0: the unfused graph, every node, sorted worst first
+    assert main(["debug-precision", str(model), "--calib-data", str(calib), "--opt-level", "0",
+                 "--sort"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    names = [ln.split()[0] for ln in out.splitlines() if len(ln.split()) == 6]
+    assert {"fc1", "bias1", "relu1", "fc2", "relu2", "fc3"} <= set(names)
+    assert "3 quantized layer(s)" in out
