@@ -1,6 +1,8 @@
-"""Post-training quantization: calibration data, calibrators and the calibration cache.
+"""Post-training quantization: calibration data, calibrators, the calibration cache, Q/DQ
+insertion (quantize.py) and the accuracy budget with per-layer sensitivity (budget.py).
 
-Q/DQ insertion, quantized tactics and the sensitivity analysis come later (issue 6).
+INT8/FP8 GPU tactics come later (issue 6); until then Q/DQ graphs run on the reference kernels,
+which emulate INT8 exactly.
 """
 
 from __future__ import annotations
