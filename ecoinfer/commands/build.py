@@ -39,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--calib-method", default="entropy", choices=["entropy", "percentile", "minmax", "mse"]
     )
     q.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="smooth activation outliers into the weights before calibrating (SmoothQuant; "
+        "e.g. 0.8; exact in float, needs --calib-data)",
+    )
+    q.add_argument(
         "--calib-cache",
         metavar="FILE",
         help="calibration cache: written after calibrating, read when --calib-data is absent",
@@ -141,7 +149,14 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
 
     given = [
         f"--{k.replace('_', '-')}"
-        for k in ("calib_data", "calib_batches", "calib_cache", "accuracy_budget", "val_data")
+        for k in (
+            "calib_data",
+            "calib_batches",
+            "calib_cache",
+            "accuracy_budget",
+            "val_data",
+            "smooth",
+        )
         if getattr(args, k, None) is not None
     ]
     if args.precision not in ("int8", "fp8"):
@@ -157,6 +172,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         accuracy_budget=args.accuracy_budget,
         budget_metric=args.budget_metric,
         val_data=args.val_data,
+        smooth_alpha=args.smooth,
     )
 
 

@@ -332,6 +332,8 @@ class QuantizeOptions:
     accuracy_budget: float | None = None
     budget_metric: str = "cosine"
     val_data: str | None = None  # default: the calibration data
+    # SmoothQuant-style smoothing strength (quant/smooth.py); None: off. Needs calib_data.
+    smooth_alpha: float | None = None
 
 
 def load_batches(path: str, graph: Any, limit: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -404,6 +406,17 @@ def quantize_for_build(
         if log:
             log(s)
 
+    if opts.smooth_alpha is not None:
+        from ecoinfer.quant.smooth import channel_absmax, smooth_graph  # noqa: PLC0415
+
+        if opts.calib_data is None:
+            raise AccuracyBudgetError(
+                "--smooth needs calibration data (--calib-data) to measure activation ranges"
+            )
+        stats = channel_absmax(graph, load_batches(opts.calib_data, graph, opts.calib_batches))
+        # exact in float: activation outliers move into the weights before calibration
+        graph, smoothed = smooth_graph(graph, stats, opts.smooth_alpha, explicit=True)
+        say(f"smoothed {len(smoothed)} activation tensors (alpha {opts.smooth_alpha:g})")
     amax = thresholds(graph, opts, say)
     keep: list[str] = []
     result = None
@@ -428,6 +441,7 @@ def quantize_for_build(
         "quantized_layers": quantized,
         "float_layers": [n for n in layers if n not in quantized],
         "emulated": True,
+        "smooth_alpha": opts.smooth_alpha,
         "log": lines,
     }
     if result is not None:
