@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecoinfer.device import cpu_name
 from ecoinfer.energy import EnergyReading, open_meter
 from ecoinfer.errors import EnergyMeterError
 
@@ -101,16 +102,7 @@ def device_name(device: str) -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform  # noqa: PLC0415
-
-    return platform.processor() or "CPU"
+    return cpu_name()
 
 
 def _progress(label: str, done_s: float, total_s: float) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ecoinfer.bench.harness import BenchConfig, BenchResult, device_name, run_benchmark
+from ecoinfer.device import pick_device
 from ecoinfer.errors import EcoinferError, InputError
 
 # key -> display name; the order is the order they run in and appear in the table
@@ -627,16 +628,6 @@ def _versions() -> dict[str, str | None]:
     return v
 
 
-def _pick_device(device: str) -> str:
-    import torch  # noqa: PLC0415
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EcoinferError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    return device
-
-
 def parse_peers(spec: str | Sequence[str] | None) -> list[str]:
     """ "torch-fp32,onnxruntime" (or a list) -> keys, validated; None -> every peer."""
     if spec is None:
@@ -696,7 +687,7 @@ def compare(
 
     cfg = config or BenchConfig()
     say = log or (lambda s: None)
-    dev = _pick_device(device)
+    dev = pick_device(device)
     keys = parse_peers(peers)
     path = str(model_path)
     graph = import_onnx(path)

@@ -196,7 +196,7 @@ def print_result(r: BenchResult) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ecoinfer.bench.harness import BenchConfig, run_benchmark  # noqa: PLC0415
     from ecoinfer.commands.common import load_input_files, parse_shapes, random_inputs  # noqa: PLC0415
-    from ecoinfer.commands.run import pick_device  # noqa: PLC0415
+    from ecoinfer.device import pick_device  # noqa: PLC0415
     from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
 

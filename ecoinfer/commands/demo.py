@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ecoinfer.api import Model
-from ecoinfer.commands.run import pick_device
+from ecoinfer.device import pick_device
 
 # A customer-service assistant, the platform engineer's use case (shared/USERS.md).
 FAQ = [

@@ -10,18 +10,8 @@ import numpy as np
 
 from ecoinfer.api import Model
 from ecoinfer.commands.common import load_input_files, parse_shapes, random_inputs
-from ecoinfer.errors import EcoinferError
+from ecoinfer.device import pick_device
 from ecoinfer.frontend.onnx import import_onnx
-
-
-def pick_device(choice: str) -> str:
-    import torch  # noqa: PLC0415
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise EcoinferError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    return choice
 
 
 def checksum(a: np.ndarray) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecoinfer.device import pick_device
 from ecoinfer.errors import EcoinferError, InputError
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ def tune_energy(
         raise InputError(f"--slo-ms {slo_ms}: the latency bound must be positive")
     say = log or (lambda s: None)
     cfg = config or BenchConfig()
-    dev = peers._pick_device(device)
+    dev = pick_device(device)
     cuda = dev.startswith("cuda")
     where = "a GPU" if cuda else "the CPU"
     offer_p, offer_g = offered(dev)

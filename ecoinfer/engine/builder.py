@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecoinfer.device import pick_device
 from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
 from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
 from ecoinfer.engine.runtime import (
@@ -69,16 +70,6 @@ class BuildConfig:
     seed: int = 0
     # ecoinfer.quant.budget.QuantizeOptions: calibrate and insert Q/DQ (INT8) after optimizing
     quant: Any = None
-
-
-def _device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise EcoinferError(
-            "--device cuda: no CUDA GPU is visible; build for the CPU with --device cpu"
-        )
-    return choice
 
 
 def default_profile(graph: Graph) -> ShapeProfile:
@@ -158,7 +149,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     precision = PRECISIONS.get(cfg.precision)
     if precision is None:
         raise InputError(f"precision '{cfg.precision}': choose fp32, tf32, fp16 or bf16")
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     if precision == "tf32" and not device.startswith("cuda"):
         raise InputError("tf32 is a GPU tensor-core mode; on the CPU build fp32 or bf16")
     t_start = time.perf_counter()
@@ -367,7 +358,7 @@ def load_engine(
     header, tensors = read_engine(path)
     built = header["fingerprint"]
     dev = device or ("cuda" if built.get("device_type") == "cuda" else "cpu")
-    dev = _device(dev)
+    dev = pick_device(dev)
     here = fingerprint(dev)
     diff = differences(built, here)
     if diff and not allow_mismatch:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import platform
-
 import torch
+
+from ecoinfer.device import cpu_name
 
 # tolerance of a tactic against the reference tactic, and of an engine against onnxruntime
 # FP32, per compute precision (relative L2 error), as DESIGN.md sets them
@@ -46,7 +46,7 @@ def fingerprint(device: str | torch.device) -> dict[str, str | None]:
         cuda = torch.version.cuda
         driver = _driver()
     else:
-        name = _cpu_name()
+        name = cpu_name()
         cc = None
         cuda = None
         driver = None
@@ -60,17 +60,6 @@ def fingerprint(device: str | torch.device) -> dict[str, str | None]:
         "triton": _triton(),
         "ecoinfer": __version__,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def differences(built: dict, here: dict) -> list[str]:
