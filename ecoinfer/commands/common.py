@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ecoinfer.errors import InputError, MissingInputError
+from ecoinfer.ir.analysis import index_table_sizes
 from ecoinfer.ir.graph import Graph, Value
 
 
@@ -67,22 +68,12 @@ def load_input_files(items: list[str], graph: Graph) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _index_bound(graph: Graph, name: str) -> int | None:
-    """If an integer input indexes a constant table (Gather on an embedding), its size."""
-    for n in graph.nodes:
-        if n.op_type == "Gather" and len(n.inputs) > 1 and n.inputs[1] == name:
-            data = graph.initializers.get(n.inputs[0])
-            if data is not None:
-                axis = int(n.attrs.get("axis", 0))
-                return int(data.shape[axis])
-    return None
-
-
 def random_inputs(
     graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int = 0, given: dict | None = None
 ) -> dict[str, np.ndarray]:
     """Random inputs for every input not given: floats ~ N(0,1), masks all ones, ids in range."""
     rng = np.random.default_rng(seed)
+    tables = index_table_sizes(graph)
     feeds = dict(given or {})
     for v in graph.inputs:
         if v.name in feeds:
@@ -98,7 +89,7 @@ def random_inputs(
             elif "type" in lname or "segment" in lname:
                 feeds[v.name] = np.zeros(shape, dtype=dt)
             else:
-                high = _index_bound(graph, v.name) or 2
+                high = tables.get(v.name) or 2
                 feeds[v.name] = rng.integers(0, high, size=shape).astype(dt)
         elif dt in ("float32", "float16", "float64"):
             feeds[v.name] = rng.standard_normal(shape).astype(dt)

@@ -23,6 +23,7 @@ import torch
 from ecoinfer.api import validate_inputs
 from ecoinfer.errors import EcoinferError, ExecutionError, IndexOutOfRangeError, InputShapeError
 from ecoinfer.ir import dtypes
+from ecoinfer.ir.analysis import index_table_sizes
 from ecoinfer.ir.graph import Graph, Node, Value, all_inputs
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
@@ -177,7 +178,7 @@ class Engine:
             k: (t if k in self._host else t.to(self.device)) for k, t in graph.initializers.items()
         }
         self._tuned: dict[str, RunFn] = self._make_tuned()
-        self._index_inputs = self._indexing_inputs()
+        self._index_inputs = index_table_sizes(graph)
         self._local = threading.local()
 
     # ------------------------------------------------------------------ tactics
@@ -214,23 +215,6 @@ class Engine:
                 continue
             fns[n.name] = _with_precision(fn, ch.precision)
         return fns
-
-    def _indexing_inputs(self) -> dict[str, int]:
-        """Graph inputs used as indices into a weight table (Gather), with the table size."""
-        out: dict[str, int] = {}
-        names = set(self.graph.input_names)
-        for n in self.graph.nodes:
-            if (
-                n.op_type == "Gather"
-                and not n.domain
-                and len(n.inputs) > 1
-                and n.inputs[1] in names
-            ):
-                data = self.graph.initializers.get(n.inputs[0])
-                if data is not None:
-                    axis = int(n.attrs.get("axis", 0))
-                    out[n.inputs[1]] = min(out.get(n.inputs[1], 1 << 62), int(data.shape[axis]))
-        return out
 
     # ------------------------------------------------------------------ API
     def create_context(self, cuda_graphs: bool = True) -> ExecutionContext:

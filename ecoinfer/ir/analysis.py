@@ -82,6 +82,20 @@ def bind_input_shapes(
     return g, assumed
 
 
+def index_table_sizes(graph: Graph) -> dict[str, int]:
+    """Graph inputs used as indices into a constant table (Gather on an embedding), with the
+    size of the smallest table each one indexes: valid indices are [-size, size)."""
+    out: dict[str, int] = {}
+    names = set(graph.input_names)
+    for n in graph.nodes:
+        if n.op_type == "Gather" and not n.domain and len(n.inputs) > 1 and n.inputs[1] in names:
+            data = graph.initializers.get(n.inputs[0])
+            if data is not None:
+                size = int(data.shape[int(n.attrs.get("axis", 0))])
+                out[n.inputs[1]] = min(out.get(n.inputs[1], size), size)
+    return out
+
+
 @dataclass
 class FlopReport:
     total: int = 0
