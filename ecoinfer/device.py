@@ -27,3 +27,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def recover_failed_capture(device: object) -> None:
+    """Leave the CUDA RNG usable after a CUDA-graph capture that failed part way.
+
+    torch registers the default CUDA generator at capture begin and releases it only when the
+    capture ends cleanly; after a failed capture (a host sync, an uncapturable call) every
+    later torch.randn on that GPU raises "Offset increment outside graph capture". Swapping
+    in a fresh copy of the generator's state (same seed and offset, not capturing) repairs it.
+    """
+    import torch  # noqa: PLC0415
+
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        gen = torch.cuda.default_generators[idx]
+        gen.graphsafe_set_state(gen.clone_state())
+        torch.cuda.synchronize(idx)
+    except Exception:  # noqa: BLE001, S110  (older torch without graph-safe states: nothing to do)
+        pass

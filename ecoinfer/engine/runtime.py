@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ecoinfer.api import validate_inputs
+from ecoinfer.device import recover_failed_capture
 from ecoinfer.errors import EcoinferError, ExecutionError, IndexOutOfRangeError, InputShapeError
 from ecoinfer.ir import dtypes
 from ecoinfer.ir.analysis import index_table_sizes
@@ -432,6 +433,7 @@ class ExecutionContext:
             except Exception as e:  # noqa: BLE001  (some plan cannot be captured: run it eagerly)
                 plan.graph_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 plan.cuda_graph = None
+                recover_failed_capture(self.engine.device)
                 self.engine.warnings.append(
                     f"CUDA graph capture failed, running eagerly: {plan.graph_error}"
                 )

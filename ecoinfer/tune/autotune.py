@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ecoinfer.device import recover_failed_capture
 from ecoinfer.engine.fingerprint import TOLERANCE, fingerprint
 from ecoinfer.errors import ExecutionError
 from ecoinfer.ir.graph import Node
@@ -341,7 +342,7 @@ def _time_cuda(
                 return _time_graph(fn, xs, dev, stream, inner, target_ms), "cuda_graph"
             except Exception as e:  # noqa: BLE001  (not capturable: time it eagerly)
                 _LOG.debug("CUDA graph capture failed, timing eagerly: %s", _short(e))
-                torch.cuda.synchronize(dev)
+                recover_failed_capture(dev)
         reps = int(min(200, max(5, target_ms / max(est * inner, 1e-3))))
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ecoinfer.ir.graph import Node
 from ecoinfer.ir.ops.fused_conv import to_first, to_last
 from ecoinfer.ir.ops.nn import window_params
+from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.torch_ops.activation import apply_activation
 from ecoinfer.kernels.torch_ops.nn import _torch_pads
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
@@ -127,7 +128,7 @@ def act_inplace(y: Tensor, name: str, params: list[float]) -> Tensor:
 
 
 def _add_residual(y: Tensor, res: Tensor) -> Tensor:
-    if res.dim() <= y.dim() and torch.broadcast_shapes(res.shape, y.shape) == y.shape:
+    if res.dim() <= y.dim() and broadcast_shape(res.shape, y.shape) == y.shape:
         return y.add_(res)
     return y + res
 

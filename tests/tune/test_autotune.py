@@ -363,6 +363,8 @@ def test_time_fn_cuda_graph_and_eager() -> None:
 
     t2, how2 = measure(not_capturable, [x], "cuda")
     assert how2 == "cuda_events" and t2 > 0
+    # the failed capture must leave the CUDA RNG usable
+    assert torch.randn(4, device="cuda").shape == (4,)
 
 
 @pytest.mark.gpu

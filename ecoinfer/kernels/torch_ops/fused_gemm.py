@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.torch_ops.activation import apply_activation
 from ecoinfer.kernels.torch_ops.nn import exact_fp32, matmul
 from ecoinfer.kernels.torch_ops.registry import KernelContext, kernel
@@ -32,7 +33,7 @@ def _fused_gemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
             y = y + bias
     y = apply_activation(y, str(ctx.attr("activation") or ""), ctx.attr("activation_params") or [])
     if res is not None:
-        if res.dim() <= y.dim() and torch.broadcast_shapes(res.shape, y.shape) == y.shape:
+        if res.dim() <= y.dim() and broadcast_shape(res.shape, y.shape) == y.shape:
             y = y.add_(res) if y.is_floating_point() else y + res  # y is ours: add in place
         else:
             y = y + res

@@ -14,6 +14,7 @@ import torch
 
 from ecoinfer.errors import IndexOutOfRangeError
 from ecoinfer.ir import dtypes
+from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.torch_ops.registry import KernelContext, kernel
 
 Tensor = torch.Tensor
@@ -168,7 +169,7 @@ def _unsqueeze(ctx: KernelContext, xs: _Xs) -> list[Tensor]:
 @kernel("Expand")
 def _expand(ctx: KernelContext, xs: _Xs) -> list[Tensor]:
     x, shape = xs[0], _ints(xs[1])
-    out = torch.broadcast_shapes(tuple(x.shape), tuple(shape))
+    out = broadcast_shape(tuple(x.shape), tuple(shape))
     return [x.expand(out)]
 
 

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
 
 Tensor = torch.Tensor
@@ -275,8 +276,8 @@ def flash_attention(
             f"attention shapes disagree: Q {list(q.shape)}, K {list(k.shape)}, V {list(v.shape)}"
         )
     masks = [m for m in (add_mask, keep_mask) if m is not None]
-    lead = torch.broadcast_shapes(q4.shape[:2], k4.shape[:2], v4.shape[:2])
-    scores = torch.broadcast_shapes((*lead, sq, sk), *(m.shape for m in masks))
+    lead = broadcast_shape(q4.shape[:2], k4.shape[:2], v4.shape[:2])
+    scores = broadcast_shape((*lead, sq, sk), *(m.shape for m in masks))
     if len(scores) != 4 or tuple(scores[-2:]) != (sq, sk):
         raise ValueError(
             f"masks {[list(m.shape) for m in masks]} grow the scores {[*lead, sq, sk]}"

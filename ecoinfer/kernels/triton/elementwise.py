@@ -42,6 +42,7 @@ import torch
 
 from ecoinfer.ir import dtypes as ir_dtypes
 from ecoinfer.ir.graph import Graph, Node
+from ecoinfer.kernels.broadcast import broadcast_shape
 
 Tensor = torch.Tensor
 
@@ -886,9 +887,7 @@ class FusedElementwise:
     ) -> tuple[_Spec, list[int], tuple[int, ...], int]:
         """(spec, scalar args, output shape, numel) for inputs of these shapes and strides."""
         used, deps = prog.used, set(prog.deps)
-        out_shape = tuple(
-            torch.broadcast_shapes(*[shapes[i] for i in deps], (1,) * prog.const_rank)
-        )
+        out_shape = tuple(broadcast_shape(*[shapes[i] for i in deps], (1,) * prog.const_rank))
         r = len(out_shape)
         full: list[list[int]] = []
         for i in used:
@@ -978,7 +977,7 @@ def configs(node: Node, attrs: dict[str, Any], inputs: list, build: Any) -> list
     """BLOCK / num_warps candidates: small tensors want more programs, large ones wider ones."""
     try:
         shapes = [tuple(i.shape) for i in inputs if i is not None]
-        n = math.prod(torch.broadcast_shapes(*shapes)) if shapes else 0
+        n = math.prod(broadcast_shape(*shapes)) if shapes else 0
     except RuntimeError:
         n = 0
     if n <= 1 << 16:
@@ -1002,11 +1001,9 @@ def make(
     try:
         prog = kern.program([i.dtype for i in inputs], [len(i.shape) for i in inputs])
         shapes = [tuple(int(d) for d in i.shape) for i in inputs]
-        full = tuple(
-            torch.broadcast_shapes(*[shapes[k] for k in prog.deps], (1,) * prog.const_rank)
-        )
+        full = tuple(broadcast_shape(*[shapes[k] for k in prog.deps], (1,) * prog.const_rank))
         for v in prog.outputs:
-            own = tuple(torch.broadcast_shapes(*[shapes[k] for k in v.deps], (1,) * v.const_rank))
+            own = tuple(broadcast_shape(*[shapes[k] for k in v.deps], (1,) * v.const_rank))
             if own != full:  # outputs of different shapes share no iteration space
                 return None
         contig = [tuple(torch.empty(s, device="meta").stride()) for s in shapes]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ecoinfer.ir.graph import Node
+from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.attention import (
     MAX_HEAD_SIZE,
     FlashConfig,
@@ -57,7 +58,7 @@ def _info(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
 def _grows(extra: tuple[int, ...], target: tuple[int, ...]) -> bool:
     """Whether broadcasting `extra` against `target` changes target's shape (or fails)."""
     try:
-        return tuple(torch.broadcast_shapes(extra, target)) != tuple(target)
+        return tuple(broadcast_shape(extra, target)) != tuple(target)
     except RuntimeError:
         return True
 
@@ -175,7 +176,7 @@ def _attention_dims(
     if dk != d or v.shape[-2] != sk or max(d, dv) > MAX_HEAD_SIZE:
         return None
     try:
-        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        lead = broadcast_shape(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
         return None
     if not _masks_ok(inputs, (*lead, sq, sk)):
