@@ -106,7 +106,22 @@ def make_runner(args: argparse.Namespace, path: str, graph: Graph, feeds: dict, 
             k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, path).items()
         }
         label = f"ecoinfer engine {engine.precision}" + (" + CUDA graphs" if ctx.use_graphs else "")
-        return label, (lambda: ctx.run(tensors, as_torch=True)), None
+
+        def engine_profile() -> list[dict]:
+            rows = layer_table(
+                ctx.profile_layers(tensors),
+                {
+                    n.name: (f"{n.domain}.{n.op_type}" if n.domain else n.op_type)
+                    for n in engine.graph.nodes
+                },
+            )
+            tactics = {r["layer"]: r for r in engine.layer_table()}
+            for r in rows:  # which tactic and precision the time belongs to
+                t = tactics.get(r["layer"], {})
+                r["tactic"], r["precision"] = t.get("tactic", ""), t.get("precision", "")
+            return rows
+
+        return label, (lambda: ctx.run(tensors, as_torch=True)), engine_profile
 
     if args.runner == "onnxruntime":
         try:
@@ -183,11 +198,16 @@ def print_result(r: BenchResult) -> None:
     for w in r.warnings:
         print(f"warning: {w}")
     if r.profile:
-        print(f"{'layer':<40} {'op':<22} {'mean ms':>9} {'median ms':>10} {'%':>6}")
+        tac = any("tactic" in row for row in r.profile)
+        print(
+            f"{'layer':<40} {'op':<22} {'mean ms':>9} {'median ms':>10} {'%':>6}"
+            + (f"  {'tactic':<24} precision" if tac else "")
+        )
         for row in r.profile[:40]:
             print(
                 f"{row['layer'][:40]:<40} {row['op'][:22]:<22} {row['mean_ms']:9.4f} "
                 f"{row['median_ms']:10.4f} {row['percent']:6.1f}"
+                + (f"  {row.get('tactic', '')[:24]:<24} {row.get('precision', '')}" if tac else "")
             )
         if len(r.profile) > 40:
             print(f"... {len(r.profile) - 40} more layers (all in --export-json)")

@@ -12,6 +12,7 @@ afterwards. Contexts are independent (one lock each); Engine.run keeps one per t
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -395,12 +396,19 @@ class ExecutionContext:
 
         return run
 
-    def _execute(self, plan: _Plan, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _execute(
+        self, plan: _Plan, inputs: dict[str, Tensor], marks: list | None = None
+    ) -> dict[str, Tensor]:
         env: dict[str, Tensor] = dict(plan.consts)
         env.update(inputs)
         outs = set(plan.graph.output_names)
+        cuda = self.engine.device.type == "cuda"
         for k, (node, fn) in enumerate(plan.steps):
             xs = [env[i] if i else None for i in node.inputs]
+            if marks is not None:  # profile_layers(): time this layer
+                start = torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()
+                if cuda:
+                    start.record()
             try:
                 ys = fn.with_env(xs, env) if isinstance(fn, _ControlFlow) else fn(xs)
             except EcoinferError:
@@ -409,6 +417,11 @@ class ExecutionContext:
                 raise ExecutionError(
                     f"{node.label()} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 ) from e
+            if marks is not None:
+                end = torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()
+                if cuda:
+                    end.record()
+                marks.append((node.name, start, end))
             for name, y in zip(node.outputs, ys):
                 if name:
                     env[name] = y
@@ -445,6 +458,32 @@ class ExecutionContext:
         plan.cuda_graph.replay()
         self.graph_replays += 1
         return {k: v.clone() for k, v in plan.static_out.items()}
+
+    def profile_layers(
+        self, feeds: Mapping[str, np.ndarray | Tensor], iterations: int = 20
+    ) -> dict[str, list[float]]:
+        """Per-layer times in seconds, one entry per call, keyed by layer name: the plan runs
+        eagerly (no CUDA graph) with a CUDA event pair around every layer, so the times are
+        GPU time per layer (host wall time on the CPU). Their sum exceeds a graph replay's
+        time by the launch gaps a graph removes."""
+        tensors = self._check(feeds)
+        dev = self.engine.device
+        times: dict[str, list[float]] = {}
+        with self._lock, torch.inference_mode():
+            inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
+            plan = self._plan({k: tuple(v.shape) for k, v in inputs.items()})
+            self._execute(plan, inputs)  # warm-up
+            for _ in range(iterations):
+                marks: list[tuple[str, Any, Any]] = []
+                self._execute(plan, inputs, marks)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                    for name, a, b in marks:
+                        times.setdefault(name, []).append(a.elapsed_time(b) / 1e3)
+                else:
+                    for name, a, b in marks:
+                        times.setdefault(name, []).append(b - a)
+        return times
 
     def run(self, feeds: Mapping[str, np.ndarray | Tensor], as_torch: bool = False) -> dict:
         tensors = self._check(feeds)

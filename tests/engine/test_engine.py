@@ -154,6 +154,15 @@ def test_shape_specialisations_are_cached(engine_file) -> None:  # noqa: ANN001
     assert len(ctx._plans) == 2
 
 
+def test_per_layer_profile_covers_every_layer(engine_file) -> None:  # noqa: ANN001
+    eng = load_engine(engine_file[0])
+    ctx = eng.create_context()
+    times = ctx.profile_layers({n: np.ones((2, 8), np.int64) for n in SHAPES}, iterations=3)
+    assert set(times) == {n.name for n in ctx._plans[next(iter(ctx._plans))].graph.nodes}
+    assert all(len(v) == 3 and all(t >= 0 for t in v) for v in times.values())
+    assert sum(sum(v) for v in times.values()) > 0
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ecoinfer.cli", *args], capture_output=True, text=True, timeout=600
