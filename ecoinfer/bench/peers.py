@@ -49,6 +49,7 @@ PEERS: dict[str, str] = {
     "ecoinfer-fp32": "ecoinfer reference fp32",
     "ecoinfer-engine": "ecoinfer engine",
 }
+ENGINE_FILE = "engine:"  # --peers engine:FILE.eng runs a built engine file as a peer
 TORCH_PEERS = ("torch-fp32", "torch-fp16", "torch-compile", "torch-compile-fp16")
 NO_MODULE = "give the nn.Module (Python API) or --torch-model minilm|bert-base for PyTorch peers"
 TORCH_MODELS = ("minilm", "bert-base", "resnet50")
@@ -596,6 +597,58 @@ def prepare_ecoinfer_engine(
     )
 
 
+def prepare_engine_file(engine_path: str, feeds: Mapping[str, np.ndarray], device: str) -> Prepared:
+    """A built engine file as a peer (e.g. an INT8 or FP8 engine next to the FP16 one); its
+    label says its precision and quantization, its extra the tactics and quantized layers."""
+    from ecoinfer.api import validate_inputs  # noqa: PLC0415
+    from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
+
+    engine = load_engine(engine_path, device)
+    ctx = engine.create_context()
+    tensors = {
+        k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, engine_path).items()
+    }
+    ctx._check(tensors)  # a shape outside the engine's profiles: a clear error before timing
+    quant = (engine.report or {}).get("quantization") or {}
+    label = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "tf32": "TF32"}.get(
+        engine.precision, engine.precision
+    )
+    if quant:
+        label = f"{quant.get('precision', '').upper()} + {label}"
+    tactics: dict[str, int] = {}
+    for row in engine.layer_table():
+        tactics[row["tactic"]] = tactics.get(row["tactic"], 0) + 1
+    extra: dict[str, Any] = {
+        "framework": "ecoinfer engine",
+        "engine_file": engine_path,
+        "precision": engine.precision,
+        "cuda_graphs": ctx.use_graphs,
+        "tactics": tactics,
+        "layers": len(engine.graph.nodes),
+    }
+    if quant:
+        extra["quantization"] = {
+            k: quant.get(k)
+            for k in ("precision", "calibrator", "smooth_alpha", "emulated")
+            if k in quant
+        } | {
+            "quantized_layers": len(quant.get("quantized_layers", [])),
+            "float_layers": len(quant.get("float_layers", [])),
+        }
+
+    def after(r: BenchResult) -> None:
+        r.warnings.extend(engine.warnings)
+        r.extra["cuda_graph_replays"] = ctx.graph_replays
+
+    return Prepared(
+        f"{PEERS['ecoinfer-engine']} {label} ({Path(engine_path).name})"
+        + (" + CUDA graphs" if ctx.use_graphs else ""),
+        lambda: ctx.run(tensors, as_torch=True),
+        extra,
+        after=after,
+    )
+
+
 # ---------------------------------------------------------------------------- compare
 def _versions() -> dict[str, str | None]:
     import torch  # noqa: PLC0415
@@ -635,14 +688,23 @@ def parse_peers(spec: str | Sequence[str] | None) -> list[str]:
     items = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in s.split(",")]
     keys = [s.strip() for s in items if s.strip()]
     alias = {"ecoinfer": "ecoinfer-fp32", "ort": "onnxruntime", "torch": "torch-fp32"}
-    out = []
+    out, files = [], []
     for k in keys:
         k = alias.get(k, k)
+        if k.startswith(ENGINE_FILE):  # a built engine file (INT8/FP8 ones, say): runs last
+            f = k[len(ENGINE_FILE) :]
+            if not Path(f).is_file():
+                raise InputError(f"--peers {k}: no engine file {f}; build it with ecoinfer build")
+            if k not in files:
+                files.append(k)
+            continue
         if k not in PEERS:
-            raise InputError(f"--peers {k}: unknown peer; choose from {', '.join(PEERS)}")
+            raise InputError(
+                f"--peers {k}: unknown peer; choose from {', '.join(PEERS)} or engine:FILE.eng"
+            )
         if k not in out:
             out.append(k)
-    return sorted(out, key=list(PEERS).index)
+    return sorted(out, key=list(PEERS).index) + files
 
 
 def _idle_power_w(dev: str, cfg: BenchConfig) -> float | None:
@@ -717,7 +779,7 @@ def compare(
         cfg = dataclasses.replace(cfg, idle_power_w=_idle_power_w(dev, cfg))
 
     for i, key in enumerate(keys, 1):
-        label = PEERS[key]
+        label = PEERS.get(key, key)
         say(f"[{i}/{len(keys)}] {label}")
         prep: Prepared | None = None
         try:
@@ -835,4 +897,6 @@ def _prepare(
         return prepare_ecoinfer(path, feeds, device, graph, opt_level)
     if key == "ecoinfer-engine":
         return prepare_ecoinfer_engine(path, feeds, device, opt_level)
+    if key.startswith(ENGINE_FILE):
+        return prepare_engine_file(key[len(ENGINE_FILE) :], feeds, device)
     raise Skip(f"unknown peer {key}")

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="PEER",
-        help=f"which peers to run (default all): {', '.join(PEER_KEYS)}",
+        help=f"which peers to run (default all): {', '.join(PEER_KEYS)}; engine:FILE.eng adds a built engine file (e.g. an INT8 one)",
     )
     p.add_argument(
         "--opt-level",

@@ -256,6 +256,28 @@ def test_parse_peers() -> None:
         peers.parse_peers("tensorrt")
 
 
+def test_engine_file_peer(cnn, tmp_path) -> None:  # noqa: ANN001
+    from ecoinfer.engine.builder import BuildConfig, build  # noqa: PLC0415
+    from ecoinfer.engine.runtime import ShapeProfile  # noqa: PLC0415
+
+    module, path = cnn
+    shape = {"x": (3, 3, 16, 16)}
+    eng = tmp_path / "cnn.eng"
+    build(path, BuildConfig(device="cpu", profiles=[ShapeProfile(shape, shape, shape)])).save(eng)
+    keys = peers.parse_peers(f"engine:{eng},torch-fp32")
+    assert keys == ["torch-fp32", f"engine:{eng}"]
+    comp = peers.compare(path, module, batch=3, device="cpu", config=FAST, peers=keys)
+    r = comp.results[1]
+    assert not r.skipped and r.name == "ecoinfer engine FP32 (cnn.eng)"
+    assert r.extra["engine_file"] == str(eng) and r.extra["rel_l2_error"] < 1e-5
+    assert r.throughput_per_s > 0
+    with pytest.raises(InputError, match="no engine file"):
+        peers.parse_peers(f"engine:{tmp_path}/missing.eng")
+    # a batch outside the engine's profile is skipped with the reason
+    comp = peers.compare(path, module, batch=2, device="cpu", config=FAST, peers=[f"engine:{eng}"])
+    assert "outside every shape profile" in comp.results[0].skipped
+
+
 def test_bert_base_by_name_is_bert_base_sized() -> None:
     pytest.importorskip("transformers")
     m = peers.load_torch_model("bert-base")
