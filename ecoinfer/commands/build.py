@@ -20,13 +20,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             const=flag,
             help=f"compute in {flag}" + (" (default)" if flag == "fp32" else ""),
         )
+    # quantization combines with a float precision: --int8 --fp16 runs the float layers (and
+    # the quantized layers' float inputs/outputs) in fp16
+    quant = p.add_mutually_exclusive_group()
     for flag in ("int8", "fp8"):
-        prec.add_argument(
+        quant.add_argument(
             f"--{flag}",
-            dest="precision",
+            dest="quant",
             action="store_const",
             const=flag,
-            help=f"post-training {flag.upper()} quantization (needs --calib-data or --calib-cache)",
+            help=f"post-training {flag.upper()} quantization (needs --calib-data or --calib-cache);"
+            " combine with --fp16/--bf16 for the float layers",
         )
     q = p.add_argument_group("quantization (--int8 / --fp8)")
     q.add_argument(
@@ -159,12 +163,12 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         )
         if getattr(args, k, None) is not None
     ]
-    if args.precision not in ("int8", "fp8"):
+    if args.quant not in ("int8", "fp8"):
         if given:
             raise InputError(f"{given[0]} only applies to quantized builds: add --int8")
         return None
     return QuantizeOptions(
-        precision=args.precision,
+        precision=args.quant,
         calib_data=args.calib_data,
         calib_batches=args.calib_batches,
         calib_method=args.calib_method,
@@ -178,7 +182,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
 
 def _precision_label(engine) -> str:  # noqa: ANN001
     q = engine.report.get("quantization") if engine.report else None
-    return f"{q['precision']} Q/DQ, {engine.precision} elsewhere" if q else engine.precision
+    return f"{q['precision']}, {engine.precision} elsewhere" if q else engine.precision
 
 
 def _print_quantization(q: dict | None) -> None:
@@ -186,10 +190,16 @@ def _print_quantization(q: dict | None) -> None:
         return
     for line in q.get("log", []):
         print(line)
+    tactics = q.get("tactics") or {}
+    fused = f" ({len(tactics)} fused into QGemm/QConv)" if tactics else ""
+    if q.get("emulated", True):
+        how = "emulated (reference or dequantize-then-float kernels)"
+    else:
+        used = sorted(set(tactics.values()))
+        how = f"run by quantized tactics ({', '.join(used)})"
     print(
-        f"{q['precision']}: {len(q['quantized_layers'])} layer(s) quantized with Q/DQ, "
-        f"{len(q['float_layers'])} kept in float; INT8 is emulated exactly by the reference "
-        "kernels until INT8 GPU tactics land"
+        f"{q['precision']}: {len(q['quantized_layers'])} layer(s) quantized{fused}, "
+        f"{len(q['float_layers'])} kept in float; {how}"
     )
 
 
@@ -210,7 +220,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         layer_precision.append((pattern, prec))
     quant = _quant_options(args)
     cfg = BuildConfig(
-        precision="fp32" if quant is not None else (args.precision or "fp32"),
+        precision=args.precision or "fp32",
         device=args.device,
         opt_level=args.opt_level,
         profiles=_profiles(args, graph),

@@ -68,7 +68,8 @@ class BuildConfig:
     verbose: bool = False
     progress: bool = False
     seed: int = 0
-    # ecoinfer.quant.budget.QuantizeOptions: calibrate and insert Q/DQ (INT8) after optimizing
+    # ecoinfer.quant.budget.QuantizeOptions: calibrate, insert Q/DQ (INT8/FP8) after optimizing
+    # and fuse it into QGemm/QConv; float layers then run in `precision`
     quant: Any = None
 
 
@@ -159,11 +160,6 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         from ecoinfer.quant.budget import check_quant_precision  # noqa: PLC0415
 
         check_quant_precision(cfg.quant.precision, device)
-        if precision != "float32":
-            raise InputError(
-                f"a {cfg.quant.precision} build keeps its float layers in fp32 for now; "
-                f"drop --{cfg.precision}"
-            )
     optimized, pass_reports = optimize(graph, OptimizeConfig(level=cfg.opt_level))
     quant_report = None
     if cfg.quant is not None:
@@ -171,6 +167,11 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
 
         log = (lambda s: print(s, file=sys.stderr)) if cfg.verbose else None
         optimized, quant_report = quantize_for_build(optimized, cfg.quant, log)
+        from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
+
+        # Q/DQ layers -> QGemm/QConv (then dce), so quantized tactics can run them
+        optimized, fused = fuse_for_build(optimized)
+        quant_report["fused"] = dict(fused)
     profiles = cfg.profiles or [default_profile(optimized)]
     for p in profiles:
         _check_profile(optimized, p)
@@ -225,10 +226,40 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
     }
     if quant_report is not None:
+        from ecoinfer.quant.budget import quant_tactics_report  # noqa: PLC0415
+
+        quant_report.update(quant_tactics_report(planned, choices))
         report["quantization"] = quant_report
-    return Engine(
+    engine = Engine(
         planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
     )
+    if device.startswith("cuda"):
+        _carry_triton_binaries(engine, cfg.seed)
+    return engine
+
+
+def _carry_triton_binaries(engine: Engine, seed: int) -> None:
+    """Record the compiled Triton kernels the engine launches, for the engine file to carry."""
+    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    try:
+        from ecoinfer.engine.triton_binaries import collect, size_bytes  # noqa: PLC0415
+
+        def run_once() -> None:
+            ctx = engine.create_context(cuda_graphs=False)
+            for p in engine.profiles:
+                ctx.run(random_inputs(engine.graph, dict(p.opt), seed))
+            torch.cuda.synchronize()
+
+        engine.triton_binaries = collect(run_once)
+        engine.report["triton_binaries"] = {
+            "entries": len(engine.triton_binaries),
+            "bytes": size_bytes(engine.triton_binaries),
+            "seconds": time.perf_counter() - t0,
+        }
+    except Exception as e:  # noqa: BLE001  (the engine works without; its first run compiles)
+        engine.warnings.append(f"compiled Triton kernels not carried in the engine file: {e}")
 
 
 def _tune_profile(
@@ -347,6 +378,7 @@ def save_engine(engine: Engine, path: str | os.PathLike) -> Path:
         "plan": plan,
         "choices": {n: _finite(vars(c)) for n, c in engine.choices.items()},
         "report": _finite(engine.report),
+        "triton_binaries": engine.triton_binaries,
     }
     return write_engine(path, header, tensors)
 
@@ -368,6 +400,8 @@ def load_engine(
             f"rebuild it here: ecoinfer build {src} -o {path} --{header.get('precision', 'fp32').replace('float', 'fp').replace('bfp16', 'bf16')} "
             "(a --timing-cache file makes the rebuild fast)"
         )
+    carried = header.get("triton_binaries") or {}
+    installed = _install_triton_binaries(carried, dev)
     graph = graph_from_dict(header["plan"], tensors)
     choices = {
         n: LayerChoice(**{k: v for k, v in c.items() if k in LayerChoice.__dataclass_fields__})
@@ -384,9 +418,25 @@ def load_engine(
         header.get("report"),
         header.get("source", ""),
     )
+    engine.triton_binaries = carried
+    if isinstance(installed, str):
+        engine.warnings.append(installed)
     if diff:
         engine.warnings.append("loaded despite a fingerprint mismatch: " + "; ".join(diff))
     return engine
+
+
+def _install_triton_binaries(carried: dict, device: str) -> int | str:
+    """Put the engine's compiled Triton kernels into Triton's cache before its tactics load
+    (so the first inference launches them without compiling); a message on failure."""
+    if not carried or not device.startswith("cuda"):
+        return 0
+    try:
+        from ecoinfer.engine.triton_binaries import install  # noqa: PLC0415
+
+        return install(carried)
+    except Exception as e:  # noqa: BLE001  (the kernels still compile on first use)
+        return f"carried Triton kernels not installed ({e}); the first inference compiles them"
 
 
 def check_accuracy(engine: Engine, onnx_path: str, n_sets: int = 2, seed: int = 1) -> list[dict]:

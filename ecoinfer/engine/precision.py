@@ -84,6 +84,8 @@ MATMUL_OPS = frozenset(
         "Einsum",
         "FusedGemm",
         "FusedConv",
+        "QGemm",
+        "QConv",
         "Attention",
         "MultiHeadAttention",
     }
@@ -111,7 +113,13 @@ _NORMS = frozenset({"LayerNormalization", "RMSNormalization", "GroupNormalizatio
 # ops that read only the type/shape of an input (input 0), never its values
 _AGNOSTIC_INPUT0 = frozenset({"Shape", "Size", "Cast", "CastLike", "EyeLike"})
 # float inputs that are parameters, not data: they keep their float32 type
-_PARAM_INPUTS = {"Resize": (1, 2), "Dropout": (1,)}
+_PARAM_INPUTS = {"Resize": (1, 2), "Dropout": (1,), "QGemm": (2, 3), "QConv": (2, 3)}
+# quantized fused ops: W_q stays int8/float8 (not a float32 value, so never converted) and
+# x_scale/w_scale stay float32 (above); X, bias, residual and Y take the layer's dtype
+_QUANTIZED = frozenset({"QGemm", "QConv"})
+# where a fused op keeps its residual input: FusedGemm(A, B, bias, residual),
+# QGemm(X, W_q, x_scale, w_scale, bias, residual)
+_RESIDUAL_AT = {"FusedGemm": 3, "QGemm": 5}
 # ops that materialise a float tensor from a shape, or select between float constants (how
 # causal masks are built from index comparisons): such outputs are data, not shape arithmetic
 _MATERIALIZE = frozenset({"ConstantOfShape", "Expand", "Tile", "EyeLike", "Where"})
@@ -353,6 +361,8 @@ def _decide(
         note = "residual add split out, runs in fp32"
     elif lowered and n.op_type in ("Softmax", "LogSoftmax", "Attention", "MultiHeadAttention"):
         note = "max-subtracted, sums accumulate in fp32"
+    elif n.op_type in _QUANTIZED:
+        note = f"{n.attrs.get('qtype', 'int8')} operands, scales fp32"
     return prec, "default", note
 
 
@@ -520,14 +530,15 @@ def _elementwise_body(name: str, op: str, dtype: str, shapes: list, opsets: dict
 
 
 def _split_residuals(g: Graph) -> dict[str, str]:
-    """FusedGemm(A, B, bias, residual) -> FusedGemm(A, B, bias) + FusedElementwise(Add):
-    the residual Add moves to its own node so it can run in fp32 while the GEMM runs in
-    the lowered dtype. Returns {new node name: GEMM node name}."""
+    """FusedGemm(A, B, bias, residual) -> FusedGemm(A, B, bias) + FusedElementwise(Add), and
+    QGemm alike: the residual Add moves to its own node so it can run in fp32 while the GEMM
+    runs in the lowered dtype. Returns {new node name: GEMM node name}."""
     made: dict[str, str] = {}
     names = {n.name for n in g.nodes if n.name}
     nodes: list[Node] = []
     for n in g.nodes:
-        res = n.inputs[3] if n.op_type == "FusedGemm" and len(n.inputs) > 3 else ""
+        at = _RESIDUAL_AT.get(n.op_type, -1) if n.domain == "ecoinfer" else -1
+        res = n.inputs[at] if 0 <= at < len(n.inputs) else ""
         out = n.outputs[0] if n.outputs else ""
         v = g.values.get(out)
         if not res or v is None or v.dtype != "float32" or g.values.get(res) is None:
@@ -535,7 +546,7 @@ def _split_residuals(g: Graph) -> dict[str, str]:
             continue
         mid = g.fresh_name(f"{out}_gemm")
         g.values[mid] = Value(mid, v.dtype, v.shape)
-        n.inputs = n.inputs[:3] if n.inputs[2] else n.inputs[:2]
+        n.inputs = n.inputs[:at] if n.inputs[at - 1] else n.inputs[: at - 1]
         n.outputs = [mid]
         name, k = f"{n.name or out}_residual_add", 1
         while name in names:

@@ -175,6 +175,8 @@ class Engine:
         self.report = report or {}
         self.source = source
         self.warnings: list[str] = []
+        # compiled Triton kernels the engine file carries (engine/triton_binaries.py)
+        self.triton_binaries: dict[str, dict[str, str]] = {}
         self._host = _host_params(graph)
         self.weights = {
             k: (t if k in self._host else t.to(self.device)) for k, t in graph.initializers.items()

@@ -41,6 +41,7 @@ ORDER = [
     "fuse_attention_heads",
     "nhwc_layout",
     "fuse_elementwise",
+    "fuse_quantized",  # level 4: the builder runs it after quantizing, no optimize level does
     "dce",
 ]
 

@@ -1,8 +1,8 @@
 """Post-training quantization: calibration data, calibrators, the calibration cache, Q/DQ
 insertion (quantize.py) and the accuracy budget with per-layer sensitivity (budget.py).
 
-INT8/FP8 GPU tactics come later (issue 6); until then Q/DQ graphs run on the reference kernels,
-which emulate INT8 exactly.
+The builder fuses the Q/DQ layers into ecoinfer.QGemm/QConv (passes/fuse_quantized.py), which
+quantized tactics run (tune/quant_tactics.py); the reference kernels emulate them exactly.
 """
 
 from __future__ import annotations

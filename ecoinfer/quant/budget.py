@@ -427,7 +427,9 @@ def quantize_for_build(
                 "--accuracy-budget needs validation data: give --val-data DIR (or --calib-data)"
             )
         val = load_batches(source, graph)
-        result = fit_budget(graph, amax, val, opts.accuracy_budget, opts.budget_metric)
+        result = fit_budget(
+            graph, amax, val, opts.accuracy_budget, opts.budget_metric, opts.precision
+        )
         keep += result.keep_fp
         for s in result.lines():
             say(s)
@@ -440,7 +442,7 @@ def quantize_for_build(
         "calibrator": opts.calib_method if opts.calib_data else "cache",
         "quantized_layers": quantized,
         "float_layers": [n for n in layers if n not in quantized],
-        "emulated": True,
+        "emulated": True,  # until the builder knows the tactics: quant_tactics_report()
         "smooth_alpha": opts.smooth_alpha,
         "log": lines,
     }
@@ -455,9 +457,30 @@ def quantize_for_build(
     return qgraph, report
 
 
+# tactics that do float math on dequantized operands: a layer running one is emulated
+_EMULATING = ("reference", "dequant")
+
+
+def quant_tactics_report(graph: Any, choices: Mapping[str, Any]) -> dict[str, Any]:
+    """What runs the quantized layers of a built plan: {"tactics": {layer: tactic},
+    "emulated": bool}. Emulated means no layer does integer/FP8 math: every QGemm/QConv runs
+    the reference kernel or a dequantize-then-float tactic, or Q/DQ nodes are left (they run
+    on the reference kernels)."""
+    tactics: dict[str, str] = {}
+    qdq = 0
+    for n in graph.nodes:
+        if n.domain == "ecoinfer" and n.op_type in ("QGemm", "QConv"):
+            ch = choices.get(n.name)
+            tactics[n.name] = getattr(ch, "tactic", None) or "reference"
+        elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and (n.domain or "") == "":
+            qdq += 1
+    real = [t for t in tactics.values() if not t.startswith(_EMULATING)]
+    return {"tactics": tactics, "qdq_nodes": qdq, "emulated": qdq > 0 or not real}
+
+
 def check_quant_precision(precision: str, device: str) -> None:
-    """INT8 builds anywhere (emulated by the reference kernels); FP8 needs compute capability
-    >= 8.9 and its tactics are not implemented yet: both say so on one line."""
+    """INT8 builds anywhere; FP8 needs a GPU of compute capability >= 8.9 (on the CPU, float8
+    matmuls are emulation only): both refusals say so on one line and suggest --int8."""
     if precision == "int8":
         return
     if precision != "fp8":
@@ -475,7 +498,3 @@ def check_quant_precision(precision: str, device: str) -> None:
             f"--fp8 needs compute capability >= 8.9 (Ada or Hopper); "
             f"{torch.cuda.get_device_name(device)} has {cc[0]}.{cc[1]}; use --int8 instead"
         )
-    raise EcoinferError(
-        "--fp8: FP8 E4M3 tactics are not implemented yet; build with --int8 (INT8 is emulated"
-        " exactly by the reference kernels until INT8 GPU tactics land)"
-    )

@@ -214,6 +214,12 @@ class EntropyCalibrator(HistogramCalibrator):
     mass beyond i added to its last bin; Q = hist[:i] quantized to 2**(num_bits-1) levels
     and expanded back (each level's mass spread over its non-empty bins). The threshold is
     the i minimising KL(P || Q); ties go to the largest i, as in pytorch-quantization.
+
+    Bin 0 (|x| near 0) enters the search with bin 1's count, as in pytorch-quantization and
+    ModelOpt (`bins[0] = bins[1]`): after a ReLU half the values or more are exact zeros, which
+    any threshold quantizes exactly, and their spike would otherwise dominate the KL and pull
+    the threshold far into the bulk (tests/quant/test_accuracy_digits.py: a small CNN lost
+    0.2-3.9 points of top-1 over five training seeds, none with this).
     """
 
     num_bits: int = 8
@@ -228,7 +234,9 @@ class EntropyCalibrator(HistogramCalibrator):
         self._require_data()
         if self._degenerate():
             return 0.0
-        hist = self.hist
+        hist = self.hist.copy()
+        if hist.size > 1:
+            hist[0] = hist[1]  # the zero spike (see the class docstring)
         levels = 2 ** (self.num_bits - 1)
         start = max(min(self.start_bin, self.num_bins), levels)
         best_i, best_kl = self.num_bins, math.inf

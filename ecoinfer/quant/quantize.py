@@ -9,7 +9,11 @@ quantize_graph() then rewrites the graph in the QDQ form TensorRT and onnxruntim
     x -> QuantizeLinear(scale = amax / 127, zero_point = int8 0) -> DequantizeLinear -> op
     W (float)  becomes  DequantizeLinear(W_int8, per-output-channel scale, axis) -> op
 
-Weights are quantized once, here, symmetric per output channel; activations per tensor.
+FP8 ("fp8") is the same with float8 E4M3 codes (ONNX opset 19+ QuantizeLinear semantics):
+scale = amax / 448, zero points float8e4m3fn 0, x / scale saturated to +-448 and rounded to
+the nearest E4M3 value. Weights are quantized once, here, symmetric per output channel;
+activations per tensor. The builder then fuses each Q/DQ layer into ecoinfer.QGemm/QConv
+(passes/fuse_quantized.py) so quantized kernels can run it.
 The result runs on the reference runtime and computes exactly what INT8 kernels with a
 float epilogue compute, up to the float rounding of the accumulation order: the operands
 the op sees are exactly int8 codes times their scales.
@@ -28,12 +32,22 @@ import torch
 from ecoinfer.errors import EcoinferError
 from ecoinfer.ir import dtypes
 from ecoinfer.ir.graph import Graph, Node, Value
-from ecoinfer.quant.calibrators import Calibrator, int_scale, make_calibrator, per_channel_scale
+from ecoinfer.quant.calibrators import (
+    FP8_E4M3_MAX,
+    Calibrator,
+    fp8_scale,
+    int_scale,
+    make_calibrator,
+    per_channel_amax,
+    per_channel_scale,
+)
 from ecoinfer.quant.data import CalibrationDataError
 
 # int8 symmetric: amax maps to 127; -128 is never produced by the weights
 INT8_MAX = 127
-PRECISIONS = ("int8",)
+PRECISIONS = ("int8", "fp8")
+# the quantized element type of each precision
+QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 class QuantizationError(EcoinferError):
@@ -165,21 +179,33 @@ def calibrate(
 
 
 # ------------------------------------------------------------------------------ Q/DQ insertion
-def quantize_weight(w: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 quantization of a weight: (int8 codes, float32 scale), per output
-    channel along `axis` (scale 1-D) or per tensor (axis None, scale 0-D)."""
+def quantize_weight(
+    w: torch.Tensor, axis: int | None, precision: str = "int8"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantization of a weight: (int8 or float8e4m3fn codes, float32 scale), per
+    output channel along `axis` (scale 1-D) or per tensor (axis None, scale 0-D)."""
     wf = w.detach().float().cpu()
+    fp8 = precision == "fp8"
     if axis is None:
         amax = float(wf.abs().max()) if wf.numel() else 0.0
-        scale = torch.tensor(int_scale(amax), dtype=torch.float32)
+        scale = torch.tensor(fp8_scale(amax) if fp8 else int_scale(amax), dtype=torch.float32)
         s = scale
     else:
-        scale = torch.from_numpy(per_channel_scale(wf.numpy(), axis).astype(np.float32))
+        if fp8:
+            a = per_channel_amax(wf.numpy(), axis)
+            sc = np.where(a > 0, a / FP8_E4M3_MAX, 1.0)
+        else:
+            sc = per_channel_scale(wf.numpy(), axis)
+        scale = torch.from_numpy(sc.astype(np.float32))
         shape = [1] * wf.dim()
         shape[axis] = -1
         s = scale.reshape(shape)
-    # QuantizeLinear's arithmetic: x / scale in float32, round half to even, saturate
-    q = torch.round(wf / s).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    # QuantizeLinear's arithmetic: x / scale in float32, then round half to even and saturate
+    # (int8), or saturate and round to the nearest float8 E4M3 value (fp8)
+    if fp8:
+        q = (wf / s).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    else:
+        q = torch.round(wf / s).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q, scale
 
 
@@ -243,10 +269,12 @@ def quantize_graph(
             v = g.values.get(x)
             fdtype = v.dtype if v is not None and v.dtype else "float32"
             shape = v.shape if v is not None else None
-            scale = torch.tensor(int_scale(float(amax[x]), 8), dtype=dtypes.to_torch(fdtype))
+            a = float(amax[x])
+            sv = fp8_scale(a) if precision == "fp8" else int_scale(a, 8)
+            scale = torch.tensor(sv, dtype=dtypes.to_torch(fdtype))
             s = new_init(f"{x}_scale", scale)
-            zp = new_init(f"{x}_zero_point", torch.tensor(0, dtype=torch.int8))
-            q = new_value(f"{x}_quantized", "int8", shape)
+            zp = new_init(f"{x}_zero_point", torch.zeros((), dtype=QDTYPES[precision]))
+            q = new_value(f"{x}_quantized", dtypes.from_torch(QDTYPES[precision]), shape)
             dq = new_value(f"{x}_dequantized", fdtype, shape)
             nodes.append(Node("QuantizeLinear", [x, s, zp], [q], {}, g.fresh_name(f"{x}_Q")))
             nodes.append(Node("DequantizeLinear", [q, s, zp], [dq], {}, g.fresh_name(f"{x}_DQ")))
@@ -255,8 +283,8 @@ def quantize_graph(
         key = (w, t.weight_axis)
         if key not in weight_dq:
             wt = g.initializers[w]
-            codes, wscale = quantize_weight(wt, t.weight_axis)
-            wq = new_init(f"{w}_int8", codes)
+            codes, wscale = quantize_weight(wt, t.weight_axis, precision)
+            wq = new_init(f"{w}_{precision}", codes)
             ws = new_init(f"{w}_scale", wscale.to(wt.dtype))
             wdq = new_value(f"{w}_dequantized", dtypes.from_torch(wt.dtype), tuple(wt.shape))
             attrs = {"axis": t.weight_axis} if t.weight_axis is not None else {}

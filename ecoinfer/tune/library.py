@@ -11,6 +11,7 @@ log = logging.getLogger("ecoinfer.tune")
 # skipped with a log line, so the builder still has the reference tactic for every op
 _MODULES = (
     "ecoinfer.tune.torch_tactics",
+    "ecoinfer.tune.quant_tactics",
     "ecoinfer.kernels.triton.tactics",
 )
 

@@ -197,3 +197,11 @@ def test_kl_of_one_candidate_by_hand() -> None:
     assert _kl_clipped(head, 4.0, levels=2) == pytest.approx(0.5 * np.log(4 / 3))
     # outliers landing on an empty last bin: P has mass where Q has none
     assert _kl_clipped(np.array([4.0, 0.0]), 1.0, levels=1) == np.inf
+
+
+def test_entropy_ignores_the_zero_spike_of_relu_outputs() -> None:
+    # after a ReLU most values are exact zeros; their bin must not drag the threshold down
+    x = np.maximum(np.random.default_rng(0).normal(-0.25, 1.0, 200_000), 0.0)  # ~60% zeros
+    c = EntropyCalibrator()
+    c.observe(x)
+    assert c.amax() > np.percentile(x[x > 0], 99)

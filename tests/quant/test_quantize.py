@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ecoinfer.api import Model
 from ecoinfer.frontend.onnx import import_onnx
+from ecoinfer.ir.graph import Value
 from ecoinfer.passes.manager import OptimizeConfig, optimize
 from ecoinfer.quant import CalibrationDataError
 from ecoinfer.quant.quantize import (
@@ -311,3 +312,32 @@ def test_conv_weights_per_output_channel(level: int) -> None:
     ).numpy()  # integer-valued: exact in float64
     want = np.maximum(acc * (np.float64(sx) * sw[None, :, None, None]) + b[None, :, None, None], 0)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_quantization_by_hand() -> None:
+    """precision="fp8": amax / 448 scales, float8e4m3fn codes and zero points, ONNX opset 19+
+    Q/DQ arithmetic (saturate to +-448, round to the nearest E4M3 value)."""
+    model, p = _tiny_model()
+    graph = import_onnx(model)
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.normal(size=(8, 4)).astype(np.float32)}]
+    amax = calibrate(graph, calib, method="minmax")
+    qgraph = quantize_graph(graph, amax, "fp8")
+    f8 = torch.float8_e4m3fn
+    zps = [t for n, t in qgraph.initializers.items() if n.endswith("zero_point")]
+    assert zps and all(t.dtype == f8 and float(t) == 0 for t in zps)
+    codes = [t for t in qgraph.initializers.values() if t.dtype == f8 and t.dim() == 2]
+    assert len(codes) == 2
+    w1 = torch.from_numpy(p["W1"])
+    s1 = w1.abs().amax(dim=0) / 448
+    assert torch.equal(codes[0], (w1 / s1).to(f8))  # per output channel (axis 1 of [K, N])
+    assert float(codes[0].float().abs().max()) == 448.0
+
+    x = (rng.normal(size=(5, 4)) * 2).astype(np.float32)  # beyond amax: saturates at 448
+    sx = np.float32(np.abs(calib[0]["x"]).max() / 448)
+    xq = torch.from_numpy(np.clip(x / sx, -448, 448)).to(f8).float().numpy()
+    h = np.maximum((xq * sx) @ (codes[0].float() * s1).numpy() + p["b1"], 0)
+    # the first layer's output, read from the Q/DQ graph
+    qgraph.outputs.append(Value("h", "float32", None))
+    got = Model(qgraph).run({"x": x})["h"]
+    np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-5)

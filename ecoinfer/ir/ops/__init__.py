@@ -9,6 +9,7 @@ from ecoinfer.ir.ops import (  # noqa: F401
     fused_elementwise,
     fused_gemm,
     fused_mha,
+    fused_quant,
     nn,
     quant,
     reduce,

@@ -27,6 +27,7 @@ from ecoinfer.kernels.triton.gemm import (
     apply_act,
     dot_precision,
     needs_int64,
+    tile_ids,
     upcast_dot,
 )
 
@@ -97,6 +98,88 @@ def conv_configs(
 
 
 @triton.jit
+def conv_step_tiles(
+    it,
+    num_c,
+    x_row,
+    ih0,
+    iw0,
+    w_col,
+    offs_k,
+    mask_m,
+    mask_n,
+    CIN,
+    H,
+    W,
+    sx_c,
+    sx_h,
+    sx_w,
+    sw_c,
+    sw_h,
+    sw_w,
+    dil_h,
+    dil_w,
+    KW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Pointers and masks of reduction step `it` = (filter tap, channel block): the
+    [pixels, channels] input tile shifted by the tap and the [channels, Cout] weight tile
+    (shared with qconv.py). Out-of-image taps are masked: they load 0, the zero padding."""
+    tap = it // num_c
+    cs = (it - tap * num_c) * BLOCK_K + offs_k
+    ih = ih0 + (tap // KW) * dil_h
+    iw = iw0 + (tap % KW) * dil_w
+    ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    ok_c = cs < CIN
+    a_ptrs = (x_row + ih * sx_h + iw * sx_w)[:, None] + cs[None, :] * sx_c
+    b_ptrs = w_col + (tap // KW) * sw_h + (tap % KW) * sw_w + cs[:, None] * sw_c
+    return a_ptrs, ok[:, None] & ok_c[None, :], b_ptrs, ok_c[:, None] & mask_n[None, :]
+
+
+@triton.jit
+def conv_epilogue(
+    acc,
+    n,
+    oh,
+    ow,
+    offs_n,
+    mask_m,
+    mask_n,
+    y_ptr,
+    bias_ptr,
+    z_ptr,
+    sy_n,
+    sy_c,
+    sy_h,
+    sy_w,
+    sz_n,
+    sz_c,
+    sz_h,
+    sz_w,
+    a0,
+    a1,
+    q0,
+    q1,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    POST_ACT: tl.constexpr,
+):
+    """FusedConv's epilogue on a float32 [pixels, channels] tile (shared with qconv.py):
+    bias, activation, + Z, post-activation, one rounding to Y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    acc = apply_act(acc, ACT, a0, a1)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_Z:
+        z_ptrs = z_ptr + (n * sz_n + oh * sz_h + ow * sz_w)[:, None] + offs_n[None, :] * sz_c
+        acc += tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
+    acc = apply_act(acc, POST_ACT, q0, q1)
+    y_ptrs = y_ptr + (n * sy_n + oh * sy_h + ow * sy_w)[:, None] + offs_n[None, :] * sy_c
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _conv_kernel(
     x_ptr,
     w_ptr,
@@ -150,15 +233,7 @@ def _conv_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(COUT, BLOCK_N)
-    in_group = GROUP_M * num_n
-    first_m = (pid // in_group) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % in_group) % size_m)
-    pid_n = (pid % in_group) // size_m
-
+    pid_m, pid_n = tile_ids(M, COUT, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -182,43 +257,151 @@ def _conv_kernel(
     # software-pipelines, and a per-tap inner loop would have a single step when C <= BLOCK_K
     num_c = tl.cdiv(CIN, BLOCK_K)
     for it in range(0, KH * KW * num_c):
-        tap = it // num_c
-        cs = (it - tap * num_c) * BLOCK_K + offs_k
-        ih = ih0 + (tap // KW) * dil_h
-        iw = iw0 + (tap % KW) * dil_w
-        # out-of-image taps load 0: the zero padding, never materialised
-        ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        ok_c = cs < CIN
-        a = tl.load(
-            (x_row + ih * sx_h + iw * sx_w)[:, None] + cs[None, :] * sx_c,
-            mask=ok[:, None] & ok_c[None, :],
-            other=0.0,
+        a_ptrs, a_mask, b_ptrs, b_mask = conv_step_tiles(
+            it,
+            num_c,
+            x_row,
+            ih0,
+            iw0,
+            w_col,
+            offs_k,
+            mask_m,
+            mask_n,
+            CIN,
+            H,
+            W,
+            sx_c,
+            sx_h,
+            sx_w,
+            sw_c,
+            sw_h,
+            sw_w,
+            dil_h,
+            dil_w,
+            KW,
+            BLOCK_K,
         )
-        b = tl.load(
-            w_col + (tap // KW) * sw_h + (tap % KW) * sw_w + cs[:, None] * sw_c,
-            mask=ok_c[:, None] & mask_n[None, :],
-            other=0.0,
-        )
+        a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         b = b.to(a.dtype)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    acc = apply_act(acc, ACT, a0, a1)
-    mask = mask_m[:, None] & mask_n[None, :]
-    if HAS_Z:
-        z_ptrs = z_ptr + (n * sz_n + oh * sz_h + ow * sz_w)[:, None] + offs_n[None, :] * sz_c
-        acc += tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
-    acc = apply_act(acc, POST_ACT, q0, q1)
-    y_ptrs = y_ptr + (n * sy_n + oh * sy_h + ow * sy_w)[:, None] + offs_n[None, :] * sy_c
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    conv_epilogue(
+        acc,
+        n,
+        oh,
+        ow,
+        offs_n,
+        mask_m,
+        mask_n,
+        y_ptr,
+        bias_ptr,
+        z_ptr,
+        sy_n,
+        sy_c,
+        sy_h,
+        sy_w,
+        sz_n,
+        sz_c,
+        sz_h,
+        sz_w,
+        a0,
+        a1,
+        q0,
+        q1,
+        HAS_BIAS,
+        ACT,
+        HAS_Z,
+        POST_ACT,
+    )
 
 
 def conv_out_size(size: int, k: int, stride: int, dil: int, pad_begin: int, pad_end: int) -> int:
     return (size + pad_begin + pad_end - dil * (k - 1) - 1) // stride + 1
+
+
+@dataclass
+class ConvViews:
+    """A 2-D convolution as the kernels index it: (n, c, h, w) views of X, W, Y and Z whose
+    strides carry the layout (1-D convolutions become H x 1 images)."""
+
+    xv: Tensor
+    wv: Tensor
+    yv: Tensor
+    zv: Tensor | None
+    y: Tensor  # the output the caller returns (a 1-D convolution's squeezed back)
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    dilations: tuple[int, int]
+
+    @property
+    def m(self) -> int:
+        """Rows of the implicit GEMM: output pixels."""
+        return self.yv.shape[0] * self.yv.shape[2] * self.yv.shape[3]
+
+
+def conv_views(
+    x: Tensor,
+    w: Tensor,
+    z: Tensor | None,
+    *,
+    strides: list[int] | tuple[int, ...],
+    pads: list[int] | tuple[int, ...],
+    dilations: list[int] | tuple[int, ...],
+    layout: str,
+    out_dtype: torch.dtype | None = None,
+) -> ConvViews:
+    """Y allocated (in out_dtype, default x's) and the views of a 1-D or 2-D convolution
+    (shared with qconv.py). pads are ONNX's [begins..., ends...]; NHWC: x, Z, Y channels-last
+    and w OHWI. Raises ValueError for other ranks and grouped weights."""
+    nhwc = layout == "NHWC"
+    nd = x.dim() - 2
+    squeeze: int | None = None
+    if nd == 1:
+        # 1-D as 2-D with a unit width (views only): [N, C, L] -> [N, C, L, 1], NHWC alike
+        squeeze = -2 if nhwc else -1
+        k = w.shape[squeeze]
+        lout = conv_out_size(x.shape[squeeze], k, strides[0], dilations[0], *pads)
+        if z is not None:
+            shape1 = (x.shape[0], lout, w.shape[0]) if nhwc else (x.shape[0], w.shape[0], lout)
+            z = z.expand(shape1).unsqueeze(squeeze)
+        x, w = x.unsqueeze(squeeze), w.unsqueeze(squeeze)
+        strides, pads, dilations = (strides[0], 1), (pads[0], 0, pads[1], 0), (dilations[0], 1)
+    elif nd != 2:
+        raise ValueError(f"the Triton conv takes 1-D or 2-D convolutions, got {nd}-D")
+    # (n, c, h, w) views of the channels-last tensors: strides carry the layout
+    xv = x.permute(0, 3, 1, 2) if nhwc else x
+    wv = w.permute(0, 3, 1, 2) if nhwc else w
+    bsz, cin, h, wd = xv.shape
+    cout, wcin, kh, kw = wv.shape
+    if wcin != cin:
+        raise ValueError(f"grouped convolution (input {cin} channels, weight {wcin}) unsupported")
+    oh = conv_out_size(h, kh, strides[0], dilations[0], pads[0], pads[2])
+    ow = conv_out_size(wd, kw, strides[1], dilations[1], pads[1], pads[3])
+    dt = out_dtype or x.dtype
+    if nhwc:
+        y = torch.empty(bsz, oh, ow, cout, dtype=dt, device=x.device)
+        yv = y.permute(0, 3, 1, 2)
+    else:
+        y = torch.empty(bsz, cout, oh, ow, dtype=dt, device=x.device)
+        yv = y
+    zv = None
+    if z is not None:
+        zb = z.expand(y.shape)  # broadcast as a stride-0 view
+        zv = zb.permute(0, 3, 1, 2) if nhwc else zb
+    return ConvViews(
+        xv,
+        wv,
+        yv,
+        zv,
+        y.squeeze(squeeze) if squeeze is not None else y,
+        (int(strides[0]), int(strides[1])),
+        (int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])),
+        (int(dilations[0]), int(dilations[1])),
+    )
 
 
 def fused_conv(
@@ -242,57 +425,14 @@ def fused_conv(
 
     pads are ONNX's [begins..., ends...]; with layout="NHWC", x, Z and Y are channels-last
     and w is OHWI. Z must broadcast to Y without growing it."""
-    nhwc = layout == "NHWC"
-    nd = x.dim() - 2
-    if nd == 1:
-        # 1-D as 2-D with a unit width (views only): [N, C, L] -> [N, C, L, 1], NHWC alike
-        ax = -2 if nhwc else -1
-        k = w.shape[-2 if nhwc else -1]
-        lout = conv_out_size(x.shape[-2 if nhwc else -1], k, strides[0], dilations[0], *pads)
-        if z is not None:
-            shape1 = (x.shape[0], lout, w.shape[0]) if nhwc else (x.shape[0], w.shape[0], lout)
-            z = z.expand(shape1).unsqueeze(ax)
-        y = fused_conv(
-            x.unsqueeze(ax),
-            w.unsqueeze(ax),
-            bias,
-            z,
-            strides=(strides[0], 1),
-            pads=(pads[0], 0, pads[1], 0),
-            dilations=(dilations[0], 1),
-            layout=layout,
-            activation=activation,
-            activation_params=activation_params,
-            post_activation=post_activation,
-            post_activation_params=post_activation_params,
-            precision=precision,
-            config=config,
-        )
-        return y.squeeze(ax)
-    if nd != 2:
-        raise ValueError(f"the Triton conv takes 1-D or 2-D convolutions, got {nd}-D")
-    # (n, c, h, w) views of the channels-last tensors: strides carry the layout
-    xv = x.permute(0, 3, 1, 2) if nhwc else x
-    wv = w.permute(0, 3, 1, 2) if nhwc else w
-    bsz, cin, h, wd = xv.shape
-    cout, wcin, kh, kw = wv.shape
-    if wcin != cin:
-        raise ValueError(f"grouped convolution (input {cin} channels, weight {wcin}) unsupported")
-    oh = conv_out_size(h, kh, strides[0], dilations[0], pads[0], pads[2])
-    ow = conv_out_size(wd, kw, strides[1], dilations[1], pads[1], pads[3])
-    if nhwc:
-        y = torch.empty(bsz, oh, ow, cout, dtype=x.dtype, device=x.device)
-        yv = y.permute(0, 3, 1, 2)
-    else:
-        y = torch.empty(bsz, cout, oh, ow, dtype=x.dtype, device=x.device)
-        yv = y
-    zv = None
-    if z is not None:
-        zb = z.expand(y.shape)  # broadcast as a stride-0 view
-        zv = zb.permute(0, 3, 1, 2) if nhwc else zb
-    m = bsz * oh * ow
+    v = conv_views(x, w, z, strides=strides, pads=pads, dilations=dilations, layout=layout)
+    xv, wv, yv, zv = v.xv, v.wv, v.yv, v.zv
+    _, cin, h, wd = xv.shape
+    cout, _, kh, kw = wv.shape
+    oh, ow = yv.shape[2], yv.shape[3]
+    m = v.m
     if m == 0 or cout == 0:
-        return y
+        return v.y
     code, a0, a1 = act_code(activation, activation_params)
     pcode, q0, q1 = act_code(post_activation, post_activation_params)
     cfg = config or conv_configs(m, cout, cin, x.dtype)[0]
@@ -314,12 +454,10 @@ def fused_conv(
         *wv.stride(),
         *yv.stride(),
         *(zv.stride() if zv is not None else (0, 0, 0, 0)),
-        int(strides[0]),
-        int(strides[1]),
-        int(pads[0]),
-        int(pads[1]),
-        int(dilations[0]),
-        int(dilations[1]),
+        *v.strides,
+        v.pads[0],
+        v.pads[1],
+        *v.dilations,
         a0,
         a1,
         q0,
@@ -340,4 +478,4 @@ def fused_conv(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    return y
+    return v.y

@@ -224,6 +224,55 @@ def gemm_configs(m: int, n: int, k: int, dtype: torch.dtype, limit: int = 8) -> 
 
 # ---------------------------------------------------------------------- kernel
 @triton.jit
+def tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program in grouped order: GROUP_M row-blocks share their B
+    columns while those are in L2 (shared with qgemm.py and conv.py)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * num_n
+    first_m = (pid // in_group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % in_group) % size_m)
+    pid_n = (pid % in_group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def gemm_epilogue(
+    acc,
+    offs_m,
+    offs_n,
+    mask_m,
+    mask_n,
+    y_ptr,
+    bias_ptr,
+    res_ptr,
+    stride_ym,
+    stride_yn,
+    stride_rm,
+    stride_rn,
+    p0,
+    p1,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+):
+    """FusedGemm's epilogue on a float32 accumulator tile: bias, activation, residual, then
+    the one rounding to Y's dtype (shared with qgemm.py)."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc += bias[None, :]
+    acc = apply_act(acc, ACT, p0, p1)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_RES:
+        r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
+        acc += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _gemm_kernel(
     a_ptr,
     b_ptr,
@@ -254,17 +303,7 @@ def _gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    # grouped ordering: GROUP_M row-blocks share their B columns while they are in L2
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_M * num_n
-    group = pid // in_group
-    first_m = group * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % in_group) % size_m)
-    pid_n = (pid % in_group) // size_m
-
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if INT64:
@@ -289,17 +328,25 @@ def _gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    # epilogue on the float32 accumulator: bias, activation, residual, one rounding
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += bias[None, :]
-    acc = apply_act(acc, ACT, p0, p1)
-    mask = mask_m[:, None] & mask_n[None, :]
-    if HAS_RES:
-        r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
-        acc += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    gemm_epilogue(
+        acc,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        y_ptr,
+        bias_ptr,
+        res_ptr,
+        stride_ym,
+        stride_yn,
+        stride_rm,
+        stride_rn,
+        p0,
+        p1,
+        HAS_BIAS,
+        ACT,
+        HAS_RES,
+    )
 
 
 # ---------------------------------------------------------------------- host side

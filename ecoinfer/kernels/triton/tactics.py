@@ -6,7 +6,8 @@
   triton_softmax    Softmax, LogSoftmax             softmax.py (last axis)
 
 plus, when present, ecoinfer.kernels.triton.gemm_tactics (Triton GEMM, flash attention and
-implicit-GEMM conv), which registers its own tactics on import.
+implicit-GEMM conv) and ecoinfer.kernels.triton.qtactics (INT8/FP8 QGemm and QConv), which
+register their own tactics on import.
 
 Every tactic is registered for "cuda" only. Their make() also accepts a CPU build while
 TRITON_INTERPRET=1, so the tests can drive them on CPU tensors through Triton's interpreter.
@@ -65,7 +66,7 @@ tactic(
 # Tactic modules of the other Triton kernels register themselves on import. A missing module
 # is normal (not written yet); one that fails to import is logged and skipped, so the
 # tactics above stay available.
-_OPTIONAL = ("ecoinfer.kernels.triton.gemm_tactics",)
+_OPTIONAL = ("ecoinfer.kernels.triton.gemm_tactics", "ecoinfer.kernels.triton.qtactics")
 
 for _name in _OPTIONAL:
     try:

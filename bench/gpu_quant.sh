@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Issues 4 and 6 on an H100/H200 (device tool): for each "MODEL BATCH [int8] [fp8]" spec, FP16,
+# INT8 and FP8 engines (entropy calibration on random inputs; float layers FP16) built with a
+# timing cache, then `ecoinfer compare` in one run: PyTorch eager FP32/FP16, torch.compile FP16,
+# the FP16 engine and the quantized engine files, with the error of each row against eager FP32.
+#   bash bench/gpu_quant.sh [tests] [cold] "bert-base 64 int8 fp8" "resnet50 128 int8" ...
+# Everything lands in $OUT/quant.tar.gz (the device tool returns at most 8 files) plus
+# $OUT/summary.txt.
+set -uo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; WORK=/tmp/ecoinfer-bench; mkdir -p "$WORK" "$WORK/res"
+RES=$WORK/res; S=$OUT/summary.txt
+export ECOINFER_TIMING_CACHE=$WORK/timing_cache.json
+nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader | tee -a "$S"
+[ -d .carry/minilm ] && bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
+pack() { tar czf "$OUT/quant.tar.gz" -C "$WORK" res 2>/dev/null; }
+trap pack EXIT
+
+if [ "${1:-}" = "tests" ]; then
+  shift
+  timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests/tune tests/triton tests/engine tests/quant tests/ir \
+    > "$RES/gpu_tests.txt" 2>&1; tail -4 "$RES/gpu_tests.txt" | tee -a "$S"
+  grep -E "^FAILED|^ERROR" "$RES/gpu_tests.txt" | head -10 | tee -a "$S"
+  timeout 120 python bench/gpu_qgemm_selftest.py --json "$RES/qgemm_selftest.json" > "$RES/qgemm_selftest.txt" 2>&1
+  tail -25 "$RES/qgemm_selftest.txt" | tee -a "$S"
+fi
+cold=0; if [ "${1:-}" = "cold" ]; then cold=1; shift; fi
+
+for spec in "$@"; do
+  set -- $spec; m=$1; b=$2; shift 2; quants="$*"; tag="${m}_b${b}"
+  onnx=$(python -c "from ecoinfer.bench.peers import export_torch_model as e; print(e('$m'))" 2>/dev/null | tail -1)
+  if [ "$m" = "resnet50" ]; then shp=(--shapes "x:${b}x3x224x224"); else
+    shp=(--shapes input_ids:${b}x128 attention_mask:${b}x128 token_type_ids:${b}x128); fi
+  # calibration / validation batches: random inputs of the build shapes' kind (random-weight
+  # models have no data distribution to follow; MiniLM gets token ids too)
+  python - "$m" "$WORK/calib_$m" "$WORK/val_$m" <<'PY'
+import sys, os, numpy as np
+m, cal, val = sys.argv[1:]
+rs = np.random.RandomState(0)
+for d, n in ((cal, 16), (val, 4)):
+    os.makedirs(d, exist_ok=True)
+    for i in range(n):
+        if m == "resnet50":
+            f = {"x": rs.randn(8, 3, 224, 224).astype(np.float32)}
+        else:
+            ids = rs.randint(1000, 20000, (8, 128)).astype(np.int64)
+            f = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        np.savez(f"{d}/b{i:03d}.npz", **f)
+PY
+  peers="torch-fp32,torch-fp16,torch-compile-fp16"
+  for q in fp16 $quants; do
+    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" --calib-method entropy)
+    t0=$(date +%s.%N)
+    timeout 300 python -m ecoinfer.cli build "$onnx" -o "$WORK/${tag}_$q.eng" --fp16 "${qa[@]}" "${shp[@]}" \
+      --timing-cache "$WORK/tc_$tag.json" --verbose > "$RES/build_${tag}_$q.log" 2>&1; rc=$?
+    t1=$(date +%s.%N)
+    echo "$tag $q build rc=$rc $(python -c "print(round($t1-$t0,1))") s" | tee -a "$S"
+    [ $rc -eq 0 ] || { grep -vE "^\s*$" "$RES/build_${tag}_$q.log" | tail -3 | tee -a "$S"; continue; }
+    peers="$peers,engine:$WORK/${tag}_$q.eng"
+    python - "$WORK/${tag}_$q.eng" <<'PY' 2>&1 | tee -a "$S"
+import sys, collections
+from ecoinfer.engine.format import read_engine
+h, _ = read_engine(sys.argv[1])
+tac = collections.Counter((c.get("tactic"), c.get("precision")) for c in h["choices"].values())
+q = h["report"].get("quantization") or {}
+tb = h["report"].get("triton_binaries") or {}
+print("  tactics:", ", ".join(f"{t}/{p} x{n}" for (t, p), n in tac.most_common(8)))
+if q:
+    print(f"  quantized {len(q.get('quantized_layers', []))} layers, float {len(q.get('float_layers', []))}, emulated={q.get('emulated')}")
+print(f"  carried Triton kernels: {tb.get('entries')} entries, {tb.get('bytes')} bytes, {tb.get('seconds', 0):.1f} s to collect")
+PY
+  done
+  timeout 420 python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
+    --peers "$peers" --json "$RES/compare_$tag.json" > "$RES/compare_$tag.txt" 2>&1
+  grep -E "^(PyTorch|torch|ecoinfer) |skipped" "$RES/compare_$tag.txt" | tee -a "$S"
+  if [ $cold = 1 ] && [ -f "$WORK/${tag}_fp16.eng" ]; then
+    python bench/cold_start.py "$WORK/${tag}_fp16.eng" --model "$m" --batch "$b" --profile 40 \
+      --json "$RES/cold_$tag.json" > "$RES/cold_$tag.txt" 2>&1
+    echo "== cold start $tag, Triton cache as after the build" | tee -a "$S"; sed -n 2,9p "$RES/cold_$tag.txt" | tee -a "$S"
+    TRITON_CACHE_DIR=$(mktemp -d) python bench/cold_start.py "$WORK/${tag}_fp16.eng" --model "$m" --batch "$b" \
+      --json "$RES/cold_empty_$tag.json" > "$RES/cold_empty_$tag.txt" 2>&1
+    echo "== cold start $tag, empty Triton cache (kernels from the engine file)" | tee -a "$S"; sed -n 2,9p "$RES/cold_empty_$tag.txt" | tee -a "$S"
+    cold=0
+  fi
+done
+cp "$S" "$RES/summary.txt"

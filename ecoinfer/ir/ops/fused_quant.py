@@ -1,0 +1,107 @@
+"""Schemas and shape inference of the quantized fused ops (see docs/fused-ops.md).
+
+ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
+
+    Xq = quant(X / x_scale)       division in float32; int8: round half to even, clamp to
+                                  [-128, 127]; fp8e4m3: clamp to [-448, 448], cast to
+                                  float8_e4m3fn (round to nearest even)
+    Y  = (Xq @ W_q^T) * (x_scale * w_scale)      W_q [N, K] int8 / float8e4m3fn (constant)
+    Y  = act(Y + bias) + residual                FusedGemm's epilogue, in X's dtype
+
+    x_scale: float32 scalar; w_scale: float32 [N] (per output channel) or [1] (per tensor);
+    bias [N] and residual as FusedGemm's (an omitted bias with a residual is ""). Attributes:
+    activation / activation_params (FusedGemm's), qtype "int8" | "fp8e4m3". Y has X's dtype.
+
+ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
+
+    FusedConv on (quant(X / x_scale) * x_scale, W_q * w_scale[:, None, ...]), with FusedConv's
+    attributes (layout, pads, strides, dilations, group, kernel_shape, activation(s),
+    post_activation(s)) plus qtype. W_q is in FusedConv's weight layout; w_scale is [C_out]
+    (or [1]).
+
+Both compute exactly what the Q/DQ graph they replace computes (the fuse_quantized pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ecoinfer.ir.graph import Shape
+from ecoinfer.ir.ops.fused_conv import FUSED_CONV_ATTRS, _fused_conv, _fused_conv_flops
+from ecoinfer.ir.ops.fused_gemm import _fused_gemm, _fused_gemm_flops
+from ecoinfer.ir.ops.registry import InferContext, OutType, op
+
+# qtype attribute -> the element type of W_q (and of the quantized activation)
+QTYPES = {"int8": "int8", "fp8e4m3": "float8e4m3fn"}
+_FLOATS = ("float32", "float16", "bfloat16")
+
+
+def qtype_of(ctx: InferContext) -> str:
+    q = str(ctx.attr("qtype") or "")
+    if q not in QTYPES:
+        raise ctx.fail(f"qtype must be one of {', '.join(QTYPES)}, got '{q}'")
+    return q
+
+
+def _check_common(ctx: InferContext, n_out: object) -> None:
+    """W_q's element type, X float, scales float32 of the right sizes."""
+    q = qtype_of(ctx)
+    wdt, xdt = ctx.dtype(1), ctx.dtype(0)
+    if wdt is not None and wdt != QTYPES[q]:
+        raise ctx.fail(f"W_q is {wdt}, qtype '{q}' wants {QTYPES[q]}")
+    if xdt is not None and xdt not in _FLOATS:
+        raise ctx.fail(f"X must be float32, float16 or bfloat16, got {xdt}")
+    for i, what in ((2, "x_scale"), (3, "w_scale")):
+        dt = ctx.dtype(i)
+        if dt is not None and dt != "float32":
+            raise ctx.fail(f"{what} must be float32, got {dt}")
+    xs = ctx.shape(2)
+    if xs is not None and not (len(xs) == 0 or tuple(xs) == (1,)):
+        raise ctx.fail(f"x_scale must be a scalar (per-tensor), got shape {list(xs)}")
+    ws = ctx.shape(3)
+    if ws is not None:
+        if len(ws) != 1:
+            raise ctx.fail(f"w_scale must be 1-D [N] or [1], got shape {list(ws)}")
+        if isinstance(ws[0], int) and isinstance(n_out, int) and ws[0] not in (1, n_out):
+            raise ctx.fail(f"w_scale has {ws[0]} elements for {n_out} output channels")
+
+
+def _as_float_op(ctx: InferContext, extra: dict | None = None) -> InferContext:
+    """The context of the equivalent float node: (X, W, bias, residual), W_q's shape."""
+    ins = list(ctx.node.inputs) + [""] * (6 - len(ctx.node.inputs))
+    inputs = [ins[0], ins[1], ins[4], ins[5]]
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    attrs = {**ctx.node.attrs, **(extra or {})}
+    node = dataclasses.replace(ctx.node, inputs=inputs, attrs=attrs)
+    return InferContext(ctx.graph, node, ctx.schema)
+
+
+@op(
+    "QGemm",
+    inputs=(4, 6),
+    attrs={"activation": "", "activation_params": [], "qtype": "int8"},
+    domain="ecoinfer",
+    flops=lambda ctx, outs: _fused_gemm_flops(_as_float_op(ctx, {"trans_b": 1}), outs),
+    doc="Y = act(quant(X) @ W_q^T * x_scale * w_scale + bias) + residual (int8 / fp8e4m3)",
+)
+def _qgemm(ctx: InferContext) -> list[OutType | None]:
+    w: Shape | None = ctx.shape(1)
+    if w is not None and len(w) != 2:
+        raise ctx.fail(f"W_q must be 2-D [N, K], got shape {list(w)}")
+    _check_common(ctx, w[0] if w is not None else None)
+    return _fused_gemm(_as_float_op(ctx, {"trans_b": 1}))
+
+
+@op(
+    "QConv",
+    inputs=(4, 6),
+    attrs={**FUSED_CONV_ATTRS, "qtype": "int8"},
+    domain="ecoinfer",
+    flops=lambda ctx, outs: _fused_conv_flops(_as_float_op(ctx), outs),
+    doc="FusedConv on quantized X and W_q, rescaled by x_scale * w_scale (int8 / fp8e4m3)",
+)
+def _qconv(ctx: InferContext) -> list[OutType | None]:
+    w = ctx.shape(1)
+    _check_common(ctx, w[0] if w else None)
+    return _fused_conv(_as_float_op(ctx))

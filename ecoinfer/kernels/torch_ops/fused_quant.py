@@ -1,0 +1,93 @@
+"""Torch reference kernels of ecoinfer.QGemm and ecoinfer.QConv (ecoinfer/ir/ops/fused_quant.py).
+
+Each computes exactly what the Q/DQ graph it replaced computes: X is quantized and
+dequantized with the QuantizeLinear/DequantizeLinear arithmetic (X / x_scale in float32, round
+half to even or float8 cast, saturate; codes * scale in float32, cast to X's dtype), W_q is
+dequantized per output channel the same way, and the float FusedGemm/FusedConv reference
+kernel runs on the result. Slow (W is dequantized on every call): it is the judge of the
+quantized tactics, not a fast path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ecoinfer.errors import ExecutionError
+from ecoinfer.ir import dtypes
+from ecoinfer.ir.ops.fused_quant import QTYPES
+from ecoinfer.kernels.torch_ops.fused_conv import _fused_conv
+from ecoinfer.kernels.torch_ops.fused_gemm import _fused_gemm
+from ecoinfer.kernels.torch_ops.quant import dequantize, quantize
+from ecoinfer.kernels.torch_ops.registry import KernelContext, kernel
+
+Tensor = torch.Tensor
+
+
+def qtype_dtype(qtype: str, where: str = "") -> torch.dtype:
+    """The torch element type of a qtype attribute ("int8" -> torch.int8, ...)."""
+    name = QTYPES.get(str(qtype))
+    if name is None:
+        raise ExecutionError(
+            f"{where + ': ' if where else ''}qtype must be one of {', '.join(QTYPES)}, "
+            f"got '{qtype}'"
+        )
+    return dtypes.to_torch(name, where)
+
+
+def fake_quant(x: Tensor, x_scale: Tensor, qdtype: torch.dtype) -> Tensor:
+    """DequantizeLinear(QuantizeLinear(x, s, 0), s, 0) in x's dtype: the value the op sees."""
+    s = x_scale.reshape(()).float()
+    q = quantize(x.float(), s, None, qdtype)
+    return dequantize(q, s, None, x.dtype)
+
+
+def dequant_weight(w_q: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """W_q * w_scale along axis 0 (output channels), in float32, cast to `dtype`."""
+    s = w_scale.float()
+    if s.numel() == 1:
+        s = s.reshape(())
+    else:
+        s = s.reshape(-1, *([1] * (w_q.dim() - 1)))
+    return dequantize(w_q, s, None, dtype)
+
+
+def _split(
+    xs: list[Tensor | None],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    x, w, xs_, ws = xs[0], xs[1], xs[2], xs[3]
+    assert x is not None and w is not None and xs_ is not None and ws is not None
+    bias = xs[4] if len(xs) > 4 else None
+    res = xs[5] if len(xs) > 5 else None
+    return x, w, xs_, ws, bias, res
+
+
+def _check(ctx: KernelContext, x: Tensor, w: Tensor) -> torch.dtype:
+    q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
+    if w.dtype != q:
+        raise ExecutionError(
+            f"{ctx.node.label()}: W_q is {w.dtype}, qtype '{ctx.attr('qtype')}' wants {q}"
+        )
+    if not x.is_floating_point():
+        raise ExecutionError(f"{ctx.node.label()}: X must be a float tensor, got {x.dtype}")
+    return q
+
+
+@kernel("QGemm", domain="ecoinfer")
+def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    x, w, x_scale, w_scale, bias, res = _split(xs)
+    q = _check(ctx, x, w)
+    a = fake_quant(x, x_scale, q)
+    b = dequant_weight(w, w_scale, x.dtype)
+    fctx = KernelContext(
+        ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
+    )
+    return _fused_gemm(fctx, [a, b, bias, res])
+
+
+@kernel("QConv", domain="ecoinfer")
+def _qconv(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    x, w, x_scale, w_scale, bias, res = _split(xs)
+    q = _check(ctx, x, w)
+    a = fake_quant(x, x_scale, q)
+    b = dequant_weight(w, w_scale, x.dtype)
+    return _fused_conv(ctx, [a, b, bias, res])

@@ -1,0 +1,297 @@
+"""Torch-library tactics of the quantized fused ops (ecoinfer.QGemm / ecoinfer.QConv).
+
+    ecoinfer.QGemm  int8_int_mm      X quantized with torch ops, torch._int_mm(Xq [M, K] int8,
+                                     W_q^T [K, N] int8 column-major) -> int32, epilogue in fp32
+                                     (x_scale * w_scale, bias, activation), cast, residual.
+                                     cuBLASLt wants M > 16 (smaller M is zero-padded to 17)
+                                     and K, N multiples of 8; the CPU takes any shape.
+                    fp8_scaled_mm    torch._scaled_mm on float8_e4m3fn operands (B column-major,
+                                     K and N multiples of 16): per-tensor scales in the call;
+                                     per-channel w_scale either as "rowwise" scales (bf16 out,
+                                     bias fused) or folded into an fp32 epilogue ("tensor").
+                    dequant_cublas / W_q dequantized once at make() into the layer's dtype, X
+                    dequant_mm (CPU) quantized+dequantized per call, then FusedGemm's addmm
+                                     tactic: the float fallback the tuner may prefer.
+    ecoinfer.QConv  dequant_cudnn /  the same for convolutions: FusedConv's F.conv tactic on the
+                    dequant_conv     dequantized weight.
+
+Quantizing X uses the reference arithmetic (X / x_scale in float32, round half to even or
+float8 cast, saturate), so every tactic sees the same codes as the reference kernel; the
+tuner still checks each against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ecoinfer.ir.graph import Node
+from ecoinfer.kernels.torch_ops.fused_quant import dequant_weight, fake_quant
+from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
+from ecoinfer.tune.torch_tactics import _add_residual, _conv_maker, _make_addmm, act_inplace
+
+Tensor = torch.Tensor
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_ALL_DT = ("float32", "float16", "bfloat16")
+_CPU_DT = ("float32", "bfloat16")
+_QDTYPE = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
+_FP8_MAX = 448.0
+_INT_MM_MIN_M = 17  # cuBLASLt int8 GEMM: M > 16
+
+
+def _inp(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
+    return inputs[i] if i < len(inputs) else None
+
+
+def _const(node: Node, i: int, inputs: list[TensorInfo | None], build: BuildInfo) -> Tensor | None:
+    """Input i's constant value on the device, as stored (no dtype change), if it is a weight."""
+    info = _inp(inputs, i)
+    if info is None or not info.is_weight or i >= len(node.inputs):
+        return None
+    t = build.weights.get(node.inputs[i])
+    if t is None or tuple(t.shape) != tuple(info.shape) or t.dtype != info.dtype:
+        return None
+    return t.to(build.device)
+
+
+@dataclass(frozen=True)
+class _QG:
+    qtype: str
+    xdtype: torch.dtype
+    k: int
+    n: int
+    w: Tensor  # W_q [N, K] on the device
+    x_scale: Tensor | None  # float32 0-D when constant
+    w_scale: Tensor | None  # float32 [N] or [1] when constant
+    act: str
+    params: list[float]
+
+
+def _parse_gemm(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> _QG | None:
+    x, w, xs, ws = (_inp(inputs, i) for i in range(4))
+    bias, res = _inp(inputs, 4), _inp(inputs, 5)
+    qtype = str(attrs.get("qtype") or "")
+    if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
+        return None
+    if x.dtype not in _FLOATS or len(w.shape) != 2 or w.dtype != _QDTYPE[qtype]:
+        return None
+    n, k = w.shape
+    if not x.shape or x.shape[-1] != k or ws.dtype != torch.float32 or xs.dtype != torch.float32:
+        return None
+    if bias is not None and (tuple(bias.shape) != (n,) or bias.dtype != x.dtype):
+        return None
+    if res is not None and res.dtype != x.dtype:
+        return None
+    wq = _const(node, 1, inputs, build)
+    if wq is None:
+        return None  # W_q is packed at make(): it must be a constant
+    x_scale = _const(node, 2, inputs, build)
+    w_scale = _const(node, 3, inputs, build)
+    return _QG(
+        qtype,
+        x.dtype,
+        k,
+        n,
+        wq.contiguous(),
+        None if x_scale is None else x_scale.float().reshape(()),
+        None if w_scale is None else w_scale.float().reshape(-1),
+        str(attrs.get("activation") or ""),
+        [float(v) for v in attrs.get("activation_params") or []],
+    )
+
+
+def _opt(xs: list[Tensor | None], i: int) -> Tensor | None:
+    return xs[i] if i < len(xs) else None
+
+
+def _scales(q: _QG, xs: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+    """(x_scale 0-D, w_scale [N] or [1]) float32: constants, or this call's inputs."""
+    s = q.x_scale
+    if s is None:
+        s = xs[2].float().reshape(())  # type: ignore[union-attr]
+    ws = q.w_scale
+    if ws is None:
+        ws = xs[3].float().reshape(-1)  # type: ignore[union-attr]
+    return s, ws
+
+
+def _epilogue(
+    y: Tensor, q: _QG, bias: Tensor | None, res: Tensor | None, lead: tuple[int, ...]
+) -> Tensor:
+    """fp32 [M, N] accumulator-with-scale -> + bias, activation, X's dtype, + residual."""
+    if bias is not None:
+        y = y.add_(bias.float())
+    y = act_inplace(y, q.act, q.params).to(q.xdtype).reshape(*lead, q.n)
+    return _add_residual(y, res) if res is not None else y
+
+
+# ---------------------------------------------------------------------- int8: torch._int_mm
+def _make_int_mm(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """torch._int_mm(Xq, W_q^T) -> int32, scaled in an fp32 epilogue."""
+    q = _parse_gemm(node, attrs, inputs, build)
+    if q is None or q.qtype != "int8" or not hasattr(torch, "_int_mm"):
+        return None
+    cuda = torch.device(build.device).type == "cuda"
+    if cuda and (q.k % 8 or q.n % 8):
+        return None  # cuBLASLt int8: K and N multiples of 8
+    wt = q.w.t()  # [K, N] column-major: W_q [N, K] row-major as stored
+    pre = None if q.x_scale is None or q.w_scale is None else q.x_scale * q.w_scale
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x = xs[0]
+        assert x is not None
+        lead = tuple(x.shape[:-1])
+        s, ws = _scales(q, xs)
+        xq = torch.round(x.reshape(-1, q.k).float() / s).clamp_(-128, 127).to(torch.int8)
+        m = xq.shape[0]
+        if cuda and m < _INT_MM_MIN_M:
+            xq = F.pad(xq, (0, 0, 0, _INT_MM_MIN_M - m))  # zero rows, sliced off below
+        acc = torch._int_mm(xq, wt)[:m]
+        y = acc.float().mul_(pre if pre is not None else s * ws)
+        return [_epilogue(y, q, _opt(xs, 4), _opt(xs, 5), lead)]
+
+    return run
+
+
+# ---------------------------------------------------------------------- fp8: torch._scaled_mm
+def _fp8_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    x, ws = _inp(inputs, 0), _inp(inputs, 3)
+    out = [{"scales": "tensor"}]
+    # rowwise scaling (CUTLASS, sm89/sm90+) computes bf16 outputs only
+    if x is not None and ws is not None and x.dtype == torch.bfloat16 and ws.shape != (1,):
+        out.append({"scales": "rowwise"})
+    return out
+
+
+def _make_scaled_mm(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """torch._scaled_mm(Xq, W_q^T, scale_a, scale_b) on float8_e4m3fn operands."""
+    q = _parse_gemm(node, attrs, inputs, build)
+    if q is None or q.qtype != "fp8e4m3" or not hasattr(torch, "_scaled_mm"):
+        return None
+    if q.k % 16 or q.n % 16:
+        return None  # cuBLASLt FP8: K and N multiples of 16
+    mode = str(cfg.get("scales", "tensor"))
+    ws_info = _inp(inputs, 3)
+    per_tensor_w = ws_info is not None and ws_info.shape == (1,)
+    if mode == "rowwise" and (q.xdtype != torch.bfloat16 or per_tensor_w):
+        return None
+    wt = q.w.t()  # [K, N] column-major, as _scaled_mm wants B
+    one = torch.ones((), dtype=torch.float32, device=build.device)
+    half_out = q.xdtype != torch.float32
+    # per-tensor W and a half output: both scales and the bias go into the GEMM itself
+    fused_out = per_tensor_w and half_out
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x = xs[0]
+        assert x is not None
+        lead = tuple(x.shape[:-1])
+        bias, res = _opt(xs, 4), _opt(xs, 5)
+        s, ws = _scales(q, xs)
+        x2 = x.reshape(-1, q.k).float() / s
+        xq = x2.clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+        if mode == "rowwise":
+            m = xq.shape[0]
+            y = torch._scaled_mm(
+                xq,
+                wt,
+                s.expand(m, 1).contiguous(),
+                ws.reshape(1, q.n).contiguous(),
+                bias=bias,
+                out_dtype=torch.bfloat16,
+            )
+            y = act_inplace(y, q.act, q.params).reshape(*lead, q.n)
+            return [_add_residual(y, res) if res is not None else y]
+        if fused_out:
+            y = torch._scaled_mm(xq, wt, s, ws.reshape(()), bias=bias, out_dtype=q.xdtype)
+            y = act_inplace(y, q.act, q.params).reshape(*lead, q.n)
+            return [_add_residual(y, res) if res is not None else y]
+        # fp32 out (no bias allowed there): w_scale [N] and the bias in the fp32 epilogue
+        if per_tensor_w:
+            y = torch._scaled_mm(xq, wt, s, ws.reshape(()), out_dtype=torch.float32)
+        else:
+            y = torch._scaled_mm(xq, wt, s, one, out_dtype=torch.float32).mul_(ws)
+        return [_epilogue(y, q, bias, res, lead)]
+
+    return run
+
+
+# ---------------------------------------------------------------------- dequantize + float
+def _float_infos(inputs: list[TensorInfo | None], xdtype: torch.dtype) -> list[TensorInfo | None]:
+    """The equivalent float node's inputs: (X, W in X's dtype, bias, residual)."""
+    w = inputs[1]
+    assert w is not None
+    return [inputs[0], TensorInfo(w.shape, xdtype, True), _inp(inputs, 4), _inp(inputs, 5)]
+
+
+def _make_dequant_gemm(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """W_q dequantized once into X's dtype; X fake-quantized per call; FusedGemm's addmm."""
+    q = _parse_gemm(node, attrs, inputs, build)
+    if q is None or q.w_scale is None:
+        return None
+    wd = dequant_weight(q.w, q.w_scale, q.xdtype)
+    fattrs = {"trans_b": 1, "activation": q.act, "activation_params": q.params}
+    inner = _make_addmm(node, fattrs, _float_infos(inputs, q.xdtype), {}, build)
+    if inner is None:
+        return None
+    qdtype = _QDTYPE[q.qtype]
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x = xs[0]
+        assert x is not None
+        s, _ = _scales(q, xs)
+        return inner([fake_quant(x, s, qdtype), wd, _opt(xs, 4), _opt(xs, 5)])
+
+    return run
+
+
+def _make_dequant_conv(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """The same for QConv: FusedConv's F.conv tactic on the dequantized weight."""
+    x, w, xs, ws = (_inp(inputs, i) for i in range(4))
+    qtype = str(attrs.get("qtype") or "")
+    if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
+        return None
+    if x.dtype not in _FLOATS or w.dtype != _QDTYPE[qtype]:
+        return None
+    wq, w_scale = _const(node, 1, inputs, build), _const(node, 3, inputs, build)
+    if wq is None or w_scale is None:
+        return None
+    x_scale = _const(node, 2, inputs, build)
+    wd = dequant_weight(wq, w_scale, x.dtype)
+    inner = _conv_maker("plain")(node, attrs, _float_infos(inputs, x.dtype), {}, build)
+    if inner is None:
+        return None
+    qdtype = _QDTYPE[qtype]
+
+    def run(xs_: list[Tensor | None]) -> list[Tensor]:
+        xv = xs_[0]
+        assert xv is not None
+        s = x_scale if x_scale is not None else xs_[2]
+        assert s is not None
+        return inner([fake_quant(xv, s, qdtype), wd, _opt(xs_, 4), _opt(xs_, 5)])
+
+    return run
+
+
+tactic("QGemm", "int8_int_mm", "ecoinfer", ("cpu", "cuda"), _ALL_DT)(_make_int_mm)
+tactic("QGemm", "fp8_scaled_mm", "ecoinfer", ("cuda",), _ALL_DT, configs=_fp8_configs)(
+    _make_scaled_mm
+)
+tactic("QGemm", "dequant_cublas", "ecoinfer", ("cuda",), _ALL_DT)(_make_dequant_gemm)
+tactic("QGemm", "dequant_mm", "ecoinfer", ("cpu",), _CPU_DT)(_make_dequant_gemm)
+tactic("QConv", "dequant_cudnn", "ecoinfer", ("cuda",), _ALL_DT)(_make_dequant_conv)
+tactic("QConv", "dequant_conv", "ecoinfer", ("cpu",), _CPU_DT)(_make_dequant_conv)
