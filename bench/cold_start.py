@@ -96,7 +96,9 @@ def main() -> int:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(a.profile)
     if a.json:
         Path(a.json).write_text(
-            json.dumps({"gpu": name, "engine": a.engine, "phases": phases, "cold_s": cold}, indent=1)
+            json.dumps(
+                {"gpu": name, "engine": a.engine, "phases": phases, "cold_s": cold}, indent=1
+            )
         )
     return 0
 

@@ -18,10 +18,10 @@ trap pack EXIT
 
 if [ "${1:-}" = "tests" ]; then
   shift
-  timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests/tune tests/triton tests/engine tests/quant tests/ir \
+  timeout ${GPU_TEST_TIMEOUT:-240} python -m pytest -q -m gpu -p no:cacheprovider ${GPU_TESTS:-tests/tune tests/triton tests/engine tests/quant tests/ir} \
     > "$RES/gpu_tests.txt" 2>&1; tail -4 "$RES/gpu_tests.txt" | tee -a "$S"
   grep -E "^FAILED|^ERROR" "$RES/gpu_tests.txt" | head -10 | tee -a "$S"
-  timeout 120 python bench/gpu_qgemm_selftest.py --json "$RES/qgemm_selftest.json" > "$RES/qgemm_selftest.txt" 2>&1
+  timeout ${SELFTEST_TIMEOUT:-120} python bench/gpu_qgemm_selftest.py --json "$RES/qgemm_selftest.json" > "$RES/qgemm_selftest.txt" 2>&1
   tail -25 "$RES/qgemm_selftest.txt" | tee -a "$S"
 fi
 cold=0; if [ "${1:-}" = "cold" ]; then cold=1; shift; fi
