@@ -10,6 +10,8 @@ set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; WORK=/tmp/ecoinfer-bench; mkdir -p "$WORK" "$WORK/res"
 RES=$WORK/res; S=$OUT/summary.txt
+# BUDGET_S: seconds this script may take in all; quantized builds leave COMPARE_S for compare
+END=$(( $(date +%s) + ${BUDGET_S:-100000} )); left() { echo $(( END - $(date +%s) - ${1:-0} )); }
 export ECOINFER_TIMING_CACHE=$WORK/timing_cache.json
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader | tee -a "$S"
 [ -d .carry/minilm ] && bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
@@ -50,8 +52,10 @@ PY
   peers="torch-fp32,torch-fp16,torch-compile-fp16"
   for q in fp16 $quants; do
     qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" --calib-method entropy)
+    lim=300; [ "$q" != fp16 ] && lim=$(left ${COMPARE_S:-0}); [ $lim -gt 300 ] && lim=300
+    [ $lim -lt 30 ] && { echo "$tag $q build skipped: no time left" | tee -a "$S"; continue; }
     t0=$(date +%s.%N)
-    timeout 300 python -m ecoinfer.cli build "$onnx" -o "$WORK/${tag}_$q.eng" --fp16 "${qa[@]}" "${shp[@]}" \
+    timeout $lim python -m ecoinfer.cli build "$onnx" -o "$WORK/${tag}_$q.eng" --fp16 "${qa[@]}" "${shp[@]}" \
       --timing-cache "$WORK/tc_$tag.json" --verbose > "$RES/build_${tag}_$q.log" 2>&1; rc=$?
     t1=$(date +%s.%N)
     echo "$tag $q build rc=$rc $(python -c "print(round($t1-$t0,1))") s" | tee -a "$S"
@@ -70,7 +74,8 @@ if q:
 print(f"  carried Triton kernels: {tb.get('entries')} entries, {tb.get('bytes')} bytes, {tb.get('seconds', 0):.1f} s to collect")
 PY
   done
-  timeout 420 python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
+  lim=$(left 10); [ $lim -gt 420 ] && lim=420
+  timeout $lim python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
     --peers "$peers" --json "$RES/compare_$tag.json" > "$RES/compare_$tag.txt" 2>&1
   grep -E "^(PyTorch|torch|ecoinfer) |skipped" "$RES/compare_$tag.txt" | tee -a "$S"
   if [ $cold = 1 ] && [ -f "$WORK/${tag}_fp16.eng" ]; then

@@ -163,6 +163,24 @@ def test_per_layer_profile_covers_every_layer(engine_file) -> None:  # noqa: ANN
     assert sum(sum(v) for v in times.values()) > 0
 
 
+def test_cold_start_imports_no_sympy(engine_file) -> None:  # noqa: ANN001
+    # torch.broadcast_shapes imports sympy (2.4 s on the H200 machine): load + first run of
+    # an engine, and the Triton tactics' make(), must not
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from ecoinfer.engine.builder import load_engine\n"
+        "from ecoinfer.kernels.triton.norms import _params_fit\n"
+        "from ecoinfer.tune.tactics import TensorInfo as T\n"
+        f"e = load_engine({str(engine_file[0])!r})\n"
+        f"e.run({{n: np.ones((2, 8), np.int64) for n in {SHAPES!r}}})\n"
+        "h = torch.float16\n"
+        "assert _params_fit([T((2, 8, 768), h), T((768,), h), T((768,), h)], 2, 3)\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ecoinfer.cli", *args], capture_output=True, text=True, timeout=600

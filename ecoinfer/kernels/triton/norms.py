@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ecoinfer.ir.graph import Node
+from ecoinfer.kernels.broadcast import broadcast_shape
 
 Tensor = torch.Tensor
 RunFn = Callable[[list[Tensor | None]], list[Tensor]]
@@ -260,7 +261,7 @@ def _params_fit(inputs: list, axis: int, n_params: int) -> bool:
         if p is None:
             continue
         try:
-            if tuple(torch.broadcast_shapes(tuple(p.shape), norm_shape)) != norm_shape:
+            if broadcast_shape(tuple(p.shape), norm_shape) != norm_shape:
                 return False
         except RuntimeError:
             return False
