@@ -11,8 +11,9 @@ quantize_graph() then rewrites the graph in the QDQ form TensorRT and onnxruntim
 
 FP8 ("fp8") is the same with float8 E4M3 codes (ONNX opset 19+ QuantizeLinear semantics):
 scale = amax / 448, zero points float8e4m3fn 0, x / scale saturated to +-448 and rounded to
-the nearest E4M3 value. Weights are quantized once, here, symmetric per output channel;
-activations per tensor. The builder then fuses each Q/DQ layer into ecoinfer.QGemm/QConv
+the nearest E4M3 value. Weights are quantized once, here, symmetric: INT8 per output
+channel, FP8 per tensor (as the FP8 recipe of NVIDIA's libraries does); activations per
+tensor. The builder then fuses each Q/DQ layer into ecoinfer.QGemm/QConv
 (passes/fuse_quantized.py) so quantized kernels can run it.
 The result runs on the reference runtime and computes exactly what INT8 kernels with a
 float epilogue compute, up to the float rounding of the accumulation order: the operands
@@ -280,14 +281,17 @@ def quantize_graph(
             nodes.append(Node("DequantizeLinear", [q, s, zp], [dq], {}, g.fresh_name(f"{x}_DQ")))
             act_dq[x] = dq
         w = t.weight
-        key = (w, t.weight_axis)
+        # FP8 weights per tensor (E4M3's exponent covers the channel spread; cuBLASLt then
+        # applies both scales and the bias inside the GEMM); INT8 per output channel
+        axis = None if precision == "fp8" else t.weight_axis
+        key = (w, axis)
         if key not in weight_dq:
             wt = g.initializers[w]
-            codes, wscale = quantize_weight(wt, t.weight_axis, precision)
+            codes, wscale = quantize_weight(wt, axis, precision)
             wq = new_init(f"{w}_{precision}", codes)
             ws = new_init(f"{w}_scale", wscale.to(wt.dtype))
             wdq = new_value(f"{w}_dequantized", dtypes.from_torch(wt.dtype), tuple(wt.shape))
-            attrs = {"axis": t.weight_axis} if t.weight_axis is not None else {}
+            attrs = {"axis": axis} if axis is not None else {}
             nodes.append(Node("DequantizeLinear", [wq, ws], [wdq], attrs, g.fresh_name(f"{w}_DQ")))
             weight_dq[key] = wdq
             replaced_weights.add(w)
