@@ -49,7 +49,7 @@ for d, n in ((cal, 16), (val, 4)):
             f = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         np.savez(f"{d}/b{i:03d}.npz", **f)
 PY
-  peers="torch-fp32,torch-fp16,torch-compile-fp16"
+  peers=${PEERS:-torch-fp32,torch-fp16,torch-compile-fp16}
   for q in fp16 $quants; do
     qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" --calib-method entropy)
     lim=300; [ "$q" != fp16 ] && lim=$(left ${COMPARE_S:-0}); [ $lim -gt 300 ] && lim=300
