@@ -68,16 +68,20 @@ def write_engine(
 
 
 def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Header and weights (on the CPU) of a verified engine file."""
-    from safetensors.torch import load  # noqa: PLC0415
+    """Header and weights (on the CPU) of a verified engine file.
 
+    The file is read once into one buffer; the checksum runs over views of it and the weights
+    are views into it too (no copy of the weights before they move to the device)."""
     path = Path(path)
     label = str(path)
     if not path.is_file():
         raise EngineFileError(
             f"{label}: no such engine file; build one with `ecoinfer build MODEL.onnx -o {label}`"
         )
-    raw = path.read_bytes()
+    raw = bytearray(path.stat().st_size)
+    with open(path, "rb") as f:
+        got_n = f.readinto(raw)
+    del raw[got_n:]
     if not raw.startswith(MAGIC):
         raise EngineFileError(
             f"{label}: not an ecoinfer engine file (wrong magic bytes); build one with `ecoinfer build`"
@@ -86,19 +90,19 @@ def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
         raise EngineFileError(
             f"{label}: the engine file is truncated; rebuild it with `ecoinfer build`"
         )
-    (n,) = struct.unpack("<Q", raw[len(MAGIC) : len(MAGIC) + 8])
+    (n,) = struct.unpack_from("<Q", raw, len(MAGIC))
     start = len(MAGIC) + 8
     if start + n > len(raw):
         raise EngineFileError(
             f"{label}: the engine file is truncated (header cut off); rebuild it with `ecoinfer build`"
         )
     try:
-        header = json.loads(raw[start : start + n])
+        header = json.loads(bytes(raw[start : start + n]))
     except ValueError:
         raise EngineFileError(
             f"{label}: the engine header is corrupted; rebuild it with `ecoinfer build`"
         ) from None
-    blob = raw[start + n :]
+    blob = memoryview(raw)[start + n :]
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise EngineFileError(
@@ -106,19 +110,75 @@ def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
             "rebuild it with this ecoinfer (`ecoinfer build`)"
         )
     want = header.pop("sha256", None)
-    got = hashlib.sha256(_canonical(header) + blob).hexdigest()
-    if want != got:
+    digest = hashlib.sha256(_canonical(header))
+    digest.update(blob)
+    if want != digest.hexdigest():
         raise EngineFileError(
             f"{label}: checksum mismatch: the engine file is truncated or was modified after it was "
             "built; rebuild it with `ecoinfer build`"
         )
     try:
-        tensors = load(blob) if blob else {}
+        tensors = _safetensors_views(raw, start + n) if len(blob) else {}
     except Exception as e:  # noqa: BLE001
         raise EngineFileError(
-            f"{label}: the weights section cannot be read ({type(e).__name__}); rebuild it"
+            f"{label}: the weights section cannot be read ({type(e).__name__}: {e}); rebuild it"
         ) from None
     return header, tensors
+
+
+# safetensors dtype names (https://github.com/huggingface/safetensors, format section)
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _safetensors_views(buf: bytearray, offset: int) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors section at buf[offset:], as views into buf. Every entry
+    is checked against the section's bounds: a file can carry a valid checksum and still be
+    hostile (the checksum guards against damage, not against a forger)."""
+    (hn,) = struct.unpack_from("<Q", buf, offset)
+    data0 = offset + 8 + hn
+    if data0 > len(buf):
+        raise ValueError("safetensors header runs past the end of the file")
+    meta = json.loads(bytes(buf[offset + 8 : data0]))
+    size = len(buf) - data0
+    out: dict[str, torch.Tensor] = {}
+    for name, info in meta.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"tensor {name}: unknown dtype {info.get('dtype')}")
+        shape = [int(d) for d in info["shape"]]
+        begin, end = (int(v) for v in info["data_offsets"])
+        count = 1
+        for d in shape:
+            if d < 0:
+                raise ValueError(f"tensor {name}: negative dimension")
+            count *= d
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not 0 <= begin <= end <= size or end - begin != count * itemsize:
+            raise ValueError(f"tensor {name}: data offsets out of bounds")
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+            continue
+        if (data0 + begin) % itemsize:  # unaligned: copy (torch views need aligned storage)
+            t = torch.frombuffer(bytearray(buf[data0 + begin : data0 + end]), dtype=dtype)
+        else:
+            t = torch.frombuffer(buf, dtype=dtype, count=count, offset=data0 + begin)
+        out[name] = t.reshape(shape)
+    return out
 
 
 def is_engine_file(path: str | os.PathLike) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import struct
@@ -213,3 +214,36 @@ def test_build_cli_with_check_accuracy_and_errors(minilm, tmp_path) -> None:  # 
     assert proc.returncode == 2 and "together" in proc.stderr
     proc = _cli("build", str(path), "-o", str(out), "--tf32", "--device", "cpu")
     assert proc.returncode == 2 and "tf32" in proc.stderr
+
+
+def test_weights_are_checked_even_under_a_valid_checksum(tmp_path) -> None:  # noqa: ANN001
+    # the checksum guards against damage, not against a forger: a re-hashed file whose
+    # weights table points outside the file must still fail cleanly
+    from ecoinfer.engine.format import MAGIC, _canonical, read_engine, write_engine  # noqa: PLC0415
+
+    good = tmp_path / "good.eng"
+    w = {
+        "w": torch.arange(6, dtype=torch.float16).reshape(2, 3),
+        "i": torch.tensor([7], dtype=torch.int8),
+    }
+    write_engine(good, {"plan": {}}, w)
+    header, got = read_engine(good)
+    assert (
+        set(got) == {"w", "i"} and torch.equal(got["w"], w["w"]) and torch.equal(got["i"], w["i"])
+    )
+
+    raw = good.read_bytes()
+    (n,) = struct.unpack_from("<Q", raw, len(MAGIC))
+    blob = raw[len(MAGIC) + 8 + n :]
+    (hn,) = struct.unpack_from("<Q", blob, 0)
+    meta = json.loads(blob[8 : 8 + hn])
+    meta["w"]["data_offsets"] = [0, 10**12]
+    forged_meta = json.dumps(meta).encode()
+    forged = struct.pack("<Q", len(forged_meta)) + forged_meta + blob[8 + hn :]
+    body = dict(header)
+    body["sha256"] = hashlib.sha256(_canonical(header) + forged).hexdigest()
+    data = _canonical(body)
+    bad = tmp_path / "bad.eng"
+    bad.write_bytes(MAGIC + struct.pack("<Q", len(data)) + data + forged)
+    with pytest.raises(EngineFileError, match="weights section cannot be read.*out of bounds"):
+        read_engine(bad)
