@@ -4,8 +4,10 @@ the one with the fewest joules per inference whose p99 latency meets the SLO.
 The search space is batch size x precision x CUDA graphs, over ecoinfer engines:
 
 - precision: fp32, tf32, fp16 and bf16 on a GPU; fp32 and bf16 on the CPU (tf32 and fp16
-  asked for on the CPU are answered "not available on the CPU", per configuration);
-  int8 and fp8 are answered "not available yet: quantization (issue 6)";
+  asked for on the CPU are answered "not available on the CPU", per configuration); with
+  --calib-data also int8 (GPU and CPU) and fp8 (GPU): post-training quantized engines whose
+  float layers run in fp16 on a GPU (fp32 on the CPU), calibrated once (the thresholds are
+  cached and shared by every batch size and by both quantized precisions);
 - CUDA graphs: on (the engine's layers captured once and replayed) and off, on a GPU; "on"
   asked for on the CPU is answered "CUDA graphs need a GPU".
 
@@ -22,6 +24,7 @@ measures: it never changes GPU clocks or power limits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -40,8 +43,9 @@ if TYPE_CHECKING:
 KNOWN_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
 GPU_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 CPU_PRECISIONS = ("fp32", "bf16")
+QUANT_PRECISIONS = ("int8", "fp8")  # need calibration data
 ENGINE_PRECISION = {"fp32": "float32", "tf32": "tf32", "fp16": "float16", "bf16": "bfloat16"}
-NOT_YET = "not available yet: quantization (issue 6)"
+NEEDS_CALIB = "needs calibration data: give --calib-data DIR (or a .py script)"
 NOT_ON_CPU = "not available on the CPU"
 GRAPHS_NEED_GPU = "CUDA graphs need a GPU"
 TIMING_CACHE_ENV = "ECOINFER_TIMING_CACHE"
@@ -55,8 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precisions",
         default="auto",
         help=(
-            "engine precisions to try, e.g. fp32,fp16: fp32, tf32, fp16, bf16 on a GPU; fp32, "
-            "bf16 on the CPU; int8/fp8 are not available yet (quantization, issue 6). "
+            "engine precisions to try, e.g. fp32,fp16,int8: fp32, tf32, fp16, bf16 on a GPU; "
+            "fp32, bf16 on the CPU; int8 (and fp8 on a GPU) with --calib-data. "
             "Default auto: every precision the device offers"
         ),
     )
@@ -79,6 +83,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="input shapes with the batch left to --batches: NAME:DxD (axis 0 is replaced)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--calib-data",
+        metavar="DIR_OR_SCRIPT",
+        help="calibration batches (as for build --int8): adds int8 (and fp8 on a GPU)",
+    )
+    p.add_argument(
+        "--calib-method",
+        default="entropy",
+        choices=["entropy", "percentile", "minmax", "mse"],
+        help="calibrator for int8/fp8 (default entropy)",
+    )
+    p.add_argument("--calib-batches", type=int, default=None, metavar="N")
     p.add_argument(
         "--duration",
         type=float,
@@ -148,19 +164,23 @@ def parse_precisions(text: str) -> list[str] | None:
     return out
 
 
-def offered(device: str) -> tuple[tuple[str, ...], tuple[bool, ...]]:
-    """(precisions, CUDA-graphs settings) the engine offers on `device`."""
+def offered(device: str, calib: bool = False) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """(precisions, CUDA-graphs settings) the engine offers on `device` (quantized ones with
+    calibration data)."""
     if device.startswith("cuda"):
-        return GPU_PRECISIONS, (True, False)
-    return CPU_PRECISIONS, (False,)
+        return GPU_PRECISIONS + (QUANT_PRECISIONS if calib else ()), (True, False)
+    return CPU_PRECISIONS + (("int8",) if calib else ()), (False,)
 
 
-def unavailable(precision: str, cuda_graphs: bool, device: str) -> str | None:
+def unavailable(precision: str, cuda_graphs: bool, device: str, calib: bool = False) -> str | None:
     """Why (precision, cuda_graphs) cannot be measured on `device`, or None if it can."""
     cuda = device.startswith("cuda")
     why = []
-    if precision not in GPU_PRECISIONS:
-        why.append(f"{precision} {NOT_YET}")
+    if precision == "fp8" and not cuda:
+        why.append(f"fp8 {NOT_ON_CPU} (it needs compute capability >= 8.9; try int8)")
+    elif precision in QUANT_PRECISIONS:
+        if not calib:
+            why.append(f"{precision} {NEEDS_CALIB}")
     elif not cuda and precision not in CPU_PRECISIONS:
         why.append(f"{precision} {NOT_ON_CPU}")
     if cuda_graphs and not cuda:
@@ -187,12 +207,14 @@ def tune_energy(
     seed: int = 0,
     timing_cache: str | None = None,
     log: Callable[[str], None] | None = None,
+    quant: Any = None,
 ) -> Report:
     """Build and measure each configuration (None for `precisions`/`cuda_graphs`: all the
     device offers). Returns a Report whose results carry, in `extra`, batch/precision/
     cuda_graphs, `meets_slo`, `pareto` and `chosen`; configurations the device cannot run
     are skipped rows with the reason. `timing_cache`: the file every build shares (default
-    $ECOINFER_TIMING_CACHE, else a temporary file removed afterwards)."""
+    $ECOINFER_TIMING_CACHE, else a temporary file removed afterwards). `quant`: a
+    quant.budget.QuantizeOptions with calibration data, which makes int8/fp8 measurable."""
     from ecoinfer.bench import peers  # noqa: PLC0415
     from ecoinfer.bench.harness import BenchConfig, device_name  # noqa: PLC0415
     from ecoinfer.bench.report import TUNE_COLUMNS, Report, fmt_num, pareto_front  # noqa: PLC0415
@@ -205,7 +227,8 @@ def tune_energy(
     dev = pick_device(device)
     cuda = dev.startswith("cuda")
     where = "a GPU" if cuda else "the CPU"
-    offer_p, offer_g = offered(dev)
+    calib = quant is not None and (quant.calib_data or quant.calib_cache) is not None
+    offer_p, offer_g = offered(dev, calib)
     precs = list(precisions) if precisions is not None else list(offer_p)
     graphs = list(cuda_graphs) if cuda_graphs is not None else list(offer_g)
     batches = sorted(set(batches))
@@ -214,7 +237,7 @@ def tune_energy(
     combos = [(p, b, g) for p in precs for b in batches for g in graphs]
     if not combos:
         raise InputError("give at least one batch size, precision and CUDA-graphs setting")
-    why = {c: unavailable(c[0], c[2], dev) for c in combos}
+    why = {c: unavailable(c[0], c[2], dev, calib) for c in combos}
     if all(why.values()):
         reasons = "; ".join(dict.fromkeys(r for r in why.values() if r))
         raise InputError(
@@ -231,7 +254,7 @@ def tune_energy(
     ]
     missing = {}
     for p in precs:
-        r = unavailable(p, False, dev)
+        r = unavailable(p, False, dev, calib)
         if r:
             missing[p] = r
     if missing:
@@ -244,6 +267,13 @@ def tune_energy(
     if not cache_path:
         tmp = tempfile.TemporaryDirectory(prefix="ecoinfer-tune-")
         cache_path = str(Path(tmp.name) / "timing_cache.json")
+    qtmp = None
+    if calib:
+        # calibrate once: the first quantized build writes the thresholds, the rest read them
+        qtmp = tempfile.TemporaryDirectory(prefix="ecoinfer-calib-")
+        quant = dataclasses.replace(
+            quant, calib_cache=quant.calib_cache or str(Path(qtmp.name) / "calib.json")
+        )
     results = []
     n_run = sum(1 for c in combos if not why[c])
     done = 0
@@ -255,8 +285,11 @@ def tune_energy(
                     say(f"building the {prec} engine for batch {b}")
                 rows = _measure_engine(
                     model_path, graph, prec, b, todo, dev, cfg, seq, shapes, opt_level, seed,
-                    cache_path, say, done, n_run,
+                    cache_path, say, done, n_run, quant,
                 )  # fmt: skip
+                if prec in QUANT_PRECISIONS and quant is not None and quant.calib_data:
+                    if Path(quant.calib_cache).exists():
+                        quant = dataclasses.replace(quant, calib_data=None)
                 done += len(todo)
                 for g in graphs:
                     r = why[(prec, b, g)]
@@ -273,6 +306,8 @@ def tune_energy(
     finally:
         if tmp is not None:
             tmp.cleanup()
+        if qtmp is not None:
+            qtmp.cleanup()
 
     for r in pareto_front(results):
         r.extra["pareto"] = True
@@ -357,6 +392,7 @@ def _measure_engine(
     say: Callable[[str], None],
     done: int,
     total: int,
+    quant: Any = None,
 ) -> dict[bool, Any]:
     """Build one engine for exactly this batch's shapes, then measure it with each CUDA-graphs
     setting in `graphs`; {setting: BenchResult} (skipped results say why)."""
@@ -376,10 +412,16 @@ def _measure_engine(
         feeds = random_inputs(graph, peers.input_shapes(graph, batch, seq, shp), seed)
         exact = {k: tuple(v.shape) for k, v in feeds.items()}
         t0 = time.perf_counter()
+        qopts = None
+        float_prec = ENGINE_PRECISION.get(prec)
+        if prec in QUANT_PRECISIONS:
+            qopts = dataclasses.replace(quant, precision=prec)
+            float_prec = "float16" if dev.startswith("cuda") else "float32"
         engine = build(
             model_path,
             BuildConfig(
-                precision=ENGINE_PRECISION[prec],
+                precision=float_prec,
+                quant=qopts,
                 device=dev,
                 opt_level=opt_level,
                 profiles=[ShapeProfile(exact, exact, exact)],
@@ -440,6 +482,14 @@ def _measure_engine(
                 "timing_cache": {k: v for k, v in tc.items() if k != "path"},
             }
         )
+        q = (engine.report or {}).get("quantization")
+        if q:  # which thresholds (fresh calibration or the shared cache) and what it quantized
+            res.extra["quantization"] = {
+                "calibrator": q.get("calibrator"),
+                "quantized_layers": len(q.get("quantized_layers", [])),
+                "float_layers": len(q.get("float_layers", [])),
+                "emulated": q.get("emulated"),
+            }
         if res.skipped:
             say(f"      skipped: {res.skipped}")
         out[g] = res
@@ -471,8 +521,6 @@ def pareto_text(rep: Report) -> list[str]:
 
 
 def _asdict(cfg: Any) -> dict:
-    import dataclasses  # noqa: PLC0415
-
     return dataclasses.asdict(cfg)
 
 
@@ -493,6 +541,15 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
 
     if args.duration <= 0 or args.warmup < 0:
         raise InputError("--duration must be positive and --warmup not negative")
+    quant = None
+    if args.calib_data:
+        from ecoinfer.quant.budget import QuantizeOptions  # noqa: PLC0415
+
+        quant = QuantizeOptions(
+            calib_data=args.calib_data,
+            calib_method=args.calib_method,
+            calib_batches=args.calib_batches,
+        )
     cfg = BenchConfig(
         warmup_s=args.warmup,
         duration_s=args.duration,
@@ -511,6 +568,7 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
         config=cfg,
         opt_level=args.opt_level,
         log=lambda s: print(s, file=sys.stderr, flush=True),
+        quant=quant,
     )
     print(rep.title)
     print(report.to_text(rep))

@@ -164,7 +164,7 @@ def test_tune_energy_refuses_when_nothing_is_available(mlp) -> None:  # noqa: AN
     proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--precisions", "int8",
                 "--device", "cpu")  # fmt: skip
     assert proc.returncode == 2
-    assert "int8 not available yet: quantization (issue 6)" in proc.stderr
+    assert "int8 needs calibration data: give --calib-data DIR" in proc.stderr
     proc = _cli("tune-energy", str(mlp), "--slo-ms", "10", "--batches", "0")
     assert proc.returncode == 2 and "--batches" in proc.stderr
 
@@ -178,7 +178,12 @@ def test_tune_energy_search_space_per_device() -> None:
     assert tune.unavailable("tf32", False, "cpu") == "tf32 not available on the CPU"
     assert tune.unavailable("fp32", True, "cpu") == "CUDA graphs need a GPU"
     assert tune.unavailable("fp16", True, "cuda:0") is None
-    assert tune.unavailable("fp8", True, "cuda") == "fp8 not available yet: quantization (issue 6)"
+    assert tune.unavailable("fp8", True, "cuda").startswith("fp8 needs calibration data")
+    assert tune.unavailable("fp8", True, "cuda", calib=True) is None
+    assert tune.unavailable("fp8", False, "cpu", calib=True).startswith("fp8 not available on")
+    assert tune.unavailable("int8", False, "cpu", calib=True) is None
+    assert tune.offered("cpu", calib=True) == (("fp32", "bf16", "int8"), (False,))
+    assert tune.offered("cuda", calib=True)[0][-2:] == ("int8", "fp8")
     assert tune.parse_precisions("auto") is None and tune.parse_cuda_graphs("auto") is None
     assert tune.parse_precisions("FP32, float16,fp32") == ["fp32", "fp16"]
     assert tune.parse_cuda_graphs("on,off") == [True, False]
@@ -216,3 +221,29 @@ def test_compare_with_the_bundled_minilm_module(minilm) -> None:  # noqa: ANN001
     assert len(rows) == 2 and not any("skipped" in r for r in rows), proc.stdout
     assert "1.00x (baseline)" in rows[0]
     assert "disagree" not in proc.stdout
+
+
+def test_tune_energy_measures_int8_with_calibration_data(mlp, tmp_path) -> None:  # noqa: ANN001
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        np.savez(calib / f"b{i}.npz", ids=rng.integers(0, 50, (4, 8)).astype(np.int64))
+    js = tmp_path / "t.json"
+    proc = _cli(
+        "tune-energy", str(mlp), "--slo-ms", "1000", "--batches", "1,4", "--seq", "8",
+        "--precisions", "fp32,int8,fp8", "--device", "cpu", "--calib-data", str(calib),
+        *FAST, "--json", str(js),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(js.read_text())["results"]
+    key = {(r["extra"]["precision"], r["batch"]): r for r in res}
+    for b in (1, 4):
+        q = key[("int8", b)]
+        assert q["skipped"] is None and q["latency"]["n"] > 0, q
+        assert q["extra"]["engine_precision"] == "float32"  # the float layers, on a CPU
+        assert key[("fp8", b)]["skipped"].startswith("fp8 not available on the CPU")
+    # calibrated once: the second int8 build read the thresholds from the shared cache
+    assert key[("int8", 1)]["extra"]["quantization"]["calibrator"] == "entropy"
+    assert key[("int8", 4)]["extra"]["quantization"]["calibrator"] == "cache"
+    assert key[("int8", 4)]["extra"]["quantization"]["quantized_layers"] == 1
