@@ -262,6 +262,9 @@ def _carry_triton_binaries(engine: Engine, seed: int) -> None:
         engine.warnings.append(f"compiled Triton kernels not carried in the engine file: {e}")
 
 
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
 def _tune_profile(
     graph: Graph,
     prof: ShapeProfile,
@@ -314,7 +317,9 @@ def _tune_profile(
         choice = LayerChoice(precision=prec, inputs=infos)
         has_tactics = cfg.tune and bool(tactics_for(node.op_type, node.domain, device, prec))
         ys = None
-        if has_tactics and not any(isinstance(v, Graph) for v in node.attrs.values()):
+        # control flow (If/Loop/Scan) bodies read the outer environment: not tunable alone;
+        # a FusedElementwise body is self-contained and has its generated Triton kernel
+        if has_tactics and node.op_type not in _CONTROL_FLOW:
             from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
 
             build_info = BuildInfo(dev, prec, {n: env[n] for n in node.inputs if n in weights})
