@@ -172,6 +172,13 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         # Q/DQ layers -> QGemm/QConv (then dce), so quantized tactics can run them
         optimized, fused = fuse_for_build(optimized)
         quant_report["fused"] = dict(fused)
+    elif any(n.op_type == "QuantizeLinear" and not n.domain for n in optimized.nodes):
+        # a model quantized by another tool (onnxruntime, ModelOpt): its symmetric Q/DQ layers
+        # get the quantized kernels too; the rest keeps running its Q/DQ nodes
+        from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
+
+        optimized, fused = fuse_for_build(optimized)
+        quant_report = {"precision": "from the model (Q/DQ)", "fused": dict(fused)}
     profiles = cfg.profiles or [default_profile(optimized)]
     for p in profiles:
         _check_profile(optimized, p)

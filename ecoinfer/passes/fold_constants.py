@@ -38,8 +38,22 @@ _MAX_GROWTH = 4
 _MAX_SMALL = 1 << 16
 
 
+def _quantized_weight(graph: Graph, node) -> bool:  # noqa: ANN001
+    """DequantizeLinear of a symmetric int8/float8 weight: left for fuse_quantized, so a model
+    quantized by another tool keeps its quantized weights for the quantized kernels."""
+    if node.op_type != "DequantizeLinear" or node.domain:
+        return False
+    w = graph.initializers.get(node.inputs[0])
+    if w is None or w.dim() < 2 or w.dtype not in (torch.int8, torch.float8_e4m3fn):
+        return False
+    zp = graph.initializers.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    return zp is None or not bool((zp.float() != 0).any())
+
+
 def _fold_node(graph: Graph, node) -> list[torch.Tensor] | None:  # noqa: ANN001
     if node.op_type in _NEVER or any(isinstance(v, Graph) for v in node.attrs.values()):
+        return None
+    if _quantized_weight(graph, node):
         return None
     ins = [graph.initializers.get(i) if i else None for i in node.inputs]
     if node.op_type == "CastLike" and ins[0] is not None and ins[1] is None:

@@ -351,3 +351,46 @@ def test_onnxruntime_quantized_model_matches(tmp_path, mode: str) -> None:
     engine = build(dst, BuildConfig(device="cpu"))
     out = engine.run({"x": x})["y"]
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_symmetric_qdq_model_from_onnxruntime_builds_with_quantized_layers(tmp_path) -> None:
+    # a model quantized by another tool: symmetric int8 activations and per-channel weights
+    # become ecoinfer.QGemm layers (its weights stay int8), and the engine still matches
+    # onnxruntime's own run of the QDQ model
+    ort = pytest.importorskip("onnxruntime")
+    from onnxruntime import quantization as q  # noqa: PLC0415
+
+    from ecoinfer.engine.builder import BuildConfig, build  # noqa: PLC0415
+
+    src, dst = str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")
+    _float_mlp(src)
+    rng = np.random.default_rng(9)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(
+                [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(8)]
+            )
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.it, None)
+
+    q.quantize_static(
+        src,
+        dst,
+        Reader(),
+        quant_format=q.QuantFormat.QDQ,
+        activation_type=q.QuantType.QInt8,
+        weight_type=q.QuantType.QInt8,
+        per_channel=True,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    ref = ort.InferenceSession(dst, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    engine = build(dst, BuildConfig(device="cpu"))
+    qops = [n for n in engine.graph.nodes if n.op_type == "QGemm"]
+    assert len(qops) == 2, engine.graph.op_histogram()
+    assert all(engine.graph.initializers[n.inputs[1]].dtype == torch.int8 for n in qops)
+    assert engine.report["quantization"]["fused"]
+    out = np.asarray(engine.run({"x": x})["y"])
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
