@@ -68,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="metric of the budget (a .py defines metric(ref, out) -> float, higher is better)",
     )
     q.add_argument("--val-data", metavar="DIR", help="validation data (default: --calib-data)")
+    q.add_argument(
+        "--obey-precision",
+        action="store_true",
+        help="keep every quantized layer quantized; by default a GPU build runs a layer in "
+        "float where its float kernel is faster (as TensorRT without --precisionConstraints=obey)",
+    )
     p.add_argument(
         "--shapes",
         nargs="+",
@@ -201,6 +207,11 @@ def _print_quantization(q: dict | None) -> None:
         f"{q['precision']}: {len(q['quantized_layers'])} layer(s) quantized{fused}, "
         f"{len(q['float_layers'])} kept in float; {how}"
     )
+    for r in q.get("float_for_speed") or []:
+        print(
+            f"  {r['layer']} runs in float: {r['float_tactic']} {r['float_ms']:.4f} ms beats "
+            f"{r['quantized_tactic']} {r['quantized_ms']:.4f} ms"
+        )
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -231,6 +242,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         progress=sys.stderr.isatty(),
         quant=quant,
+        quant_fallback=False if getattr(args, "obey_precision", False) else None,
     )
     engine = build(args.model, cfg)
     path = engine.save(args.output)

@@ -26,6 +26,8 @@ import torch
 from ecoinfer.device import pick_device
 from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
 from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
+from ecoinfer.engine.quant_fallback import apply as apply_float_twins
+from ecoinfer.engine.quant_fallback import float_twin, is_quantized, prefer_float
 from ecoinfer.engine.runtime import (
     Engine,
     LayerChoice,
@@ -71,6 +73,9 @@ class BuildConfig:
     # ecoinfer.quant.budget.QuantizeOptions: calibrate, insert Q/DQ (INT8/FP8) after optimizing
     # and fuse it into QGemm/QConv; float layers then run in `precision`
     quant: Any = None
+    # a quantized layer runs in float where its float kernel is faster (engine/quant_fallback);
+    # None: on for GPU builds, off on the CPU (there the quantized layers emulate the GPU's)
+    quant_fallback: bool | None = None
 
 
 def default_profile(graph: Graph) -> ShapeProfile:
@@ -178,7 +183,12 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
 
         optimized, fused = fuse_for_build(optimized)
-        quant_report = {"precision": "from the model (Q/DQ)", "fused": dict(fused)}
+        quant_report = {
+            "precision": "from the model (Q/DQ)",
+            "fused": dict(fused),
+            "quantized_layers": [n.name for n in optimized.nodes if is_quantized(n)],
+            "float_layers": [],
+        }
     profiles = cfg.profiles or [default_profile(optimized)]
     for p in profiles:
         _check_profile(optimized, p)
@@ -201,16 +211,21 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     choices: dict[str, LayerChoice] = {}
     candidates: dict[str, list] = {}
     memory = {}
+    twins: dict = {}
     for k, prof in enumerate(profiles):
-        c, cand, mem = _tune_profile(
+        c, cand, mem, tw = _tune_profile(
             planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles)
         )
+        if k == 0:  # the first profile's opt shapes decide, as for the tactics
+            twins = tw
         for name, ch in c.items():
             choices.setdefault(name, ch)  # the first profile's opt shapes decide
         candidates.update({n: v for n, v in cand.items() if n not in candidates})
         memory[f"profile {k}"] = mem
     if cache is not None and cfg.timing_cache:
         cache.save(cfg.timing_cache)
+    if twins:
+        planned = apply_float_twins(planned, twins)
     report = {
         "build_seconds": time.perf_counter() - t_start,
         "passes": [
@@ -236,6 +251,16 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         from ecoinfer.quant.budget import quant_tactics_report  # noqa: PLC0415
 
         quant_report.update(quant_tactics_report(planned, choices))
+        quant_report["float_for_speed"] = [
+            {
+                "layer": n,
+                "float_tactic": choices[n].tactic,
+                "float_ms": choices[n].time_ms,
+                "quantized_tactic": choices[n].runner_up,
+                "quantized_ms": choices[n].runner_up_ms,
+            }
+            for n in twins
+        ]
         report["quantization"] = quant_report
     engine = Engine(
         planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
@@ -303,6 +328,8 @@ def _tune_profile(
     live = peak = naive = 0
     sizes: dict[str, int] = {}
     tuned_layers = 0
+    twins: dict = {}
+    fallback = cfg.quant_fallback if cfg.quant_fallback is not None else dev.type == "cuda"
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
         kernel = get_kernel(node.op_type, node.domain)
@@ -347,6 +374,30 @@ def _tune_profile(
             )
             cand[node.name] = ch.to_dict()["candidates"]
             tuned_layers += 1
+            if fallback and is_quantized(node):
+                twin = _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg)
+                if twin is not None and twin[1].time_ms is not None:
+                    tw, tch = twin
+                    cand[node.name] += [dict(c, float=True) for c in tch.to_dict()["candidates"]]
+                    if prefer_float(ch.time_ms, tch.time_ms):
+                        twins[node.name] = tw
+                        choice = LayerChoice(
+                            tactic=tch.tactic,
+                            config=dict(tch.config or {}),
+                            precision=prec,
+                            time_ms=tch.time_ms,
+                            runner_up=f"{ch.tactic} (quantized)",
+                            runner_up_ms=ch.time_ms,
+                            inputs=[
+                                None
+                                if x is None
+                                else [list(x.shape), str(x.dtype).replace("torch.", ""), w]
+                                for x, w in zip(
+                                    [xs[0], tw.weight, *xs[4:]],
+                                    [False, True, *(n in weights for n in node.inputs[4:])],
+                                )
+                            ],
+                        )
         choices[node.name] = choice
         if ys is None:
             ys = reference(xs)
@@ -375,7 +426,34 @@ def _tune_profile(
         "tuned_layers": tuned_layers,
         "weight_bytes": sum(t.numel() * t.element_size() for t in g.initializers.values()),
     }
-    return choices, cand, mem
+    return choices, cand, mem, twins
+
+
+def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa: ANN001, ANN202
+    """Time the float twin of a quantized layer: (Twin, Choice), or None if it cannot run."""
+    from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
+    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
+
+    if xs[0] is None or not xs[0].is_floating_point():
+        return None
+    tw = float_twin(node, env, xs[0].dtype)
+    kernel = get_kernel(tw.node.op_type, tw.node.domain)
+    attrs = {**get_schema(tw.node.op_type, tw.node.domain).attrs, **tw.node.attrs}
+    txs = [xs[0], tw.weight, *xs[4:]]
+
+    def reference(ins, _n=tw.node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
+        return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
+
+    consts = {n: env[n] for n in tw.node.inputs[2:] if n in weights}
+    build_info = BuildInfo(dev, prec, {tw.weight_name: tw.weight, **consts})
+    log = (lambda s: print(s, file=sys.stderr)) if cfg.verbose else None
+    try:
+        ch, _ = select_tactic(tw.node, attrs, txs, build_info, reference, cache, log=log)
+    except Exception as e:  # noqa: BLE001  (no float twin: the layer stays quantized)
+        if log:
+            log(f"{node.name}: float twin not timed: {e}")
+        return None
+    return tw, ch
 
 
 # ---------------------------------------------------------------------- file I/O

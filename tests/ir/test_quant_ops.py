@@ -353,7 +353,9 @@ def test_onnxruntime_quantized_model_matches(tmp_path, mode: str) -> None:
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
-def test_symmetric_qdq_model_from_onnxruntime_builds_with_quantized_layers(tmp_path) -> None:
+def test_symmetric_qdq_model_from_onnxruntime_builds_with_quantized_layers(
+    tmp_path, capsys
+) -> None:  # noqa: ANN001
     # a model quantized by another tool: symmetric int8 activations and per-channel weights
     # become ecoinfer.QGemm layers (its weights stay int8), and the engine still matches
     # onnxruntime's own run of the QDQ model
@@ -394,3 +396,11 @@ def test_symmetric_qdq_model_from_onnxruntime_builds_with_quantized_layers(tmp_p
     assert engine.report["quantization"]["fused"]
     out = np.asarray(engine.run({"x": x})["y"])
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    # the CLI builds it without --int8 and reports what the model's quantization became
+    from ecoinfer.cli import main  # noqa: PLC0415
+
+    eng = str(tmp_path / "q.eng")
+    argv = ["build", dst, "-o", eng, "--device", "cpu", "--obey-precision", "--shapes", "x:5x16"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "from the model (Q/DQ): 2 layer(s) quantized (2 fused into QGemm/QConv)" in text

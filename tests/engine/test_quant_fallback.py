@@ -1,0 +1,116 @@
+"""A quantized layer runs in float where float is faster (engine/quant_fallback.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+from ecoinfer.engine import builder
+from ecoinfer.engine.builder import BuildConfig, build, load_engine
+from ecoinfer.engine.runtime import ShapeProfile
+from ecoinfer.quant.budget import QuantizeOptions
+
+RNG = np.random.default_rng(5)
+W1 = RNG.standard_normal((16, 32)).astype(np.float32)
+B1 = RNG.standard_normal(32).astype(np.float32)
+W2 = RNG.standard_normal((32, 8)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):  # noqa: ANN001, ANN201
+    d = tmp_path_factory.mktemp("fallback")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "B1"], ["h2"], name="fc1_bias"),
+        helper.make_node("Relu", ["h2"], ["h3"], name="fc1_relu"),
+        helper.make_node("MatMul", ["h3", "W2"], ["y"], name="fc2"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for n, a in (("W1", W1), ("B1", B1), ("W2", W2))]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["n", 8])],
+        inits,
+    )
+    path = d / "mlp.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    calib = d / "calib"
+    calib.mkdir()
+    for i in range(4):
+        np.savez(calib / f"b{i}.npz", x=RNG.standard_normal((8, 16)).astype(np.float32))
+    return path, calib
+
+
+def _build(mlp, **kw):  # noqa: ANN001, ANN003, ANN202
+    path, calib = mlp
+    shp = {"x": (8, 16)}
+    cfg = BuildConfig(
+        device="cpu",
+        profiles=[ShapeProfile(shp, shp, shp)],
+        quant=QuantizeOptions(calib_data=str(calib)),
+        **kw,
+    )
+    return build(path, cfg)
+
+
+def _ops(eng) -> list[str]:  # noqa: ANN001
+    return [n.op_type for n in eng.graph.nodes]
+
+
+def test_off_on_the_cpu_by_default(mlp) -> None:  # noqa: ANN001
+    eng = _build(mlp)
+    assert _ops(eng).count("QGemm") == 2
+    assert eng.report["quantization"]["float_for_speed"] == []
+    # not even timed: no float candidates in the report
+    assert not any(c.get("float") for cs in eng.report["candidates"].values() for c in cs)
+
+
+def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    quantized = _build(mlp)
+    monkeypatch.setattr(builder, "prefer_float", lambda q_ms, f_ms: True)
+    eng = _build(mlp, quant_fallback=True)
+    assert "QGemm" not in _ops(eng) and _ops(eng).count("FusedGemm") == 2
+    rows = eng.report["quantization"]["float_for_speed"]
+    assert len(rows) == 2 and all(r["quantized_ms"] and r["float_ms"] for r in rows)
+    assert all(r["quantized_tactic"].endswith("(quantized)") for r in rows)
+    assert not [w for w in eng.graph.initializers.values() if w.dtype == torch.int8]
+
+    # each twin computes the float layer on the dequantized weight, from the unquantized input
+    q = {n.name: n for n in quantized.graph.nodes if n.op_type == "QGemm"}
+    x = RNG.standard_normal((8, 16)).astype(np.float32)
+    h = x
+    for name in [n.name for n in quantized.graph.nodes if n.op_type == "QGemm"]:
+        n = q[name]
+        w = quantized.graph.initializers[n.inputs[1]].float()
+        ws = quantized.graph.initializers[n.inputs[3]].float().reshape(-1, 1)
+        h = h @ (w * ws).numpy().T
+        if len(n.inputs) > 4 and n.inputs[4]:
+            h = h + quantized.graph.initializers[n.inputs[4]].numpy()
+        if n.attrs.get("activation") == "Relu":
+            h = np.maximum(h, 0)
+    np.testing.assert_allclose(eng.run({"x": x})["y"], h, rtol=1e-5, atol=1e-5)
+    eng.save(tmp_path / "f.eng")
+    np.testing.assert_allclose(
+        load_engine(tmp_path / "f.eng").run({"x": x})["y"], h, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_quantized_layer_kept_when_it_is_faster(mlp, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(builder, "prefer_float", lambda q_ms, f_ms: False)
+    eng = _build(mlp, quant_fallback=True)
+    assert _ops(eng).count("QGemm") == 2
+    assert eng.report["quantization"]["float_for_speed"] == []
+    # the float twin was timed next to the quantized tactics
+    assert any(c.get("float") for cs in eng.report["candidates"].values() for c in cs)
+
+
+def test_prefer_float_needs_both_times() -> None:
+    from ecoinfer.engine.quant_fallback import prefer_float  # noqa: PLC0415
+
+    assert prefer_float(2.0, 1.0) and not prefer_float(1.0, 2.0) and not prefer_float(1.0, 1.0)
+    assert not prefer_float(None, 1.0) and not prefer_float(1.0, None)
