@@ -304,14 +304,8 @@ def _float_mlp(path: str) -> None:
     onnx.save(m, path)
 
 
-@pytest.mark.parametrize("mode", ["static_qdq", "static_qdq_per_channel", "dynamic"])
-def test_onnxruntime_quantized_model_matches(tmp_path, mode: str) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    from onnxruntime import quantization as q  # noqa: PLC0415
-
-    src, dst = str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")
-    _float_mlp(src)
-    rng = np.random.default_rng(8)
+def _calibration_reader(q, rng):  # noqa: ANN001, ANN202
+    """onnxruntime's calibration reader over 8 random batches of the MLP's input."""
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
@@ -322,6 +316,18 @@ def test_onnxruntime_quantized_model_matches(tmp_path, mode: str) -> None:
         def get_next(self):  # noqa: ANN202
             return next(self.it, None)
 
+    return Reader()
+
+
+@pytest.mark.parametrize("mode", ["static_qdq", "static_qdq_per_channel", "dynamic"])
+def test_onnxruntime_quantized_model_matches(tmp_path, mode: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from onnxruntime import quantization as q  # noqa: PLC0415
+
+    src, dst = str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")
+    _float_mlp(src)
+    rng = np.random.default_rng(8)
+
     if mode == "dynamic":
         q.quantize_dynamic(src, dst, weight_type=q.QuantType.QUInt8)
         ops = {"DynamicQuantizeLinear", "MatMulInteger"}
@@ -329,7 +335,7 @@ def test_onnxruntime_quantized_model_matches(tmp_path, mode: str) -> None:
         q.quantize_static(
             src,
             dst,
-            Reader(),
+            _calibration_reader(q, rng),
             quant_format=q.QuantFormat.QDQ,
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
@@ -368,19 +374,10 @@ def test_symmetric_qdq_model_from_onnxruntime_builds_with_quantized_layers(
     _float_mlp(src)
     rng = np.random.default_rng(9)
 
-    class Reader(q.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(
-                [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(8)]
-            )
-
-        def get_next(self):  # noqa: ANN202
-            return next(self.it, None)
-
     q.quantize_static(
         src,
         dst,
-        Reader(),
+        _calibration_reader(q, rng),
         quant_format=q.QuantFormat.QDQ,
         activation_type=q.QuantType.QInt8,
         weight_type=q.QuantType.QInt8,
