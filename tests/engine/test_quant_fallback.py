@@ -100,6 +100,19 @@ def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch
     )
 
 
+def test_float_twin_in_a_bf16_build(mlp, monkeypatch) -> None:  # noqa: ANN001
+    # the twin takes the layer's precision: bf16 weights beside bf16 activations
+    monkeypatch.setattr(builder, "prefer_float", lambda q_ms, f_ms: True)
+    eng = _build(mlp, quant_fallback=True, precision="bfloat16")
+    gemms = [n for n in eng.graph.nodes if n.op_type == "FusedGemm"]
+    assert len(gemms) == 2 and "QGemm" not in _ops(eng)
+    assert all(eng.graph.initializers[n.inputs[1]].dtype == torch.bfloat16 for n in gemms)
+    x = RNG.standard_normal((8, 16)).astype(np.float32)
+    ref = np.maximum(x @ W1 + B1, 0) @ W2
+    got = eng.run({"x": x})["y"].astype(np.float32)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 5e-2  # int8 weights + bf16
+
+
 def test_quantized_layer_kept_when_it_is_faster(mlp, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(builder, "prefer_float", lambda q_ms, f_ms: False)
     eng = _build(mlp, quant_fallback=True)
