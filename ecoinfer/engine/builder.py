@@ -39,7 +39,7 @@ from ecoinfer.engine.runtime import (
 from ecoinfer.engine.serialize import graph_from_dict, graph_to_dict
 from ecoinfer.errors import EcoinferError, InputError
 from ecoinfer.ir import dtypes
-from ecoinfer.ir.graph import Graph, all_inputs
+from ecoinfer.ir.graph import Graph, all_inputs, last_uses
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
 
@@ -318,10 +318,7 @@ def _tune_profile(
     env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
     env.update({n: dtypes.numpy_to_torch(np.asarray(a)).to(dev) for n, a in feeds.items()})
     weights = set(g.initializers)
-    last_use: dict[str, int] = {}
-    for i, n in enumerate(g.nodes):
-        for x in all_inputs(n):
-            last_use[x] = i
+    last_use = last_uses(g.nodes)
     outputs = set(g.output_names)
     choices: dict[str, LayerChoice] = {}
     cand: dict[str, list] = {}

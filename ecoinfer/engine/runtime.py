@@ -26,7 +26,7 @@ from ecoinfer.device import recover_failed_capture
 from ecoinfer.errors import EcoinferError, ExecutionError, IndexOutOfRangeError, InputShapeError
 from ecoinfer.ir import dtypes
 from ecoinfer.ir.analysis import index_table_sizes
-from ecoinfer.ir.graph import Graph, Node, Value, all_inputs
+from ecoinfer.ir.graph import Graph, Node, Value, all_inputs, last_uses
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
 
@@ -377,11 +377,7 @@ class ExecutionContext:
             else:
                 consts[k] = t if k in host else t.to(eng.device)
         steps = [(n, self._step_fn(g, n)) for n in g.nodes]
-        last_use: dict[str, int] = {}
-        for k, (n, _) in enumerate(steps):
-            for i in all_inputs(n):
-                last_use[i] = k
-        plan = _Plan(g, steps, consts, last_use)
+        plan = _Plan(g, steps, consts, last_uses(g.nodes))
         self._plans[key] = plan
         if len(self._plans) > _MAX_SPECIALISATIONS:
             self._plans.popitem(last=False)

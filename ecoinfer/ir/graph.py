@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,6 +248,16 @@ def all_inputs(n: Node) -> list[str]:
             if isinstance(g, Graph):
                 names.extend(sorted(free_names(g)))
     return names
+
+
+def last_uses(nodes: Iterable[Node]) -> dict[str, int]:
+    """Name -> index of the last node that reads it (subgraph reads of outer names count):
+    after that node runs, an activation can be freed."""
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for i in all_inputs(n):
+            last[i] = k
+    return last
 
 
 def free_names(g: Graph) -> set[str]:

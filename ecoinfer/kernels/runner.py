@@ -7,7 +7,7 @@ import time
 import torch
 
 from ecoinfer.errors import EcoinferError, ExecutionError, UnsupportedOpError
-from ecoinfer.ir.graph import Graph, all_inputs
+from ecoinfer.ir.graph import Graph, all_inputs, last_uses
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
 
@@ -59,11 +59,7 @@ class ReferenceRunner:
         return run
 
     def _execute(self, graph: Graph, plan, env: dict[str, Tensor], profile=None) -> list[Tensor]:  # noqa: ANN001
-        last_use = {}
-        for k, (node, _, _) in enumerate(plan):
-            # subgraph bodies read outer values too: those count as uses
-            for i in all_inputs(node):
-                last_use[i] = k
+        last_use = last_uses(node for node, _, _ in plan)
         keep = set(graph.output_names)
         for k, (node, fn, attrs) in enumerate(plan):
             try:
