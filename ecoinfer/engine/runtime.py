@@ -300,10 +300,8 @@ class _ControlFlow:
             out = self.body.run(dict(zip(body.input_names, xs)))
             return [out[o] for o in body.output_names]
 
-        sub = ReferenceRunner.__new__(ReferenceRunner)
-        sub.device, sub._weights, sub.graph = self.device, {}, self.graph
-        ctx = KernelContext(
-            self.node, self.attrs, self.device, sub._run_subgraph(self.graph, env), self.graph.opset
+        ctx = ReferenceRunner.for_subgraphs(self.graph, self.device).subgraph_context(
+            self.node, self.attrs, env
         )
         return self.fn(ctx, xs)
 

@@ -23,6 +23,20 @@ class ReferenceRunner:
         self._weights = {k: v.to(self.device) for k, v in graph.initializers.items()}
         self._plan = [self._bind(graph, n) for n in graph.nodes]
 
+    @classmethod
+    def for_subgraphs(cls, graph: Graph, device: str | torch.device) -> ReferenceRunner:
+        """A runner only for the bodies of `graph`'s control-flow nodes, which read the
+        caller's environment: no plan and no weights of its own (nothing is moved)."""
+        r = cls.__new__(cls)
+        r.graph, r.device, r._weights, r._plan = graph, torch.device(device), {}, []
+        return r
+
+    def subgraph_context(self, node, attrs: dict, env: dict[str, Tensor]) -> KernelContext:  # noqa: ANN001
+        """The kernel context of a control-flow node of self.graph running in `env`."""
+        return KernelContext(
+            node, attrs, self.device, self._run_subgraph(self.graph, env), self.graph.opset
+        )
+
     @staticmethod
     def _bind(graph: Graph, node):  # noqa: ANN001
         schema = get_schema(node.op_type, node.domain, where=node.label())

@@ -72,3 +72,37 @@ def test_fused_elementwise_layers_are_tuned(tmp_path, monkeypatch) -> None:  # n
     np.testing.assert_allclose(
         load_engine(tmp_path / "fe.eng").run({"x": x})["y"], want, rtol=1e-6, atol=1e-6
     )
+
+
+def test_control_flow_runs_in_an_engine_with_outer_reads(tmp_path) -> None:  # noqa: ANN001
+    # If bodies read outer values (r, w): the engine runs them in the plan's environment
+    from helpers import run_onnxruntime  # noqa: PLC0415
+
+    out = helper.make_tensor_value_info("o", T.FLOAT, None)
+    then = helper.make_graph([helper.make_node("Add", ["r", "w"], ["o"])], "then", [], [out])
+    other = helper.make_graph([helper.make_node("Sub", ["r", "w"], ["o"])], "else", [], [out])
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    g = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("If", ["cond"], ["i"], then_branch=then, else_branch=other, name="if"),
+            helper.make_node("Mul", ["i", "w"], ["y"], name="mul"),
+        ],
+        "cf",
+        [
+            helper.make_tensor_value_info("x", T.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("cond", T.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", T.FLOAT, None)],
+        initializer=[w],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "cf.onnx"
+    onnx.save(model, path)
+    shp = {"x": (2, 3), "cond": ()}
+    eng = build(path, BuildConfig(device="cpu", profiles=[ShapeProfile(shp, shp, shp)]))
+    for flag in (True, False):
+        feeds = {"x": np.random.default_rng(3).standard_normal((2, 3)).astype(np.float32)}
+        feeds["cond"] = np.array(flag)
+        want = run_onnxruntime(str(path), feeds)["y"]
+        np.testing.assert_allclose(eng.run(feeds)["y"], want, rtol=1e-6, atol=1e-6)
