@@ -4,6 +4,9 @@
 # timing cache, then `ecoinfer compare` in one run: PyTorch eager FP32/FP16, torch.compile FP16,
 # the FP16 engine and the quantized engine files, with the error of each row against eager FP32.
 #   bash bench/gpu_quant.sh [tests] [cold] "bert-base 64 int8 fp8" "resnet50 128 int8" ...
+# Environment: BUDGET_S (seconds in all), COMPARE_S (kept for compare), PEERS (PyTorch peers,
+# default torch-fp32,torch-fp16,torch-compile-fp16), PROFILE=1 (per-layer profile per engine),
+# GPU_TESTS / GPU_TEST_TIMEOUT / SELFTEST_TIMEOUT (with "tests").
 # Everything lands in $OUT/quant.tar.gz (the device tool returns at most 8 files) plus
 # $OUT/summary.txt.
 set -uo pipefail
@@ -74,6 +77,13 @@ if q:
 print(f"  carried Triton kernels: {tb.get('entries')} entries, {tb.get('bytes')} bytes, {tb.get('seconds', 0):.1f} s to collect")
 PY
   done
+  if [ -n "${PROFILE:-}" ]; then  # per-layer GPU time of each engine: what explains a miss
+    for q in fp16 $quants; do
+      [ -f "$WORK/${tag}_$q.eng" ] || continue
+      timeout 120 python -m ecoinfer.cli bench "$WORK/${tag}_$q.eng" --profile --duration 1 --no-energy \
+        --export-json "$RES/profile_${tag}_$q.json" > "$RES/profile_${tag}_$q.txt" 2>&1
+    done
+  fi
   lim=$(left 10); [ $lim -gt 420 ] && lim=420
   timeout $lim python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
     --peers "$peers" --json "$RES/compare_$tag.json" > "$RES/compare_$tag.txt" 2>&1
