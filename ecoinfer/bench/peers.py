@@ -534,6 +534,58 @@ def prepare_ecoinfer(
     return Prepared(name, fn, extra, profile_fn=profile_fn, after=after)
 
 
+PRECISION_LABEL = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "tf32": "TF32"}
+
+
+def quantization_summary(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What an engine's build report says of its quantization, in counts (None: float)."""
+    q = (report or {}).get("quantization")
+    if not q:
+        return None
+    return {
+        k: q.get(k) for k in ("precision", "calibrator", "smooth_alpha", "emulated") if k in q
+    } | {
+        "quantized_layers": len(q.get("quantized_layers", [])),
+        "float_layers": len(q.get("float_layers", [])),
+    }
+
+
+def _engine_peer(
+    engine: Any, feeds: Mapping[str, np.ndarray], source: str, label: str, extra: dict[str, Any]
+) -> Prepared:
+    """Run `engine` (CUDA graphs where it can) on `feeds`: the Prepared of an engine row, its
+    extra completed with the tactic counts and what is common to every engine row."""
+    from ecoinfer.api import validate_inputs  # noqa: PLC0415
+
+    ctx = engine.create_context()
+    tensors = {
+        k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, source).items()
+    }
+    ctx._check(tensors)  # a shape outside the engine's profiles: a clear error before timing
+    tactics: dict[str, int] = {}
+    for row in engine.layer_table():
+        tactics[row["tactic"]] = tactics.get(row["tactic"], 0) + 1
+    extra = {
+        "framework": "ecoinfer engine",
+        "precision": engine.precision,
+        **extra,
+        "cuda_graphs": ctx.use_graphs,
+        "tactics": tactics,
+        "layers": len(engine.graph.nodes),
+    }
+
+    def after(r: BenchResult) -> None:
+        r.warnings.extend(engine.warnings)
+        r.extra["cuda_graph_replays"] = ctx.graph_replays
+
+    return Prepared(
+        f"{PEERS['ecoinfer-engine']} {label}" + (" + CUDA graphs" if ctx.use_graphs else ""),
+        lambda: ctx.run(tensors, as_torch=True),
+        extra,
+        after=after,
+    )
+
+
 def prepare_ecoinfer_engine(
     path: str,
     feeds: Mapping[str, np.ndarray],
@@ -543,7 +595,6 @@ def prepare_ecoinfer_engine(
 ) -> Prepared:
     """Build an engine for exactly these input shapes (FP16 on a GPU, FP32 on a CPU), tuned on
     this device, and run it with CUDA graphs where it can."""
-    from ecoinfer.api import validate_inputs  # noqa: PLC0415
     from ecoinfer.engine.builder import BuildConfig, build  # noqa: PLC0415
     from ecoinfer.engine.runtime import ShapeProfile  # noqa: PLC0415
 
@@ -564,89 +615,22 @@ def prepare_ecoinfer_engine(
     except EcoinferError as e:
         raise Skip(f"engine build failed: {e}") from None
     build_s = time.perf_counter() - t0
-    ctx = engine.create_context()
-    tensors = {
-        k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, path).items()
-    }
-
-    def fn() -> Any:
-        return ctx.run(tensors, as_torch=True)
-
-    tactics: dict[str, int] = {}
-    for row in engine.layer_table():
-        tactics[row["tactic"]] = tactics.get(row["tactic"], 0) + 1
-    extra = {
-        "framework": "ecoinfer engine",
-        "precision": prec,
-        "build_seconds": build_s,
-        "cuda_graphs": ctx.use_graphs,
-        "tactics": tactics,
-        "layers": len(engine.graph.nodes),
-    }
-
-    def after(r: BenchResult) -> None:
-        r.warnings.extend(engine.warnings)
-        r.extra["cuda_graph_replays"] = ctx.graph_replays
-
-    label = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "tf32": "TF32"}[prec]
-    return Prepared(
-        f"{PEERS['ecoinfer-engine']} {label}" + (" + CUDA graphs" if ctx.use_graphs else ""),
-        fn,
-        extra,
-        after=after,
-    )
+    return _engine_peer(engine, feeds, path, PRECISION_LABEL[prec], {"build_seconds": build_s})
 
 
 def prepare_engine_file(engine_path: str, feeds: Mapping[str, np.ndarray], device: str) -> Prepared:
     """A built engine file as a peer (e.g. an INT8 or FP8 engine next to the FP16 one); its
     label says its precision and quantization, its extra the tactics and quantized layers."""
-    from ecoinfer.api import validate_inputs  # noqa: PLC0415
     from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
 
     engine = load_engine(engine_path, device)
-    ctx = engine.create_context()
-    tensors = {
-        k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, engine_path).items()
-    }
-    ctx._check(tensors)  # a shape outside the engine's profiles: a clear error before timing
-    quant = (engine.report or {}).get("quantization") or {}
-    label = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "tf32": "TF32"}.get(
-        engine.precision, engine.precision
-    )
+    label = PRECISION_LABEL.get(engine.precision, engine.precision)
+    extra: dict[str, Any] = {"engine_file": engine_path}
+    quant = quantization_summary(engine.report)
     if quant:
-        label = f"{quant.get('precision', '').upper()} + {label}"
-    tactics: dict[str, int] = {}
-    for row in engine.layer_table():
-        tactics[row["tactic"]] = tactics.get(row["tactic"], 0) + 1
-    extra: dict[str, Any] = {
-        "framework": "ecoinfer engine",
-        "engine_file": engine_path,
-        "precision": engine.precision,
-        "cuda_graphs": ctx.use_graphs,
-        "tactics": tactics,
-        "layers": len(engine.graph.nodes),
-    }
-    if quant:
-        extra["quantization"] = {
-            k: quant.get(k)
-            for k in ("precision", "calibrator", "smooth_alpha", "emulated")
-            if k in quant
-        } | {
-            "quantized_layers": len(quant.get("quantized_layers", [])),
-            "float_layers": len(quant.get("float_layers", [])),
-        }
-
-    def after(r: BenchResult) -> None:
-        r.warnings.extend(engine.warnings)
-        r.extra["cuda_graph_replays"] = ctx.graph_replays
-
-    return Prepared(
-        f"{PEERS['ecoinfer-engine']} {label} ({Path(engine_path).name})"
-        + (" + CUDA graphs" if ctx.use_graphs else ""),
-        lambda: ctx.run(tensors, as_torch=True),
-        extra,
-        after=after,
-    )
+        label = f"{str(quant.get('precision', '')).upper()} + {label}"
+        extra["quantization"] = quant
+    return _engine_peer(engine, feeds, engine_path, f"{label} ({Path(engine_path).name})", extra)
 
 
 # ---------------------------------------------------------------------------- compare

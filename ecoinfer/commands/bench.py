@@ -108,16 +108,10 @@ def make_runner(args: argparse.Namespace, path: str, graph: Graph, feeds: dict, 
         label = f"ecoinfer engine {engine.precision}" + (" + CUDA graphs" if ctx.use_graphs else "")
 
         def engine_profile() -> list[dict]:
-            rows = layer_table(
-                ctx.profile_layers(tensors),
-                {
-                    n.name: (f"{n.domain}.{n.op_type}" if n.domain else n.op_type)
-                    for n in engine.graph.nodes
-                },
-            )
-            tactics = {r["layer"]: r for r in engine.layer_table()}
+            layers = {r["layer"]: r for r in engine.layer_table()}
+            rows = layer_table(ctx.profile_layers(tensors), {n: r["op"] for n, r in layers.items()})
             for r in rows:  # which tactic and precision the time belongs to
-                t = tactics.get(r["layer"], {})
+                t = layers.get(r["layer"], {})
                 r["tactic"], r["precision"] = t.get("tactic", ""), t.get("precision", "")
             return rows
 

@@ -482,14 +482,9 @@ def _measure_engine(
                 "timing_cache": {k: v for k, v in tc.items() if k != "path"},
             }
         )
-        q = (engine.report or {}).get("quantization")
+        q = peers.quantization_summary(engine.report)
         if q:  # which thresholds (fresh calibration or the shared cache) and what it quantized
-            res.extra["quantization"] = {
-                "calibrator": q.get("calibrator"),
-                "quantized_layers": len(q.get("quantized_layers", [])),
-                "float_layers": len(q.get("float_layers", [])),
-                "emulated": q.get("emulated"),
-            }
+            res.extra["quantization"] = q
         if res.skipped:
             say(f"      skipped: {res.skipped}")
         out[g] = res

@@ -166,29 +166,26 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
 
         check_quant_precision(cfg.quant.precision, device)
     optimized, pass_reports = optimize(graph, OptimizeConfig(level=cfg.opt_level))
+    # a model quantized by another tool (onnxruntime, ModelOpt) brings its own Q/DQ layers
+    from_model = any(n.op_type == "QuantizeLinear" and not n.domain for n in optimized.nodes)
     quant_report = None
     if cfg.quant is not None:
         from ecoinfer.quant.budget import quantize_for_build  # noqa: PLC0415
 
-        log = (lambda s: print(s, file=sys.stderr)) if cfg.verbose else None
-        optimized, quant_report = quantize_for_build(optimized, cfg.quant, log)
+        optimized, quant_report = quantize_for_build(optimized, cfg.quant, _log(cfg))
+    if cfg.quant is not None or from_model:
         from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
 
-        # Q/DQ layers -> QGemm/QConv (then dce), so quantized tactics can run them
+        # symmetric Q/DQ layers -> QGemm/QConv (then dce), so quantized tactics can run them;
+        # the rest keeps running its Q/DQ nodes
         optimized, fused = fuse_for_build(optimized)
+        if quant_report is None:
+            quant_report = {
+                "precision": "from the model (Q/DQ)",
+                "quantized_layers": [n.name for n in optimized.nodes if is_quantized(n)],
+                "float_layers": [],
+            }
         quant_report["fused"] = dict(fused)
-    elif any(n.op_type == "QuantizeLinear" and not n.domain for n in optimized.nodes):
-        # a model quantized by another tool (onnxruntime, ModelOpt): its symmetric Q/DQ layers
-        # get the quantized kernels too; the rest keeps running its Q/DQ nodes
-        from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
-
-        optimized, fused = fuse_for_build(optimized)
-        quant_report = {
-            "precision": "from the model (Q/DQ)",
-            "fused": dict(fused),
-            "quantized_layers": [n.name for n in optimized.nodes if is_quantized(n)],
-            "float_layers": [],
-        }
     profiles = cfg.profiles or [default_profile(optimized)]
     for p in profiles:
         _check_profile(optimized, p)
@@ -297,6 +294,19 @@ def _carry_triton_binaries(engine: Engine, seed: int) -> None:
 _CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
 
+def _log(cfg: BuildConfig):  # noqa: ANN202
+    """Where a verbose build logs (stderr); None when not verbose."""
+    return (lambda s: print(s, file=sys.stderr)) if cfg.verbose else None
+
+
+def _input_infos(xs: list, names: list[str], weights: set[str]) -> list:
+    """[shape, dtype, is_weight] per node input at the opt shapes (None: omitted input)."""
+    return [
+        None if x is None else [list(x.shape), str(x.dtype).replace("torch.", ""), n in weights]
+        for x, n in zip(xs, names)
+    ]
+
+
 def _tune_profile(
     graph: Graph,
     prof: ShapeProfile,
@@ -339,13 +349,7 @@ def _tune_profile(
                 return _ControlFlow(_n, _k, _a, dev, g).with_env(ins, env)
             return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
 
-        infos = [
-            None
-            if x is None
-            else [list(x.shape), str(x.dtype).replace("torch.", ""), name in weights]
-            for x, name in zip(xs, node.inputs)
-        ]
-        choice = LayerChoice(precision=prec, inputs=infos)
+        choice = LayerChoice(precision=prec, inputs=_input_infos(xs, node.inputs, weights))
         has_tactics = cfg.tune and bool(tactics_for(node.op_type, node.domain, device, prec))
         ys = None
         # control flow (If/Loop/Scan) bodies read the outer environment: not tunable alone;
@@ -361,7 +365,7 @@ def _tune_profile(
                 build_info,
                 reference,
                 cache,
-                log=(lambda s: print(s, file=sys.stderr)) if cfg.verbose else None,
+                log=_log(cfg),
             )
             choice.tactic, choice.config = ch.tactic, dict(ch.config or {})
             choice.time_ms, choice.runner_up, choice.runner_up_ms = (
@@ -385,15 +389,11 @@ def _tune_profile(
                             time_ms=tch.time_ms,
                             runner_up=f"{ch.tactic} (quantized)",
                             runner_up_ms=ch.time_ms,
-                            inputs=[
-                                None
-                                if x is None
-                                else [list(x.shape), str(x.dtype).replace("torch.", ""), w]
-                                for x, w in zip(
-                                    [xs[0], tw.weight, *xs[4:]],
-                                    [False, True, *(n in weights for n in node.inputs[4:])],
-                                )
-                            ],
+                            inputs=_input_infos(
+                                [xs[0], tw.weight, *xs[4:]],
+                                tw.node.inputs,
+                                weights | {tw.weight_name},
+                            ),
                         )
         choices[node.name] = choice
         if ys is None:
@@ -443,7 +443,7 @@ def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa:
 
     consts = {n: env[n] for n in tw.node.inputs[2:] if n in weights}
     build_info = BuildInfo(dev, prec, {tw.weight_name: tw.weight, **consts})
-    log = (lambda s: print(s, file=sys.stderr)) if cfg.verbose else None
+    log = _log(cfg)
     try:
         ch, _ = select_tactic(tw.node, attrs, txs, build_info, reference, cache, log=log)
     except Exception as e:  # noqa: BLE001  (no float twin: the layer stays quantized)

@@ -18,6 +18,7 @@ import torch
 
 from ecoinfer.ir import dtypes
 from ecoinfer.ir.graph import Graph, Node, Value
+from ecoinfer.kernels.torch_ops.fused_quant import dequant_weight
 
 QUANTIZED_OPS = {"QGemm": "FusedGemm", "QConv": "FusedConv"}
 
@@ -39,9 +40,7 @@ def float_twin(node: Node, env: dict[str, torch.Tensor], dtype: torch.dtype) -> 
     """The FusedGemm/FusedConv computing `node` without quantization; `env` holds its
     constant inputs (W_q, w_scale)."""
     x, wq_name, _xs, ws_name, *rest = node.inputs
-    wq, ws = env[wq_name], env[ws_name].float().reshape(-1)
-    shape = [-1] + [1] * (wq.dim() - 1)  # w_scale runs along the output channels (axis 0)
-    w = (wq.float() * ws.reshape(shape)).to(dtype)
+    w = dequant_weight(env[wq_name], env[ws_name], dtype)  # as the reference kernel does
     wname = f"{wq_name}_dequantized_{dtypes.from_torch(dtype)}"
     attrs = {k: v for k, v in node.attrs.items() if k != "qtype"}
     if node.op_type == "QGemm":
