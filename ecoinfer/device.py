@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ecoinfer.errors import EcoinferError
 
@@ -47,3 +50,31 @@ def recover_failed_capture(device: object) -> None:
         torch.cuda.synchronize(idx)
     except Exception:  # noqa: BLE001, S110  (older torch without graph-safe states: nothing to do)
         pass
+
+
+_HOST_CHECKS = threading.local()
+
+
+@contextmanager
+def host_checks_off() -> Iterator[None]:
+    """Skip the kernels' data-dependent checks that read a GPU tensor on the host (index
+    bounds): each one is a device sync. The profiler runs a checked warm-up first, then times
+    the plan with them off so the host stays ahead of the GPU, as in a CUDA-graph replay."""
+    before = getattr(_HOST_CHECKS, "off", False)
+    _HOST_CHECKS.off = True
+    try:
+        yield
+    finally:
+        _HOST_CHECKS.off = before
+
+
+def host_checks_allowed(t: object) -> bool:
+    """False where reading `t` on the host is not allowed or not wanted: a CUDA tensor while a
+    CUDA graph is being captured, or inside host_checks_off()."""
+    import torch  # noqa: PLC0415
+
+    if not getattr(t, "is_cuda", False):
+        return True
+    if getattr(_HOST_CHECKS, "off", False):
+        return False
+    return not torch.cuda.is_current_stream_capturing()

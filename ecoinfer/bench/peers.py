@@ -590,7 +590,7 @@ def prepare_ecoinfer_engine(
     path: str,
     feeds: Mapping[str, np.ndarray],
     device: str,
-    level: int = 2,
+    level: int | None = None,
     precision: str | None = None,
 ) -> Prepared:
     """Build an engine for exactly these input shapes (FP16 on a GPU, FP32 on a CPU), tuned on
@@ -880,7 +880,7 @@ def _prepare(
     if key == "ecoinfer-fp32":
         return prepare_ecoinfer(path, feeds, device, graph, opt_level)
     if key == "ecoinfer-engine":
-        return prepare_ecoinfer_engine(path, feeds, device, opt_level)
+        return prepare_ecoinfer_engine(path, feeds, device)  # the builder's level for the device
     if key.startswith(ENGINE_FILE):
         return prepare_engine_file(key[len(ENGINE_FILE) :], feeds, device)
     raise Skip(f"unknown peer {key}")

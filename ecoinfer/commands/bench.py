@@ -205,6 +205,11 @@ def print_result(r: BenchResult) -> None:
             )
         if len(r.profile) > 40:
             print(f"... {len(r.profile) - 40} more layers (all in --export-json)")
+        # the layers run one by one (no CUDA graph): their sum next to the whole-run time
+        # shows how far the per-layer view is from a replay
+        layers_ms = sum(row["median_ms"] for row in r.profile)
+        whole = f"; whole run median {r.latency.median_ms:.3f} ms" if r.latency else ""
+        print(f"sum of layer medians {layers_ms:.3f} ms{whole}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -91,7 +91,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             help=f"{which} shapes of a profile; repeat the three flags for more profiles",
         )
     p.add_argument("--timing-cache", metavar="FILE", help="reuse and extend this timing cache")
-    p.add_argument("--opt-level", type=int, default=2, choices=[0, 1, 2, 3])
+    p.add_argument(
+        "--opt-level",
+        type=int,
+        default=None,
+        choices=[0, 1, 2, 3],
+        help="graph optimization level (default 3 on a GPU: convolutions channels-last; 2 on the CPU)",
+    )
     p.add_argument(
         "--workspace",
         type=int,

@@ -104,7 +104,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up seconds")
     p.add_argument(
-        "--opt-level", type=int, default=2, choices=[0, 1, 2, 3], help="graph optimization level"
+        "--opt-level",
+        type=int,
+        default=None,
+        choices=[0, 1, 2, 3],
+        help="graph optimization level (default 3 on a GPU, 2 on the CPU)",
     )
     p.add_argument(
         "--declared-power-w",
@@ -203,7 +207,7 @@ def tune_energy(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     device: str = "auto",
     config: BenchConfig | None = None,
-    opt_level: int = 2,
+    opt_level: int | None = None,
     seed: int = 0,
     timing_cache: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -262,6 +266,10 @@ def tune_energy(
     if True in graphs and not cuda:
         notes.append(f"Not measured: CUDA graphs on ({GRAPHS_NEED_GPU}).")
 
+    if opt_level is None:
+        from ecoinfer.engine.builder import default_opt_level  # noqa: PLC0415
+
+        opt_level = default_opt_level(dev)
     cache_path = timing_cache or os.environ.get(TIMING_CACHE_ENV) or None
     tmp = None
     if not cache_path:
@@ -386,7 +394,7 @@ def _measure_engine(
     cfg: BenchConfig,
     seq: int,
     shapes: Mapping[str, tuple[int, ...]] | None,
-    opt_level: int,
+    opt_level: int | None,
     seed: int,
     cache_path: str,
     say: Callable[[str], None],

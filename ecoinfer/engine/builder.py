@@ -61,7 +61,8 @@ _SEQ_DEFAULT = (1, 128, 512)
 class BuildConfig:
     precision: str = "float32"  # float32 | tf32 | float16 | bfloat16 (fp32/fp16/bf16 accepted)
     device: str = "auto"  # auto | cpu | cuda
-    opt_level: int = 2
+    # None: 3 on a GPU (adds the channels-last conv layout tensor cores want), 2 on the CPU
+    opt_level: int | None = None
     profiles: list[ShapeProfile] = field(default_factory=list)  # empty: defaults from symbols
     timing_cache: str | None = None
     layer_precision: list[tuple[str, str]] = field(default_factory=list)  # (name regex, precision)
@@ -76,6 +77,12 @@ class BuildConfig:
     # a quantized layer runs in float where its float kernel is faster (engine/quant_fallback);
     # None: on for GPU builds, off on the CPU (there the quantized layers emulate the GPU's)
     quant_fallback: bool | None = None
+
+
+def default_opt_level(device: str) -> int:
+    """Level 3 on a GPU: its nhwc_layout pass runs convolutions channels-last, the layout
+    cuDNN's and our Triton tensor-core kernels read without transposes. On the CPU level 2."""
+    return 3 if str(device).startswith("cuda") else 2
 
 
 def default_profile(graph: Graph) -> ShapeProfile:
@@ -165,7 +172,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         from ecoinfer.quant.budget import check_quant_precision  # noqa: PLC0415
 
         check_quant_precision(cfg.quant.precision, device)
-    optimized, pass_reports = optimize(graph, OptimizeConfig(level=cfg.opt_level))
+    opt_level = default_opt_level(device) if cfg.opt_level is None else cfg.opt_level
+    optimized, pass_reports = optimize(graph, OptimizeConfig(level=opt_level))
     # a model quantized by another tool (onnxruntime, ModelOpt) brings its own Q/DQ layers
     from_model = any(n.op_type == "QuantizeLinear" and not n.domain for n in optimized.nodes)
     quant_report = None
@@ -225,6 +233,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         planned = apply_float_twins(planned, twins)
     report = {
         "build_seconds": time.perf_counter() - t_start,
+        "opt_level": opt_level,
         "passes": [
             {
                 "name": r.name,

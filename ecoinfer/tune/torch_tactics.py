@@ -11,6 +11,10 @@ library call cannot. The autotuner still checks every one against the reference 
                          cudnn_channels_last /        NCHW node run channels-last (weight converted
                          conv_channels_last (CPU)     once at make(), input per call)
                          cudnn_fused_relu             aten.cudnn_convolution_relu / _add_relu
+                         cudnn_pad_channels           C_in < 32 not a multiple of 8 (an RGB stem):
+                                                      zero channels added, run channels-last
+                         cublas_1x1 / addmm_1x1 (CPU) NHWC 1x1 stride-1 conv as addmm (cuBLASLt
+                                                      bias+ReLU epilogue on CUDA)
     ecoinfer.Attention   sdpa_flash, sdpa_efficient,  F.scaled_dot_product_attention restricted to
     ecoinfer.MultiHead-  sdpa_cudnn, sdpa_math        one backend (torch.nn.attention.sdpa_kernel)
     Attention
@@ -45,6 +49,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _CUDA_DT = ("float32", "float16", "bfloat16")
 _CPU_DT = ("float32", "bfloat16")  # CPU half convolutions/GEMMs are slow or missing
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# cudnn_pad_channels: convs reading this few input channels (an RGB stem) get zero channels up
+# to a multiple of 8, the granule of cuDNN's channels-last tensor-core kernels
+_PAD_C_MAX = 32
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -340,12 +347,28 @@ def _conv_maker(variant: str) -> Callable[..., RunFn | None]:
         if variant == "channels_last":
             w = _weight(node, 1, inputs, build)
             w_cl = w.contiguous(memory_format=torch.channels_last) if w is not None else None
+        pad_c = 0  # "pad_channels": zero input channels added up to a multiple of 8
+        if variant == "pad_channels":
+            w = _weight(node, 1, inputs, build)
+            cin = int(w.shape[-1] if c.nhwc else w.shape[1]) if w is not None else 0
+            if w is None or c.nd != 2 or c.group != 1 or cin % 8 == 0 or cin > _PAD_C_MAX:
+                return None
+            pad_c = -cin % 8
+            # zero weights for the zero channels: the sum is unchanged; stored channels-last
+            if c.nhwc:
+                w_cl = F.pad(w, (0, pad_c)).permute(to_first(rank))
+            else:
+                w_cl = F.pad(w, (0, 0, 0, 0, 0, pad_c)).contiguous(
+                    memory_format=torch.channels_last
+                )
 
         def run(xs: list[Tensor | None]) -> list[Tensor]:
             x, w = xs[0], xs[1]
             b = xs[2] if len(xs) > 2 else None
             z = xs[3] if len(xs) > 3 else None
             assert x is not None and w is not None
+            if pad_c:
+                x = F.pad(x, (0, pad_c) if c.nhwc else (0, 0, 0, 0, 0, pad_c))
             if c.nhwc:
                 # channels-last views of the NHWC tensors: what cuDNN wants, no copy
                 x = x.permute(to_first(rank))
@@ -354,7 +377,7 @@ def _conv_maker(variant: str) -> Callable[..., RunFn | None]:
                     z = z.reshape((1,) * (rank - z.dim()) + tuple(z.shape)).permute(to_first(rank))
             if c.pre_pad is not None:
                 x = F.pad(x, c.pre_pad)
-            if variant == "channels_last":
+            if variant in ("channels_last", "pad_channels"):
                 x = x.contiguous(memory_format=torch.channels_last)
                 w = w_cl if w_cl is not None else w.contiguous(memory_format=torch.channels_last)
             if fused == "relu":
@@ -388,13 +411,54 @@ def _fmt(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _make_conv1x1_gemm(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """A channels-last 1x1 convolution with stride 1 and no padding is a GEMM on [N*H*W, C]:
+    cuBLAS(Lt) with its bias+ReLU epilogue where the node has one, the output already NHWC."""
+    c = _conv_parse(attrs, inputs)
+    w_info = _inp(inputs, 1)
+    if c is None or w_info is None or not c.nhwc or c.nd != 2 or c.group != 1:
+        return None
+    if tuple(w_info.shape[1:-1]) != (1, 1) or c.pre_pad is not None:
+        return None
+    if any(s != 1 for s in c.strides) or any(p != 0 for p in c.pads):
+        return None
+    m, cin = int(w_info.shape[0]), int(w_info.shape[-1])
+    lt_relu = _HAS_ADDMM_ACT and c.act == "Relu" and _inp(inputs, 2) is not None
+    lt_relu = lt_relu and torch.device(build.device).type == "cuda"
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x, w = xs[0], xs[1]
+        b = xs[2] if len(xs) > 2 else None
+        z = xs[3] if len(xs) > 3 else None
+        assert x is not None and w is not None
+        x2, wk = x.reshape(-1, cin), w.reshape(m, cin).t()
+        if lt_relu:
+            y = torch._addmm_activation(b, x2, wk, use_gelu=False)
+        else:
+            y = torch.addmm(b, x2, wk) if b is not None else torch.mm(x2, wk)
+            y = act_inplace(y, c.act, c.params)
+        y = y.reshape(*x.shape[:-1], m)
+        if z is not None:
+            y = _add_residual(y, z)
+        return [act_inplace(y, c.post, c.post_params)]
+
+    return _with_precision(run, build)
+
+
 tactic("FusedConv", "cudnn", "ecoinfer", ("cuda",), _CUDA_DT)(_conv_maker("plain"))
 tactic("FusedConv", "cudnn_channels_last", "ecoinfer", ("cuda",), _CUDA_DT)(
     _conv_maker("channels_last")
 )
+tactic("FusedConv", "cudnn_pad_channels", "ecoinfer", ("cuda",), _CUDA_DT)(
+    _conv_maker("pad_channels")
+)
 if _HAS_CUDNN_RELU or _HAS_CUDNN_ADD_RELU:
     tactic("FusedConv", "cudnn_fused_relu", "ecoinfer", ("cuda",), _CUDA_DT)(_conv_maker("fused"))
 tactic("FusedConv", "conv", "ecoinfer", ("cpu",), _CPU_DT)(_conv_maker("plain"))
+tactic("FusedConv", "cublas_1x1", "ecoinfer", ("cuda",), _CUDA_DT)(_make_conv1x1_gemm)
+tactic("FusedConv", "addmm_1x1", "ecoinfer", ("cpu",), _CPU_DT)(_make_conv1x1_gemm)
 tactic("FusedConv", "conv_channels_last", "ecoinfer", ("cpu",), _CPU_DT)(
     _conv_maker("channels_last")
 )

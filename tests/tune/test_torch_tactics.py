@@ -227,6 +227,45 @@ def test_conv_nchw(case: int, dtype: torch.dtype) -> None:
         assert res["conv_channels_last"] == "n/a"
 
 
+STEM = ((2, 3, 16, 16), (8, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3], "activation": "Relu"}, True, False)  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", ["stem", 0, 1, 2, 3])
+def test_conv_pad_channels(layout: str, case: str | int) -> None:
+    """The zero-channel variant (registered for CUDA) made and run on the CPU: same numbers as
+    the reference; not applicable to grouped convs or channel counts already a multiple of 8."""
+    xs, attrs = _conv_inputs(*(STEM if case == "stem" else CONV_CASES[case]), torch.float32)
+    if layout == "NHWC":
+        xs = [x.permute(0, 2, 3, 1).contiguous() if x is not None and x.dim() == 4 else x for x in xs]  # fmt: skip
+        attrs = {**attrs, "layout": "NHWC"}
+    names = [f"in{i}" if x is not None else "" for i, x in enumerate(xs)]
+    node = Node("FusedConv", names, ["y"], dict(attrs), "conv0", "ecoinfer")
+    full = {**get_schema("FusedConv", "ecoinfer").attrs, **attrs}
+    build = BuildInfo(torch.device("cpu"), "float32", {"in1": xs[1], "in2": xs[2]})
+    infos = [
+        None if x is None else TensorInfo(tuple(x.shape), x.dtype, i in (1, 2))
+        for i, x in enumerate(xs)
+    ]
+    run = torch_tactics._conv_maker("pad_channels")(node, full, infos, {}, build)
+    if case == 1 or xs[0].dim() != 4:  # grouped / 1-D
+        assert run is None
+        return
+    assert run is not None
+    y = run(xs)[0]
+    ref = reference_runfn(node, full, build.device)(xs)[0]
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    wide = list(xs)
+    wide[1] = torch.cat([xs[1]] * 2, dim=-1 if layout == "NHWC" else 1)  # 8 (or 6) channels
+    wide[0] = torch.cat([xs[0]] * 2, dim=-1 if layout == "NHWC" else 1)
+    infos[0] = TensorInfo(tuple(wide[0].shape), torch.float32, False)
+    infos[1] = TensorInfo(tuple(wide[1].shape), torch.float32, True)
+    build = BuildInfo(torch.device("cpu"), "float32", {"in1": wide[1], "in2": xs[2]})
+    if wide[1].shape[-1 if layout == "NHWC" else 1] % 8 == 0:
+        assert torch_tactics._conv_maker("pad_channels")(node, full, infos, {}, build) is None
+
+
 @pytest.mark.parametrize("case", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_conv_nhwc(case: int, dtype: torch.dtype) -> None:
@@ -236,7 +275,9 @@ def test_conv_nhwc(case: int, dtype: torch.dtype) -> None:
     if len(xs) > 3:
         nhwc.append(xs[3].permute(0, 2, 3, 1).contiguous())
     res = run_tactics("FusedConv", "ecoinfer", nhwc, {**attrs, "layout": "NHWC"}, (1, 2))
-    _all_ok(res, {"conv"})
+    _all_ok(res, {"conv"} | ({"addmm_1x1"} if case == 3 else set()))  # case 3: 1x1, stride 1
+    if case != 3:
+        assert res["addmm_1x1"] == "n/a"
     assert res["conv_channels_last"] == "n/a"  # the plain variant is channels-last already
 
 
@@ -478,6 +519,8 @@ def test_gpu_conv(layout: str, precision: str) -> None:
             attrs = {**attrs, "layout": "NHWC"}
         res = run_tactics("FusedConv", "ecoinfer", xs, attrs, (1, 2), "cuda", precision)
         must = {"cudnn"} | ({"cudnn_channels_last"} if layout == "NCHW" else set())
+        must |= {"cublas_1x1"} if layout == "NHWC" and case == 3 else set()
+        must |= {"cudnn_pad_channels"} if case != 1 else set()  # C=4: zero channels up to 8
         _all_ok(res, must, may_raise=("cudnn_fused_relu",))
         if case in (0, 2) and precision == "float16":
             assert res.get("cudnn_fused_relu") == "ok", res  # the ResNet FP16 fast path

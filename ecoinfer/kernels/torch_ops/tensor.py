@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ecoinfer.device import host_checks_allowed
 from ecoinfer.errors import IndexOutOfRangeError
 from ecoinfer.ir import dtypes
 from ecoinfer.kernels.broadcast import broadcast_shape
@@ -89,7 +90,7 @@ def _check_index(ctx: KernelContext, idx: Tensor, n: int, pos: int, axis: int) -
     """Raise IndexOutOfRangeError if any index is outside [-n, n-1] (one device sync)."""
     if idx.numel() == 0:
         return
-    if idx.is_cuda and torch.cuda.is_current_stream_capturing():
+    if not host_checks_allowed(idx):
         # no host sync inside a CUDA-graph capture: the engine runtime checks the graph
         # inputs that index tables before it copies them into the captured buffers
         return
@@ -258,8 +259,7 @@ def _nd_linear(ctx: KernelContext, idx: Tensor, dims: tuple[int, ...], first_axi
     # per-dim arithmetic with Python ints: no host->device copies, so it can be captured
     # in a CUDA graph (the check itself syncs, and is skipped while capturing: the engine
     # runtime validates its index inputs before replaying)
-    capturing = idx.is_cuda and torch.cuda.is_current_stream_capturing()
-    if idx.numel() and not capturing:
+    if idx.numel() and host_checks_allowed(idx):
         for j, n in enumerate(dims):
             c = idx[..., j]
             bad = (c < -n) | (c >= n)
