@@ -400,9 +400,36 @@ def _conv_maker(variant: str) -> Callable[..., RunFn | None]:
                 return [y.permute(to_last(rank)).contiguous()]
             return [y.contiguous()]  # NCHW, as the op's output is laid out
 
+        if cfg.get("benchmark") and torch.device(build.device).type == "cuda":
+            return _with_precision(_cudnn_benchmark(run), build)
         return _with_precision(run, build)
 
     return make
+
+
+def _cudnn_benchmark(run: RunFn) -> RunFn:
+    """Run with cudnn.benchmark on: cuDNN times its algorithms for the shape on the first call
+    (the tuner's warm-up, the runtime's warm-up before graph capture) and keeps the fastest,
+    instead of its heuristic pick, which is often far off for channels-last FP16."""
+    cd = torch.backends.cudnn
+
+    def wrapped(xs: list[Tensor | None]) -> list[Tensor]:
+        with _FLAGS:
+            old = cd.benchmark
+            cd.benchmark = True
+            try:
+                return run(xs)
+            finally:
+                cd.benchmark = old
+
+    return wrapped
+
+
+def _cudnn_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    """cuDNN's heuristic algorithm and its benchmarked one."""
+    return [{}, {"benchmark": 1}]
 
 
 def _fmt(x: Tensor) -> torch.memory_format:
@@ -447,15 +474,17 @@ def _make_conv1x1_gemm(
     return _with_precision(run, build)
 
 
-tactic("FusedConv", "cudnn", "ecoinfer", ("cuda",), _CUDA_DT)(_conv_maker("plain"))
-tactic("FusedConv", "cudnn_channels_last", "ecoinfer", ("cuda",), _CUDA_DT)(
+tactic("FusedConv", "cudnn", "ecoinfer", ("cuda",), _CUDA_DT, _cudnn_configs)(_conv_maker("plain"))
+tactic("FusedConv", "cudnn_channels_last", "ecoinfer", ("cuda",), _CUDA_DT, _cudnn_configs)(
     _conv_maker("channels_last")
 )
-tactic("FusedConv", "cudnn_pad_channels", "ecoinfer", ("cuda",), _CUDA_DT)(
+tactic("FusedConv", "cudnn_pad_channels", "ecoinfer", ("cuda",), _CUDA_DT, _cudnn_configs)(
     _conv_maker("pad_channels")
 )
 if _HAS_CUDNN_RELU or _HAS_CUDNN_ADD_RELU:
-    tactic("FusedConv", "cudnn_fused_relu", "ecoinfer", ("cuda",), _CUDA_DT)(_conv_maker("fused"))
+    tactic("FusedConv", "cudnn_fused_relu", "ecoinfer", ("cuda",), _CUDA_DT, _cudnn_configs)(
+        _conv_maker("fused")
+    )
 tactic("FusedConv", "conv", "ecoinfer", ("cpu",), _CPU_DT)(_conv_maker("plain"))
 tactic("FusedConv", "cublas_1x1", "ecoinfer", ("cuda",), _CUDA_DT)(_make_conv1x1_gemm)
 tactic("FusedConv", "addmm_1x1", "ecoinfer", ("cpu",), _CPU_DT)(_make_conv1x1_gemm)

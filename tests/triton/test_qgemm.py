@@ -168,6 +168,15 @@ def test_qgemm_epilogues(qtype: str, dtype: torch.dtype, epi: str) -> None:
 
 
 @pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_qgemm_even_k_with_ragged_rows_and_columns(qtype: str) -> None:
+    """K a whole number of K steps (the unmasked EVEN_K loads) while M and N end inside a
+    tile: the wrapped-around edge rows and columns must not reach Y."""
+    torch.manual_seed(6)
+    xs = case((37,), 45, 128, qtype, torch.float16, True, True)
+    check(xs, {**SMALL, "BLOCK_K": 32}, qtype=qtype, activation="Relu")
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
 def test_qgemm_3d_per_tensor_scale_broadcast_residual(qtype: str) -> None:
     """[B, S, K] X, w_scale [1], a residual [N] broadcast over rows, tanh-Gelu."""
     torch.manual_seed(1)

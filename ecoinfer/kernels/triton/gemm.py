@@ -172,6 +172,8 @@ class GemmConfig:
 
 # (BM, BN, BK, warps, stages): the Triton matmul tutorial's H100 set plus a few small ones
 _HALF_CANDIDATES = (
+    (128, 256, 64, 8, 4),  # Hopper: 48 KB a stage, four fit its 227 KB of shared memory
+    (256, 128, 64, 8, 3),
     (128, 256, 64, 8, 3),
     (128, 128, 64, 8, 3),
     (128, 128, 32, 4, 4),
@@ -198,7 +200,7 @@ def _pow2_at_least(n: int, lo: int) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def gemm_configs(m: int, n: int, k: int, dtype: torch.dtype, limit: int = 8) -> list[GemmConfig]:
+def gemm_configs(m: int, n: int, k: int, dtype: torch.dtype, limit: int = 10) -> list[GemmConfig]:
     """A few configurations sized to the problem: tiles no larger than the (power-of-2
     rounded) matrix, and the tile count weighed so that large problems try large tiles first."""
     cands = _F32_CANDIDATES if dtype == torch.float32 else _HALF_CANDIDATES
@@ -223,6 +225,15 @@ def gemm_configs(m: int, n: int, k: int, dtype: torch.dtype, limit: int = 8) -> 
 
 
 # ---------------------------------------------------------------------- kernel
+@triton.jit
+def load_k(ptrs, k_mask, EVEN_K: tl.constexpr):
+    """A K-step tile: unmasked when K divides into whole steps, else zeros past K (zero
+    operands add nothing to the dot). Shared with qgemm.py."""
+    if EVEN_K:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=k_mask, other=0.0)
+
+
 @triton.jit
 def tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(pid_m, pid_n) of this program in grouped order: GROUP_M row-blocks share their B
@@ -302,6 +313,7 @@ def _gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -312,14 +324,18 @@ def _gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    # rows/columns past the edge read a wrapped-around one (the store is masked): the loads
+    # need no M/N mask, and with EVEN_K (K a multiple of BLOCK_K) no mask at all
+    rows = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    cols = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_left = K - k0
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        a = load_k(a_ptrs, offs_k[None, :] < k_left, EVEN_K)
+        b = load_k(b_ptrs, offs_k[:, None] < k_left, EVEN_K)
         b = b.to(a.dtype)
         if UPCAST:
             a = a.to(tl.float32)
@@ -422,6 +438,7 @@ def fused_gemm(
         BLOCK_N=cfg.BLOCK_N,
         BLOCK_K=cfg.BLOCK_K,
         GROUP_M=cfg.GROUP_M,
+        EVEN_K=k % cfg.BLOCK_K == 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

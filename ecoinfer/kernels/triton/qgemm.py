@@ -42,6 +42,7 @@ from ecoinfer.kernels.triton.gemm import (
     _pow2_at_least,
     act_code,
     gemm_epilogue,
+    load_k,
     needs_int64,
     tile_ids,
 )
@@ -269,6 +270,7 @@ def _qgemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr = False,
 ):
     pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -279,8 +281,12 @@ def _qgemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    # rows/columns past the edge read a wrapped-around one (the store is masked): the loads
+    # need no M/N mask, and with EVEN_K (K a multiple of BLOCK_K) no mask at all
+    rows = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    cols = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + cols[None, :] * stride_wn
 
     x_scale = tl.load(xs_ptr).to(tl.float32)
     inv = tl.math.div_rn(1.0, x_scale)
@@ -291,10 +297,10 @@ def _qgemm_kernel(
     for k0 in range(0, K, BLOCK_K):
         k_left = K - k0
         # masked (out-of-range) elements read 0, which quantizes to code 0: no contribution
-        a = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        a = load_k(x_ptrs, offs_k[None, :] < k_left, EVEN_K)
         if not PREQUANT:
             a = quantize_block(a.to(tl.float32), inv, x_scale, QTYPE, EXACT_DIV, SOFT_FP8)
-        b = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        b = load_k(w_ptrs, offs_k[:, None] < k_left, EVEN_K)
         if QTYPE == 0:
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         elif FP8_FAST_ACC:
@@ -413,6 +419,7 @@ def qgemm(
         BLOCK_N=cfg.BLOCK_N,
         BLOCK_K=cfg.BLOCK_K,
         GROUP_M=cfg.GROUP_M,
+        EVEN_K=k % cfg.BLOCK_K == 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -4,6 +4,7 @@
   triton_layernorm  LayerNormalization              norms.py (Y only; Mean/InvStdDev: None)
   triton_rmsnorm    RMSNormalization                norms.py
   triton_softmax    Softmax, LogSoftmax             softmax.py (last axis)
+  triton_maxpool    ecoinfer.MaxPool (NHWC, 2-D)    pool.py (Y only; Indices: the reference)
 
 plus, when present, ecoinfer.kernels.triton.gemm_tactics (Triton GEMM, flash attention and
 implicit-GEMM conv) and ecoinfer.kernels.triton.qtactics (INT8/FP8 QGemm and QConv), which
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from ecoinfer.kernels.triton import elementwise, norms, softmax
+from ecoinfer.kernels.triton import elementwise, norms, pool, softmax
 from ecoinfer.tune.tactics import tactic
 
 log = logging.getLogger("ecoinfer.tune")
@@ -61,6 +62,16 @@ tactic(
     configs=softmax.softmax_configs,
     doc="Triton row kernel over the last axis, float32 accumulation",
 )(softmax.make_softmax)
+
+tactic(
+    "MaxPool",
+    name="triton_maxpool",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=_DTYPES,
+    configs=pool.configs,
+    doc="channels-last 2-D max pool, one coalesced load per window tap",
+)(pool.make)
 
 
 # Tactic modules of the other Triton kernels register themselves on import. A missing module
