@@ -485,6 +485,18 @@ def test_registered_names() -> None:
     )
 
 
+def test_gelu_epilogue_only_for_half_precision() -> None:
+    """The cuBLASLt epilogue's tanh GELU stands in for exact GELU in FP16/BF16 layers only."""
+    node = Node("FusedGemm", ["a", "b", "c"], ["y"], {}, "g", "ecoinfer")
+    infos = [TensorInfo((8, 16), torch.float16), TensorInfo((16, 4), torch.float16, True)]
+    infos.append(TensorInfo((4,), torch.float16, True))
+    exact = {"activation": "Gelu", "activation_params": [0.0]}
+    for precision, made in (("float16", True), ("bfloat16", True), ("float32", False)):
+        build = BuildInfo(torch.device("cpu"), precision, {})
+        run = torch_tactics._make_addmm_act(node, exact, infos, {}, build)
+        assert (run is not None) == made, precision
+
+
 # ---------------------------------------------------------------------- GPU
 _DT = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -501,9 +513,12 @@ def test_gpu_gemm(act: str, params: list[float], precision: str) -> None:
     xs = [x.to(dt) for x in xs]
     res = run_tactics("FusedGemm", "ecoinfer", xs, attrs, (1, 2), "cuda", precision)
     must = {"cublas_addmm", "linear"}
-    if act == "Relu" or (act == "Gelu" and params[0]):
-        must.add("cublaslt_bias_act")
+    half = precision in ("float16", "bfloat16")
+    if act == "Relu" or (act == "Gelu" and (params[0] or half)):
+        must.add("cublaslt_bias_act")  # exact GELU: the tanh epilogue, in half precision only
     _all_ok(res, must)
+    if act == "Gelu" and not params[0] and not half:
+        assert res["cublaslt_bias_act"] == "n/a"
 
 
 @pytest.mark.gpu
