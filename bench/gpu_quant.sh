@@ -87,7 +87,7 @@ PY
   lim=$(left 10); [ $lim -gt 420 ] && lim=420
   timeout $lim python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
     --peers "$peers" --json "$RES/compare_$tag.json" > "$RES/compare_$tag.txt" 2>&1
-  grep -E "^(PyTorch|torch|ecoinfer) |skipped" "$RES/compare_$tag.txt" | tee -a "$S"
+  grep -E "^(PyTorch|torch\.compile|ecoinfer) |skipped" "$RES/compare_$tag.txt" | tee -a "$S"
   if [ $cold = 1 ] && [ -f "$WORK/${tag}_fp16.eng" ]; then
     python bench/cold_start.py "$WORK/${tag}_fp16.eng" --model "$m" --batch "$b" --profile 40 \
       --json "$RES/cold_$tag.json" > "$RES/cold_$tag.txt" 2>&1
