@@ -174,7 +174,7 @@ def check_rounding(qtypes: list[str]) -> None:
 def check_configs(qtypes: list[str]) -> None:
     """Every proposed configuration of a mid-size QGemm with the full epilogue (float32 X:
     the first and the first PREQUANT one, to bound compile time)."""
-    from ecoinfer.kernels.triton.qgemm import qgemm, qgemm_configs  # noqa: PLC0415
+    from ecoinfer.kernels.triton.qgemm import qgemm, qgemm_compiled_ok, qgemm_configs  # noqa: PLC0415
 
     m, n, k = (97, 80, 200) if SMOKE else (1000, 1000, 1000)
     for qtype in qtypes:
@@ -194,6 +194,14 @@ def check_configs(qtypes: list[str]) -> None:
                 cfgs.append(type(cfgs[0])(**{**cfgs[0].as_dict(), "PREQUANT": 1}))
             if dt == torch.float32:
                 cfgs = [cfgs[0], next(c for c in cfgs if c.PREQUANT)]
+            declined = [
+                c for c in cfgs if not qgemm_compiled_ok(qtype, dt, bool(c.PREQUANT), DEVICE)
+            ]
+            if declined:
+                log(
+                    f"skip  qgemm {qtype} X={str(dt)[6:]}: {len(declined)} config(s) declined on GPUs (qgemm_compiled_ok)"
+                )
+                cfgs = [c for c in cfgs if c not in declined]
             for cfg in cfgs:
                 name = f"qgemm {qtype} X={str(dt)[6:]} {m}x{n}x{k} {cfg.as_dict()}"
                 try:
@@ -213,11 +221,19 @@ def check_configs(qtypes: list[str]) -> None:
 def check_qconv(qtypes: list[str], every: bool) -> None:
     import torch.nn.functional as F  # noqa: PLC0415
 
-    from ecoinfer.kernels.triton.qconv import pack_qconv_weight, qconv, qconv_configs  # noqa: PLC0415
+    from ecoinfer.kernels.triton.qconv import (  # noqa: PLC0415
+        compiled_ok,
+        pack_qconv_weight,
+        qconv,
+        qconv_configs,
+    )
 
     b, c, hw, o = (1, 40, 9, 24) if SMOKE else (8, 64, 28, 96)
     for qtype in qtypes:
         for layout in ("NCHW", "NHWC"):
+            if not compiled_ok(qtype, layout, DEVICE):
+                log(f"skip  qconv {qtype} {layout}: declined on GPUs (qconv.compiled_ok)")
+                continue
             torch.manual_seed(1)
             xs = torch.tensor(0.02, device=DEVICE)
             x = boundary_free_x((b, c, hw, hw), 0.02, qtype).half()

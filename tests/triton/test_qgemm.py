@@ -326,3 +326,21 @@ def test_gpu_qgemm_qconv_compiled() -> None:
         timeout=600,
     )
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+
+
+def test_qgemm_float32_x_keeps_k_steps_small() -> None:
+    """float32 X: no K step over 64 (128 miscompiled / summed too loosely on sm_90)."""
+    for qtype in ("int8", "fp8e4m3"):
+        cfgs = qgemm_configs(1000, 1000, 1000, torch.float32, qtype)
+        assert cfgs and all(c.BLOCK_K <= 64 for c in cfgs)
+        assert any(c.BLOCK_K == 128 for c in qgemm_configs(1000, 1000, 1000, torch.float16, qtype))
+
+
+def test_int8_float32_x_in_kernel_quantization_declined_on_gpus() -> None:
+    from ecoinfer.kernels.triton.qgemm import qgemm_compiled_ok
+
+    assert not qgemm_compiled_ok("int8", torch.float32, False, "cuda")
+    assert qgemm_compiled_ok("int8", torch.float32, True, "cuda")  # PREQUANT
+    assert qgemm_compiled_ok("int8", torch.float16, False, "cuda")
+    assert qgemm_compiled_ok("fp8e4m3", torch.float32, False, "cuda")
+    assert qgemm_compiled_ok("int8", torch.float32, False, "cpu")

@@ -21,8 +21,15 @@ import torch
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.triton.gemm import act_code
 from ecoinfer.kernels.triton.gemm_tactics import _conv_params, _gemm_dims, _get, _grows, _runs_here
-from ecoinfer.kernels.triton.qconv import pack_qconv_weight, qconv, qconv_configs
-from ecoinfer.kernels.triton.qgemm import QTYPES, QGemmConfig, pack_qweight, qgemm, qgemm_configs
+from ecoinfer.kernels.triton.qconv import compiled_ok, pack_qconv_weight, qconv, qconv_configs
+from ecoinfer.kernels.triton.qgemm import (
+    QTYPES,
+    QGemmConfig,
+    pack_qweight,
+    qgemm,
+    qgemm_compiled_ok,
+    qgemm_configs,
+)
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
@@ -144,6 +151,10 @@ def triton_qgemm(
         return None
     qtype = str(attrs.get("qtype") or "int8")
     config = QGemmConfig.from_dict(cfg) if cfg else None
+    x_info = inputs[0]
+    prequant = bool(config.PREQUANT) if config else False
+    if x_info is not None and not qgemm_compiled_ok(qtype, x_info.dtype, prequant, build.device):
+        return None
     w = _packed_weight(node, inputs, build)
     packed = pack_qweight(w) if w is not None else None
 
@@ -205,6 +216,8 @@ def triton_qconv(
     qtype = str(attrs.get("qtype") or "int8")
     config = QGemmConfig.from_dict(cfg) if cfg else None
     layout = kwargs["layout"]
+    if not compiled_ok(qtype, layout, build.device):
+        return None
     w = _packed_weight(node, inputs, build)
     packed = pack_qconv_weight(w, layout) if w is not None else None
 
