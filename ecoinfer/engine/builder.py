@@ -15,6 +15,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,7 +484,9 @@ def load_engine(
     path: str | os.PathLike, device: str | None = None, allow_mismatch: bool = False
 ) -> Engine:
     """Load an engine file; refuses one built for another GPU or software stack."""
+    warm = _start_warm_up(device)  # CUDA and Triton set-up overlap reading and hashing the file
     header, tensors = read_engine(path)
+    warm.join()
     built = header["fingerprint"]
     dev = device or ("cuda" if built.get("device_type") == "cuda" else "cpu")
     dev = pick_device(dev)
@@ -520,6 +523,27 @@ def load_engine(
     if diff:
         engine.warnings.append("loaded despite a fingerprint mismatch: " + "; ".join(diff))
     return engine
+
+
+def _start_warm_up(device: str | None) -> threading.Thread:
+    """A thread that initialises CUDA (driver, context: most of a second) and computes
+    Triton's cache key (a hash of its own sources, needed before the first kernel launch: about
+    0.4 s) while load_engine reads and verifies the file; hashing releases the GIL."""
+
+    def work() -> None:
+        try:
+            if str(device or "cuda").startswith("cpu") or not torch.cuda.is_available():
+                return  # a CPU engine needs neither
+            torch.cuda.init()
+            from triton.runtime.cache import triton_key  # noqa: PLC0415
+
+            triton_key()
+        except Exception:  # noqa: BLE001, S110  (only a head start: the work happens later anyway)
+            pass
+
+    t = threading.Thread(target=work, name="ecoinfer-load-warm-up", daemon=True)
+    t.start()
+    return t
 
 
 def _install_triton_binaries(carried: dict, device: str) -> int | str:
