@@ -24,6 +24,7 @@ from ecoinfer.errors import EcoinferError
 
 MAGIC = b"ECOINFER-ENGINE\n"
 FORMAT_VERSION = 1
+_ALIGN = 64  # the weights section's alignment in the file (read_engine accepts any)
 
 
 class EngineFileError(EcoinferError):
@@ -57,6 +58,10 @@ def write_engine(
     body.pop("sha256", None)
     digest = hashlib.sha256(_canonical(body) + blob).hexdigest()
     data = _canonical(dict(body, sha256=digest))
+    # pad the header (JSON allows trailing spaces) so the weights section starts on a 64-byte
+    # boundary: safetensors pads its own header to 8 bytes, so every tensor then sits at an
+    # offset its dtype can be viewed at, and loading takes views instead of copies
+    data += b" " * (-(len(MAGIC) + 8 + len(data)) % _ALIGN)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(MAGIC)

@@ -17,7 +17,10 @@
 
 Quantizing X uses the reference arithmetic (X / x_scale in float32, round half to even or
 float8 cast, saturate), so every tactic sees the same codes as the reference kernel; the
-tuner still checks each against it.
+tuner still checks each against it. The library tactics come twice: X quantized and the
+epilogue applied with torch ops (several passes over the data), and with config
+{"triton": 1} with Triton's one-pass quantize kernel (qgemm.quantize, exact division) and
+one-pass scale/bias/activation/residual epilogue (qepilogue.scaled_epilogue), where Triton runs.
 """
 
 from __future__ import annotations
@@ -130,6 +133,50 @@ def _epilogue(
     return _add_residual(y, res) if res is not None else y
 
 
+# ---------------------------------------------------------------------- Triton around a library GEMM
+def _triton_here(build: BuildInfo) -> bool:
+    """Triton's one-pass quantize and epilogue kernels can run for this build (a GPU, or the
+    interpreter in the tests) and import."""
+    try:
+        from ecoinfer.kernels.triton.gemm_tactics import _runs_here  # noqa: PLC0415
+        from ecoinfer.kernels.triton.qepilogue import scaled_epilogue  # noqa: F401, PLC0415
+    except Exception:  # noqa: BLE001  (no Triton: the torch-op variant only)
+        return False
+    return _runs_here(build)
+
+
+def _library_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    """X quantized and the epilogue applied with torch ops, or with Triton: one pass each."""
+    return [{}, {"triton": 1}]
+
+
+def _quantize_x(x2: Tensor, s: Tensor, qtype: str, triton_on: bool) -> Tensor:
+    """X [M, K] quantized per tensor with the reference's arithmetic (divide, round half to
+    even or float8 cast, saturate): torch ops (four passes) or one Triton kernel."""
+    if triton_on:
+        from ecoinfer.kernels.triton.qgemm import quantize  # noqa: PLC0415
+
+        return quantize(x2, s.reshape(()).contiguous(), qtype, exact=True)
+    if qtype == "int8":
+        return torch.round(x2.float() / s).clamp_(-128, 127).to(torch.int8)
+    return (x2.float() / s).clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def _triton_epilogue(
+    acc: Tensor,
+    scale: Tensor | None,
+    q: _QG,
+    bias: Tensor | None,
+    res: Tensor | None,
+    lead: tuple[int, ...],
+) -> Tensor:
+    from ecoinfer.kernels.triton.qepilogue import scaled_epilogue  # noqa: PLC0415
+
+    return scaled_epilogue(acc, scale, bias, res, q.act, q.params, q.xdtype, (*lead, q.n))
+
+
 # ---------------------------------------------------------------------- int8: torch._int_mm
 def _make_int_mm(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
@@ -141,6 +188,9 @@ def _make_int_mm(
     cuda = torch.device(build.device).type == "cuda"
     if cuda and (q.k % 8 or q.n % 8):
         return None  # cuBLASLt int8: K and N multiples of 8
+    triton_on = bool(cfg.get("triton"))
+    if triton_on and not _triton_here(build):
+        return None
     wt = q.w.t()  # [K, N] column-major: W_q [N, K] row-major as stored
     pre = None if q.x_scale is None or q.w_scale is None else q.x_scale * q.w_scale
 
@@ -149,12 +199,15 @@ def _make_int_mm(
         assert x is not None
         lead = tuple(x.shape[:-1])
         s, ws = _scales(q, xs)
-        xq = torch.round(x.reshape(-1, q.k).float() / s).clamp_(-128, 127).to(torch.int8)
+        xq = _quantize_x(x.reshape(-1, q.k), s, "int8", triton_on)
         m = xq.shape[0]
         if cuda and m < _INT_MM_MIN_M:
             xq = F.pad(xq, (0, 0, 0, _INT_MM_MIN_M - m))  # zero rows, sliced off below
         acc = torch._int_mm(xq, wt)[:m]
-        y = acc.float().mul_(pre if pre is not None else s * ws)
+        scale = pre if pre is not None else s * ws
+        if triton_on:
+            return [_triton_epilogue(acc, scale, q, _opt(xs, 4), _opt(xs, 5), lead)]
+        y = acc.float().mul_(scale)
         return [_epilogue(y, q, _opt(xs, 4), _opt(xs, 5), lead)]
 
     return run
@@ -165,7 +218,7 @@ def _fp8_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
     x, ws = _inp(inputs, 0), _inp(inputs, 3)
-    out = [{"scales": "tensor"}]
+    out: list[dict[str, Any]] = [{"scales": "tensor"}, {"scales": "tensor", "triton": 1}]
     # rowwise scaling (CUTLASS, sm89/sm90+) computes bf16 outputs only
     if x is not None and ws is not None and x.dtype == torch.bfloat16 and ws.shape != (1,):
         out.append({"scales": "rowwise"})
@@ -186,6 +239,9 @@ def _make_scaled_mm(
     per_tensor_w = ws_info is not None and ws_info.shape == (1,)
     if mode == "rowwise" and (q.xdtype != torch.bfloat16 or per_tensor_w):
         return None
+    triton_on = bool(cfg.get("triton"))
+    if triton_on and (mode != "tensor" or not _triton_here(build)):
+        return None
     wt = q.w.t()  # [K, N] column-major, as _scaled_mm wants B
     one = torch.ones((), dtype=torch.float32, device=build.device)
     half_out = q.xdtype != torch.float32
@@ -198,8 +254,7 @@ def _make_scaled_mm(
         lead = tuple(x.shape[:-1])
         bias, res = _opt(xs, 4), _opt(xs, 5)
         s, ws = _scales(q, xs)
-        x2 = x.reshape(-1, q.k).float() / s
-        xq = x2.clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+        xq = _quantize_x(x.reshape(-1, q.k), s, "fp8e4m3", triton_on)
         if mode == "rowwise":
             m = xq.shape[0]
             y = torch._scaled_mm(
@@ -214,9 +269,14 @@ def _make_scaled_mm(
             return [_add_residual(y, res) if res is not None else y]
         if fused_out:
             y = torch._scaled_mm(xq, wt, s, ws.reshape(()), bias=bias, out_dtype=q.xdtype)
+            if triton_on and (q.act or res is not None):  # activation + residual: one pass
+                return [_triton_epilogue(y, None, q, None, res, lead)]
             y = act_inplace(y, q.act, q.params).reshape(*lead, q.n)
             return [_add_residual(y, res) if res is not None else y]
         # fp32 out (no bias allowed there): w_scale [N] and the bias in the fp32 epilogue
+        if triton_on:
+            y = torch._scaled_mm(xq, wt, s, one, out_dtype=torch.float32)
+            return [_triton_epilogue(y, ws, q, bias, res, lead)]
         if per_tensor_w:
             y = torch._scaled_mm(xq, wt, s, ws.reshape(()), out_dtype=torch.float32)
         else:
@@ -287,7 +347,9 @@ def _make_dequant_conv(
     return run
 
 
-tactic("QGemm", "int8_int_mm", "ecoinfer", ("cpu", "cuda"), _ALL_DT)(_make_int_mm)
+tactic("QGemm", "int8_int_mm", "ecoinfer", ("cpu", "cuda"), _ALL_DT, configs=_library_configs)(
+    _make_int_mm
+)
 tactic("QGemm", "fp8_scaled_mm", "ecoinfer", ("cuda",), _ALL_DT, configs=_fp8_configs)(
     _make_scaled_mm
 )

@@ -247,3 +247,31 @@ def test_weights_are_checked_even_under_a_valid_checksum(tmp_path) -> None:  # n
     bad.write_bytes(MAGIC + struct.pack("<Q", len(data)) + data + forged)
     with pytest.raises(EngineFileError, match="weights section cannot be read.*out of bounds"):
         read_engine(bad)
+
+
+def test_weights_load_as_views_not_copies(tmp_path) -> None:  # noqa: ANN001
+    """The header is padded so the weights section is 64-byte aligned: every tensor (odd
+    sizes, mixed dtypes) is a view into the one read buffer, none a private copy."""
+    from ecoinfer.engine.format import MAGIC, read_engine, write_engine  # noqa: PLC0415
+
+    w = {
+        "a": torch.arange(3, dtype=torch.int8),
+        "b": torch.randn(5, 3).half(),
+        "c": torch.randn(7),
+        "d": torch.arange(3, dtype=torch.int64),
+    }
+    for extra in range(5):  # header lengths with every remainder mod 8 in practice
+        path = tmp_path / f"e{extra}.eng"
+        write_engine(path, {"plan": {}, "pad": "x" * extra}, w)
+        raw = path.read_bytes()
+        (n,) = struct.unpack_from("<Q", raw, len(MAGIC))
+        assert (len(MAGIC) + 8 + n) % 64 == 0
+        _, got = read_engine(path)
+        blob = raw[len(MAGIC) + 8 + n :]
+        (hn,) = struct.unpack_from("<Q", blob, 0)
+        begin = {k: v["data_offsets"][0] for k, v in json.loads(blob[8 : 8 + hn]).items()}
+        first = min(got, key=lambda k: begin[k])
+        for k, t in got.items():
+            assert torch.equal(t, w[k])
+            # views into one buffer sit as far apart in memory as in the file
+            assert t.data_ptr() - got[first].data_ptr() == begin[k] - begin[first], k

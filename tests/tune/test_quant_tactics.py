@@ -116,8 +116,11 @@ def test_fp8_scaled_mm_matches_reference(dtype: torch.dtype, per_tensor: bool) -
         None,  # type: ignore[arg-type]
     )
     assert ({"scales": "rowwise"} in configs) == (dtype == torch.bfloat16 and not per_tensor)
+    assert {"scales": "tensor", "triton": 1} in configs
     for cfg in configs:
         ok, err, why = _run("QGemm", _MAKERS["fp8_scaled_mm"], xs, attrs, cfg)
+        if cfg.get("triton") and why == "n/a":
+            continue  # Triton's kernels need a GPU or the interpreter (tests/triton runs them)
         assert ok, (cfg, why)
     # cuBLASLt FP8 wants K and N multiples of 16: not applicable otherwise
     odd = _qgemm_inputs((4,), 40, 48, "fp8e4m3", dtype)

@@ -124,9 +124,10 @@ def soft_fp8(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def quantize(x: Tensor, x_scale: Tensor, qtype: str) -> Tensor:
+def quantize(x: Tensor, x_scale: Tensor, qtype: str, exact: bool = False) -> Tensor:
     """X quantized per tensor (QGemm's rule), dense in X's memory order (contiguous or
-    channels-last X keeps its strides; anything else is made contiguous first)."""
+    channels-last X keeps its strides; anything else is made contiguous first). exact: divide
+    by the scale (the reference's arithmetic) for half X too, not multiply by its inverse."""
     dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
     src = x if dense else x.contiguous()
     q = torch.empty_like(src, dtype=QTYPES[qtype])
@@ -140,7 +141,7 @@ def quantize(x: Tensor, x_scale: Tensor, qtype: str) -> Tensor:
         x_scale,
         n,
         QTYPE=QCODE[qtype],
-        EXACT_DIV=x.dtype == torch.float32,
+        EXACT_DIV=exact or x.dtype == torch.float32,
         SOFT_FP8=soft_fp8(x),
         INT64=n >= 2**31 - block,
         BLOCK=block,
