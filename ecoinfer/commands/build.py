@@ -67,6 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="cosine|top1|max-rel|METRIC.py",
         help="metric of the budget (a .py defines metric(ref, out) -> float, higher is better)",
     )
+    q.add_argument(
+        "--budget-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="headroom the validation set must show over --accuracy-budget (default 0), so "
+        "unseen data stays within the budget",
+    )
     q.add_argument("--val-data", metavar="DIR", help="validation data (default: --calib-data)")
     q.add_argument(
         "--obey-precision",
@@ -170,6 +178,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
             "calib_batches",
             "calib_cache",
             "accuracy_budget",
+            "budget_margin",
             "val_data",
             "smooth",
         )
@@ -179,6 +188,8 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         if given:
             raise InputError(f"{given[0]} only applies to quantized builds: add --int8")
         return None
+    if args.budget_margin is not None and args.accuracy_budget is None:
+        raise InputError("--budget-margin is headroom over --accuracy-budget: give that too")
     return QuantizeOptions(
         precision=args.quant,
         calib_data=args.calib_data,
@@ -187,6 +198,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         calib_cache=args.calib_cache,
         accuracy_budget=args.accuracy_budget,
         budget_metric=args.budget_metric,
+        budget_margin=args.budget_margin or 0.0,
         val_data=args.val_data,
         smooth_alpha=args.smooth,
     )

@@ -209,6 +209,7 @@ class BudgetResult:
     ranked: list[str]  # layers from most to least sensitive
     full_int8: float  # the metric with every layer quantized
     trials: list[Mix] = field(default_factory=list)
+    margin: float = 0.0  # the headroom asked of the validation set
 
     @property
     def quantized(self) -> list[str]:
@@ -216,8 +217,9 @@ class BudgetResult:
 
     def lines(self) -> list[str]:
         """A human report: the budget, the metric reached, and each kept layer's reason."""
+        margin = f" (margin {self.margin:g})" if self.margin else ""
         out = [
-            f"accuracy budget {self.metric} {self.budget:g}: {self.metric} {self.value:.6g} with "
+            f"accuracy budget {self.metric} {self.budget:g}{margin}: {self.metric} {self.value:.6g} with "
             f"{len(self.kept)}/{len(self.ranked)} layers kept in float (all quantized: "
             f"{self.full_int8:.6g})"
         ]
@@ -249,18 +251,25 @@ def fit_budget(
     metric: str | Metric = "cosine",
     precision: str = "int8",
     log: Callable[[str], None] | None = None,
+    margin: float = 0.0,
 ) -> BudgetResult:
     """Keep the most sensitive layers of `graph` in float until `metric` meets `budget`.
 
     `graph` is the graph quantize_graph() quantizes (normally the optimized one); `amax`
-    its calibration thresholds. Layers are named by node name. Raises AccuracyBudgetError,
-    naming the best mix found, if no mix (not even every layer in float) meets the budget.
+    its calibration thresholds. Layers are named by node name. `margin` (>= 0) asks the
+    validation set for that much headroom (budget + margin for a higher-is-better metric,
+    budget - margin otherwise), so data the budget was not fitted on lands inside the budget
+    rather than around it. Raises AccuracyBudgetError, naming the best mix found, if no mix
+    (not even every layer in float) meets it.
     """
     from ecoinfer.quant.quantize import quant_targets, quantize_graph  # noqa: PLC0415
 
     m = get_metric(metric)
     if not isinstance(budget, int | float) or not math.isfinite(budget):
         raise AccuracyBudgetError(f"accuracy budget must be a finite number, got {budget!r}")
+    if not isinstance(margin, int | float) or not math.isfinite(margin) or margin < 0:
+        raise AccuracyBudgetError(f"--budget-margin must be a number >= 0, got {margin!r}")
+    target = float(budget) + (margin if m.higher_is_better else -margin)
     batches = list(validation_batches)
     if not batches:
         raise AccuracyBudgetError("the validation set is empty: the accuracy budget needs data")
@@ -299,10 +308,10 @@ def fit_budget(
             best = trials[-1]
         if log:
             log(f"{len(kept)} layer(s) kept in float: {m.name} {value:.6g}")
-        if m.meets(value, budget):
+        if m.meets(value, target):
             return BudgetResult(
                 m.name, float(budget), value, list(kept), exact(kept), sensitivity, ranked,
-                float(full), trials,
+                float(full), trials, float(margin),
             )  # fmt: skip
     assert best is not None
     what = (
@@ -313,7 +322,9 @@ def fit_budget(
     )
     raise AccuracyBudgetError(
         f"no mix of quantized and float layers meets the accuracy budget "
-        f"{m.describe_budget(budget)}; the best mix found, {what}, reaches {m.name} "
+        f"{m.describe_budget(target)}"
+        + (f" (budget {budget:g}, margin {margin:g})" if margin else "")
+        + f"; the best mix found, {what}, reaches {m.name} "
         f"{best.value:.6g} (all {len(ranked)} layers quantized: {full:.6g}); loosen the budget"
         " or check the metric"
     )
@@ -331,6 +342,7 @@ class QuantizeOptions:
     calib_cache: str | None = None  # read if it exists and no data is given; written after
     accuracy_budget: float | None = None
     budget_metric: str = "cosine"
+    budget_margin: float = 0.0  # headroom asked of the validation set (fit_budget's margin)
     val_data: str | None = None  # default: the calibration data
     # SmoothQuant-style smoothing strength (quant/smooth.py); None: off. Needs calib_data.
     smooth_alpha: float | None = None
@@ -428,8 +440,9 @@ def quantize_for_build(
             )
         val = load_batches(source, graph)
         result = fit_budget(
-            graph, amax, val, opts.accuracy_budget, opts.budget_metric, opts.precision
-        )
+            graph, amax, val, opts.accuracy_budget, opts.budget_metric, opts.precision,
+            margin=opts.budget_margin,
+        )  # fmt: skip
         keep += result.keep_fp
         for s in result.lines():
             say(s)
@@ -450,6 +463,7 @@ def quantize_for_build(
         report["budget"] = {
             "metric": result.metric,
             "budget": result.budget,
+            "margin": result.margin,
             "value": result.value,
             "kept": result.kept,
             "sensitivity": result.sensitivity,

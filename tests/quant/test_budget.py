@@ -119,6 +119,25 @@ def test_fit_budget_keeps_the_sensitive_layer(setup) -> None:  # noqa: ANN001
     assert r.kept[0] == "fc2" and r.value <= 0.05
 
 
+def test_budget_margin_asks_for_headroom(setup) -> None:  # noqa: ANN001
+    """A margin moves the bar by that much, in the metric's direction: the mix that only just
+    met the budget no longer does, and more layers stay in float (or none meets it)."""
+    graph, amax, data = setup
+    plain = fit_budget(graph, amax, data, 0.999, "cosine")
+    gap = plain.value - 0.999  # how far the first passing mix cleared the budget
+    assert gap >= 0
+    with_margin = fit_budget(graph, amax, data, 0.999 - 0.5 * gap, "cosine", margin=gap)
+    assert with_margin.value >= 0.999 - 0.5 * gap + gap and with_margin.margin == gap
+    assert "margin" in with_margin.lines()[0]
+    tight = plain.value + 1e-9 - 0.999  # asks for a hair more than the first mix reaches
+    r = fit_budget(graph, amax, data, 0.999, "cosine", margin=tight)
+    assert len(r.kept) > len(plain.kept) and r.value >= 0.999 + tight
+    low = fit_budget(graph, amax, data, 0.05, "max-rel", margin=0.01)  # a ceiling: lowered
+    assert low.value <= 0.04
+    with pytest.raises(AccuracyBudgetError, match="margin"):
+        fit_budget(graph, amax, data, 0.999, "cosine", margin=-1.0)
+
+
 def test_unmeetable_budget_reports_best_mix(setup) -> None:  # noqa: ANN001
     graph, amax, data = setup
     with pytest.raises(AccuracyBudgetError) as e:

@@ -84,6 +84,14 @@ def test_build_with_accuracy_budget_keeps_sensitive_layer(
     err = _error_line(capsys)
     assert "no mix" in err and "best mix found" in err
 
+    # a margin over the budget is recorded; a margin alone is a clear error
+    assert main([*base, "--accuracy-budget", "0.99", "--budget-margin", "0.009"]) == 0
+    capsys.readouterr()
+    b = load_engine(eng, device="cpu").report["quantization"]["budget"]
+    assert b["margin"] == 0.009 and b["value"] >= 0.999
+    assert main([*base, "--budget-margin", "0.01"]) == 2
+    assert "--accuracy-budget" in _error_line(capsys)
+
 
 def test_fp8_on_cpu_is_a_clear_error(files: tuple[Path, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     model, calib = files
