@@ -86,6 +86,40 @@ def default_opt_level(device: str) -> int:
     return 3 if str(device).startswith("cuda") else 2
 
 
+def _static_shapes(graph: Graph, profiles: list[ShapeProfile]) -> dict[str, tuple[int, ...]]:
+    """Every input's one shape when a single profile fixes them all, else {}."""
+    if len(profiles) != 1:
+        return {}
+    p = profiles[0]
+    out: dict[str, tuple[int, ...]] = {}
+    for v in graph.inputs:
+        lo, opt, hi = p.min.get(v.name), p.opt.get(v.name), p.max.get(v.name)
+        if lo is None or v.shape is None or not (tuple(lo) == tuple(opt or ()) == tuple(hi or ())):
+            return {}
+        if len(lo) != len(v.shape):
+            return {}  # _check_profile reports the rank mismatch
+        out[v.name] = tuple(int(d) for d in lo)
+    return out
+
+
+def _specialize(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> tuple[Graph, list]:
+    """The graph with its inputs bound to `shapes` and the cleanup passes run again (constant
+    folding, no-op removal, CSE, DCE). The inputs keep their declared shapes, so the runtime
+    still checks a call against the profile and names the allowed ranges."""
+    from ecoinfer.ir.analysis import bind_input_shapes  # noqa: PLC0415
+    from ecoinfer.passes import OptimizeConfig, optimize  # noqa: PLC0415
+
+    declared = {v.name: v.shape for v in graph.inputs}
+    bound, _ = bind_input_shapes(graph, shapes)
+    cleanups = ("fold_constants", "eliminate_noops", "cse", "dce")
+    g, reports = optimize(bound, OptimizeConfig(level=1, only=cleanups))
+    for r in reports:
+        r.name = f"{r.name} (shapes fixed by the profile)"
+    for v in g.inputs:
+        v.shape = declared.get(v.name, v.shape)
+    return g, reports
+
+
 def default_profile(graph: Graph) -> ShapeProfile:
     """min/opt/max from the inputs' symbolic dims: batch 1/1/64, sequence 1/128/512."""
     lo, opt, hi = {}, {}, {}
@@ -195,6 +229,13 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
                 "float_layers": [],
             }
         quant_report["fused"] = dict(fused)
+    static = _static_shapes(optimized, cfg.profiles)
+    if static:
+        # one profile pinning every input (min = opt = max): shape arithmetic (Shape, Range,
+        # Expand, index tensors built from them) folds into constants, as TensorRT does.
+        # After calibration, which may run batches of other shapes.
+        optimized, more = _specialize(optimized, static)
+        pass_reports += more
     profiles = cfg.profiles or [default_profile(optimized)]
     for p in profiles:
         _check_profile(optimized, p)

@@ -275,3 +275,21 @@ def test_weights_load_as_views_not_copies(tmp_path) -> None:  # noqa: ANN001
             assert torch.equal(t, w[k])
             # views into one buffer sit as far apart in memory as in the file
             assert t.data_ptr() - got[first].data_ptr() == begin[k] - begin[first], k
+
+
+def test_fixed_shape_profile_folds_shape_arithmetic(minilm, engine_file) -> None:  # noqa: ANN001
+    """One profile with min = opt = max: the inputs are bound to that shape before optimizing,
+    so the mask's index arithmetic (Shape, Range, Expand, Unsqueeze) folds into constants; the
+    outputs are those of the dynamic-shape engine and of onnxruntime."""
+    path, feeds = minilm
+    shape = tuple(np.asarray(feeds["input_ids"]).shape)
+    static = build(path, BuildConfig(profiles=[_profile(shape, shape, shape)], device="cpu"))
+    _, dynamic = engine_file
+    ops = static.graph.op_histogram()
+    assert not {"Shape", "Range", "Expand"} & set(ops), ops
+    assert len(static.graph.nodes) < len(dynamic.graph.nodes)
+    got = static.run(feeds)
+    assert_close(got, dynamic.run(feeds), "static vs dynamic engine")
+    assert_close(got, run_onnxruntime(path, feeds), "static engine vs onnxruntime")
+    with pytest.raises(InputShapeError):  # the profile still bounds what it accepts
+        static.run({k: np.concatenate([v, v]) for k, v in feeds.items()})
