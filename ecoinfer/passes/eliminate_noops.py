@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from ecoinfer.ir.graph import Graph
+from ecoinfer.ir.graph import Graph, Node
 from ecoinfer.ir.pattern import Any_, Const, Match, Op, Rewriter, Rule, apply_rules
 from ecoinfer.passes.registry import register_pass
 
@@ -39,7 +39,42 @@ def _is_one(t: torch.Tensor) -> bool:
     return t.numel() <= 1 << 16 and bool((t == 1).all())
 
 
+def _in_order_gather_nd(m: Match, rw: Rewriter) -> list[Node] | None:
+    """GatherND(x, I) with constant I that reads every element of x once, in x's own order
+    (e.g. a mask built as x[b, s] over an index grid of x's shape) ==> Reshape(x)."""
+    n = m.root
+    x = m.graph.values.get(n.inputs[0])
+    idx = m.graph.initializers.get(n.inputs[1])
+    out = m.graph.values.get(n.outputs[0])
+    if int(n.attrs.get("batch_dims", 0) or 0) or x is None or idx is None or out is None:
+        return None
+    shape = x.shape
+    if shape is None or not all(isinstance(d, int) for d in shape) or out.shape is None:
+        return None
+    if (
+        idx.dim() < 1
+        or idx.shape[-1] != len(shape)
+        or not all(isinstance(d, int) for d in out.shape)
+    ):
+        return None
+    total = 1
+    for d in shape:
+        total *= d
+    if idx.numel() // max(len(shape), 1) != total or total > 1 << 22 or len(out.shape) == 0:
+        return None
+    flat = torch.zeros(idx.shape[:-1], dtype=torch.int64)
+    for j, d in enumerate(shape):
+        c = idx[..., j].to(torch.int64)
+        flat = flat * d + torch.where(c < 0, c + d, c)
+    if not torch.equal(flat.reshape(-1), torch.arange(total)):
+        return None
+    target = rw.const(f"{n.name}_shape", torch.tensor(list(out.shape), dtype=torch.int64))
+    return [Node("Reshape", [n.inputs[0], target], list(n.outputs), {}, n.name)]
+
+
 RULES = [
+    # GatherND(x, constant in-order index grid) ==> Reshape(x)
+    Rule("in_order_gather_nd", Op("GatherND", Any_("x"), Const("i")), _in_order_gather_nd),
     # Identity(x) ==> x
     Rule("identity", Op("Identity", Any_("x")), _alias("x")),
     # Dropout(x) in inference (no mask read, training_mode absent) ==> x
@@ -97,7 +132,7 @@ RULES = [
 @register_pass(
     "eliminate_noops",
     level=1,
-    doc="remove Identity, inference Dropout, same-type Cast, same-shape Reshape/Expand/Transpose, x+0, x*1",
+    doc="remove Identity, inference Dropout, same-type Cast, same-shape Reshape/Expand/Transpose, x+0, x*1; an in-order GatherND becomes a Reshape",
 )
 def eliminate_noops(graph: Graph) -> Counter[str]:
     return apply_rules(graph, RULES)

@@ -105,6 +105,25 @@ def test_eliminate_noops() -> None:
     assert sum(reports[0].counts.values()) == 6
 
 
+def test_in_order_gather_nd_becomes_reshape() -> None:
+    """The mask transformers builds as m[b, s] over an index grid: GatherND with constant
+    indices that read every element in order is a Reshape; any other order stays a GatherND."""
+    b, s = 2, 5
+    grid = np.stack(np.meshgrid(np.arange(b), np.arange(s), indexing="ij"), -1)  # [b, s, 2]
+    mask_in = helper.make_tensor_value_info("m", T.FLOAT, [b, s])
+    feeds = {"m": RNG.standard_normal((b, s)).astype(np.float32)}
+    for name, idx, rewritten in (
+        ("in order", grid.reshape(b, 1, 1, s, 2), True),
+        ("negative, in order", grid.reshape(b, 1, 1, s, 2) - np.array([b, s]), True),
+        ("reversed", grid[:, ::-1].reshape(b, 1, 1, s, 2), False),
+        ("repeated", np.concatenate([grid, grid], 1).reshape(b, 1, 2, s, 2), False),
+    ):
+        nodes = [helper.make_node("GatherND", ["m", "idx"], ["y"])]
+        model = _model(nodes, [mask_in], [Y], [_t("idx", idx.astype(np.int64))])
+        g, _ = check_optimized(model, feeds, level=1, only=("eliminate_noops",))
+        assert (_ops(g) == ["Reshape"]) == rewritten, (name, _ops(g))
+
+
 def test_eliminate_noops_keeps_ops_that_change_shape_or_type() -> None:
     nodes = [
         helper.make_node("Add", ["x", "zero"], ["a"]),  # broadcasts [8] -> [2, batch, seq, 8]
