@@ -16,6 +16,8 @@ library call cannot. The autotuner still checks every one against the reference 
                                                       zero channels added, run channels-last
                          cublas_1x1 / addmm_1x1 (CPU) NHWC 1x1 stride-1 conv as addmm (cuBLASLt
                                                       bias+ReLU epilogue on CUDA)
+                         cudnn_space_to_depth         stride-2 conv on <= 4 channels (an RGB stem)
+                                                      as a stride-1 conv on 2x2 blocks
     ecoinfer.Attention   sdpa_flash, sdpa_efficient,  F.scaled_dot_product_attention restricted to
     ecoinfer.MultiHead-  sdpa_cudnn, sdpa_math        one backend (torch.nn.attention.sdpa_kernel)
     Attention
@@ -443,6 +445,66 @@ def _fmt(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _make_conv_s2d(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """A stride-2 convolution over few channels (an RGB stem) as a stride-1 one over
+    space-to-depth blocks: y[o,i,j] = sum w[o,c,p,q] xpad[c,2i+p,2j+q] with p = 2a+r, q = 2b+s
+    is a conv with kernel ceil(k/2) over the 4C channels (r, s, c) of xpad's 2x2 blocks. The
+    7x7/2 stem on 3 channels becomes a 4x4/1 conv on 12 (zero-padded to 16), which suits
+    tensor cores far better; the weights are rearranged once here."""
+    c = _conv_parse(attrs, inputs)
+    w = _weight(node, 1, inputs, build)
+    if c is None or w is None or c.nd != 2 or c.group != 1 or list(c.strides) != [2, 2]:
+        return None
+    if list(c.dil) != [1, 1] or _inp(inputs, 3) is not None:
+        return None
+    wn = w.permute(to_first(4)) if c.nhwc else w  # [M, C, kh, kw]
+    m, cin, kh, kw = (int(d) for d in wn.shape)
+    if cin > 4 or kh < 3 or kw < 3:
+        return None
+    try:
+        _, _, pads, auto_pad = window_params(attrs, 2, [kh, kw])
+    except ValueError:
+        return None
+    if auto_pad not in ("NOTSET", "", None):
+        return None
+    kh2, kw2 = -(-kh // 2), -(-kw // 2)
+    w8 = F.pad(wn, (0, 2 * kw2 - kw, 0, 2 * kh2 - kh))  # zero taps up to even kernels
+    w2 = w8.reshape(m, cin, kh2, 2, kw2, 2).permute(0, 3, 5, 1, 2, 4).reshape(m, 4 * cin, kh2, kw2)
+    cpad = -(4 * cin) % 8
+    w2 = F.pad(w2, (0, 0, 0, 0, 0, cpad)).contiguous(memory_format=torch.channels_last)
+    pt, pl, pb, pr = (int(v) for v in pads)
+    out_hw = c.out_shape[2:]
+    relu = c.act == "Relu" and _HAS_CUDNN_RELU and torch.device(build.device).type == "cuda"
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x = xs[0]
+        b = xs[2] if len(xs) > 2 else None
+        assert x is not None
+        xl = x if c.nhwc else x.permute(0, 2, 3, 1)  # [N, H, W, C] view
+        n, h, wd, _ = xl.shape
+        eb, er = (h + pt + pb) % 2, (wd + pl + pr) % 2  # one more zero row/column if odd
+        xp = F.pad(xl, (0, 0, pl, pr + er, pt, pb + eb))
+        hb, wb = xp.shape[1] // 2, xp.shape[2] // 2
+        # [N, H/2, 2, W/2, 2, C] -> [N, H/2, W/2, (r, s, C)]: the NHWC input of the new conv
+        xs2 = xp.reshape(n, hb, 2, wb, 2, cin).permute(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, 4 * cin)
+        if cpad:
+            xs2 = F.pad(xs2, (0, cpad))
+        xs2 = xs2.contiguous().permute(0, 3, 1, 2)  # channels-last NCHW view
+        if relu:
+            y = torch.ops.aten.cudnn_convolution_relu(xs2, w2, b, [1, 1], [0, 0], [1, 1], 1)
+        else:
+            y = act_inplace(F.conv2d(xs2, w2, b), c.act, c.params)
+        y = y[:, :, : out_hw[0], : out_hw[1]]
+        y = act_inplace(y, c.post, c.post_params) if c.post else y
+        if c.nhwc:
+            return [y.permute(to_last(4)).contiguous()]
+        return [y.contiguous()]
+
+    return _with_precision(run, build)
+
+
 def _make_conv1x1_gemm(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
 ) -> RunFn | None:
@@ -492,6 +554,7 @@ if _HAS_CUDNN_RELU or _HAS_CUDNN_ADD_RELU:
     )
 tactic("FusedConv", "conv", "ecoinfer", ("cpu",), _CPU_DT)(_conv_maker("plain"))
 tactic("FusedConv", "cublas_1x1", "ecoinfer", ("cuda",), _CUDA_DT)(_make_conv1x1_gemm)
+tactic("FusedConv", "cudnn_space_to_depth", "ecoinfer", ("cuda",), _CUDA_DT)(_make_conv_s2d)
 tactic("FusedConv", "addmm_1x1", "ecoinfer", ("cpu",), _CPU_DT)(_make_conv1x1_gemm)
 tactic("FusedConv", "conv_channels_last", "ecoinfer", ("cpu",), _CPU_DT)(
     _conv_maker("channels_last")

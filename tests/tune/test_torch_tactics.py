@@ -266,6 +266,54 @@ def test_conv_pad_channels(layout: str, case: str | int) -> None:
         assert torch_tactics._conv_maker("pad_channels")(node, full, infos, {}, build) is None
 
 
+S2D_CASES = [
+    # the ResNet stem: 7x7, stride 2, pad 3, ReLU
+    ((2, 3, 20, 20), (8, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3], "activation": "Relu"}, True),
+    # odd padded sizes, asymmetric pads, no bias, one channel, a 3x3 kernel
+    ((1, 1, 21, 19), (4, 1, 3, 3), {"strides": [2, 2], "pads": [1, 0, 0, 2]}, False),
+    # a 5x4 kernel and a post-activation
+    ((2, 4, 13, 16), (6, 4, 5, 4), {"strides": [2, 2], "pads": [2, 1, 2, 2], "post_activation": "Relu"}, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", range(len(S2D_CASES)))
+def test_conv_space_to_depth(layout: str, case: int) -> None:
+    """The stride-2 conv as a stride-1 conv on 2x2 blocks (registered for CUDA), made and run
+    on the CPU: the reference's numbers; declined where it does not apply."""
+    xshape, wshape, extra, bias = S2D_CASES[case]
+    xs, attrs = _conv_inputs(xshape, wshape, extra, bias, False, torch.float32)
+    if layout == "NHWC":
+        xs = [x.permute(0, 2, 3, 1).contiguous() if x is not None and x.dim() == 4 else x for x in xs]  # fmt: skip
+        attrs = {**attrs, "layout": "NHWC"}
+    names = [f"in{i}" if x is not None else "" for i, x in enumerate(xs)]
+    node = Node("FusedConv", names, ["y"], dict(attrs), "conv0", "ecoinfer")
+    full = {**get_schema("FusedConv", "ecoinfer").attrs, **attrs}
+    build = BuildInfo(torch.device("cpu"), "float32", {"in1": xs[1], "in2": xs[2]})
+    infos = [
+        None if x is None else TensorInfo(tuple(x.shape), x.dtype, i in (1, 2))
+        for i, x in enumerate(xs)
+    ]
+    run = torch_tactics._make_conv_s2d(node, full, infos, {}, build)
+    assert run is not None
+    y = run(xs)[0]
+    ref = reference_runfn(node, full, build.device)(xs)[0]
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    for other in ({"strides": [1, 1]}, {"dilations": [2, 2]}):  # not stride 2 / dilated
+        o = {**full, **other}
+        assert torch_tactics._make_conv_s2d(node, o, infos, {}, build) is None
+
+
+def test_conv_space_to_depth_declines_many_channels() -> None:
+    xs, attrs = _conv_inputs((1, 8, 9, 9), (4, 8, 3, 3), {"strides": [2, 2]}, True, False, torch.float32)  # fmt: skip
+    node = Node("FusedConv", ["in0", "in1", "in2"], ["y"], dict(attrs), "conv0", "ecoinfer")
+    full = {**get_schema("FusedConv", "ecoinfer").attrs, **attrs}
+    build = BuildInfo(torch.device("cpu"), "float32", {"in1": xs[1], "in2": xs[2]})
+    infos = [TensorInfo(tuple(x.shape), x.dtype, i > 0) for i, x in enumerate(xs)]  # type: ignore[union-attr]
+    assert torch_tactics._make_conv_s2d(node, full, infos, {}, build) is None
+
+
 @pytest.mark.parametrize("case", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_conv_nhwc(case: int, dtype: torch.dtype) -> None:
@@ -536,6 +584,8 @@ def test_gpu_conv(layout: str, precision: str) -> None:
         must = {"cudnn"} | ({"cudnn_channels_last"} if layout == "NCHW" else set())
         must |= {"cublas_1x1"} if layout == "NHWC" and case == 3 else set()
         must |= {"cudnn_pad_channels"} if case != 1 else set()  # C=4: zero channels up to 8
+        if case == 1:  # grouped: space-to-depth declines
+            assert res.get("cudnn_space_to_depth") == "n/a", res
         _all_ok(res, must, may_raise=("cudnn_fused_relu",))
         if case in (0, 2) and precision == "float16":
             assert res.get("cudnn_fused_relu") == "ok", res  # the ResNet FP16 fast path
@@ -587,3 +637,17 @@ def test_gpu_multi_head_attention(packed: int) -> None:
     xs.append(m)
     res = run_tactics("MultiHeadAttention", "ecoinfer", xs, attrs, device="cuda")
     _all_ok(res, {"sdpa_math", "sdpa_efficient"}, may_raise=("sdpa_cudnn",))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_gpu_stem_conv_tactics(layout: str) -> None:
+    """The RGB stem (7x7/2, 3 channels) in FP16: zero channels and space-to-depth both right."""
+    xshape, wshape, extra, bias = S2D_CASES[0]
+    xs, attrs = _conv_inputs((4, 3, 64, 64), wshape, extra, bias, False, torch.float16)
+    if layout == "NHWC":
+        xs = [x.permute(0, 2, 3, 1).contiguous() if x is not None and x.dim() == 4 else x for x in xs]  # fmt: skip
+        attrs = {**attrs, "layout": "NHWC"}
+    res = run_tactics("FusedConv", "ecoinfer", xs, attrs, (1, 2), "cuda", "float16")
+    _all_ok(res, {"cudnn", "cudnn_pad_channels", "cudnn_space_to_depth"}, ("cudnn_fused_relu",))
