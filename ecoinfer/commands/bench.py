@@ -205,6 +205,14 @@ def print_result(r: BenchResult) -> None:
             )
         if len(r.profile) > 40:
             print(f"... {len(r.profile) - 40} more layers (all in --export-json)")
+        from ecoinfer.bench.harness import op_summary  # noqa: PLC0415
+
+        print(f"{'by op':<40} {'tactic':<24} {'layers':>6} {'median ms':>10} {'%':>6}")
+        for g in op_summary(r.profile)[:12]:
+            print(
+                f"{g['op'][:40]:<40} {g['tactic'][:24]:<24} {g['layers']:6d} "
+                f"{g['median_ms']:10.4f} {g['percent']:6.1f}"
+            )
         # the layers run one by one (no CUDA graph): their sum next to the whole-run time
         # shows how far the per-layer view is from a replay
         layers_ms = sum(row["median_ms"] for row in r.profile)

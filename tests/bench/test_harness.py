@@ -65,6 +65,23 @@ def test_noisy_latency_is_flagged() -> None:
     assert any("varies a lot" in w for w in r.warnings)
 
 
+def test_op_summary_sums_layers_per_op_and_tactic() -> None:
+    from ecoinfer.bench.harness import op_summary  # noqa: PLC0415
+
+    rows = [
+        {"layer": "a", "op": "FusedGemm", "tactic": "linear", "median_ms": 2.0},
+        {"layer": "b", "op": "FusedGemm", "tactic": "linear", "median_ms": 1.0},
+        {"layer": "c", "op": "FusedGemm", "tactic": "triton_gemm", "median_ms": 0.5},
+        {"layer": "d", "op": "Relu", "median_ms": 0.5},
+    ]
+    s = op_summary(rows)
+    got = [(g["op"], g["tactic"], g["layers"]) for g in s]
+    # ties keep the layers' order
+    assert got == [("FusedGemm", "linear", 2), ("FusedGemm", "triton_gemm", 1), ("Relu", "", 1)]
+    assert s[0]["median_ms"] == 3.0 and abs(sum(g["percent"] for g in s) - 100.0) < 1e-9
+    assert s[0]["percent"] == 75.0
+
+
 def test_layer_table_orders_by_time() -> None:
     rows = layer_table({"a": [0.001, 0.003], "b": [0.010]}, {"a": "Relu", "b": "MatMul"})
     assert [r["layer"] for r in rows] == ["b", "a"]
@@ -125,6 +142,7 @@ def test_bench_cli_json_profile_and_labels(mlp, tmp_path) -> None:  # noqa: ANN0
     (r,) = json.loads(out.read_text())
     assert r["batch"] == 4 and r["latency"]["n"] > 0 and r["throughput_per_s"] > 0
     assert {row["layer"] for row in r["profile"]} == {"proj", "act"}
+    assert "by op" in proc.stdout and "sum of layer medians" in proc.stdout
     if r["energy"]["method"] == "estimated":
         assert "ESTIMATED" in proc.stdout and r["energy"]["measured"] is False
 
