@@ -23,16 +23,15 @@ import triton.language as tl
 
 from ecoinfer.ir.ops.fused_conv import to_first, to_last
 from ecoinfer.kernels.triton.conv import conv_epilogue, conv_step_tiles, conv_views
-from ecoinfer.kernels.triton.gemm import _pow2_at_least, act_code, needs_int64, tile_ids
+from ecoinfer.kernels.triton.gemm import act_code, needs_int64, tile_ids
 from ecoinfer.kernels.triton.qgemm import (
-    F32_MAX_BK,
     QCODE,
     QTYPES,
     QGemmConfig,
     check_scales,
-    fit_smem,
     quantize,
     quantize_block,
+    ranked_configs,
     soft_fp8,
 )
 
@@ -66,25 +65,7 @@ def qconv_configs(
 ) -> list[QGemmConfig]:
     """Tile shapes for the implicit GEMM: m output pixels, cout columns, cin channels per tap;
     plus a PREQUANT variant of the first when there are several column tiles."""
-    xbytes = torch.empty((), dtype=x_dtype).element_size()
-    mcap, ncap, kcap = _pow2_at_least(m, 16), _pow2_at_least(cout, 16), _pow2_at_least(cin, 32)
-    fast = int(x_dtype != torch.float32)
-    out: list[QGemmConfig] = []
-    for bm, bn, bk, w, s in _CANDIDATES:
-        bm, bn, bk = min(bm, mcap), min(bn, ncap), min(bk, kcap, F32_MAX_BK if not fast else bk)
-        if bm * bn <= 64 * 64:
-            w = min(w, 4 if bm * bn >= 2048 else 2)
-        bk, s = fit_smem(bm, bn, bk, s, xbytes)
-        cfg = QGemmConfig(bm, bn, bk, 8, w, s, 0, fast)
-        if cfg not in out:
-            out.append(cfg)
-
-    def tiles(c: QGemmConfig) -> int:
-        return triton.cdiv(m, c.BLOCK_M) * triton.cdiv(cout, c.BLOCK_N)
-
-    full = [c for c in out if tiles(c) >= 128]
-    rest = sorted((c for c in out if tiles(c) < 128), key=lambda c: -tiles(c))
-    ranked = (full + rest)[: max(1, limit - 1)]
+    ranked = ranked_configs(_CANDIDATES, m, cout, cin, x_dtype)[: max(1, limit - 1)]
     if m >= 256 and cout > ranked[0].BLOCK_N:
         ranked.append(QGemmConfig(**{**ranked[0].as_dict(), "PREQUANT": 1}))
     return ranked

@@ -214,16 +214,22 @@ def qgemm_compiled_ok(qtype: str, x_dtype: torch.dtype, prequant: bool, device: 
     return not (on_gpu and qtype == "int8" and x_dtype == torch.float32 and not prequant)
 
 
-def qgemm_configs(
-    m: int, n: int, k: int, x_dtype: torch.dtype, qtype: str = "int8", limit: int = 8
+def ranked_configs(
+    candidates: tuple[tuple[int, int, int, int, int], ...],
+    m: int,
+    n: int,
+    k: int,
+    x_dtype: torch.dtype,
 ) -> list[QGemmConfig]:
-    """Configurations sized to the problem, large tiles first for large problems; the two
-    best-placed ones also as PREQUANT variants when M is large (X is then read once)."""
+    """The (BM, BN, BK, warps, stages) candidates sized to an M x N x K problem (tiles no
+    larger than the power-of-2 rounded matrix, float32 X K steps capped, stages fitted to
+    shared memory), without repeats; grids of at least 128 tiles first, then the rest, most
+    tiles first (shared by qgemm_configs and qconv.qconv_configs)."""
     xbytes = torch.empty((), dtype=x_dtype).element_size()
     mcap, ncap, kcap = _pow2_at_least(m, 16), _pow2_at_least(n, 16), _pow2_at_least(k, 32)
     fast = int(x_dtype != torch.float32)  # float32 layers have a 1e-5 tolerance
     out: list[QGemmConfig] = []
-    for bm, bn, bk, w, s in _CANDIDATES:
+    for bm, bn, bk, w, s in candidates:
         bm, bn, bk = min(bm, mcap), min(bn, ncap), min(bk, kcap, F32_MAX_BK if not fast else bk)
         if bm * bn <= 64 * 64:
             w = min(w, 4 if bm * bn >= 2048 else 2)
@@ -237,7 +243,15 @@ def qgemm_configs(
 
     full = [c for c in out if tiles(c) >= 128]
     rest = sorted((c for c in out if tiles(c) < 128), key=lambda c: -tiles(c))
-    ranked = full + rest
+    return full + rest
+
+
+def qgemm_configs(
+    m: int, n: int, k: int, x_dtype: torch.dtype, qtype: str = "int8", limit: int = 8
+) -> list[QGemmConfig]:
+    """Configurations sized to the problem, large tiles first for large problems; the two
+    best-placed ones also as PREQUANT variants when M is large (X is then read once)."""
+    ranked = ranked_configs(_CANDIDATES, m, n, k, x_dtype)
     pre: list[QGemmConfig] = []
     if m >= 256 and n > ranked[0].BLOCK_N:  # several column tiles re-quantize each X tile
         for c in ranked[:2]:
