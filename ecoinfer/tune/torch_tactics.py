@@ -89,23 +89,31 @@ def _weight(node: Node, i: int, inputs: list[TensorInfo | None], build: BuildInf
     return w.to(device=build.device, dtype=info.dtype)
 
 
+def _pinned(run: RunFn, flags: list[tuple[Any, str, bool]]) -> RunFn:
+    """run with each (module, attribute) torch flag set to its value for the call, under
+    _FLAGS, and restored after."""
+
+    def wrapped(xs: list[Tensor | None]) -> list[Tensor]:
+        with _FLAGS:
+            old = [getattr(mod, name) for mod, name, _ in flags]
+            for mod, name, value in flags:
+                setattr(mod, name, value)
+            try:
+                return run(xs)
+            finally:
+                for (mod, name, _), value in zip(flags, old):
+                    setattr(mod, name, value)
+
+    return wrapped
+
+
 def _with_precision(run: RunFn, build: BuildInfo) -> RunFn:
     """Pin TF32 on/off around each call for FP32 layers on CUDA (no-op elsewhere)."""
     if torch.device(build.device).type != "cuda" or build.precision not in ("float32", "tf32"):
         return run
     on = build.precision == "tf32"
     mm, cd = torch.backends.cuda.matmul, torch.backends.cudnn
-
-    def wrapped(xs: list[Tensor | None]) -> list[Tensor]:
-        with _FLAGS:
-            old = mm.allow_tf32, cd.allow_tf32
-            mm.allow_tf32 = cd.allow_tf32 = on
-            try:
-                return run(xs)
-            finally:
-                mm.allow_tf32, cd.allow_tf32 = old
-
-    return wrapped
+    return _pinned(run, [(mm, "allow_tf32", on), (cd, "allow_tf32", on)])
 
 
 def act_inplace(y: Tensor, name: str, params: list[float]) -> Tensor:
@@ -418,18 +426,7 @@ def _cudnn_benchmark(run: RunFn) -> RunFn:
     """Run with cudnn.benchmark on: cuDNN times its algorithms for the shape on the first call
     (the tuner's warm-up, the runtime's warm-up before graph capture) and keeps the fastest,
     instead of its heuristic pick, which is often far off for channels-last FP16."""
-    cd = torch.backends.cudnn
-
-    def wrapped(xs: list[Tensor | None]) -> list[Tensor]:
-        with _FLAGS:
-            old = cd.benchmark
-            cd.benchmark = True
-            try:
-                return run(xs)
-            finally:
-                cd.benchmark = old
-
-    return wrapped
+    return _pinned(run, [(torch.backends.cudnn, "benchmark", True)])
 
 
 def _cudnn_configs(

@@ -651,3 +651,25 @@ def test_gpu_stem_conv_tactics(layout: str) -> None:
         attrs = {**attrs, "layout": "NHWC"}
     res = run_tactics("FusedConv", "ecoinfer", xs, attrs, (1, 2), "cuda", "float16")
     _all_ok(res, {"cudnn", "cudnn_pad_channels", "cudnn_space_to_depth"}, ("cudnn_fused_relu",))
+
+
+def test_flag_wrappers_set_and_restore_torch_flags() -> None:
+    """cudnn.benchmark and the TF32 switches are set for the call only, also when it raises."""
+    cd, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cd.benchmark, mm.allow_tf32, cd.allow_tf32)
+    seen = []
+
+    def run(xs):  # noqa: ANN001, ANN202
+        seen.append((cd.benchmark, mm.allow_tf32, cd.allow_tf32))
+        if xs is None:
+            raise RuntimeError("boom")
+        return xs
+
+    torch_tactics._cudnn_benchmark(run)([])
+    torch_tactics._with_precision(run, BuildInfo(torch.device("cuda"), "tf32"))([])
+    fp32 = torch_tactics._with_precision(torch_tactics._cudnn_benchmark(run), BuildInfo(torch.device("cuda"), "float32"))  # fmt: skip
+    fp32([])
+    with pytest.raises(RuntimeError):
+        torch_tactics._cudnn_benchmark(run)(None)  # type: ignore[arg-type]
+    assert seen[0][0] is True and seen[1][1:] == (True, True) and seen[2] == (True, False, False)
+    assert (cd.benchmark, mm.allow_tf32, cd.allow_tf32) == before
