@@ -494,7 +494,7 @@ def _make_conv_s2d(
         else:
             y = act_inplace(F.conv2d(xs2, w2, b), c.act, c.params)
         y = y[:, :, : out_hw[0], : out_hw[1]]
-        y = act_inplace(y, c.post, c.post_params) if c.post else y
+        y = act_inplace(y, c.post, c.post_params)
         if c.nhwc:
             return [y.permute(to_last(4)).contiguous()]
         return [y.contiguous()]

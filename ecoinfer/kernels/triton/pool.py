@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ecoinfer.ir.graph import Node
-from ecoinfer.ir.ops.nn import resolve_pads, window_out, window_params
+from ecoinfer.ir.ops.nn import window_out, window_params
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo
 
 Tensor = torch.Tensor
@@ -101,6 +101,8 @@ class _Geom:
     strides: tuple[int, int]
     dil: tuple[int, int]
     begins: tuple[int, int]
+    ends: tuple[int, int]
+    ceil_mode: bool
 
 
 def _geom(attrs: dict[str, Any]) -> _Geom | None:
@@ -113,23 +115,30 @@ def _geom(attrs: dict[str, Any]) -> _Geom | None:
         return None
     if auto_pad not in ("NOTSET", "", None) or int(attrs.get("storage_order") or 0):
         return None  # auto_pad pads depend on the input size: the reference handles them
-    return _Geom((kernel[0], kernel[1]), (strides[0], strides[1]), (dil[0], dil[1]), (pads[0], pads[1]))  # fmt: skip
+    return _Geom(
+        (kernel[0], kernel[1]),
+        (strides[0], strides[1]),
+        (dil[0], dil[1]),
+        (pads[0], pads[1]),
+        (pads[2], pads[3]),
+        bool(attrs.get("ceil_mode") or 0),
+    )
 
 
 def maxpool_nhwc(x: Tensor, attrs: dict[str, Any], config: PoolConfig | None = None) -> Tensor:
     """Y of ecoinfer.MaxPool(layout="NHWC") on a 4-D channels-last X (any N, H, W)."""
     g = _geom(attrs)
-    assert g is not None and x.dim() == 4
+    assert g is not None
+    return _maxpool(x, g, config)
+
+
+def _maxpool(x: Tensor, g: _Geom, config: PoolConfig | None) -> Tensor:
+    assert x.dim() == 4
     n, h, w, c = x.shape
-    strides, dil, pads, auto_pad = window_params(attrs, 2, list(g.kernel))
-    ceil_mode = bool(attrs.get("ceil_mode") or 0)
-    outs = []
-    for i, size in enumerate((h, w)):
-        k, s, d = g.kernel[i], g.strides[i], g.dil[i]
-        pb, pe = resolve_pads(size, k, s, d, pads[i], pads[2 + i], auto_pad)
-        o = window_out(size, k, s, d, pb, pe, auto_pad, ceil_mode)
-        outs.append(int(o))  # type: ignore[arg-type]
-    oh, ow = outs
+    oh, ow = [
+        int(window_out(size, k, s, d, pb, pe, "NOTSET", g.ceil_mode))  # type: ignore[arg-type]
+        for size, k, s, d, pb, pe in zip((h, w), g.kernel, g.strides, g.dil, g.begins, g.ends)
+    ]
     x = x if x.stride(3) == 1 else x.contiguous()
     y = torch.empty((n, oh, ow, c), dtype=x.dtype, device=x.device)
     p = n * oh * ow
@@ -168,12 +177,13 @@ def make(
         return None
     if len(node.outputs) > 1 and node.outputs[1]:
         return None  # the Indices output: the reference computes it
-    if _geom(attrs) is None:
+    g = _geom(attrs)
+    if g is None:
         return None
     config = PoolConfig(**{k: int(v) for k, v in cfg.items()}) if cfg else None
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
         assert xs[0] is not None
-        return [maxpool_nhwc(xs[0], attrs, config)]
+        return [_maxpool(xs[0], g, config)]
 
     return run
