@@ -230,12 +230,9 @@ def test_conv_nchw(case: int, dtype: torch.dtype) -> None:
 STEM = ((2, 3, 16, 16), (8, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3], "activation": "Relu"}, True, False)  # fmt: skip
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("case", ["stem", 0, 1, 2, 3])
-def test_conv_pad_channels(layout: str, case: str | int) -> None:
-    """The zero-channel variant (registered for CUDA) made and run on the CPU: same numbers as
-    the reference; not applicable to grouped convs or channel counts already a multiple of 8."""
-    xs, attrs = _conv_inputs(*(STEM if case == "stem" else CONV_CASES[case]), torch.float32)
+def _direct_conv(xs: list, attrs: dict, layout: str):  # noqa: ANN202
+    """Inputs in `layout` and what a maker needs (node, full attrs, infos, CPU build with W
+    and B as weights), for conv tactics registered for CUDA made and run on the CPU."""
     if layout == "NHWC":
         xs = [x.permute(0, 2, 3, 1).contiguous() if x is not None and x.dim() == 4 else x for x in xs]  # fmt: skip
         attrs = {**attrs, "layout": "NHWC"}
@@ -247,15 +244,29 @@ def test_conv_pad_channels(layout: str, case: str | int) -> None:
         None if x is None else TensorInfo(tuple(x.shape), x.dtype, i in (1, 2))
         for i, x in enumerate(xs)
     ]
+    return xs, node, full, infos, build
+
+
+def _matches_reference(run, xs: list, node: Node, full: dict) -> None:  # noqa: ANN001
+    assert run is not None
+    y = run(xs)[0]
+    ref = reference_runfn(node, full, torch.device("cpu"))(xs)[0]
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", ["stem", 0, 1, 2, 3])
+def test_conv_pad_channels(layout: str, case: str | int) -> None:
+    """The zero-channel variant (registered for CUDA) made and run on the CPU: same numbers as
+    the reference; not applicable to grouped convs or channel counts already a multiple of 8."""
+    xs, attrs = _conv_inputs(*(STEM if case == "stem" else CONV_CASES[case]), torch.float32)
+    xs, node, full, infos, build = _direct_conv(xs, attrs, layout)
     run = torch_tactics._conv_maker("pad_channels")(node, full, infos, {}, build)
     if case == 1 or xs[0].dim() != 4:  # grouped / 1-D
         assert run is None
         return
-    assert run is not None
-    y = run(xs)[0]
-    ref = reference_runfn(node, full, build.device)(xs)[0]
-    assert y.shape == ref.shape
-    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    _matches_reference(run, xs, node, full)
     wide = list(xs)
     wide[1] = torch.cat([xs[1]] * 2, dim=-1 if layout == "NHWC" else 1)  # 8 (or 6) channels
     wide[0] = torch.cat([xs[0]] * 2, dim=-1 if layout == "NHWC" else 1)
@@ -283,23 +294,8 @@ def test_conv_space_to_depth(layout: str, case: int) -> None:
     on the CPU: the reference's numbers; declined where it does not apply."""
     xshape, wshape, extra, bias = S2D_CASES[case]
     xs, attrs = _conv_inputs(xshape, wshape, extra, bias, False, torch.float32)
-    if layout == "NHWC":
-        xs = [x.permute(0, 2, 3, 1).contiguous() if x is not None and x.dim() == 4 else x for x in xs]  # fmt: skip
-        attrs = {**attrs, "layout": "NHWC"}
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(xs)]
-    node = Node("FusedConv", names, ["y"], dict(attrs), "conv0", "ecoinfer")
-    full = {**get_schema("FusedConv", "ecoinfer").attrs, **attrs}
-    build = BuildInfo(torch.device("cpu"), "float32", {"in1": xs[1], "in2": xs[2]})
-    infos = [
-        None if x is None else TensorInfo(tuple(x.shape), x.dtype, i in (1, 2))
-        for i, x in enumerate(xs)
-    ]
-    run = torch_tactics._make_conv_s2d(node, full, infos, {}, build)
-    assert run is not None
-    y = run(xs)[0]
-    ref = reference_runfn(node, full, build.device)(xs)[0]
-    assert y.shape == ref.shape
-    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    xs, node, full, infos, build = _direct_conv(xs, attrs, layout)
+    _matches_reference(torch_tactics._make_conv_s2d(node, full, infos, {}, build), xs, node, full)
     for other in ({"strides": [1, 1]}, {"dilations": [2, 2]}):  # not stride 2 / dilated
         o = {**full, **other}
         assert torch_tactics._make_conv_s2d(node, o, infos, {}, build) is None
@@ -307,10 +303,7 @@ def test_conv_space_to_depth(layout: str, case: int) -> None:
 
 def test_conv_space_to_depth_declines_many_channels() -> None:
     xs, attrs = _conv_inputs((1, 8, 9, 9), (4, 8, 3, 3), {"strides": [2, 2]}, True, False, torch.float32)  # fmt: skip
-    node = Node("FusedConv", ["in0", "in1", "in2"], ["y"], dict(attrs), "conv0", "ecoinfer")
-    full = {**get_schema("FusedConv", "ecoinfer").attrs, **attrs}
-    build = BuildInfo(torch.device("cpu"), "float32", {"in1": xs[1], "in2": xs[2]})
-    infos = [TensorInfo(tuple(x.shape), x.dtype, i > 0) for i, x in enumerate(xs)]  # type: ignore[union-attr]
+    xs, node, full, infos, build = _direct_conv(xs, attrs, "NCHW")
     assert torch_tactics._make_conv_s2d(node, full, infos, {}, build) is None
 
 
