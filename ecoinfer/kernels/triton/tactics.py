@@ -7,7 +7,8 @@
   triton_maxpool    ecoinfer.MaxPool (NHWC, 2-D)    pool.py (Y only; Indices: the reference)
 
 plus, when present, ecoinfer.kernels.triton.gemm_tactics (Triton GEMM, flash attention and
-implicit-GEMM conv) and ecoinfer.kernels.triton.qtactics (INT8/FP8 QGemm and QConv), which
+implicit-GEMM conv), ecoinfer.kernels.triton.qtactics (INT8/FP8 QGemm and QConv) and
+ecoinfer.kernels.triton.tma_tactics (the TMA GEMM for FusedGemm and QGemm, Hopper), which
 register their own tactics on import.
 
 Every tactic is registered for "cuda" only. Their make() also accepts a CPU build while
@@ -77,7 +78,11 @@ tactic(
 # Tactic modules of the other Triton kernels register themselves on import. A missing module
 # is normal (not written yet); one that fails to import is logged and skipped, so the
 # tactics above stay available.
-_OPTIONAL = ("ecoinfer.kernels.triton.gemm_tactics", "ecoinfer.kernels.triton.qtactics")
+_OPTIONAL = (
+    "ecoinfer.kernels.triton.gemm_tactics",
+    "ecoinfer.kernels.triton.qtactics",
+    "ecoinfer.kernels.triton.tma_tactics",
+)
 
 for _name in _OPTIONAL:
     try:

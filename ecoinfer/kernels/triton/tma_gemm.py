@@ -1,0 +1,387 @@
+"""Triton GEMM that loads its tiles with Hopper's tensor-memory accelerator (TMA).
+
+    Y = act(X @ W^T * scale + bias) + residual          scale = x_scale * w_scale[n] (8-bit)
+    Y_codes = quant(Y / out_scale)                       only with out_scale (quantized output)
+
+One kernel serves three layer kinds:
+  * half GEMMs (float16/bfloat16 X and W): FusedGemm with its bias/activation/residual;
+  * 8-bit GEMMs whose X already holds codes (int8 or float8_e4m3fn, per-tensor x_scale) and
+    W_q [N, K] codes with per-channel or per-tensor w_scale: QGemm with the dequantizing
+    epilogue, no quantize step inside the kernel;
+  * either of them writing codes for the next quantized layer (out_scale): the requantize
+    epilogue, so that layer reads 8-bit X and nothing quantizes it in a pass of its own.
+
+Why a second GEMM kernel beside gemm.py: gemm.py loads tiles through pointer arithmetic,
+which Triton pipelines with cp.async; TMA moves a whole tile per instruction, frees the
+registers that held the addresses and lets the warps run the epilogue math instead. Tiles
+past the matrix edge are zero-filled by the TMA unit, so there are no masks in the K loop.
+The kernel is persistent when `PERSISTENT`: one program per SM walks the tiles (grouped
+order, GROUP_M row-blocks at a time), so one tile's epilogue overlaps the next one's loads.
+
+TMA needs compute capability 9.0 on the GPU (`tma_supported`); it needs 16-byte aligned
+row strides and base addresses (`tma_ok`). The CPU interpreter runs it (the CI tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ecoinfer.kernels.triton.gemm import (
+    _as_2d,
+    _pow2_at_least,
+    act_code,
+    apply_act,
+    upcast_dot,
+)
+from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
+
+Tensor = torch.Tensor
+
+try:  # Triton >= 3.3
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover  (older Triton: the tactic declines)
+    TensorDescriptor = None  # type: ignore[assignment,misc]
+
+_HALF = (torch.float16, torch.bfloat16)
+_CODES = {torch.int8: 0, torch.float8_e4m3fn: 1}  # the QIN / QOUT constexpr values
+
+
+def tma_supported(device: torch.device | str) -> bool:
+    """TMA descriptors: Hopper (sm_90) or newer GPUs, and the CPU interpreter."""
+    if TensorDescriptor is None:
+        return False
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return True
+    try:
+        return torch.cuda.get_device_capability(dev) >= (9, 0)
+    except (RuntimeError, AssertionError):
+        return False
+
+
+def tma_ok(t: Tensor) -> bool:
+    """A 2-D tensor a TMA descriptor can address: unit last stride, 16-byte aligned base and
+    row stride."""
+    esz = t.element_size()
+    return (
+        t.dim() == 2
+        and t.stride(1) == 1
+        and (t.stride(0) * esz) % 16 == 0
+        and t.data_ptr() % 16 == 0
+        and t.shape[1] * esz >= 16
+    )
+
+
+# ---------------------------------------------------------------------- configurations
+@dataclass(frozen=True)
+class TmaGemmConfig:
+    BLOCK_M: int = 128
+    BLOCK_N: int = 128
+    BLOCK_K: int = 64
+    GROUP_M: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+    PERSISTENT: int = 1
+    FAST_GELU: int = 0  # 1: exact GELU computed by the tanh formula with the hardware tanh
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> TmaGemmConfig:
+        known = TmaGemmConfig.__dataclass_fields__
+        return TmaGemmConfig(**{k: int(v) for k, v in d.items() if k in known})
+
+
+# (BM, BN, BK in bytes of K per row, warps, stages): Hopper wgmma tiles; K steps of 128 bytes
+# (64 half or 128 8-bit elements) and as many stages as 227 KB of shared memory holds
+_CANDIDATES = (
+    (128, 256, 128, 8, 3),
+    (128, 128, 128, 8, 4),
+    (256, 128, 128, 8, 3),
+    (128, 128, 128, 4, 4),
+    (128, 64, 128, 4, 4),
+    (64, 128, 128, 4, 4),
+    (64, 64, 128, 4, 4),
+)
+_SMEM_BYTES = 200 * 1024
+
+
+def tma_gemm_configs(
+    m: int, n: int, k: int, in_bytes: int, out_bytes: int = 2, limit: int = 8
+) -> list[TmaGemmConfig]:
+    """Configurations sized to an M x N x K problem with in_bytes-wide operands: tiles no
+    larger than the rounded matrix, stages fitted to shared memory (the epilogue's output
+    tile included), grids of at least 128 tiles first; each also as a non-persistent
+    variant for grids of under two waves."""
+    mcap, ncap = _pow2_at_least(m, 16), _pow2_at_least(n, 16)
+    kmin = 16 if in_bytes == 2 else 32  # the smallest K step of a half / 8-bit dot
+    kcap = _pow2_at_least(k, kmin)
+    out: list[TmaGemmConfig] = []
+    for bm, bn, kbytes, w, s in _CANDIDATES:
+        bm, bn = min(bm, mcap), min(bn, ncap)
+        bk = max(kmin, min(kbytes // in_bytes, kcap))
+        stage = (bm + bn) * bk * in_bytes
+        s = max(2, min(s, (_SMEM_BYTES - bm * bn * out_bytes) // stage))
+        if bm * bn <= 64 * 64:
+            w = 4
+        cfg = TmaGemmConfig(bm, bn, bk, 8, w, s, 1)
+        if cfg not in out:
+            out.append(cfg)
+
+    def tiles(c: TmaGemmConfig) -> int:
+        return triton.cdiv(m, c.BLOCK_M) * triton.cdiv(n, c.BLOCK_N)
+
+    full = [c for c in out if tiles(c) >= 128]
+    rest = sorted((c for c in out if tiles(c) < 128), key=lambda c: -tiles(c))
+    ranked = (full + rest)[: max(1, limit - 2)]
+    # the two best-placed tiles also without persistence (one program per tile)
+    flat = [TmaGemmConfig(**{**c.as_dict(), "PERSISTENT": 0}) for c in ranked[:2]]
+    return ranked + flat
+
+
+# ---------------------------------------------------------------------- kernel
+@triton.jit
+def _grouped(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of tile number `tile` in grouped order (see gemm.tile_ids)."""
+    in_group = GROUP_M * num_n
+    first_m = (tile // in_group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((tile % in_group) % size_m)
+    pid_n = (tile % in_group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _gelu_tanh_hw(x, HW_TANH: tl.constexpr):
+    """GELU by the tanh formula; with HW_TANH the tanh is one MUFU instruction (tanh.approx,
+    about 2**-11 relative error), else exp-based (the interpreter has no inline asm). Against
+    erf GELU it differs by at most about 5e-4 absolute: within half-precision tolerances, and
+    the tuner checks it against the reference like any tactic."""
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    if HW_TANH:
+        t = tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=r,r", [u], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        e = tl.exp(-2.0 * tl.abs(u))
+        t = (1.0 - e) / (1.0 + e)
+        t = tl.where(u < 0, -t, t)
+    return 0.5 * x * (1.0 + t)
+
+
+@triton.jit
+def _tma_gemm_kernel(
+    x_desc,
+    w_desc,
+    y_ptr,
+    xs_ptr,
+    ws_ptr,
+    bias_ptr,
+    res_ptr,
+    os_ptr,
+    M,
+    N,
+    K,
+    num_progs,
+    stride_ws,
+    stride_ym,
+    stride_yn,
+    stride_rm,
+    stride_rn,
+    p0,
+    p1,
+    W_KN: tl.constexpr,
+    QIN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    QOUT: tl.constexpr,
+    SOFT_FP8: tl.constexpr,
+    FAST_GELU: tl.constexpr,
+    HW_TANH: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    if QIN >= 0:
+        x_scale = tl.load(xs_ptr).to(tl.float32)
+    if QOUT >= 0:
+        o_scale = tl.load(os_ptr).to(tl.float32)
+        o_inv = 1.0 / o_scale
+    for tile in tl.range(tl.program_id(0), num_m * num_n, num_progs, flatten=True):
+        pid_m, pid_n = _grouped(tile, num_m, num_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        if QIN == 0:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = x_desc.load([off_m, ki * BLOCK_K])
+            if W_KN:
+                b = w_desc.load([ki * BLOCK_K, off_n])
+            else:
+                b = w_desc.load([off_n, ki * BLOCK_K]).T  # W [N, K]: the K-major operand
+            if UPCAST:  # the interpreter's bfloat16 dot is wrong (gemm.upcast_dot)
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            if QIN == 0:
+                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, b, acc)
+
+        offs_m = off_m + tl.arange(0, BLOCK_M)
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        if INT64:
+            offs_m = offs_m.to(tl.int64)
+            offs_n = offs_n.to(tl.int64)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        out = acc.to(tl.float32)
+        if QIN >= 0:
+            w_scale = tl.load(ws_ptr + offs_n * stride_ws, mask=mask_n, other=0.0)
+            out = out * (x_scale * w_scale.to(tl.float32))[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if FAST_GELU and (ACT == 7 or ACT == 8):  # erf or tanh GELU, by the tanh formula
+            out = _gelu_tanh_hw(out, HW_TANH)
+        else:
+            out = apply_act(out, ACT, p0, p1)
+        mask = mask_m[:, None] & mask_n[None, :]
+        if HAS_RES:
+            r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
+            out += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+        if QOUT >= 0:
+            # the float result rounds once, straight to the next layer's codes
+            tl.store(y_ptrs, quantize_block(out, o_inv, o_scale, QOUT, False, SOFT_FP8), mask=mask)
+        else:
+            tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------- host side
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few programs, so persistence is exercised
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """t itself when a TMA descriptor can address it, else a dense copy (which can)."""
+    return t if tma_ok(t) else t.contiguous().clone()
+
+
+def tma_gemm(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    *,
+    w_kn: bool = False,
+    act: tuple[int, float, float] | None = None,
+    activation: str = "",
+    activation_params: list[float] | tuple[float, ...] = (),
+    x_scale: Tensor | None = None,
+    w_scale: Tensor | None = None,
+    out_scale: Tensor | None = None,
+    out_qtype: str = "fp8e4m3",
+    out_dtype: torch.dtype | None = None,
+    config: TmaGemmConfig | None = None,
+) -> Tensor:
+    """act(X @ W^T [* x_scale * w_scale] + bias) + residual, optionally as codes.
+
+    X [..., K]: float16/bfloat16, or codes (int8 / float8_e4m3fn) with x_scale (float32
+    scalar) and then W codes of the same dtype with w_scale (float32 [N] or [1]).
+    W: [N, K], or [K, N] with w_kn (half W only; 8-bit W must be [N, K], K contiguous).
+    The float result has out_dtype (X's dtype for half X; float16 unless given for codes);
+    with out_scale (float32 scalar) it is written as out_qtype codes of Y / out_scale."""
+    code, p0, p1 = act if act is not None else act_code(activation, activation_params)
+    k = x.shape[-1]
+    coded = x.dtype in _CODES
+    if coded:
+        if w.dtype != x.dtype or x_scale is None or w_scale is None:
+            raise ValueError("tma_gemm: 8-bit X needs W of its dtype, x_scale and w_scale")
+        if w_kn:
+            raise ValueError("tma_gemm: 8-bit W must be [N, K] (the K-major operand)")
+    elif x.dtype not in _HALF or w.dtype != x.dtype:
+        raise ValueError(f"tma_gemm: X {x.dtype} and W {w.dtype}: want float16/bfloat16 pairs")
+    n = w.shape[1] if w_kn else w.shape[0]
+    wk = w.shape[0] if w_kn else w.shape[1]
+    if w.dim() != 2 or wk != k:
+        raise ValueError(f"tma_gemm: X has K={k} but W is {list(w.shape)}")
+    out_shape = (*x.shape[:-1], n)
+    m = math.prod(x.shape[:-1])
+    if out_scale is not None:
+        ydt = QTYPES[out_qtype]
+    else:
+        ydt = out_dtype or (torch.float16 if coded else x.dtype)
+    y = torch.empty(out_shape, dtype=ydt, device=x.device)
+    if y.numel() == 0:
+        return y
+    y2 = y.view(m, n)
+    if k == 0:  # no K step: the epilogue alone (TMA cannot describe an empty row)
+        x = torch.zeros((*x.shape[:-1], 16), dtype=x.dtype, device=x.device)
+        w = torch.zeros((16, n) if w_kn else (n, 16), dtype=w.dtype, device=w.device)
+        k = 16
+    x2 = _aligned(x.reshape(m, k))
+    w2 = _aligned(w)
+    esz = x2.element_size()
+    cfg = config or tma_gemm_configs(m, n, k, esz)[0]
+    x_desc = TensorDescriptor.from_tensor(x2, [cfg.BLOCK_M, cfg.BLOCK_K])
+    wblock = [cfg.BLOCK_K, cfg.BLOCK_N] if w_kn else [cfg.BLOCK_N, cfg.BLOCK_K]
+    w_desc = TensorDescriptor.from_tensor(w2, wblock)
+    r2 = _as_2d(residual.expand(out_shape), m, n) if residual is not None else None
+    ws = w_scale.reshape(-1) if w_scale is not None else None
+    tiles = triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(n, cfg.BLOCK_N)
+    progs = min(tiles, _num_sms(x.device)) if cfg.PERSISTENT else tiles
+    _tma_gemm_kernel[(progs,)](
+        x_desc,
+        w_desc,
+        y2,
+        x_scale if x_scale is not None else y2,
+        ws if ws is not None else y2,
+        bias.contiguous() if bias is not None else y2,
+        r2 if r2 is not None else y2,
+        out_scale if out_scale is not None else y2,
+        m,
+        n,
+        k,
+        progs,
+        ws.stride(0) if ws is not None and ws.numel() > 1 else 0,
+        y2.stride(0),
+        y2.stride(1),
+        r2.stride(0) if r2 is not None else 0,
+        r2.stride(1) if r2 is not None else 0,
+        p0,
+        p1,
+        W_KN=w_kn,
+        QIN=_CODES.get(x.dtype, -1),
+        HAS_BIAS=bias is not None,
+        ACT=code,
+        HAS_RES=r2 is not None,
+        QOUT=QCODE[out_qtype] if out_scale is not None else -1,
+        SOFT_FP8=soft_fp8(x),
+        FAST_GELU=bool(cfg.FAST_GELU),
+        HW_TANH=x.device.type == "cuda",
+        UPCAST=upcast_dot(x),
+        INT64=y2.numel() >= 2**31 or (r2 is not None and r2.numel() >= 2**31),
+        BLOCK_M=cfg.BLOCK_M,
+        BLOCK_N=cfg.BLOCK_N,
+        BLOCK_K=cfg.BLOCK_K,
+        GROUP_M=cfg.GROUP_M,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return y

@@ -1,0 +1,233 @@
+"""The TMA GEMM (ecoinfer/kernels/triton/tma_gemm.py, tma_tactics.py) under TRITON_INTERPRET=1:
+half GEMMs against float64, 8-bit GEMMs on codes against test_qgemm's reference, the
+requantizing epilogue against the one-pass quantize kernel, persistence, edges and K tails
+(zero-filled by the descriptor), and the tactics' registration and declines."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest too)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytest.importorskip("triton.tools.tensor_descriptor")
+
+from test_qgemm import case, make_w, qgemm_ref, quant_ref, rel  # noqa: E402
+
+from ecoinfer.ir.graph import Node  # noqa: E402
+from ecoinfer.kernels.torch_ops.activation import apply_activation  # noqa: E402
+from ecoinfer.kernels.triton import tma_tactics  # noqa: E402
+from ecoinfer.kernels.triton.qgemm import quantize  # noqa: E402
+from ecoinfer.kernels.triton.tma_gemm import (  # noqa: E402
+    TmaGemmConfig,
+    tma_gemm,
+    tma_gemm_configs,
+    tma_ok,
+)
+from ecoinfer.tune.tactics import _TACTICS, BuildInfo, TensorInfo  # noqa: E402
+
+QDT = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+# small tiles so the interpreter sees several tiles, ragged edges and a K tail
+TINY = TmaGemmConfig(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, num_warps=4, num_stages=2)
+
+
+def half_ref(x, w, bias, res, act: str, params=(), w_kn: bool = False) -> torch.Tensor:  # noqa: ANN001
+    y = x.double() @ (w.double() if w_kn else w.double().t())
+    if bias is not None:
+        y = y + bias.double()
+    y = apply_activation(y, act, list(params))
+    return y + res.double() if res is not None else y
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("w_kn", [False, True])
+@pytest.mark.parametrize("persistent", [0, 1])
+@pytest.mark.parametrize("epi", ["plain", "bias_gelu", "bias_relu_res"])
+def test_half_gemm(dtype: torch.dtype, w_kn: bool, persistent: int, epi: str) -> None:
+    torch.manual_seed(0)
+    m, n, k = 37, 40, 72  # ragged in M and N, K = 2 steps + a tail of 8
+    x = torch.randn(m, k).to(dtype)
+    w = (torch.randn(k, n) if w_kn else torch.randn(n, k)).to(dtype) / 8
+    bias = torch.randn(n).to(dtype) if epi != "plain" else None
+    res = torch.randn(m, n).to(dtype) if epi == "bias_relu_res" else None
+    act = {"plain": "", "bias_gelu": "Gelu", "bias_relu_res": "Relu"}[epi]
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "PERSISTENT": persistent})
+    y = tma_gemm(x, w, bias, res, w_kn=w_kn, activation=act, config=cfg)
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert rel(y, half_ref(x, w, bias, res, act, w_kn=w_kn)) <= TOL[dtype]
+
+
+def test_fast_gelu_within_half_tolerance() -> None:
+    """FAST_GELU evaluates erf GELU by the tanh formula: close, not bit-equal."""
+    torch.manual_seed(1)
+    x, w, b = torch.randn(32, 64).half(), (torch.randn(48, 64) / 6).half(), torch.randn(48).half()
+    ref = half_ref(x, w, b, None, "Gelu")
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "FAST_GELU": 1})
+    fast = tma_gemm(x, w, b, activation="Gelu", config=cfg)
+    exact = tma_gemm(x, w, b, activation="Gelu", config=TINY)
+    assert rel(fast, ref) <= 2e-3
+    assert not torch.equal(fast, exact)  # the other formula really ran
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+@pytest.mark.parametrize("epi", ["bias", "bias_gelu_res"])
+def test_codes_gemm_matches_qgemm_reference(qtype: str, epi: str) -> None:
+    torch.manual_seed(2)
+    xs = case((3, 11), 48, 96, qtype, torch.float16, True, epi == "bias_gelu_res")
+    act = "Gelu" if epi == "bias_gelu_res" else ""
+    x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
+    xq = quantize(x, x_scale, qtype, exact=True)  # type: ignore[arg-type]
+    assert torch.equal(
+        xq.double() if qtype == "int8" else xq.float().double(), quant_ref(x, x_scale, qtype)
+    )  # type: ignore[arg-type]
+    res = xs[5] if len(xs) > 5 else None
+    y = tma_gemm(xq, wq, xs[4], res, activation=act, x_scale=x_scale, w_scale=w_scale, config=TINY)  # type: ignore[arg-type]
+    assert y.dtype == torch.float16 and y.shape == (3, 11, 48)
+    assert rel(y, qgemm_ref(xs, qtype, act)) <= 2e-3
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_requantizing_epilogue(qtype: str) -> None:
+    """out_scale: the float result becomes the next layer's codes, as the one-pass quantize
+    kernel would make them from a float32 Y (ties aside: none at these values)."""
+    torch.manual_seed(3)
+    xs = case((40,), 32, 64, qtype, torch.float16, True, False)
+    x, wq, x_scale, w_scale, b = xs[0], xs[1], xs[2], xs[3], xs[4]
+    xq = quantize(x, x_scale, qtype, exact=True)  # type: ignore[arg-type]
+    yf = tma_gemm(xq, wq, b, x_scale=x_scale, w_scale=w_scale, out_dtype=torch.float32, config=TINY)  # type: ignore[arg-type]
+    out_scale = (yf.abs().amax() / (127 if qtype == "int8" else 448) * 0.8).reshape(())
+    yq = tma_gemm(
+        xq,
+        wq,
+        b,
+        x_scale=x_scale,
+        w_scale=w_scale,
+        out_scale=out_scale,
+        out_qtype=qtype,
+        config=TINY,
+    )  # type: ignore[arg-type]
+    assert yq.dtype == QDT[qtype]
+    want = quantize(yf, out_scale, qtype, exact=True)
+    diff = (yq.float() - want.float()).abs()
+    step = 1.0 if qtype == "int8" else want.float().abs() / 8 + 2**-9
+    assert bool((diff <= step).all())  # at most one code apart (multiply vs divide)
+    assert (diff > 0).float().mean() < 0.05
+    assert float(want.float().abs().max()) >= (127 if qtype == "int8" else 448)  # saturated
+
+
+def test_k_zero_and_empty_rows() -> None:
+    x = torch.zeros(5, 0, dtype=torch.float16)
+    w = torch.zeros(8, 0, dtype=torch.float16)
+    b = torch.arange(8).half()
+    y = tma_gemm(x, w, b, config=TINY)
+    assert torch.equal(y, b.expand(5, 8))
+    assert tma_gemm(torch.zeros(0, 16).half(), torch.zeros(8, 16).half()).shape == (0, 8)
+
+
+def test_misaligned_x_is_copied_not_misread() -> None:
+    torch.manual_seed(4)
+    base = torch.randn(20 * 40 + 1).half()
+    x = base[1:].view(20, 40)  # 2-byte offset: no descriptor can address it
+    assert not tma_ok(x)
+    w = torch.randn(16, 40).half()
+    y = tma_gemm(x, w, config=TINY)
+    assert rel(y, half_ref(x, w, None, None, "")) <= 2e-3
+
+
+def test_bad_operands_raise() -> None:
+    x = torch.zeros(4, 32, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="x_scale"):
+        tma_gemm(x, torch.zeros(8, 32, dtype=torch.float8_e4m3fn))
+    with pytest.raises(ValueError, match="K=32"):
+        tma_gemm(torch.zeros(4, 32).half(), torch.zeros(8, 16).half())
+    with pytest.raises(ValueError, match="float16/bfloat16"):
+        tma_gemm(torch.zeros(4, 32), torch.zeros(8, 32))
+
+
+def test_configs_fit_hopper_shared_memory() -> None:
+    for esz in (1, 2):
+        cfgs = tma_gemm_configs(8192, 3072, 768, esz)
+        assert cfgs and len(cfgs) == len(set(cfgs))
+        for c in cfgs:
+            smem = c.num_stages * (c.BLOCK_M + c.BLOCK_N) * c.BLOCK_K * esz
+            assert smem + c.BLOCK_M * c.BLOCK_N * 2 <= 200 * 1024 and c.num_stages >= 2
+            assert c.BLOCK_K * esz == 128  # 128-byte K steps
+        assert {c.PERSISTENT for c in cfgs} == {0, 1}
+    small = tma_gemm_configs(8, 16, 40, 2)
+    assert all(c.BLOCK_M <= 16 and c.BLOCK_N <= 16 for c in small)
+
+
+# ---------------------------------------------------------------------- tactics
+def _build(weights: dict) -> BuildInfo:
+    return BuildInfo(torch.device("cpu"), "float16", weights)  # type: ignore[arg-type]
+
+
+def test_tma_gemm_tactic_runs_fused_gemm() -> None:
+    torch.manual_seed(5)
+    a, b = torch.randn(2, 9, 32).half(), (torch.randn(24, 32) / 4).half()
+    bias, res = torch.randn(24).half(), torch.randn(2, 9, 24).half()
+    node = Node("FusedGemm", ["a", "b", "bias", "r"], ["y"], domain="ecoinfer")
+    attrs = {"trans_b": 1, "activation": "Gelu", "activation_params": []}
+    infos = [TensorInfo(tuple(t.shape), t.dtype, i == 1) for i, t in enumerate((a, b, bias, res))]
+    cfgs = tma_tactics._tma_gemm_configs(node, attrs, infos, _build({"b": b}))
+    assert any(c["FAST_GELU"] for c in cfgs) and any(not c["FAST_GELU"] for c in cfgs)
+    run = tma_tactics.triton_tma_gemm(node, attrs, infos, TINY.as_dict(), _build({"b": b}))
+    assert run is not None
+    (y,) = run([a, b, bias, res])
+    assert rel(y, half_ref(a, b, bias, res, "Gelu")) <= 2e-3
+    # K not a multiple of 8 (rows not 16-byte aligned) and float32: declined
+    odd = [TensorInfo((4, 30), torch.float16), TensorInfo((24, 30), torch.float16, True)]
+    assert tma_tactics.triton_tma_gemm(node, attrs, odd, {}, _build({})) is None
+    f32 = [TensorInfo((4, 32), torch.float32), TensorInfo((24, 32), torch.float32, True)]
+    assert tma_tactics.triton_tma_gemm(node, attrs, f32, {}, _build({})) is None
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_tma_qgemm_tactic_quantizes_then_multiplies(qtype: str) -> None:
+    torch.manual_seed(6)
+    xs = case((2, 13), 32, 64, qtype, torch.float16, True, True)
+    node = Node("QGemm", ["x", "w", "xs", "ws", "b", "r"], ["y"], domain="ecoinfer")
+    attrs = {"qtype": qtype, "activation": "Relu", "activation_params": []}
+    infos = [TensorInfo(tuple(t.shape), t.dtype, i in (1, 2, 3)) for i, t in enumerate(xs)]  # type: ignore[union-attr]
+    build = _build({"w": xs[1], "xs": xs[2], "ws": xs[3]})
+    run = tma_tactics.triton_tma_qgemm(node, attrs, infos, TINY.as_dict(), build)
+    assert run is not None
+    (y,) = run(xs)
+    assert y.dtype == torch.float16
+    assert rel(y, qgemm_ref(xs, qtype, "Relu")) <= 2e-3
+    # K = 40: 8-bit rows of 40 bytes cannot be TMA rows
+    odd = case((4,), 16, 40, qtype, torch.float16, False, False)
+    oinfos = [TensorInfo(tuple(t.shape), t.dtype, i == 1) for i, t in enumerate(odd)]  # type: ignore[union-attr]
+    assert tma_tactics.triton_tma_qgemm(node, attrs, oinfos, {}, _build({"w": odd[1]})) is None
+
+
+def test_tma_tactics_registered_for_gpus_only() -> None:
+    for op, name in (("FusedGemm", "triton_tma_gemm"), ("QGemm", "triton_tma_qgemm")):
+        spec = {t.name: t for t in _TACTICS[("ecoinfer", op)]}[name]
+        assert spec.devices == ("cuda",) and spec.configs is not None
+    assert make_w(4, 32, "int8").dtype == torch.int8  # the shared helpers are the real ones
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_tma_gemm_compiled() -> None:
+    """The compiled kernel in a fresh process (this one interprets): bench/gpu_tma_probe.py's
+    correctness half on small shapes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_tma_probe.py"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    p = subprocess.run(
+        [sys.executable, str(script), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
