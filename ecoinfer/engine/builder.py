@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ecoinfer.device import pick_device
+from ecoinfer.engine import link_codes
 from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
 from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
 from ecoinfer.engine.quant_fallback import apply as apply_float_twins
@@ -78,6 +79,9 @@ class BuildConfig:
     # a quantized layer runs in float where its float kernel is faster (engine/quant_fallback);
     # None: on for GPU builds, off on the CPU (there the quantized layers emulate the GPU's)
     quant_fallback: bool | None = None
+    # a quantized layer feeding only another writes that one's codes (engine/link_codes), where
+    # timing says it pays; None: on for GPU builds, off on the CPU (exact emulation there)
+    link_codes: bool | None = None
 
 
 def default_opt_level(device: str) -> int:
@@ -259,12 +263,13 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     candidates: dict[str, list] = {}
     memory = {}
     twins: dict = {}
+    links: list[link_codes.Link] = []
     for k, prof in enumerate(profiles):
-        c, cand, mem, tw = _tune_profile(
+        c, cand, mem, tw, lk = _tune_profile(
             planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles)
         )
         if k == 0:  # the first profile's opt shapes decide, as for the tactics
-            twins = tw
+            twins, links = tw, lk
         for name, ch in c.items():
             choices.setdefault(name, ch)  # the first profile's opt shapes decide
         candidates.update({n: v for n, v in cand.items() if n not in candidates})
@@ -273,6 +278,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         cache.save(cfg.timing_cache)
     if twins:
         planned = apply_float_twins(planned, twins)
+    if links:
+        planned = link_codes.apply(planned, links)
     report = {
         "build_seconds": time.perf_counter() - t_start,
         "opt_level": opt_level,
@@ -308,6 +315,10 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
                 "quantized_ms": choices[n].runner_up_ms,
             }
             for n in twins
+        ]
+        quant_report["linked_codes"] = [
+            {"producer": lk.producer, "consumer": lk.consumer, "float_dtype": lk.out_dtype}
+            for lk in links
         ]
         report["quantization"] = quant_report
     engine = Engine(
@@ -388,6 +399,14 @@ def _tune_profile(
     tuned_layers = 0
     twins: dict = {}
     fallback = cfg.quant_fallback if cfg.quant_fallback is not None else dev.type == "cuda"
+    link_on = (cfg.link_codes if cfg.link_codes is not None else dev.type == "cuda") and k == 0
+    links: list[link_codes.Link] = []
+    producer = {o: n for n in g.nodes for o in n.outputs if o}
+    readers: dict[str, int] = {}
+    for n in g.nodes:
+        for x in all_inputs(n):
+            readers[x] = readers.get(x, 0) + 1
+    held: dict[str, list] = {}  # quantized layers' inputs, kept until their reader is tuned
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
         kernel = get_kernel(node.op_type, node.domain)
@@ -446,6 +465,21 @@ def _tune_profile(
                                 weights | {tw.weight_name},
                             ),
                         )
+        if link_on and is_quantized(node) and node.name not in twins and xs[0] is not None:
+            p = producer.get(node.inputs[0])
+            lk = link_codes.candidate(
+                g, node, p, dtypes.from_torch(xs[0].dtype), readers.get(node.inputs[0], 0)
+            )
+            if lk is not None and p is not None and p.name in held and p.name not in twins:
+                linked = _tune_link(lk, p, node, held.pop(p.name), xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
+                if linked is not None:
+                    links.append(lk)
+                    choices[p.name], choice = linked
+        consumer = bool(links) and links[-1].consumer == node.name
+        if link_on and node.name in cand and is_quantized(node) and node.name not in twins:
+            # a possible producer of a link (not one that reads codes already: no chains)
+            if readers.get(node.outputs[0], 0) == 1 and not consumer:
+                held[node.name] = list(xs)
         choices[node.name] = choice
         if ys is None:
             ys = reference(xs)
@@ -474,7 +508,70 @@ def _tune_profile(
         "tuned_layers": tuned_layers,
         "weight_bytes": sum(t.numel() * t.element_size() for t in g.initializers.values()),
     }
-    return choices, cand, mem, twins
+    return choices, cand, mem, twins, links
+
+
+def _tune_link(lk, p, c, p_xs, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
+    """Tune a linked pair (link_codes): (producer's, consumer's LayerChoice) when the pair is
+    faster linked than unlinked, else None."""
+    from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
+    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
+
+    p_choice = choices[p.name]
+    if p_choice.time_ms is None or c_choice.time_ms is None:
+        return None
+    weights = set(g.initializers)
+    log = _log(cfg)
+
+    def tune(node, xs, prec):  # noqa: ANN001, ANN202
+        """(choice, reference outputs) of one linked node, or None if it cannot be timed."""
+        attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
+        kernel = get_kernel(node.op_type, node.domain)
+        assert kernel is not None
+
+        def reference(ins, _n=node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
+            return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
+
+        build_info = BuildInfo(dev, prec, {n: env[n] for n in node.inputs if n in weights})
+        try:
+            ch, _ = select_tactic(node, attrs, xs, build_info, reference, cache, log=log)
+        except Exception as e:  # noqa: BLE001  (no link: both stay as they are)
+            if log:
+                log(f"{node.name}: linked form not timed: {e}")
+            return None
+        return None if ch.time_ms is None else (ch, reference(xs)[0])
+
+    p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
+    p2_xs = list(p_xs) + [None] * (6 - len(p_xs)) + [env[lk.y_scale]]
+    tp = tune(p2, p2_xs, p_choice.precision)
+    if tp is None:
+        return None
+    chp, codes = tp
+    c2_xs = [codes, *c_xs[1:]]
+    tc = tune(c2, c2_xs, c_choice.precision)
+    if tc is None:
+        return None
+    chc, _ = tc
+    pprec, cprec = p_choice.precision, c_choice.precision
+    before = p_choice.time_ms + c_choice.time_ms
+    after = chp.time_ms + chc.time_ms
+    if log:
+        log(f"{p.name} -> {c.name}: codes linked {after:.4f} ms, unlinked {before:.4f} ms")
+    if not link_codes.link_pays(before, after):
+        return None
+
+    def choice_of(ch, node, xs, prec):  # noqa: ANN001, ANN202
+        return LayerChoice(
+            tactic=ch.tactic,
+            config=dict(ch.config or {}),
+            precision=prec,
+            time_ms=ch.time_ms,
+            runner_up=ch.runner_up,
+            runner_up_ms=ch.runner_up_ms,
+            inputs=_input_infos(xs, node.inputs, weights),
+        )
+
+    return choice_of(chp, p2, p2_xs, pprec), choice_of(chc, c2, c2_xs, cprec)
 
 
 def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa: ANN001, ANN202

@@ -81,6 +81,8 @@ def _parse_gemm(
     qtype = str(attrs.get("qtype") or "")
     if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
         return None
+    if _inp(inputs, 6) is not None:
+        return None  # y_scale: codes out (a linked layer), not these library GEMMs
     if x.dtype not in _FLOATS or len(w.shape) != 2 or w.dtype != _QDTYPE[qtype]:
         return None
     n, k = w.shape
@@ -325,6 +327,8 @@ def _make_dequant_conv(
     qtype = str(attrs.get("qtype") or "")
     if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
         return None
+    if _inp(inputs, 6) is not None:
+        return None  # y_scale: codes out (a linked layer), not these library GEMMs
     if x.dtype not in _FLOATS or w.dtype != _QDTYPE[qtype]:
         return None
     wq, w_scale = _const(node, 1, inputs, build), _const(node, 3, inputs, build)

@@ -1,6 +1,6 @@
 """Schemas and shape inference of the quantized fused ops (see docs/fused-ops.md).
 
-ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
+ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
 
     Xq = quant(X / x_scale)       division in float32; int8: round half to even, clamp to
                                   [-128, 127]; fp8e4m3: clamp to [-448, 448], cast to
@@ -11,6 +11,13 @@ ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
     x_scale: float32 scalar; w_scale: float32 [N] (per output channel) or [1] (per tensor);
     bias [N] and residual as FusedGemm's (an omitted bias with a residual is ""). Attributes:
     activation / activation_params (FusedGemm's), qtype "int8" | "fp8e4m3". Y has X's dtype.
+
+    Linked layers (engine/link_codes.py: a quantized layer feeding only another one):
+      * X may already hold codes (qtype's element type): then Xq = X, the quantize step is
+        skipped, and the float result has the dtype named by the attribute out_dtype.
+      * y_scale (float32 scalar, the next layer's x_scale): Y is written as codes,
+        quant(Y_float / y_scale) with the same rounding, Y_float in X's (or out_dtype's)
+        float dtype; the next layer reads them as its X.
 
 ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
 
@@ -43,13 +50,14 @@ def qtype_of(ctx: InferContext) -> str:
     return q
 
 
-def _check_common(ctx: InferContext, n_out: object) -> None:
-    """W_q's element type, X float, scales float32 of the right sizes."""
+def _check_common(ctx: InferContext, n_out: object, codes_ok: bool = False) -> None:
+    """W_q's element type, X float (or codes where allowed), scales float32 of the right
+    sizes."""
     q = qtype_of(ctx)
     wdt, xdt = ctx.dtype(1), ctx.dtype(0)
     if wdt is not None and wdt != QTYPES[q]:
         raise ctx.fail(f"W_q is {wdt}, qtype '{q}' wants {QTYPES[q]}")
-    if xdt is not None and xdt not in _FLOATS:
+    if xdt is not None and xdt not in _FLOATS and not (codes_ok and xdt == QTYPES[q]):
         raise ctx.fail(f"X must be float32, float16 or bfloat16, got {xdt}")
     for i, what in ((2, "x_scale"), (3, "w_scale")):
         dt = ctx.dtype(i)
@@ -77,10 +85,17 @@ def _as_float_op(ctx: InferContext, extra: dict | None = None) -> InferContext:
     return InferContext(ctx.graph, node, ctx.schema)
 
 
+def float_out_dtype(x_dtype: str | None, out_dtype: str) -> str | None:
+    """The float dtype QGemm computes Y in: X's, or out_dtype's when X holds codes."""
+    if x_dtype in QTYPES.values():
+        return out_dtype or None
+    return x_dtype
+
+
 @op(
     "QGemm",
-    inputs=(4, 6),
-    attrs={"activation": "", "activation_params": [], "qtype": "int8"},
+    inputs=(4, 7),
+    attrs={"activation": "", "activation_params": [], "qtype": "int8", "out_dtype": ""},
     domain="ecoinfer",
     flops=lambda ctx, outs: _fused_gemm_flops(_as_float_op(ctx, {"trans_b": 1}), outs),
     doc="Y = act(quant(X) @ W_q^T * x_scale * w_scale + bias) + residual (int8 / fp8e4m3)",
@@ -89,8 +104,25 @@ def _qgemm(ctx: InferContext) -> list[OutType | None]:
     w: Shape | None = ctx.shape(1)
     if w is not None and len(w) != 2:
         raise ctx.fail(f"W_q must be 2-D [N, K], got shape {list(w)}")
-    _check_common(ctx, w[0] if w is not None else None)
-    return _fused_gemm(_as_float_op(ctx, {"trans_b": 1}))
+    _check_common(ctx, w[0] if w is not None else None, codes_ok=True)
+    q = qtype_of(ctx)
+    out_dtype = str(ctx.attr("out_dtype") or "")
+    if out_dtype and out_dtype not in _FLOATS:
+        raise ctx.fail(f"out_dtype must be float32, float16 or bfloat16, got '{out_dtype}'")
+    xdt = ctx.dtype(0)
+    if xdt == QTYPES[q] and not out_dtype:
+        raise ctx.fail("X holds codes: the attribute out_dtype must name Y's float dtype")
+    if ctx.has(6):
+        ys, ydt = ctx.shape(6), ctx.dtype(6)
+        if ys is not None and not (len(ys) == 0 or tuple(ys) == (1,)):
+            raise ctx.fail(f"y_scale must be a scalar (per-tensor), got shape {list(ys)}")
+        if ydt is not None and ydt != "float32":
+            raise ctx.fail(f"y_scale must be float32, got {ydt}")
+    (out,) = _fused_gemm(_as_float_op(ctx, {"trans_b": 1}))
+    if out is None:
+        return [None]
+    dt = QTYPES[q] if ctx.has(6) else float_out_dtype(xdt, out_dtype)
+    return [dataclasses.replace(out, dtype=dt)]
 
 
 @op(

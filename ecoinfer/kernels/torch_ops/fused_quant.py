@@ -74,14 +74,26 @@ def _check(ctx: KernelContext, x: Tensor, w: Tensor) -> torch.dtype:
 
 @kernel("QGemm", domain="ecoinfer")
 def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    """Also the linked forms: X already codes (dequantized into out_dtype) and y_scale (the
+    float result quantized for the next layer), see ecoinfer/ir/ops/fused_quant.py."""
     x, w, x_scale, w_scale, bias, res = _split(xs)
-    q = _check(ctx, x, w)
-    a = fake_quant(x, x_scale, q)
-    b = dequant_weight(w, w_scale, x.dtype)
+    y_scale = xs[6] if len(xs) > 6 else None
+    q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
+    if x.dtype == q:  # codes from the previous layer
+        fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
+        a = dequantize(x, x_scale.reshape(()).float(), None, fdt)
+        _check(ctx, a, w)
+    else:
+        _check(ctx, x, w)
+        a = fake_quant(x, x_scale, q)
+    b = dequant_weight(w, w_scale, a.dtype)
     fctx = KernelContext(
         ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
     )
-    return _fused_gemm(fctx, [a, b, bias, res])
+    (y,) = _fused_gemm(fctx, [a, b, bias, res])
+    if y_scale is not None:  # codes for the next layer, as its own quantize step makes them
+        y = quantize(y.float(), y_scale.reshape(()).float(), None, q)
+    return [y]
 
 
 @kernel("QConv", domain="ecoinfer")

@@ -62,6 +62,8 @@ def _common(
     xs, ws = _info(inputs, 2), _info(inputs, 3)
     if qtype not in QTYPES or x is None or w is None or xs is None or ws is None:
         return None
+    if _info(inputs, 6) is not None:
+        return None  # y_scale (codes out): the linked form, triton_tma_qgemm's
     if x.dtype not in _FLOATS or w.dtype != QTYPES[qtype]:
         return None
     if qtype == "fp8e4m3" and not fp8_supported(build.device):

@@ -23,12 +23,7 @@ from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH, act_code
 from ecoinfer.kernels.triton.gemm_tactics import _gemm_dims, _get, _grows, _runs_here
 from ecoinfer.kernels.triton.qgemm import QTYPES, pack_qweight, quantize
-from ecoinfer.kernels.triton.qtactics import (
-    _common,
-    _epilogue_ok,
-    _packed_weight,
-    _qgemm_dims,
-)
+from ecoinfer.kernels.triton.qtactics import _epilogue_ok, _packed_weight, fp8_supported
 from ecoinfer.kernels.triton.tma_gemm import (
     TmaGemmConfig,
     tma_gemm,
@@ -125,23 +120,46 @@ def triton_tma_gemm(
 
 
 # ---------------------------------------------------------------------- QGemm
-def _tma_qgemm_dims(attrs: dict[str, Any], inputs: list[TensorInfo | None]):  # noqa: ANN202
-    dims = _qgemm_dims(attrs, inputs)
-    x = _info(inputs, 0)
-    if dims is None or x is None or x.dtype not in _HALF:
+_HALF_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _qgemm_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo):  # noqa: ANN202
+    """(qtype, M, N, K, float dtype of Y, output shape) when the TMA kernel takes this QGemm
+    (X float or already codes, Y float or codes for the next layer), else None."""
+    qtype = str(attrs.get("qtype") or "int8")
+    x, w, xs, ws, ys = (_info(inputs, i) for i in (0, 1, 2, 3, 6))
+    if qtype not in QTYPES or x is None or w is None or xs is None or ws is None:
         return None
-    if dims[2] % 16:
+    if w.dtype != QTYPES[qtype] or len(w.shape) != 2 or not x.shape:
+        return None
+    if x.dtype == QTYPES[qtype]:  # codes from the previous layer
+        fdt = _HALF_NAMES.get(str(attrs.get("out_dtype") or ""))
+    else:
+        fdt = x.dtype if x.dtype in _HALF else None
+    if fdt is None or (qtype == "fp8e4m3" and not fp8_supported(build.device)):
+        return None
+    n, k = w.shape
+    if x.shape[-1] != k or k % 16:
         return None  # 8-bit TMA rows of K codes: multiples of 16 bytes
-    return dims
+    for s in (xs, ys):
+        if s is not None and (s.dtype != torch.float32 or tuple(s.shape) not in ((), (1,))):
+            return None
+    if ws.dtype != torch.float32 or tuple(ws.shape) not in ((n,), (1,)):
+        return None
+    out = (*x.shape[:-1], n)
+    m = 1
+    for d in x.shape[:-1]:
+        m *= int(d)
+    return qtype, m, n, k, fdt, out
 
 
 def _tma_qgemm_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
-    dims = _tma_qgemm_dims(attrs, inputs)
-    if dims is None:
+    plan = _qgemm_plan(attrs, inputs, build)
+    if plan is None:
         return [TmaGemmConfig().as_dict()]
-    m, n, k, _ = dims
+    _, m, n, k, _, _ = plan
     return _configs(m, n, k, 1, _act(attrs))
 
 
@@ -152,8 +170,9 @@ def _tma_qgemm_configs(
     devices=("cuda",),
     dtypes=("float16", "bfloat16"),
     configs=_tma_qgemm_configs,
-    doc="X quantized in one pass, then the INT8/FP8 TMA GEMM (Hopper) with the dequantize + "
-    "bias/activation/residual epilogue",
+    doc="the INT8/FP8 TMA GEMM (Hopper) with the dequantize + bias/activation/residual "
+    "epilogue; X quantized in one pass first unless it already holds codes; writes the next "
+    "layer's codes when the layer has a y_scale",
 )
 def triton_tma_qgemm(
     node: Node,
@@ -164,24 +183,25 @@ def triton_tma_qgemm(
 ) -> RunFn | None:
     if not _runs_here(build) or not tma_supported(build.device):
         return None
-    dims = _tma_qgemm_dims(attrs, inputs)
+    plan = _qgemm_plan(attrs, inputs, build)
     act = _act(attrs)
-    if dims is None or act is None:
+    if plan is None or act is None:
         return None
-    _, n, _, out = dims
-    if _common(attrs, inputs, n, build) is None or not _epilogue_ok(inputs, n, out, attrs):
+    qtype, _, n, _, fdt, out = plan
+    if not _epilogue_ok(inputs, n, out, attrs):
         return None
-    qtype = str(attrs.get("qtype") or "int8")
     w = _packed_weight(node, inputs, build)
     packed = pack_qweight(w) if w is not None else None
     config = TmaGemmConfig.from_dict(cfg) if cfg else None
+    qdt = QTYPES[qtype]
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
         x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
         assert x is not None and wq is not None and x_scale is not None and w_scale is not None
         wp = packed if packed is not None else pack_qweight(wq)
         s = x_scale.reshape(()).float()
-        xq = x if x.dtype == QTYPES[qtype] else quantize(x, s, qtype, exact=True)
+        xq = x if x.dtype == qdt else quantize(x, s, qtype, exact=True)
+        ys = _get(xs, 6)
         y = tma_gemm(
             xq,
             wp,
@@ -190,7 +210,9 @@ def triton_tma_qgemm(
             act=act,
             x_scale=s,
             w_scale=w_scale.float().reshape(-1),
-            out_dtype=x.dtype,
+            out_scale=None if ys is None else ys.reshape(()).float(),
+            out_qtype=qtype,
+            out_dtype=fdt,
             config=config,
         )
         return [y]

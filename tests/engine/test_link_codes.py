@@ -1,0 +1,119 @@
+"""Quantized layers handing each other codes (engine/link_codes.py): the linked pair computes
+what the unlinked pair computes, the builder keeps a link only where timing says so, and the
+linked engine saves, loads and runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_quant_fallback import _build, _ops, mlp  # noqa: F401  (the shared fixture)
+
+from ecoinfer.engine import link_codes
+from ecoinfer.engine.builder import load_engine, save_engine
+from ecoinfer.errors import EcoinferError
+from ecoinfer.ir.graph import Graph, Node, Value
+
+
+def _x() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(9).standard_normal((8, 16)).astype(np.float32)}
+
+
+def _qgemms(eng) -> list[Node]:  # noqa: ANN001
+    return [n for n in eng.graph.nodes if n.op_type == "QGemm"]
+
+
+def test_off_on_the_cpu_by_default(mlp) -> None:  # noqa: ANN001, F811
+    eng = _build(mlp)
+    assert eng.report["quantization"]["linked_codes"] == []
+    assert all(len(n.inputs) < 7 for n in _qgemms(eng))
+
+
+def test_not_linked_when_not_faster(mlp, monkeypatch) -> None:  # noqa: ANN001, F811
+    monkeypatch.setattr(link_codes, "link_pays", lambda before, after: False)
+    eng = _build(mlp, link_codes=True)
+    assert eng.report["quantization"]["linked_codes"] == []
+
+
+def test_linked_pair_runs_as_the_unlinked_one(mlp, monkeypatch, tmp_path) -> None:  # noqa: ANN001, F811
+    """(INT8: FP8 builds need a GPU; the FP8 kernels' codes-out path is in tests/triton.)"""
+    from ecoinfer.quant.budget import QuantizeOptions
+
+    _, calib = mlp
+    q = QuantizeOptions(calib_data=str(calib))
+    unlinked = _build_q(mlp, q)
+    seen: list[tuple[float, float]] = []
+
+    def pays(before: float, after: float) -> bool:
+        seen.append((before, after))
+        return True
+
+    monkeypatch.setattr(link_codes, "link_pays", pays)
+    linked = _build_q(mlp, q, link_codes=True)
+    rows = linked.report["quantization"]["linked_codes"]
+    assert len(rows) == 1 and len(seen) == 1 and all(t > 0 for t in seen[0])
+    p, c = _qgemms(linked)
+    assert rows[0] == {"producer": p.name, "consumer": c.name, "float_dtype": "float32"}
+    assert p.inputs[6] == c.inputs[2]  # the producer writes codes at the consumer's x_scale
+    assert c.attrs["out_dtype"] == "float32"
+    assert linked.graph.values[p.outputs[0]].dtype == "int8"
+    # the linked pair computes the unlinked pair's codes and result (its tactics may differ:
+    # float32 summation order only)
+    want = unlinked.run(_x())
+    got = linked.run(_x())
+    np.testing.assert_allclose(np.asarray(got["y"]), np.asarray(want["y"]), rtol=1e-5, atol=1e-5)
+    f = save_engine(linked, tmp_path / "linked.eng")
+    again = load_engine(f)
+    np.testing.assert_array_equal(np.asarray(again.run(_x())["y"]), np.asarray(got["y"]))
+
+
+def _build_q(mlp, q, **kw):  # noqa: ANN001, ANN003, ANN202, F811
+    from ecoinfer.engine.builder import BuildConfig, build
+    from ecoinfer.engine.runtime import ShapeProfile
+
+    path, _ = mlp
+    shp = {"x": (8, 16)}
+    return build(
+        path, BuildConfig(device="cpu", profiles=[ShapeProfile(shp, shp, shp)], quant=q, **kw)
+    )
+
+
+def _pair_graph(x_dtype: str = "float16") -> Graph:
+    g = Graph("pair")
+    g.inputs = [Value("x", x_dtype, (4, 32))]
+    g.values["x"] = g.inputs[0]
+    rng = torch.Generator().manual_seed(0)
+    for name, shape in (("w1", (32, 32)), ("w2", (16, 32))):
+        g.initializers[name] = torch.randint(-100, 100, shape, generator=rng).to(torch.int8)
+    for name in ("s1", "s2"):
+        g.initializers[name] = torch.tensor(0.05)
+    for name, n in (("ws1", 32), ("ws2", 16)):
+        g.initializers[name] = torch.full((n,), 0.01)
+    g.nodes = [
+        Node("QGemm", ["x", "w1", "s1", "ws1"], ["h"], {"qtype": "int8"}, "p", "ecoinfer"),
+        Node("QGemm", ["h", "w2", "s2", "ws2"], ["y"], {"qtype": "int8"}, "c", "ecoinfer"),
+    ]
+    g.outputs = [Value("y")]
+    g.infer_shapes()
+    return g
+
+
+def test_candidate_rules() -> None:
+    g = _pair_graph()
+    p, c = g.nodes
+    lk = link_codes.candidate(g, c, p, "float16", 1)
+    assert lk == link_codes.Link("p", "c", "s2", "float16")
+    assert link_codes.candidate(g, c, p, "float16", 2) is None  # h has another reader
+    assert link_codes.candidate(g, c, p, "int8", 1) is None  # c reads codes already
+    assert link_codes.candidate(g, c, None, "float16", 1) is None
+    link_codes.apply(g, [lk])
+    assert g.values["h"].dtype == "int8" and g.values["y"].dtype == "float16"
+    assert link_codes.candidate(g, g.nodes[1], g.nodes[0], "float16", 1) is None  # linked
+
+
+def test_codes_input_needs_out_dtype() -> None:
+    g = _pair_graph()
+    g.nodes[0] = link_codes.linked_producer(g.nodes[0], link_codes.Link("p", "c", "s2", "float16"))
+    del g.values["h"]  # retyped by inference: int8 codes, which c cannot read without out_dtype
+    with pytest.raises(EcoinferError, match="out_dtype"):
+        g.infer_shapes()
