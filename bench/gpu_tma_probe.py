@@ -48,9 +48,14 @@ def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.float() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+VARIANT: dict[str, int] = {}  # --variant KEY=V: set on every configuration tried
+OPTS = {"int8": True}
+
+
 def best_tma(make, m, n, k, in_bytes, out_bytes, ref):
     best = (math.inf, None, None)
-    for cfg in tma_gemm_configs(m, n, k, in_bytes, out_bytes, limit=6):
+    cfgs = tma_gemm_configs(m, n, k, in_bytes, out_bytes, limit=6)
+    for cfg in dict.fromkeys(type(c)(**{**c.as_dict(), **VARIANT}) for c in cfgs):
         try:
             y = make(cfg)
             torch.cuda.synchronize()
@@ -141,6 +146,8 @@ def probe(tag: str, k: int, n: int, act: str, has_res: bool, dev: torch.device) 
     iref = actf((xi.float() * xs8) @ (wi.float() * ws8[:, None]).t() + b.float())
     if r is not None:
         iref = iref + r.float()
+    if not OPTS["int8"]:
+        return row
     wit = wi.t()
     row["int_mm_gemm_only_ms"] = bench(lambda: torch._int_mm(xi, wit))
     t, cfg, err = best_tma(
@@ -207,8 +214,10 @@ def check(dev: torch.device) -> int:
                 xin, win, bin_, rin, activation="Gelu", out_scale=os_, out_qtype=qtype, **kw
             )
             want = quantize(ref, os_, qtype, exact=True).float()
-            step = 1.0 if dt == torch.int8 else want.abs() / 8 + 2**-9
-            ok = bool(((yq.float() - want).abs() <= step * 1.01).all())
+            # float8 codes near zero are finer than the summation-order difference: compare
+            # codes by relative error (int8: at most one code apart)
+            d = (yq.float() - want).abs()
+            ok = float(d.max()) <= 1 if dt == torch.int8 else rel(yq, want) <= 2e-2
             bad += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {str(dt):22} codes out")
     print(f"{bad} failure(s)")
@@ -219,7 +228,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], help="KEY=V on every config")
+    ap.add_argument("--only", default="", help="comma-separated shape names")
+    ap.add_argument("--no-int8", action="store_true")
     args = ap.parse_args()
+    for kv in args.variant:
+        key, val = kv.split("=")
+        VARIANT[key] = int(val)
+    OPTS["int8"] = not args.no_int8
     dev = torch.device("cuda")
     if args.check:
         raise SystemExit(check(dev))
@@ -229,6 +245,8 @@ def main() -> None:
     rows = []
     t0 = time.time()
     for tag, k, n, act, has_res in SHAPES:
+        if args.only and tag not in args.only.split(","):
+            continue
         row = probe(tag, k, n, act, has_res, dev)
         rows.append(row)
         print(json.dumps(row))

@@ -465,18 +465,22 @@ def _tune_profile(
                                 weights | {tw.weight_name},
                             ),
                         )
-        if link_on and is_quantized(node) and node.name not in twins and xs[0] is not None:
+        # a linked pair is weighed against what each layer chose alone, float twin included:
+        # two layers slower quantized than in float may still be faster linked
+        if link_on and is_quantized(node) and xs[0] is not None:
             p = producer.get(node.inputs[0])
             lk = link_codes.candidate(
                 g, node, p, dtypes.from_torch(xs[0].dtype), readers.get(node.inputs[0], 0)
             )
-            if lk is not None and p is not None and p.name in held and p.name not in twins:
+            if lk is not None and p is not None and p.name in held:
                 linked = _tune_link(lk, p, node, held.pop(p.name), xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
                 if linked is not None:
                     links.append(lk)
                     choices[p.name], choice = linked
+                    twins.pop(p.name, None)
+                    twins.pop(node.name, None)
         consumer = bool(links) and links[-1].consumer == node.name
-        if link_on and node.name in cand and is_quantized(node) and node.name not in twins:
+        if link_on and node.name in cand and link_codes.can_produce(node):
             # a possible producer of a link (not one that reads codes already: no chains)
             if readers.get(node.outputs[0], 0) == 1 and not consumer:
                 held[node.name] = list(xs)
@@ -542,7 +546,8 @@ def _tune_link(lk, p, c, p_xs, c_xs, env, choices, c_choice, dev, g, cache, cfg)
         return None if ch.time_ms is None else (ch, reference(xs)[0])
 
     p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
-    p2_xs = list(p_xs) + [None] * (6 - len(p_xs)) + [env[lk.y_scale]]
+    k = link_codes.Y_SCALE_INPUT[p.op_type]
+    p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale]]
     tp = tune(p2, p2_xs, p_choice.precision)
     if tp is None:
         return None

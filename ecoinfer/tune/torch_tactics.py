@@ -722,8 +722,8 @@ def _mha_maker(backend_name: str) -> Callable[..., RunFn | None]:
         q = _inp(inputs, 0)
         if backend is None or q is None or h <= 0 or d <= 0 or len(q.shape) != 3:
             return None
-        if _float_inputs(inputs, 0, 1, 2, 3) is None:
-            return None
+        if _float_inputs(inputs, 0, 1, 2, 3) is None or _inp(inputs, 5) is not None:
+            return None  # y_scale (codes out, link_codes): triton_flash's
         if packed:
             dv_total = q.shape[2] - 2 * h * d
             if dv_total <= 0 or dv_total % h:

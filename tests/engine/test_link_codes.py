@@ -117,3 +117,57 @@ def test_codes_input_needs_out_dtype() -> None:
     del g.values["h"]  # retyped by inference: int8 codes, which c cannot read without out_dtype
     with pytest.raises(EcoinferError, match="out_dtype"):
         g.infer_shapes()
+
+
+def test_link_beats_float_twins_it_replaces(mlp, monkeypatch) -> None:  # noqa: ANN001, F811
+    """Both layers alone slower than float (twins chosen), the linked pair faster: the pair
+    runs quantized and linked, and no twin is left in the plan or the report."""
+    from ecoinfer.engine import builder
+    from ecoinfer.quant.budget import QuantizeOptions
+
+    _, calib = mlp
+    monkeypatch.setattr(builder, "prefer_float", lambda q_ms, f_ms: True)
+    floats = _build_q(mlp, QuantizeOptions(calib_data=str(calib)), quant_fallback=True)
+    assert "QGemm" not in _ops(floats)
+    monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
+    eng = _build_q(
+        mlp, QuantizeOptions(calib_data=str(calib)), quant_fallback=True, link_codes=True
+    )
+    assert _ops(eng).count("QGemm") == 2 and "FusedGemm" not in _ops(eng)
+    assert eng.report["quantization"]["float_for_speed"] == []
+    assert len(eng.report["quantization"]["linked_codes"]) == 1
+
+
+def test_attention_hands_codes_to_its_projection() -> None:
+    """MultiHeadAttention -> QGemm: the attention writes the projection's codes; the linked
+    graph computes what the unlinked one does (reference kernels, bit for bit: both round
+    Y to float16 and quantize it with the projection's x_scale)."""
+    import copy
+
+    from ecoinfer.kernels.runner import ReferenceRunner
+
+    h, d, b, s = 2, 16, 2, 8
+    g = Graph("mha_proj")
+    g.inputs = [Value("qkv", "float16", (b, s, 3 * h * d))]
+    g.values["qkv"] = g.inputs[0]
+    rng = torch.Generator().manual_seed(1)
+    g.initializers["w"] = torch.randint(-100, 100, (32, h * d), generator=rng).to(torch.int8)
+    g.initializers["xs"] = torch.tensor(0.02)
+    g.initializers["ws"] = torch.full((32,), 0.01)
+    mha = {"num_heads": h, "head_size": d, "packed": 1, "scale": d**-0.5}
+    g.nodes = [
+        Node("MultiHeadAttention", ["qkv"], ["att"], mha, "attn", "ecoinfer"),
+        Node("QGemm", ["att", "w", "xs", "ws"], ["y"], {"qtype": "int8"}, "proj", "ecoinfer"),
+    ]
+    g.outputs = [Value("y")]
+    g.infer_shapes()
+    linked = copy.deepcopy(g)
+    lk = link_codes.candidate(linked, linked.nodes[1], linked.nodes[0], "float16", 1)
+    assert lk is not None and lk.qtype == "int8"
+    link_codes.apply(linked, [lk])
+    assert linked.nodes[0].inputs[5] == "xs" and linked.nodes[0].attrs["y_qtype"] == "int8"
+    assert linked.values["att"].dtype == "int8"
+    x = {"qkv": torch.randn(b, s, 3 * h * d, generator=rng).half()}
+    want = ReferenceRunner(g).run(x)["y"]
+    got = ReferenceRunner(linked).run(x)["y"]
+    assert torch.equal(got, want)

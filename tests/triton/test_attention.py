@@ -221,6 +221,45 @@ def test_mha_packed_dv_and_nan_to_zero() -> None:
     check("MultiHeadAttention", [qkv_, None, None, add], **attrs)
 
 
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_mha_writes_codes_for_a_quantized_projection(qtype: str) -> None:
+    """y_scale (engine/link_codes.py): Y written as codes of Y / y_scale, the ones the
+    reference kernel makes from its float Y (at most one code apart where Y sits on a
+    rounding boundary: the kernel rounds from float32, the reference from Y's dtype; float8
+    codes near zero are finer than that difference, so those compare by relative error)."""
+    torch.manual_seed(8)
+    qkv_ = _packed(torch.float16)
+    ys = torch.tensor(0.004)
+    xs = [qkv_, None, None, padding_mask(torch.float16), None, ys]
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": D**-0.5, "y_qtype": qtype}
+    names = ["q", "", "", "add", "", "ys"]
+    node = Node("MultiHeadAttention", names, ["y"], attrs, domain="ecoinfer")
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    infos = [TensorInfo(tuple(x.shape), x.dtype) if x is not None else None for x in xs]
+    run = gemm_tactics.triton_flash(
+        node, full, infos, {}, BuildInfo(torch.device("cpu"), "float16")
+    )
+    assert run is not None
+    (y,) = run(xs)
+    want = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}[qtype]
+    fn = get_kernel("MultiHeadAttention", "ecoinfer")
+    ref = fn(KernelContext(node, full, torch.device("cpu"), None, 21), xs)[0]  # type: ignore[arg-type, misc]
+    assert y.dtype == ref.dtype == want and y.shape == ref.shape
+    d = (y.float() - ref.float()).abs()
+    if qtype == "int8":  # one code apart at most, and rarely
+        assert float(d.max()) <= 1 and float((d > 0).float().mean()) < 0.05
+    else:  # float8 codes near zero are finer than the fp16/fp32 rounding difference
+        assert float(d.norm() / ref.float().norm()) < 2e-2  # one fp8 step is 6-12 %
+    assert float(ref.float().abs().max()) >= (100 if qtype == "int8" else 200)  # real codes
+    # SDPA tactics do not write codes: they decline
+    from ecoinfer.tune import torch_tactics
+
+    sdpa = torch_tactics._mha_maker("MATH")(
+        node, full, infos, {}, BuildInfo(torch.device("cpu"), "float16")
+    )
+    assert sdpa is None
+
+
 def test_mha_packed_reads_views() -> None:
     """The packed buffer is split into heads by strides alone: no copy of Q/K/V."""
     qkv_ = _packed(torch.float16)

@@ -26,6 +26,7 @@ import triton.language as tl
 
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
+from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
 
@@ -91,6 +92,7 @@ def _flash_fwd(
     y_ptr,
     add_ptr,
     keep_ptr,
+    ys_ptr,
     H,
     SQ,
     SK,
@@ -129,6 +131,8 @@ def _flash_fwd(
     NAN_TO_ZERO: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    QOUT: tl.constexpr,
+    SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -224,9 +228,14 @@ def _flash_fwd(
         y = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
     else:
         y = acc / l_i[:, None]
+    if QOUT >= 0:  # the next quantized layer's codes (link_codes): Y / y_scale, rounded once
+        y_scale = tl.load(ys_ptr).to(tl.float32)
+        out = quantize_block(y, 1.0 / y_scale, y_scale, QOUT, False, SOFT_FP8)
+    else:
+        out = y.to(y_ptr.dtype.element_ty)
     tl.store(
         y_ptr + offs_m[:, None] * sy_m + offs_dv[None, :] * sy_d,
-        y.to(y_ptr.dtype.element_ty),
+        out,
         mask=mask_m[:, None] & (offs_dv[None, :] < DV),
     )
 
@@ -262,10 +271,12 @@ def flash_attention(
     precision: str = "float32",
     config: FlashConfig | None = None,
     out: Tensor | None = None,
+    y_scale: Tensor | None = None,
 ) -> Tensor:
     """ecoinfer.Attention on [B, H, S, D] tensors (any strides; leading dims broadcast).
 
-    `out`, if given, is a [B, H, Sq, Dv] (possibly strided) view to write Y into."""
+    `out`, if given, is a [B, H, Sq, Dv] (possibly strided) view to write Y into; with
+    y_scale (float32 scalar) `out` holds int8 / float8_e4m3fn codes of Y / y_scale."""
     q4, k4, v4 = _as_4d(q), _as_4d(k), _as_4d(v)
     if k_transposed:
         k4 = k4.transpose(-1, -2)  # a view: [B, H, Sk, D]
@@ -308,6 +319,7 @@ def flash_attention(
         y,
         add4 if add4 is not None else dummy,
         keep4 if keep4 is not None else dummy,
+        y_scale if y_scale is not None else dummy,
         heads,
         sq,
         sk,
@@ -328,6 +340,8 @@ def flash_attention(
         NAN_TO_ZERO=bool(nan_to_zero),
         INPUT_PRECISION=dot_precision(q.dtype, precision),
         UPCAST=upcast_dot(q),
+        QOUT=QCODE[_QNAMES[y.dtype]] if y_scale is not None else -1,
+        SOFT_FP8=soft_fp8(q),
         INT64=needs_int64(q4, k4, v4, y, add4, keep4),
         BLOCK_M=cfg.BLOCK_M,
         BLOCK_N=cfg.BLOCK_N,
@@ -337,6 +351,9 @@ def flash_attention(
         num_stages=cfg.num_stages,
     )
     return y
+
+
+_QNAMES = {dt: name for name, dt in QTYPES.items()}
 
 
 def _split_heads(x: Tensor, h: int) -> Tensor:
@@ -360,8 +377,11 @@ def flash_mha(
     nan_to_zero: bool = False,
     precision: str = "float32",
     config: FlashConfig | None = None,
+    y_scale: Tensor | None = None,
+    y_qtype: str = "",
 ) -> Tensor:
-    """ecoinfer.MultiHeadAttention: heads split and merged through strides only."""
+    """ecoinfer.MultiHeadAttention: heads split and merged through strides only; with
+    y_scale, Y as y_qtype codes (see flash_attention)."""
     h, d = num_heads, head_size
     if packed:
         qkv = q
@@ -369,7 +389,8 @@ def flash_mha(
     assert k is not None and v is not None
     bsz, sq = q.shape[0], q.shape[1]
     dv = v.shape[-1] // h
-    y = torch.empty(bsz, sq, h, dv, dtype=q.dtype, device=q.device)
+    ydt = QTYPES[y_qtype] if y_scale is not None else q.dtype
+    y = torch.empty(bsz, sq, h, dv, dtype=ydt, device=q.device)
     flash_attention(
         _split_heads(q, h),
         _split_heads(k, h),
@@ -383,5 +404,6 @@ def flash_mha(
         precision=precision,
         config=config,
         out=y.transpose(1, 2),  # [B, H, Sq, Dv] view of the merged [B, Sq, H, Dv] output
+        y_scale=y_scale,
     )
     return y.view(bsz, sq, h * dv)

@@ -38,6 +38,7 @@ from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_QTYPE_NAMES = ("int8", "fp8e4m3")
 _DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -262,6 +263,10 @@ def triton_flash(
             return None
         h, d = int(attrs["num_heads"]), int(attrs["head_size"])
         packed = bool(int(attrs.get("packed", 0) or 0))
+        ys = _info(inputs, 5)  # y_scale: Y as codes for a quantized projection (link_codes)
+        y_qtype = str(attrs.get("y_qtype") or "")
+        if ys is not None and (ys.dtype != torch.float32 or y_qtype not in _QTYPE_NAMES):
+            return None
 
         def run_mha(xs: list[Tensor | None]) -> list[Tensor]:
             q = xs[0]
@@ -278,6 +283,8 @@ def triton_flash(
                     packed=packed,
                     precision=precision,
                     config=config,
+                    y_scale=_get(xs, 5),
+                    y_qtype=y_qtype,
                     **common,
                 )
             ]

@@ -116,8 +116,8 @@ def tma_gemm_configs(
     m: int, n: int, k: int, in_bytes: int, out_bytes: int = 2, limit: int = 8
 ) -> list[TmaGemmConfig]:
     """Configurations sized to an M x N x K problem with in_bytes-wide operands: tiles no
-    larger than the rounded matrix, stages fitted to shared memory (the epilogue's output
-    tile included), grids of at least 128 tiles first; each also as a non-persistent
+    larger than the rounded matrix, stages fitted to shared memory (with room for the
+    epilogue), grids of at least 128 tiles first; each also as a non-persistent
     variant for grids of under two waves."""
     mcap, ncap = _pow2_at_least(m, 16), _pow2_at_least(n, 16)
     kmin = 16 if in_bytes == 2 else 32  # the smallest K step of a half / 8-bit dot
@@ -127,7 +127,9 @@ def tma_gemm_configs(
         bm, bn = min(bm, mcap), min(bn, ncap)
         bk = max(kmin, min(kbytes // in_bytes, kcap))
         stage = (bm + bn) * bk * in_bytes
-        s = max(2, min(s, (_SMEM_BYTES - bm * bn * out_bytes) // stage))
+        # half an output tile of shared memory for the epilogue's layout conversion (a config
+        # that still does not fit fails to compile, and the tuner skips it)
+        s = max(2, min(s, (_SMEM_BYTES - bm * bn * out_bytes // 2) // stage))
         if bm * bn <= 64 * 64:
             w = 4
         cfg = TmaGemmConfig(bm, bn, bk, 8, w, s, 1)
