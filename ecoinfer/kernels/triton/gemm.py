@@ -25,13 +25,18 @@ import triton.language as tl
 Tensor = torch.Tensor
 
 
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 def interpreter_compat() -> None:
     """Make Triton 3.6's CPU interpreter work with NumPy >= 2.4 (TRITON_INTERPRET=1 only).
 
     The interpreter keeps scalar arguments as 1-element arrays and turns them into loop
     bounds with int(array), which NumPy 2.4 rejects: every `range(0, K, BLOCK)` loop fails.
     The patch converts through .item(); it touches nothing when the interpreter is off."""
-    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
+    if not interpreting():
         return
     try:
         import numpy as np  # noqa: PLC0415

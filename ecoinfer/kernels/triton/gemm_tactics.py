@@ -18,7 +18,6 @@ the reference), under "tf32" TF32, and half inputs use the tensor cores as they 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -33,7 +32,13 @@ from ecoinfer.kernels.triton.attention import (
     flash_mha,
 )
 from ecoinfer.kernels.triton.conv import ConvConfig, conv_configs, conv_out_size, fused_conv
-from ecoinfer.kernels.triton.gemm import GemmConfig, act_code, fused_gemm, gemm_configs
+from ecoinfer.kernels.triton.gemm import (
+    GemmConfig,
+    act_code,
+    fused_gemm,
+    gemm_configs,
+    interpreting,
+)
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
@@ -44,8 +49,7 @@ _DTYPES = ("float16", "bfloat16", "float32")
 
 def _runs_here(build: BuildInfo) -> bool:
     """Triton runs CUDA tensors, and CPU tensors only under its interpreter (the CI tests)."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-    return torch.device(build.device).type == "cuda" or interpreting
+    return torch.device(build.device).type == "cuda" or interpreting()
 
 
 def _get(xs: list[Tensor | None], i: int) -> Tensor | None:

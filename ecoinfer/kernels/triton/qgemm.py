@@ -42,6 +42,7 @@ from ecoinfer.kernels.triton.gemm import (
     _pow2_at_least,
     act_code,
     gemm_epilogue,
+    interpreting,
     load_k,
     needs_int64,
     tile_ids,
@@ -120,8 +121,10 @@ def _quantize_kernel(
 
 
 def soft_fp8(x: Tensor) -> bool:
-    """The interpreter (CPU tensors) needs the float32 pre-rounding before its fp8 cast."""
-    return x.device.type == "cpu"
+    """The interpreter needs the float32 pre-rounding before its fp8 cast: always on CPU
+    tensors, and on CUDA tensors too while TRITON_INTERPRET is set (a test process that
+    interprets runs GPU tensors through the interpreter as well)."""
+    return x.device.type == "cpu" or interpreting()
 
 
 def quantize(x: Tensor, x_scale: Tensor, qtype: str, exact: bool = False) -> Tensor:

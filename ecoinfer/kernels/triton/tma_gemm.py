@@ -36,6 +36,7 @@ from ecoinfer.kernels.triton.gemm import (
     _pow2_at_least,
     act_code,
     apply_act,
+    interpreting,
     upcast_dot,
 )
 from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
@@ -376,7 +377,7 @@ def tma_gemm(
         QOUT=QCODE[out_qtype] if out_scale is not None else -1,
         SOFT_FP8=soft_fp8(x),
         FAST_GELU=bool(cfg.FAST_GELU),
-        HW_TANH=x.device.type == "cuda",
+        HW_TANH=x.device.type == "cuda" and not interpreting(),
         UPCAST=upcast_dot(x),
         INT64=y2.numel() >= 2**31 or (r2 is not None and r2.numel() >= 2**31),
         BLOCK_M=cfg.BLOCK_M,
