@@ -467,23 +467,24 @@ def _tune_profile(
                         )
         # a linked pair is weighed against what each layer chose alone, float twin included:
         # two layers slower quantized than in float may still be faster linked
+        form = None  # this node as linked consumer, if it becomes one
         if link_on and is_quantized(node) and xs[0] is not None:
             p = producer.get(node.inputs[0])
             lk = link_codes.candidate(
                 g, node, p, dtypes.from_torch(xs[0].dtype), readers.get(node.inputs[0], 0)
             )
             if lk is not None and p is not None and p.name in held:
-                linked = _tune_link(lk, p, node, held.pop(p.name), xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
+                p_form, p_xs = held.pop(p.name)
+                linked = _tune_link(lk, p_form, p_xs, node, xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
                 if linked is not None:
                     links.append(lk)
-                    choices[p.name], choice = linked
+                    choices[p.name], choice, c_form, c_xs = linked
                     twins.pop(p.name, None)
                     twins.pop(node.name, None)
-        consumer = bool(links) and links[-1].consumer == node.name
-        if link_on and node.name in cand and link_codes.can_produce(node):
-            # a possible producer of a link (not one that reads codes already: no chains)
-            if readers.get(node.outputs[0], 0) == 1 and not consumer:
-                held[node.name] = list(xs)
+                    form = (c_form, c_xs)  # a chain's next link starts from this form
+        if link_on and node.name in cand and node.outputs and node.outputs[0]:
+            if link_codes.holds(node, readers.get(node.outputs[0], 0)):  # a possible producer
+                held[node.name] = form if form is not None else (node, list(xs))
         choices[node.name] = choice
         if ys is None:
             ys = reference(xs)
@@ -515,9 +516,10 @@ def _tune_profile(
     return choices, cand, mem, twins, links
 
 
-def _tune_link(lk, p, c, p_xs, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
-    """Tune a linked pair (link_codes): (producer's, consumer's LayerChoice) when the pair is
-    faster linked than unlinked, else None."""
+def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
+    """Tune a linked pair (link_codes): (producer's LayerChoice, consumer's LayerChoice,
+    linked consumer node, its inputs) when the pair is faster linked than unlinked, else
+    None. p is the producer as it runs now (a chain's middle layer already reads codes)."""
     from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
     from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
 
@@ -527,7 +529,7 @@ def _tune_link(lk, p, c, p_xs, c_xs, env, choices, c_choice, dev, g, cache, cfg)
     weights = set(g.initializers)
     log = _log(cfg)
 
-    def tune(node, xs, prec):  # noqa: ANN001, ANN202
+    def tune(node, xs, prec, out=0):  # noqa: ANN001, ANN202
         """(choice, reference outputs) of one linked node, or None if it cannot be timed."""
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
         kernel = get_kernel(node.op_type, node.domain)
@@ -543,12 +545,12 @@ def _tune_link(lk, p, c, p_xs, c_xs, env, choices, c_choice, dev, g, cache, cfg)
             if log:
                 log(f"{node.name}: linked form not timed: {e}")
             return None
-        return None if ch.time_ms is None else (ch, reference(xs)[0])
+        return None if ch.time_ms is None else (ch, reference(xs)[out])
 
     p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
     k = link_codes.Y_SCALE_INPUT[p.op_type]
     p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale]]
-    tp = tune(p2, p2_xs, p_choice.precision)
+    tp = tune(p2, p2_xs, p_choice.precision, 1 if lk.codes_value else 0)
     if tp is None:
         return None
     chp, codes = tp
@@ -576,7 +578,7 @@ def _tune_link(lk, p, c, p_xs, c_xs, env, choices, c_choice, dev, g, cache, cfg)
             inputs=_input_infos(xs, node.inputs, weights),
         )
 
-    return choice_of(chp, p2, p2_xs, pprec), choice_of(chc, c2, c2_xs, cprec)
+    return choice_of(chp, p2, p2_xs, pprec), choice_of(chc, c2, c2_xs, cprec), c2, c2_xs
 
 
 def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa: ANN001, ANN202

@@ -4,7 +4,9 @@ A quantized layer C (ecoinfer.QGemm) starts by quantizing its input with its con
 x_scale. When that input is the output of another quantized layer P of the same qtype, or of
 an ecoinfer.MultiHeadAttention, and nothing else reads it, P can write the codes itself: P
 gets y_scale = C's x_scale and its output becomes codes, and C reads codes (its out_dtype
-attribute keeps Y's float dtype).
+attribute keeps Y's float dtype). A LayerNormalization, whose Y usually has other readers
+too (a residual), becomes an ecoinfer.LayerNormCodes writing Y and, in the same pass, C's
+codes as a second output.
 That saves writing P's float output, reading it back and C's quantize pass; in BERT-base at
 b64 the FFN-up -> FFN-down pair passes 8192x3072 values this way, and attention hands its
 output to the output projection (TensorRT does the same
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ecoinfer.ir.graph import Graph, Node
+from ecoinfer.ir.graph import Graph, Node, Value
 from ecoinfer.ir.ops.fused_quant import QTYPES
 
 
@@ -33,15 +35,28 @@ class Link:
     y_scale: str  # the consumer's x_scale initializer, now also the producer's y_scale
     out_dtype: str  # the float dtype the consumer computes Y in (its X's dtype before)
     qtype: str = "int8"  # the codes' qtype (the consumer's)
+    codes_value: str = ""  # a LayerNormalization producer: the new codes output's name
 
 
-# where each producer op takes its y_scale input
-Y_SCALE_INPUT = {"QGemm": 6, "MultiHeadAttention": 5}
+# where each producer op takes its y_scale input (LayerNormalization: as LayerNormCodes)
+Y_SCALE_INPUT = {"QGemm": 6, "MultiHeadAttention": 5, "LayerNormalization": 3}
+
+
+def _is_ln(n: Node) -> bool:
+    return n.op_type == "LayerNormalization" and not n.domain
 
 
 def can_produce(n: Node) -> bool:
     """Whether `n` is an op that can write the next layer's codes."""
-    return n.domain == "ecoinfer" and n.op_type in Y_SCALE_INPUT
+    return (n.domain == "ecoinfer" and n.op_type in ("QGemm", "MultiHeadAttention")) or _is_ln(n)
+
+
+def holds(n: Node, readers: int) -> bool:
+    """Whether the builder should keep n's inputs for a link: a producer whose output has
+    one reader, or a LayerNormalization (Y only) read by anything."""
+    if _is_ln(n):
+        return readers >= 1 and sum(1 for o in n.outputs if o) == 1 and bool(n.outputs[0])
+    return can_produce(n) and readers == 1
 
 
 def link_pays(unlinked_ms: float, linked_ms: float) -> bool:
@@ -66,7 +81,17 @@ def candidate(
     if _is_qgemm(producer) and str(producer.attrs.get("qtype", "int8")) != qtype:
         return None
     y = producer.outputs[0]
-    if consumer.inputs[0] != y or readers != 1 or y in graph.output_names:
+    if consumer.inputs[0] != y or not holds(producer, readers):
+        return None
+    if _is_ln(producer):  # Y stays for its other readers; the codes are a second output
+        codes = f"{y}_codes"
+        if x_dtype not in ("float16", "bfloat16", "float32") or codes in graph.values:
+            return None
+        xs_name = consumer.inputs[2]
+        if xs_name not in graph.initializers:
+            return None
+        return Link(producer.name, consumer.name, xs_name, x_dtype, qtype, codes)
+    if y in graph.output_names:
         return None
     k = Y_SCALE_INPUT[producer.op_type]
     if len(producer.inputs) > k and producer.inputs[k]:
@@ -80,6 +105,12 @@ def candidate(
 
 
 def linked_producer(p: Node, link: Link) -> Node:
+    if _is_ln(p):
+        ins = (list(p.inputs) + ["", ""])[:3]
+        attrs = {"axis": p.attrs.get("axis", -1), "epsilon": p.attrs.get("epsilon", 1e-5),
+                 "qtype": link.qtype}  # fmt: skip
+        return Node("LayerNormCodes", [*ins, link.y_scale], [p.outputs[0], link.codes_value],
+                    attrs, p.name, "ecoinfer")  # fmt: skip
     k = Y_SCALE_INPUT[p.op_type]
     ins = list(p.inputs) + [""] * (k - len(p.inputs))
     attrs = dict(p.attrs)
@@ -89,8 +120,11 @@ def linked_producer(p: Node, link: Link) -> Node:
 
 
 def linked_consumer(c: Node, link: Link) -> Node:
-    return Node(c.op_type, list(c.inputs), list(c.outputs),
-                {**c.attrs, "out_dtype": link.out_dtype}, c.name, c.domain)  # fmt: skip
+    ins = list(c.inputs)
+    if link.codes_value:
+        ins[0] = link.codes_value
+    return Node(c.op_type, ins, list(c.outputs), {**c.attrs, "out_dtype": link.out_dtype},
+                c.name, c.domain)  # fmt: skip
 
 
 def apply(graph: Graph, links: list[Link]) -> Graph:
@@ -106,6 +140,11 @@ def apply(graph: Graph, links: list[Link]) -> Graph:
         p, c = graph.nodes[kp], graph.nodes[kc]
         graph.nodes[kp] = linked_producer(p, link)
         graph.nodes[kc] = linked_consumer(c, link)
+        if link.codes_value:  # a new output beside Y
+            y = graph.values.get(p.outputs[0])
+            shape = y.shape if y is not None else None
+            graph.values[link.codes_value] = Value(link.codes_value, QTYPES[link.qtype], shape)
+            continue
         v = graph.values.get(p.outputs[0])
         if v is not None:
             v.dtype = QTYPES[link.qtype]

@@ -450,7 +450,9 @@ def _select(
     # a quantized layer writing the next one's codes (y_scale): its int8 output is compared
     # as values, not bit for bit (the kernels round from float32, the reference from Y's dtype)
     k = {"QGemm": 6, "MultiHeadAttention": 5}.get(node.op_type, -1)  # link_codes' y_scale
-    codes = k >= 0 and len(node.inputs) > k and bool(node.inputs[k])
+    codes = (k >= 0 and len(node.inputs) > k and bool(node.inputs[k])) or (
+        node.op_type == "LayerNormCodes"
+    )
     sig, sig_text = op_signature(
         node.op_type, node.domain, attrs, infos, build.precision, list(node.outputs)
     )

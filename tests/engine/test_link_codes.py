@@ -171,3 +171,106 @@ def test_attention_hands_codes_to_its_projection() -> None:
     want = ReferenceRunner(g).run(x)["y"]
     got = ReferenceRunner(linked).run(x)["y"]
     assert torch.equal(got, want)
+
+
+def _ln_graph() -> Graph:
+    """LayerNorm whose Y feeds a QGemm (as X) and the same QGemm's residual."""
+    g = Graph("ln_proj")
+    g.inputs = [Value("x", "float16", (2, 8, 32))]
+    g.values["x"] = g.inputs[0]
+    rng = torch.Generator().manual_seed(2)
+    g.initializers["g"] = (torch.rand(32, generator=rng) + 0.5).half()
+    g.initializers["b"] = (torch.randn(32, generator=rng) * 0.1).half()
+    g.initializers["w"] = torch.randint(-100, 100, (32, 32), generator=rng).to(torch.int8)
+    g.initializers["xs"] = torch.tensor(0.03)
+    g.initializers["ws"] = torch.full((32,), 0.01)
+    g.nodes = [
+        Node("LayerNormalization", ["x", "g", "b"], ["h"], {"epsilon": 1e-5}, "ln"),
+        Node(
+            "QGemm", ["h", "w", "xs", "ws", "", "h"], ["y"], {"qtype": "int8"}, "proj", "ecoinfer"
+        ),
+    ]
+    g.outputs = [Value("y")]
+    g.infer_shapes()
+    return g
+
+
+def test_layernorm_writes_codes_beside_y() -> None:
+    """LayerNormalization -> QGemm: the norm becomes LayerNormCodes with the codes as a second
+    output; Y keeps its other reader (the residual); results are the unlinked graph's."""
+    import copy
+
+    from ecoinfer.kernels.runner import ReferenceRunner
+
+    g = _ln_graph()
+    linked = copy.deepcopy(g)
+    lk = link_codes.candidate(linked, linked.nodes[1], linked.nodes[0], "float16", 2)
+    assert lk is not None and lk.codes_value == "h_codes"
+    link_codes.apply(linked, [lk])
+    ln, proj = linked.nodes
+    assert ln.op_type == "LayerNormCodes" and ln.outputs == ["h", "h_codes"]
+    assert proj.inputs[0] == "h_codes" and proj.inputs[5] == "h"
+    assert linked.values["h_codes"].dtype == "int8" and linked.values["h"].dtype == "float16"
+    x = {"x": torch.randn(2, 8, 32).half()}
+    assert torch.equal(ReferenceRunner(linked).run(x)["y"], ReferenceRunner(g).run(x)["y"])
+    # a LayerNorm that also returns its statistics is left alone
+    g2 = _ln_graph()
+    g2.nodes[0].outputs = ["h", "mean", ""]
+    assert link_codes.candidate(g2, g2.nodes[1], g2.nodes[0], "float16", 2) is None
+
+
+def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Through the builder (forced to keep links): LayerNorm -> fc1 -> fc2 becomes
+    LayerNormCodes -> fc1 (codes in, codes out) -> fc2 (codes in), and runs as before."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from ecoinfer.engine.builder import BuildConfig, build
+    from ecoinfer.engine.runtime import ShapeProfile
+    from ecoinfer.quant.budget import QuantizeOptions
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "G": (rng.random(16) + 0.5).astype(np.float32),
+        "B": rng.standard_normal(16).astype(np.float32),
+        "W1": rng.standard_normal((16, 32)).astype(np.float32),
+        "W2": rng.standard_normal((32, 8)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "G", "B"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "W1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["h2"], name="relu"),
+        helper.make_node("MatMul", ["h2", "W2"], ["y"], name="fc2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "ln_mlp",
+        [helper.make_tensor_value_info("x", T.FLOAT, [8, 16])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [8, 8])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    path = tmp_path / "ln_mlp.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        np.savez(calib / f"b{i}.npz", x=rng.standard_normal((8, 16)).astype(np.float32))
+    shp = {"x": (8, 16)}
+
+    def make(**kw):  # noqa: ANN003, ANN202
+        q = QuantizeOptions(calib_data=str(calib))
+        return build(
+            path, BuildConfig(device="cpu", profiles=[ShapeProfile(shp, shp, shp)], quant=q, **kw)
+        )
+
+    plain = make()
+    monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
+    eng = make(link_codes=True)
+    ops = [n.op_type for n in eng.graph.nodes]
+    assert "LayerNormCodes" in ops and "LayerNormalization" not in ops
+    assert len(eng.report["quantization"]["linked_codes"]) == 2
+    x = {"x": rng.standard_normal((8, 16)).astype(np.float32)}
+    np.testing.assert_allclose(
+        np.asarray(eng.run(x)["y"]), np.asarray(plain.run(x)["y"]), rtol=1e-4, atol=1e-4
+    )

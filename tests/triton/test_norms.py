@@ -150,3 +150,37 @@ def test_row_configs() -> None:
     assert norms.default_config(4096).rows == 1
     assert norms.next_pow2(37) == 64 and norms.next_pow2(64) == 64 and norms.next_pow2(1) == 1
     assert {"rows": 1, "num_warps": 4} in norms.row_configs(384)
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_layernorm_codes_one_pass(qtype: str) -> None:
+    """ecoinfer.LayerNormCodes: Y as LayerNormalization's, plus its codes (from the stored Y,
+    divided exactly, QGemm's rounding) in the same kernel."""
+    torch.manual_seed(11)
+    x, g, b = torch.randn(3, 5, 48).half(), (torch.rand(48) + 0.5).half(), torch.randn(48).half()
+    ys = torch.tensor(0.02)
+    node = Node("LayerNormCodes", ["x", "g", "b", "ys"], ["y", "c"], {"qtype": qtype}, "lnq")
+    node.domain = "ecoinfer"
+    attrs = {**get_schema("LayerNormCodes", "ecoinfer").attrs, "qtype": qtype}
+    infos = [TensorInfo(tuple(t.shape), t.dtype) for t in (x, g, b, ys)]
+    run = norms.make_layernorm_codes(
+        node, attrs, infos, {}, BuildInfo(torch.device("cpu"), "float16")
+    )
+    assert run is not None
+    y, codes = run([x, g, b, ys])
+    ref = get_kernel("LayerNormCodes", "ecoinfer")
+    ry, rc = ref(KernelContext(node, attrs, torch.device("cpu"), None, 21), [x, g, b, ys])  # type: ignore[misc, arg-type]
+    assert y.dtype == torch.float16 and codes.dtype == rc.dtype and codes.shape == x.shape
+    assert rel_error(y.float().numpy(), ry.float().numpy())[0] < 2e-3
+    # codes of the kernel's own Y are exactly the reference quantization of that Y
+    from ecoinfer.kernels.torch_ops.quant import quantize
+
+    want = quantize(y.float(), ys, None, rc.dtype)
+    assert torch.equal(codes.float(), want.float())
+    bad = TensorInfo((2,), torch.float32)  # y_scale not a scalar
+    assert (
+        norms.make_layernorm_codes(
+            node, attrs, [*infos[:3], bad], {}, BuildInfo(torch.device("cpu"), "float16")
+        )
+        is None
+    )

@@ -27,6 +27,12 @@ ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
     (or [1]).
 
 Both compute exactly what the Q/DQ graph they replace computes (the fuse_quantized pass).
+
+ecoinfer.LayerNormCodes(X, Scale, B?, y_scale) -> (Y, Y_codes)
+
+    LayerNormalization's Y (attributes axis, epsilon), plus Y_codes = quant(Y / y_scale) in
+    qtype (QGemm's rounding, from Y in X's dtype): the codes a quantized layer reading Y
+    needs (engine/link_codes.py), written by the same kernel that writes Y.
 """
 
 from __future__ import annotations
@@ -137,3 +143,24 @@ def _qconv(ctx: InferContext) -> list[OutType | None]:
     w = ctx.shape(1)
     _check_common(ctx, w[0] if w else None)
     return _fused_conv(_as_float_op(ctx))
+
+
+@op(
+    "LayerNormCodes",
+    inputs=(4, 4),
+    outputs=(2, 2),
+    attrs={"axis": -1, "epsilon": 1e-5, "qtype": "int8"},
+    domain="ecoinfer",
+    doc="LayerNormalization's Y and its codes for a quantized reader (int8 / fp8e4m3)",
+)
+def _layer_norm_codes(ctx: InferContext) -> list[OutType | None]:
+    q = qtype_of(ctx)
+    ys, ydt = ctx.shape(3), ctx.dtype(3)
+    if ys is not None and not (len(ys) == 0 or tuple(ys) == (1,)):
+        raise ctx.fail(f"y_scale must be a scalar (per-tensor), got shape {list(ys)}")
+    if ydt is not None and ydt != "float32":
+        raise ctx.fail(f"y_scale must be float32, got {ydt}")
+    xdt = ctx.dtype(0)
+    if xdt is not None and xdt not in _FLOATS:
+        raise ctx.fail(f"X must be float32, float16 or bfloat16, got {xdt}")
+    return [OutType(xdt, ctx.shape(0)), OutType(QTYPES[q], ctx.shape(0))]

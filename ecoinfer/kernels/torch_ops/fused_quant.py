@@ -103,3 +103,20 @@ def _qconv(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     a = fake_quant(x, x_scale, q)
     b = dequant_weight(w, w_scale, x.dtype)
     return _fused_conv(ctx, [a, b, bias, res])
+
+
+@kernel("LayerNormCodes", domain="ecoinfer")
+def _layer_norm_codes(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    """LayerNormalization's reference Y, then its codes as QGemm's quantize step makes them."""
+    from ecoinfer.ir.graph import Node  # noqa: PLC0415
+    from ecoinfer.kernels.torch_ops.nn import _layer_norm  # noqa: PLC0415
+
+    x, scale, bias, y_scale = xs[0], xs[1], xs[2] if len(xs) > 2 else None, xs[3]
+    assert x is not None and scale is not None and y_scale is not None
+    ln = Node("LayerNormalization", list(ctx.node.inputs[:3]), [ctx.node.outputs[0]],
+              {}, ctx.node.name)  # fmt: skip
+    attrs = {"axis": ctx.attr("axis", -1), "epsilon": ctx.attr("epsilon", 1e-5), "stash_type": 1}
+    lctx = KernelContext(ln, attrs, ctx.device, ctx.run_graph, ctx.opset)
+    (y,) = _layer_norm(lctx, [x, scale, bias])[:1]
+    q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
+    return [y, quantize(y.float(), y_scale.reshape(()).float(), None, q)]

@@ -25,10 +25,12 @@ import triton.language as tl
 
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.broadcast import broadcast_shape
+from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
 RunFn = Callable[[list[Tensor | None]], list[Tensor]]
 
+_QNAMES = {dt: name for name, dt in QTYPES.items()}
 MAX_BLOCK = 16384  # a row is held in registers in one pass; longer rows keep the reference
 FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
@@ -125,11 +127,15 @@ def _layernorm_fwd(
     W,
     B,
     Y,
+    C,
+    YS,
     n_rows,
     n_cols,
     stride_x,
     eps,
     HAS_B: tl.constexpr,
+    QOUT: tl.constexpr,
+    SOFT_FP8: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -150,7 +156,12 @@ def _layernorm_fwd(
     if HAS_B:
         b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
         y = y + b[None, :]
-    tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    yr = y.to(Y.dtype.element_ty)
+    tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
+    if QOUT >= 0:  # codes of the stored Y for a quantized reader (LayerNormCodes)
+        y_scale = tl.load(YS).to(tl.float32)
+        q = quantize_block(yr.to(tl.float32), 1.0 / y_scale, y_scale, QOUT, True, SOFT_FP8)
+        tl.store(C + r64[:, None] * n_cols + cols[None, :], q, mask=mask)
 
 
 @triton.jit
@@ -188,8 +199,12 @@ def layer_norm(
     axis: int = -1,
     eps: float = 1e-5,
     cfg: RowConfig | None = None,
+    codes: Tensor | None = None,
+    y_scale: Tensor | None = None,
 ) -> Tensor:
-    """ONNX LayerNormalization's Y (dtype of x), normalizing axes [axis, rank)."""
+    """ONNX LayerNormalization's Y (dtype of x), normalizing axes [axis, rank); with
+    `codes` (int8 / float8_e4m3fn, x's shape, dense) and y_scale, also quant(Y / y_scale)
+    into `codes` in the same pass (ecoinfer.LayerNormCodes)."""
     axis = norm_axis(axis, x.dim())
     norm_shape = tuple(x.shape[axis:])
     n_cols = math.prod(norm_shape)
@@ -207,11 +222,15 @@ def layer_norm(
         w,
         b,
         y,
+        codes if codes is not None else y,
+        y_scale if y_scale is not None else w,
         n_rows,
         n_cols,
         x2.stride(0),
         float(eps),
         HAS_B=bias is not None,
+        QOUT=QCODE[_QNAMES[codes.dtype]] if codes is not None else -1,
+        SOFT_FP8=soft_fp8(x),
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),
         num_warps=cfg.num_warps,
@@ -306,6 +325,35 @@ def make_layernorm(
         assert xt is not None and scale is not None
         bias = xs[2] if has_bias and len(xs) > 2 else None
         return [layer_norm(xt, scale, bias, axis, eps, rc)]
+
+    return run
+
+
+def make_layernorm_codes(
+    node: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
+) -> RunFn | None:
+    """ecoinfer.LayerNormCodes: Y and its codes in one pass."""
+    qtype = str(attrs.get("qtype") or "")
+    if qtype not in QTYPES or len(inputs) < 4 or inputs[3] is None or len(node.outputs) < 2:
+        return None
+    if inputs[3].dtype != torch.float32 or tuple(inputs[3].shape) not in ((), (1,)):
+        return None
+    ln = Node("LayerNormalization", list(node.inputs[:3]), [node.outputs[0]], {}, node.name)
+    found = _axis_and_row(ln, attrs, list(inputs[:3]), build, 3)
+    if found is None:
+        return None
+    axis, n_cols = found
+    eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
+    rc = config_from(cfg, n_cols)
+    has_bias = inputs[2] is not None
+    qdt = QTYPES[qtype]
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        xt, scale, ys = xs[0], xs[1], xs[3]
+        assert xt is not None and scale is not None and ys is not None
+        codes = torch.empty(xt.shape, dtype=qdt, device=xt.device)
+        y = layer_norm(xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes, ys.float())
+        return [y, codes]
 
     return run
 

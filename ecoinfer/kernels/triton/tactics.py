@@ -2,6 +2,7 @@
 
   triton_codegen    ecoinfer.FusedElementwise       elementwise.py: one generated kernel
   triton_layernorm  LayerNormalization              norms.py (Y only; Mean/InvStdDev: None)
+  triton_layernorm_codes  ecoinfer.LayerNormCodes   norms.py (Y and its int8/FP8 codes)
   triton_rmsnorm    RMSNormalization                norms.py
   triton_softmax    Softmax, LogSoftmax             softmax.py (last axis)
   triton_maxpool    ecoinfer.MaxPool (NHWC, 2-D)    pool.py (Y only; Indices: the reference)
@@ -45,6 +46,16 @@ tactic(
     configs=norms.norm_configs,
     doc="Triton row kernel, float32 statistics",
 )(norms.make_layernorm)
+
+tactic(
+    "LayerNormCodes",
+    name="triton_layernorm_codes",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=_DTYPES,
+    configs=norms.norm_configs,
+    doc="the LayerNormalization row kernel also writing Y's codes for a quantized reader",
+)(norms.make_layernorm_codes)
 
 tactic(
     "RMSNormalization",
