@@ -90,6 +90,15 @@ def _gemm_dims(
     return _numel(a.shape[:-1]), n, k, out
 
 
+def gemm_epilogue_ok(inputs: list[TensorInfo | None], n: int, out: tuple[int, ...]) -> bool:
+    """FusedGemm's bias (input 2, float [N]) and residual (input 3, float, not growing Y) as
+    the Triton GEMM epilogues take them (shared with tma_tactics)."""
+    bias, res = _info(inputs, 2), _info(inputs, 3)
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOATS):
+        return False
+    return res is None or (res.dtype in _FLOATS and not _grows(res.shape, out))
+
+
 def _gemm_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
@@ -122,10 +131,7 @@ def triton_gemm(
     if dims is None:
         return None
     _, n, _, out = dims
-    bias, res = _info(inputs, 2), _info(inputs, 3)
-    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOATS):
-        return None
-    if res is not None and (res.dtype not in _FLOATS or _grows(res.shape, out)):
+    if not gemm_epilogue_ok(inputs, n, out):
         return None
     try:
         act = act_code(str(attrs.get("activation") or ""), attrs.get("activation_params") or [])

@@ -21,7 +21,13 @@ import torch
 
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH, act_code
-from ecoinfer.kernels.triton.gemm_tactics import _gemm_dims, _get, _grows, _runs_here
+from ecoinfer.kernels.triton.gemm_tactics import (
+    _gemm_dims,
+    _get,
+    _info,
+    _runs_here,
+    gemm_epilogue_ok,
+)
 from ecoinfer.kernels.triton.qgemm import QTYPES, pack_qweight, quantize
 from ecoinfer.kernels.triton.qtactics import _epilogue_ok, _packed_weight, fp8_supported
 from ecoinfer.kernels.triton.tma_gemm import (
@@ -34,11 +40,6 @@ from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _info(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
-    return inputs[i] if i < len(inputs) else None
 
 
 def _act(attrs: dict[str, Any]) -> tuple[int, float, float] | None:
@@ -102,10 +103,7 @@ def triton_tma_gemm(
     if dims is None or act is None:
         return None
     _, n, _, out = dims
-    bias, res = _info(inputs, 2), _info(inputs, 3)
-    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOATS):
-        return None
-    if res is not None and (res.dtype not in _FLOATS or _grows(res.shape, out)):
+    if not gemm_epilogue_ok(inputs, n, out):
         return None
     trans_b = bool(int(attrs.get("trans_b", 0) or 0))
     config = TmaGemmConfig.from_dict(cfg) if cfg else None
