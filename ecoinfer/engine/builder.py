@@ -406,6 +406,9 @@ def _tune_profile(
     for n in g.nodes:
         for x in all_inputs(n):
             readers[x] = readers.get(x, 0) + 1
+    # values a quantized layer reads as X: only their producers are held for a link
+    quant_x = {n.inputs[0] for n in g.nodes if is_quantized(n) and n.inputs}
+    link_on = link_on and bool(quant_x)
     held: dict[str, list] = {}  # quantized layers' inputs, kept until their reader is tuned
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
@@ -483,7 +486,8 @@ def _tune_profile(
                     twins.pop(node.name, None)
                     form = (c_form, c_xs)  # a chain's next link starts from this form
         if link_on and node.name in cand and node.outputs and node.outputs[0]:
-            if link_codes.holds(node, readers.get(node.outputs[0], 0)):  # a possible producer
+            y0 = node.outputs[0]
+            if y0 in quant_x and link_codes.holds(node, readers.get(y0, 0)):  # a producer
                 held[node.name] = form if form is not None else (node, list(xs))
         choices[node.name] = choice
         if ys is None:
