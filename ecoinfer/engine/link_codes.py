@@ -6,11 +6,12 @@ an ecoinfer.MultiHeadAttention, and nothing else reads it, P can write the codes
 gets y_scale = C's x_scale and its output becomes codes, and C reads codes (its out_dtype
 attribute keeps Y's float dtype). A LayerNormalization, whose Y usually has other readers
 too (a residual), becomes an ecoinfer.LayerNormCodes writing Y and, in the same pass, C's
-codes as a second output.
+codes as a second output. Links chain: a layer that reads codes can write the next one's.
+
 That saves writing P's float output, reading it back and C's quantize pass; in BERT-base at
 b64 the FFN-up -> FFN-down pair passes 8192x3072 values this way, and attention hands its
-output to the output projection (TensorRT does the same
-when it fuses a requantize into the producer's epilogue).
+output to the output projection (TensorRT does the same when it fuses a requantize into the
+producer's epilogue).
 
 The arithmetic is the reference's up to rounding order: the linked P rounds its float32
 result straight to codes where the unlinked pair rounds it to Y's dtype first, so a code can
@@ -71,10 +72,10 @@ def _is_qgemm(n: Node) -> bool:
 def candidate(
     graph: Graph, consumer: Node, producer: Node | None, x_dtype: str, readers: int
 ) -> Link | None:
-    """The link producer -> consumer, if the pair qualifies: a QGemm consumer, a QGemm
-    producer of the same qtype or a MultiHeadAttention, the producer's first output read by
-    the consumer alone (as X) and not a graph output, a constant x_scale, and neither of
-    them linked already."""
+    """The link producer -> consumer, if the pair qualifies: a QGemm consumer reading float
+    X with a constant x_scale, and a producer that `holds`: a QGemm of the same qtype or a
+    MultiHeadAttention whose output only the consumer reads (not a graph output, not written
+    as codes already), or a LayerNormalization, whose Y keeps its other readers."""
     if producer is None or not (can_produce(producer) and _is_qgemm(consumer)):
         return None
     qtype = str(consumer.attrs.get("qtype", "int8"))
