@@ -82,6 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="keep every quantized layer quantized; by default a GPU build runs a layer in "
         "float where its float kernel is faster (as TensorRT without --precisionConstraints=obey)",
     )
+    q.add_argument(
+        "--no-link-codes",
+        action="store_true",
+        help="never let a layer write the int8/FP8 codes of the quantized layer that reads it; "
+        "by default a GPU build does where the linked pair times faster",
+    )
     p.add_argument(
         "--shapes",
         nargs="+",
@@ -261,6 +267,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         quant=quant,
         quant_fallback=False if getattr(args, "obey_precision", False) else None,
+        link_codes=False if getattr(args, "no_link_codes", False) else None,
     )
     engine = build(args.model, cfg)
     path = engine.save(args.output)

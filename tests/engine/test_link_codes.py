@@ -274,3 +274,25 @@ def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  #
     np.testing.assert_allclose(
         np.asarray(eng.run(x)["y"]), np.asarray(plain.run(x)["y"]), rtol=1e-4, atol=1e-4
     )
+
+
+def test_cli_no_link_codes_flag(mlp, tmp_path, monkeypatch) -> None:  # noqa: ANN001, F811
+    """`ecoinfer build --int8 --no-link-codes` builds with linking off (BuildConfig.link_codes
+    False); without the flag the builder's default (on for GPU builds) applies."""
+    from ecoinfer.cli import main
+    from ecoinfer.engine import builder
+
+    path, calib = mlp
+    seen: list = []
+    real = builder.build
+
+    def spy(model, cfg):  # noqa: ANN001, ANN202
+        seen.append(cfg.link_codes)
+        return real(model, cfg)
+
+    monkeypatch.setattr(builder, "build", spy)
+    base = ["build", str(path), "--device", "cpu", "--int8", "--calib-data", str(calib)]
+    base += ["--shapes", "x:8x16"]
+    assert main([*base, "-o", str(tmp_path / "a.eng"), "--no-link-codes"]) == 0
+    assert main([*base, "-o", str(tmp_path / "b.eng")]) == 0
+    assert seen == [False, None]
