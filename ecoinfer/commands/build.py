@@ -236,6 +236,11 @@ def _print_quantization(q: dict | None) -> None:
             f"  {r['layer']} runs in float: {r['float_tactic']} {r['float_ms']:.4f} ms beats "
             f"{r['quantized_tactic']} {r['quantized_ms']:.4f} ms"
         )
+    links = q.get("linked_codes") or []
+    if links:
+        print(
+            f"  {len(links)} layer(s) write the int8/FP8 codes of the quantized layer reading them"
+        )
 
 
 def cmd_build(args: argparse.Namespace) -> int:

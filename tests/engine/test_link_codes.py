@@ -296,3 +296,15 @@ def test_cli_no_link_codes_flag(mlp, tmp_path, monkeypatch) -> None:  # noqa: AN
     assert main([*base, "-o", str(tmp_path / "a.eng"), "--no-link-codes"]) == 0
     assert main([*base, "-o", str(tmp_path / "b.eng")]) == 0
     assert seen == [False, None]
+
+
+def test_build_output_counts_links(capsys) -> None:  # noqa: ANN001
+    from ecoinfer.commands.build import _print_quantization
+
+    q = {"precision": "fp8", "quantized_layers": ["a", "b"], "float_layers": [], "tactics": {},
+         "linked_codes": [{"producer": "a", "consumer": "b", "float_dtype": "float16"}]}  # fmt: skip
+    _print_quantization(q)
+    assert "1 layer(s) write the int8/FP8 codes" in capsys.readouterr().out
+    del q["linked_codes"]
+    _print_quantization(q)
+    assert "codes" not in capsys.readouterr().out
