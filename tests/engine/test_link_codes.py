@@ -308,3 +308,32 @@ def test_build_output_counts_links(capsys) -> None:  # noqa: ANN001
     del q["linked_codes"]
     _print_quantization(q)
     assert "codes" not in capsys.readouterr().out
+
+
+def test_linked_forms_reject_bad_scales_and_types() -> None:
+    """Shape inference of the linked forms names what is wrong."""
+    g = _ln_graph()
+    lk = link_codes.candidate(g, g.nodes[1], g.nodes[0], "float16", 2)
+    assert lk is not None
+    link_codes.apply(g, [lk])
+    g.initializers["xs"] = torch.tensor([0.1, 0.2])  # y_scale of LayerNormCodes: not a scalar
+    with pytest.raises(EcoinferError, match="y_scale must be a scalar"):
+        g.infer_shapes()
+    g2 = _pair_graph()
+    g2.nodes[0] = link_codes.linked_producer(
+        g2.nodes[0], link_codes.Link("p", "c", "s2", "float16")
+    )
+    g2.nodes[1].attrs["out_dtype"] = "int8"  # not a float dtype
+    with pytest.raises(EcoinferError, match="out_dtype must be"):
+        g2.infer_shapes()
+    g3 = Graph("mha")
+    g3.inputs = [Value("qkv", "float16", (1, 4, 96))]
+    g3.values["qkv"] = g3.inputs[0]
+    g3.initializers["s"] = torch.tensor(0.1)
+    attrs = {"num_heads": 2, "head_size": 16, "packed": 1, "y_qtype": "int4"}
+    g3.nodes = [
+        Node("MultiHeadAttention", ["qkv", "", "", "", "", "s"], ["y"], attrs, "a", "ecoinfer")
+    ]
+    g3.outputs = [Value("y")]
+    with pytest.raises(EcoinferError, match="y_qtype"):
+        g3.infer_shapes()

@@ -231,3 +231,19 @@ def test_gpu_tma_gemm_compiled() -> None:
         timeout=600,
     )
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+
+
+def test_codes_in_bfloat16_out_with_broadcast_residual() -> None:
+    """8-bit codes in, Y in bfloat16 (out_dtype), a [N] residual broadcast over 3-D rows."""
+    torch.manual_seed(7)
+    xs = case((2, 9), 32, 64, "fp8e4m3", torch.float16, True, False)
+    x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
+    xq = quantize(x, x_scale, "fp8e4m3", exact=True)  # type: ignore[arg-type]
+    res = torch.randn(32).to(torch.bfloat16)
+    bias = xs[4].to(torch.bfloat16)  # type: ignore[union-attr]
+    y = tma_gemm(
+        xq, wq, bias, res, x_scale=x_scale, w_scale=w_scale, out_dtype=torch.bfloat16, config=TINY
+    )  # type: ignore[arg-type]
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 9, 32)
+    ref = qgemm_ref([x, wq, x_scale, w_scale, bias.half(), None], "fp8e4m3") + res.double()
+    assert rel(y, ref) <= 1.5e-2
