@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ecoinfer.ir.graph import Graph, Node, Value
-from ecoinfer.ir.ops.fused_quant import QTYPES
+from ecoinfer.ir.ops.fused_quant import CODES_Y_SCALE, QTYPES
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,11 @@ class Link:
 
 
 # where each producer op takes its y_scale input (LayerNormalization: as LayerNormCodes)
-Y_SCALE_INPUT = {"QGemm": 6, "MultiHeadAttention": 5, "LayerNormalization": 3}
+Y_SCALE_INPUT = {
+    "QGemm": CODES_Y_SCALE["QGemm"],
+    "MultiHeadAttention": CODES_Y_SCALE["MultiHeadAttention"],
+    "LayerNormalization": CODES_Y_SCALE["LayerNormCodes"],
+}
 
 
 def _is_ln(n: Node) -> bool:

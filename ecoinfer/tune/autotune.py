@@ -34,6 +34,7 @@ from ecoinfer.device import recover_failed_capture
 from ecoinfer.engine.fingerprint import TOLERANCE, fingerprint
 from ecoinfer.errors import ExecutionError
 from ecoinfer.ir.graph import Node
+from ecoinfer.ir.ops.fused_quant import writes_codes
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TacticSpec, TensorInfo, tactics_for
 from ecoinfer.tune.timing_cache import TimingCache, op_signature
 
@@ -449,10 +450,7 @@ def _select(
     wanted = [bool(o) for o in node.outputs]
     # a quantized layer writing the next one's codes (y_scale): its int8 output is compared
     # as values, not bit for bit (the kernels round from float32, the reference from Y's dtype)
-    k = {"QGemm": 6, "MultiHeadAttention": 5}.get(node.op_type, -1)  # link_codes' y_scale
-    codes = (k >= 0 and len(node.inputs) > k and bool(node.inputs[k])) or (
-        node.op_type == "LayerNormCodes"
-    )
+    codes = writes_codes(node)
     sig, sig_text = op_signature(
         node.op_type, node.domain, attrs, infos, build.precision, list(node.outputs)
     )

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ecoinfer.ir.graph import Shape
+from ecoinfer.ir.graph import Node, Shape
 from ecoinfer.ir.ops.fused_conv import FUSED_CONV_ATTRS, _fused_conv, _fused_conv_flops
 from ecoinfer.ir.ops.fused_gemm import _fused_gemm, _fused_gemm_flops
 from ecoinfer.ir.ops.registry import InferContext, OutType, op
@@ -47,6 +47,14 @@ from ecoinfer.ir.ops.registry import InferContext, OutType, op
 # qtype attribute -> the element type of W_q (and of the quantized activation)
 QTYPES = {"int8": "int8", "fp8e4m3": "float8e4m3fn"}
 _FLOATS = ("float32", "float16", "bfloat16")
+# ops that can write a quantized reader's codes (engine/link_codes.py): their y_scale input
+CODES_Y_SCALE = {"QGemm": 6, "MultiHeadAttention": 5, "LayerNormCodes": 3}
+
+
+def writes_codes(node: Node) -> bool:
+    """Whether `node` writes int8/FP8 codes for a quantized reader (its y_scale is given)."""
+    k = CODES_Y_SCALE.get(node.op_type, -1) if node.domain == "ecoinfer" else -1
+    return 0 <= k < len(node.inputs) and bool(node.inputs[k])
 
 
 def qtype_of(ctx: InferContext) -> str:

@@ -37,9 +37,7 @@ def _mha(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     y = y.transpose(1, 2).reshape(b, s, h * dv)
     y_scale = xs[5] if len(xs) > 5 else None
     if y_scale is not None:  # codes for the quantized projection that reads Y (link_codes)
-        from ecoinfer.kernels.torch_ops.fused_quant import qtype_dtype  # noqa: PLC0415
-        from ecoinfer.kernels.torch_ops.quant import quantize  # noqa: PLC0415
+        from ecoinfer.kernels.torch_ops.fused_quant import codes_of, qtype_dtype  # noqa: PLC0415
 
-        q_dt = qtype_dtype(ctx.attr("y_qtype", ""), ctx.node.label())
-        y = quantize(y.float(), y_scale.reshape(()).float(), None, q_dt)
+        y = codes_of(y, y_scale, qtype_dtype(ctx.attr("y_qtype", ""), ctx.node.label()))
     return [y]

@@ -41,6 +41,12 @@ def fake_quant(x: Tensor, x_scale: Tensor, qdtype: torch.dtype) -> Tensor:
     return dequantize(q, s, None, x.dtype)
 
 
+def codes_of(y: Tensor, y_scale: Tensor, qdtype: torch.dtype) -> Tensor:
+    """Y's codes for a quantized reader (linked layers): QuantizeLinear(Y, y_scale, 0) from
+    Y's own float values, exactly the reader's quantize step."""
+    return quantize(y.float(), y_scale.reshape(()).float(), None, qdtype)
+
+
 def dequant_weight(w_q: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
     """W_q * w_scale along axis 0 (output channels), in float32, cast to `dtype`."""
     s = w_scale.float()
@@ -92,7 +98,7 @@ def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     )
     (y,) = _fused_gemm(fctx, [a, b, bias, res])
     if y_scale is not None:  # codes for the next layer, as its own quantize step makes them
-        y = quantize(y.float(), y_scale.reshape(()).float(), None, q)
+        y = codes_of(y, y_scale, q)
     return [y]
 
 
@@ -119,4 +125,4 @@ def _layer_norm_codes(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tenso
     lctx = KernelContext(ln, attrs, ctx.device, ctx.run_graph, ctx.opset)
     (y,) = _layer_norm(lctx, [x, scale, bias])[:1]
     q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
-    return [y, quantize(y.float(), y_scale.reshape(()).float(), None, q)]
+    return [y, codes_of(y, y_scale, q)]

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
-from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
+from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
 
@@ -340,7 +340,7 @@ def flash_attention(
         NAN_TO_ZERO=bool(nan_to_zero),
         INPUT_PRECISION=dot_precision(q.dtype, precision),
         UPCAST=upcast_dot(q),
-        QOUT=QCODE[_QNAMES[y.dtype]] if y_scale is not None else -1,
+        QOUT=QCODE_OF[y.dtype] if y_scale is not None else -1,
         SOFT_FP8=soft_fp8(q),
         INT64=needs_int64(q4, k4, v4, y, add4, keep4),
         BLOCK_M=cfg.BLOCK_M,
@@ -351,9 +351,6 @@ def flash_attention(
         num_stages=cfg.num_stages,
     )
     return y
-
-
-_QNAMES = {dt: name for name, dt in QTYPES.items()}
 
 
 def _split_heads(x: Tensor, h: int) -> Tensor:

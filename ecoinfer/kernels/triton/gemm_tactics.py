@@ -39,11 +39,11 @@ from ecoinfer.kernels.triton.gemm import (
     gemm_configs,
     interpreting,
 )
+from ecoinfer.kernels.triton.qgemm import QTYPES
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_QTYPE_NAMES = ("int8", "fp8e4m3")
 _DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -275,7 +275,7 @@ def triton_flash(
         packed = bool(int(attrs.get("packed", 0) or 0))
         ys = _info(inputs, 5)  # y_scale: Y as codes for a quantized projection (link_codes)
         y_qtype = str(attrs.get("y_qtype") or "")
-        if ys is not None and (ys.dtype != torch.float32 or y_qtype not in _QTYPE_NAMES):
+        if ys is not None and (ys.dtype != torch.float32 or y_qtype not in QTYPES):
             return None
 
         def run_mha(xs: list[Tensor | None]) -> list[Tensor]:

@@ -25,12 +25,11 @@ import triton.language as tl
 
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.broadcast import broadcast_shape
-from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
+from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
 RunFn = Callable[[list[Tensor | None]], list[Tensor]]
 
-_QNAMES = {dt: name for name, dt in QTYPES.items()}
 MAX_BLOCK = 16384  # a row is held in registers in one pass; longer rows keep the reference
 FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
@@ -229,7 +228,7 @@ def layer_norm(
         x2.stride(0),
         float(eps),
         HAS_B=bias is not None,
-        QOUT=QCODE[_QNAMES[codes.dtype]] if codes is not None else -1,
+        QOUT=QCODE_OF[codes.dtype] if codes is not None else -1,
         SOFT_FP8=soft_fp8(x),
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),

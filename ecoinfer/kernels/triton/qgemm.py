@@ -52,6 +52,8 @@ Tensor = torch.Tensor
 
 QTYPES = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
 QCODE = {"int8": 0, "fp8e4m3": 1}  # the QTYPE constexpr of the kernels
+# a codes tensor's element type -> that constexpr (kernels that read or write codes)
+QCODE_OF = {QTYPES[name]: code for name, code in QCODE.items()}
 INT8_MAGIC = 12582912.0  # 1.5 * 2**23
 FP8_MAX = 448.0
 

@@ -39,7 +39,7 @@ from ecoinfer.kernels.triton.gemm import (
     interpreting,
     upcast_dot,
 )
-from ecoinfer.kernels.triton.qgemm import QCODE, QTYPES, quantize_block, soft_fp8
+from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
 
@@ -49,7 +49,6 @@ except ImportError:  # pragma: no cover  (older Triton: the tactic declines)
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
 _HALF = (torch.float16, torch.bfloat16)
-_CODES = {torch.int8: 0, torch.float8_e4m3fn: 1}  # the QIN / QOUT constexpr values
 
 
 def tma_supported(device: torch.device | str) -> bool:
@@ -312,7 +311,7 @@ def tma_gemm(
     with out_scale (float32 scalar) it is written as out_qtype codes of Y / out_scale."""
     code, p0, p1 = act if act is not None else act_code(activation, activation_params)
     k = x.shape[-1]
-    coded = x.dtype in _CODES
+    coded = x.dtype in QCODE_OF
     if coded:
         if w.dtype != x.dtype or x_scale is None or w_scale is None:
             raise ValueError("tma_gemm: 8-bit X needs W of its dtype, x_scale and w_scale")
@@ -370,7 +369,7 @@ def tma_gemm(
         p0,
         p1,
         W_KN=w_kn,
-        QIN=_CODES.get(x.dtype, -1),
+        QIN=QCODE_OF.get(x.dtype, -1),
         HAS_BIAS=bias is not None,
         ACT=code,
         HAS_RES=r2 is not None,
