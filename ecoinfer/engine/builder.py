@@ -399,16 +399,16 @@ def _tune_profile(
     tuned_layers = 0
     twins: dict = {}
     fallback = cfg.quant_fallback if cfg.quant_fallback is not None else dev.type == "cuda"
-    link_on = (cfg.link_codes if cfg.link_codes is not None else dev.type == "cuda") and k == 0
     links: list[link_codes.Link] = []
-    producer = {o: n for n in g.nodes for o in n.outputs if o}
+    producer = g.producers()
     readers: dict[str, int] = {}
     for n in g.nodes:
         for x in all_inputs(n):
             readers[x] = readers.get(x, 0) + 1
     # values a quantized layer reads as X: only their producers are held for a link
     quant_x = {n.inputs[0] for n in g.nodes if is_quantized(n) and n.inputs}
-    link_on = link_on and bool(quant_x)
+    link_wanted = cfg.link_codes if cfg.link_codes is not None else dev.type == "cuda"
+    link_on = link_wanted and k == 0 and bool(quant_x)  # the first profile decides
     held: dict[str, list] = {}  # quantized layers' inputs, kept until their reader is tuned
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
@@ -440,12 +440,7 @@ def _tune_profile(
                 cache,
                 log=_log(cfg),
             )
-            choice.tactic, choice.config = ch.tactic, dict(ch.config or {})
-            choice.time_ms, choice.runner_up, choice.runner_up_ms = (
-                ch.time_ms,
-                ch.runner_up,
-                ch.runner_up_ms,
-            )
+            choice = _layer_choice(ch, prec, choice.inputs)
             cand[node.name] = ch.to_dict()["candidates"]
             tuned_layers += 1
             if fallback and is_quantized(node):
@@ -455,18 +450,11 @@ def _tune_profile(
                     cand[node.name] += [dict(c, float=True) for c in tch.to_dict()["candidates"]]
                     if prefer_float(ch.time_ms, tch.time_ms):
                         twins[node.name] = tw
-                        choice = LayerChoice(
-                            tactic=tch.tactic,
-                            config=dict(tch.config or {}),
-                            precision=prec,
-                            time_ms=tch.time_ms,
-                            runner_up=f"{ch.tactic} (quantized)",
-                            runner_up_ms=ch.time_ms,
-                            inputs=_input_infos(
-                                [xs[0], tw.weight, *xs[4:]],
-                                tw.node.inputs,
-                                weights | {tw.weight_name},
-                            ),
+                        infos = _input_infos(
+                            [xs[0], tw.weight, *xs[4:]], tw.node.inputs, weights | {tw.weight_name}
+                        )
+                        choice = _layer_choice(
+                            tch, prec, infos, f"{ch.tactic} (quantized)", ch.time_ms
                         )
         # a linked pair is weighed against what each layer chose alone, float twin included:
         # two layers slower quantized than in float may still be faster linked
@@ -520,96 +508,104 @@ def _tune_profile(
     return choices, cand, mem, twins, links
 
 
+def _layer_choice(
+    ch: Any,
+    prec: str,
+    inputs: list,
+    runner_up: str | None = None,
+    runner_up_ms: float | None = None,
+) -> LayerChoice:
+    """The LayerChoice of an autotuner Choice; the runner-up is the Choice's unless given (a
+    float twin names the quantized tactic it beat)."""
+    return LayerChoice(
+        tactic=ch.tactic,
+        config=dict(ch.config or {}),
+        precision=prec,
+        time_ms=ch.time_ms,
+        runner_up=ch.runner_up if runner_up is None else runner_up,
+        runner_up_ms=ch.runner_up_ms if runner_up is None else runner_up_ms,
+        inputs=inputs,
+    )
+
+
+def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: ANN001, ANN202
+    """(Choice, reference run function) of a node tuned beside the plan (a float twin, a
+    linked form) on inputs `xs`, `consts` its constant inputs; None when no tactic could be
+    timed (logged as `what` not timed)."""
+    from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
+    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
+
+    attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
+    kernel = get_kernel(node.op_type, node.domain)
+    assert kernel is not None
+
+    def reference(ins, _n=node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
+        return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
+
+    log = _log(cfg)
+    try:
+        ch, _ = select_tactic(node, attrs, xs, BuildInfo(dev, prec, consts), reference, cache, log=log)  # fmt: skip
+    except Exception as e:  # noqa: BLE001  (the node stays as it was)
+        if log:
+            log(f"{node.name}: {what} not timed: {e}")
+        return None
+    return ch, reference
+
+
 def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
     """Tune a linked pair (link_codes): (producer's LayerChoice, consumer's LayerChoice,
     linked consumer node, its inputs) when the pair is faster linked than unlinked, else
     None. p is the producer as it runs now (a chain's middle layer already reads codes)."""
-    from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
-    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
-
     p_choice = choices[p.name]
     if p_choice.time_ms is None or c_choice.time_ms is None:
         return None
     weights = set(g.initializers)
-    log = _log(cfg)
 
-    def tune(node, xs, prec, out=0):  # noqa: ANN001, ANN202
-        """(choice, reference outputs) of one linked node, or None if it cannot be timed."""
-        attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
-        kernel = get_kernel(node.op_type, node.domain)
-        assert kernel is not None
-
-        def reference(ins, _n=node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
-            return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
-
-        build_info = BuildInfo(dev, prec, {n: env[n] for n in node.inputs if n in weights})
-        try:
-            ch, _ = select_tactic(node, attrs, xs, build_info, reference, cache, log=log)
-        except Exception as e:  # noqa: BLE001  (no link: both stay as they are)
-            if log:
-                log(f"{node.name}: linked form not timed: {e}")
-            return None
-        return None if ch.time_ms is None else (ch, reference(xs)[out])
+    def tune(node, xs, prec):  # noqa: ANN001, ANN202
+        consts = {n: env[n] for n in node.inputs if n in weights}
+        picked = _select_aside(node, xs, consts, prec, dev, g, cache, cfg, "linked form")
+        return None if picked is None or picked[0].time_ms is None else picked
 
     p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
     k = link_codes.Y_SCALE_INPUT[p.op_type]
     p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale]]
-    tp = tune(p2, p2_xs, p_choice.precision, 1 if lk.codes_value else 0)
+    tp = tune(p2, p2_xs, p_choice.precision)
     if tp is None:
         return None
-    chp, codes = tp
+    chp, p_ref = tp
+    codes = p_ref(p2_xs)[1 if lk.codes_value else 0]
     c2_xs = [codes, *c_xs[1:]]
     tc = tune(c2, c2_xs, c_choice.precision)
     if tc is None:
         return None
-    chc, _ = tc
-    pprec, cprec = p_choice.precision, c_choice.precision
+    chc = tc[0]
     before = p_choice.time_ms + c_choice.time_ms
     after = chp.time_ms + chc.time_ms
+    log = _log(cfg)
     if log:
         log(f"{p.name} -> {c.name}: codes linked {after:.4f} ms, unlinked {before:.4f} ms")
     if not link_codes.link_pays(before, after):
         return None
-
-    def choice_of(ch, node, xs, prec):  # noqa: ANN001, ANN202
-        return LayerChoice(
-            tactic=ch.tactic,
-            config=dict(ch.config or {}),
-            precision=prec,
-            time_ms=ch.time_ms,
-            runner_up=ch.runner_up,
-            runner_up_ms=ch.runner_up_ms,
-            inputs=_input_infos(xs, node.inputs, weights),
-        )
-
-    return choice_of(chp, p2, p2_xs, pprec), choice_of(chc, c2, c2_xs, cprec), c2, c2_xs
+    p_infos = _input_infos(p2_xs, p2.inputs, weights)
+    c_infos = _input_infos(c2_xs, c2.inputs, weights)
+    return (
+        _layer_choice(chp, p_choice.precision, p_infos),
+        _layer_choice(chc, c_choice.precision, c_infos),
+        c2,
+        c2_xs,
+    )
 
 
 def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa: ANN001, ANN202
     """Time the float twin of a quantized layer: (Twin, Choice), or None if it cannot run."""
-    from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
-    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
-
     if xs[0] is None or not xs[0].is_floating_point():
         return None
     tw = float_twin(node, env, xs[0].dtype)
-    kernel = get_kernel(tw.node.op_type, tw.node.domain)
-    attrs = {**get_schema(tw.node.op_type, tw.node.domain).attrs, **tw.node.attrs}
-    txs = [xs[0], tw.weight, *xs[4:]]
-
-    def reference(ins, _n=tw.node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
-        return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
-
     consts = {n: env[n] for n in tw.node.inputs[2:] if n in weights}
-    build_info = BuildInfo(dev, prec, {tw.weight_name: tw.weight, **consts})
-    log = _log(cfg)
-    try:
-        ch, _ = select_tactic(tw.node, attrs, txs, build_info, reference, cache, log=log)
-    except Exception as e:  # noqa: BLE001  (no float twin: the layer stays quantized)
-        if log:
-            log(f"{node.name}: float twin not timed: {e}")
-        return None
-    return tw, ch
+    consts[tw.weight_name] = tw.weight
+    txs = [xs[0], tw.weight, *xs[4:]]
+    picked = _select_aside(tw.node, txs, consts, prec, dev, g, cache, cfg, "float twin")
+    return None if picked is None else (tw, picked[0])
 
 
 # ---------------------------------------------------------------------- file I/O
