@@ -90,6 +90,15 @@ def _gemm_dims(
     return _numel(a.shape[:-1]), n, k, out
 
 
+def act_of(attrs: dict[str, Any]) -> tuple[int, float, float] | None:
+    """The fused activation's kernel code (act_code) from a node's attributes; None for one
+    the Triton epilogues do not know (the tactic then declines)."""
+    try:
+        return act_code(str(attrs.get("activation") or ""), attrs.get("activation_params") or [])
+    except ValueError:
+        return None
+
+
 def gemm_epilogue_ok(inputs: list[TensorInfo | None], n: int, out: tuple[int, ...]) -> bool:
     """FusedGemm's bias (input 2, float [N]) and residual (input 3, float, not growing Y) as
     the Triton GEMM epilogues take them (shared with tma_tactics)."""
@@ -133,9 +142,8 @@ def triton_gemm(
     _, n, _, out = dims
     if not gemm_epilogue_ok(inputs, n, out):
         return None
-    try:
-        act = act_code(str(attrs.get("activation") or ""), attrs.get("activation_params") or [])
-    except ValueError:
+    act = act_of(attrs)
+    if act is None:
         return None
     trans_b = bool(int(attrs.get("trans_b", 0) or 0))
     config = GemmConfig.from_dict(cfg) if cfg else None

@@ -19,8 +19,14 @@ from typing import Any
 import torch
 
 from ecoinfer.ir.graph import Node
-from ecoinfer.kernels.triton.gemm import act_code
-from ecoinfer.kernels.triton.gemm_tactics import _conv_params, _gemm_dims, _get, _grows, _runs_here
+from ecoinfer.kernels.triton.gemm_tactics import (
+    _conv_params,
+    _gemm_dims,
+    _get,
+    _grows,
+    _runs_here,
+    act_of,
+)
 from ecoinfer.kernels.triton.qconv import compiled_ok, pack_qconv_weight, qconv, qconv_configs
 from ecoinfer.kernels.triton.qgemm import (
     QTYPES,
@@ -147,9 +153,8 @@ def triton_qgemm(
     _, n, _, out = dims
     if _common(attrs, inputs, n, build) is None or not _epilogue_ok(inputs, n, out, attrs):
         return None
-    try:
-        act = act_code(str(attrs.get("activation") or ""), attrs.get("activation_params") or [])
-    except ValueError:
+    act = act_of(attrs)
+    if act is None:
         return None
     qtype = str(attrs.get("qtype") or "int8")
     config = QGemmConfig.from_dict(cfg) if cfg else None

@@ -20,12 +20,14 @@ from typing import Any
 import torch
 
 from ecoinfer.ir.graph import Node
-from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH, act_code
+from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH
 from ecoinfer.kernels.triton.gemm_tactics import (
     _gemm_dims,
     _get,
     _info,
+    _numel,
     _runs_here,
+    act_of,
     gemm_epilogue_ok,
 )
 from ecoinfer.kernels.triton.qgemm import QTYPES, pack_qweight, quantize
@@ -40,13 +42,6 @@ from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def _act(attrs: dict[str, Any]) -> tuple[int, float, float] | None:
-    try:
-        return act_code(str(attrs.get("activation") or ""), attrs.get("activation_params") or [])
-    except ValueError:
-        return None
 
 
 def _configs(m: int, n: int, k: int, in_bytes: int, act: tuple[int, float, float] | None):
@@ -77,7 +72,7 @@ def _tma_gemm_configs(
     if dims is None:
         return [TmaGemmConfig().as_dict()]
     m, n, k, _ = dims
-    return _configs(m, n, k, 2, _act(attrs))
+    return _configs(m, n, k, 2, act_of(attrs))
 
 
 @tactic(
@@ -99,7 +94,7 @@ def triton_tma_gemm(
     if not _runs_here(build) or not tma_supported(build.device):
         return None
     dims = _half_gemm(attrs, inputs)
-    act = _act(attrs)
+    act = act_of(attrs)
     if dims is None or act is None:
         return None
     _, n, _, out = dims
@@ -145,9 +140,7 @@ def _qgemm_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], build: B
     if ws.dtype != torch.float32 or tuple(ws.shape) not in ((n,), (1,)):
         return None
     out = (*x.shape[:-1], n)
-    m = 1
-    for d in x.shape[:-1]:
-        m *= int(d)
+    m = _numel(x.shape[:-1])
     return qtype, m, n, k, fdt, out
 
 
@@ -158,7 +151,7 @@ def _tma_qgemm_configs(
     if plan is None:
         return [TmaGemmConfig().as_dict()]
     _, m, n, k, _, _ = plan
-    return _configs(m, n, k, 1, _act(attrs))
+    return _configs(m, n, k, 1, act_of(attrs))
 
 
 @tactic(
@@ -182,7 +175,7 @@ def triton_tma_qgemm(
     if not _runs_here(build) or not tma_supported(build.device):
         return None
     plan = _qgemm_plan(attrs, inputs, build)
-    act = _act(attrs)
+    act = act_of(attrs)
     if plan is None or act is None:
         return None
     qtype, _, n, _, fdt, out = plan
