@@ -18,7 +18,7 @@ nan_to_zero a row whose scores are all -inf gives 0, without it NaN (like the ON
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,6 +26,7 @@ import triton.language as tl
 
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
+from ecoinfer.kernels.triton.kernel_config import KernelConfig
 from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
@@ -34,19 +35,11 @@ MAX_HEAD_SIZE = 256
 
 
 @dataclass(frozen=True)
-class FlashConfig:
+class FlashConfig(KernelConfig):
     BLOCK_M: int = 64
     BLOCK_N: int = 64
     num_warps: int = 4
     num_stages: int = 2
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> FlashConfig:
-        known = FlashConfig.__dataclass_fields__
-        return FlashConfig(**{k: int(v) for k, v in d.items() if k in known})
 
 
 def flash_configs(

@@ -16,7 +16,7 @@ declined (the tactic returns None), cuDNN keeps them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -30,26 +30,19 @@ from ecoinfer.kernels.triton.gemm import (
     tile_ids,
     upcast_dot,
 )
+from ecoinfer.kernels.triton.kernel_config import KernelConfig
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class ConvConfig:
+class ConvConfig(KernelConfig):
     BLOCK_M: int = 64
     BLOCK_N: int = 64
     BLOCK_K: int = 32
     GROUP_M: int = 8
     num_warps: int = 4
     num_stages: int = 3
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> ConvConfig:
-        known = ConvConfig.__dataclass_fields__
-        return ConvConfig(**{k: int(v) for k, v in d.items() if k in known})
 
 
 _HALF_CANDIDATES = (

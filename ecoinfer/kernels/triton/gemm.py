@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from ecoinfer.kernels.triton.kernel_config import KernelConfig
 
 Tensor = torch.Tensor
 
@@ -158,21 +160,13 @@ def needs_int64(*ts: Tensor | None) -> bool:
 
 # ---------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
-class GemmConfig:
+class GemmConfig(KernelConfig):
     BLOCK_M: int = 64
     BLOCK_N: int = 64
     BLOCK_K: int = 32
     GROUP_M: int = 8
     num_warps: int = 4
     num_stages: int = 3
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> GemmConfig:
-        known = GemmConfig.__dataclass_fields__
-        return GemmConfig(**{k: int(v) for k, v in d.items() if k in known})
 
 
 # (BM, BN, BK, warps, stages): the Triton matmul tutorial's H100 set plus a few small ones

@@ -12,7 +12,7 @@ reads -inf, so a window's max is over its in-range taps only, as ONNX defines it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ecoinfer.ir.graph import Node
 from ecoinfer.ir.ops.nn import window_out, window_params
+from ecoinfer.kernels.triton.kernel_config import KernelConfig
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo
 
 Tensor = torch.Tensor
@@ -28,13 +29,10 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(KernelConfig):
     BLOCK_P: int = 32  # output pixels per program
     BLOCK_C: int = 64  # channels per program
     num_warps: int = 4
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def pool_configs(channels: int) -> list[PoolConfig]:

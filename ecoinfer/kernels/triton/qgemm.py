@@ -31,7 +31,7 @@ Rounding details (quantize_block):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -47,6 +47,7 @@ from ecoinfer.kernels.triton.gemm import (
     needs_int64,
     tile_ids,
 )
+from ecoinfer.kernels.triton.kernel_config import KernelConfig
 
 Tensor = torch.Tensor
 
@@ -162,7 +163,7 @@ def pack_qweight(w_q: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
-class QGemmConfig:
+class QGemmConfig(KernelConfig):
     BLOCK_M: int = 64
     BLOCK_N: int = 64
     BLOCK_K: int = 64
@@ -171,14 +172,6 @@ class QGemmConfig:
     num_stages: int = 3
     PREQUANT: int = 0  # 1: quantize X in a separate pass, the GEMM loads 8-bit tiles
     FP8_FAST_ACC: int = 1  # 0: fp8 partial sums promoted to float32 every BLOCK_K (Hopper)
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> QGemmConfig:
-        known = QGemmConfig.__dataclass_fields__
-        return QGemmConfig(**{k: int(v) for k, v in d.items() if k in known})
 
 
 # (BM, BN, BK, warps, stages) for 8-bit dots on Hopper: K steps of 64-128 bytes

@@ -25,7 +25,7 @@ row strides and base addresses (`tma_ok`). The CPU interpreter runs it (the CI t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -39,6 +39,7 @@ from ecoinfer.kernels.triton.gemm import (
     interpreting,
     upcast_dot,
 )
+from ecoinfer.kernels.triton.kernel_config import KernelConfig
 from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
@@ -79,7 +80,7 @@ def tma_ok(t: Tensor) -> bool:
 
 # ---------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
-class TmaGemmConfig:
+class TmaGemmConfig(KernelConfig):
     BLOCK_M: int = 128
     BLOCK_N: int = 128
     BLOCK_K: int = 64
@@ -88,14 +89,6 @@ class TmaGemmConfig:
     num_stages: int = 3
     PERSISTENT: int = 1
     FAST_GELU: int = 0  # 1: exact GELU computed by the tanh formula with the hardware tanh
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> TmaGemmConfig:
-        known = TmaGemmConfig.__dataclass_fields__
-        return TmaGemmConfig(**{k: int(v) for k, v in d.items() if k in known})
 
 
 # (BM, BN, BK in bytes of K per row, warps, stages): Hopper wgmma tiles; K steps of 128 bytes
