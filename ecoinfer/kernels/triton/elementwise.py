@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import linecache
 import math
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import torch
 from ecoinfer.ir import dtypes as ir_dtypes
 from ecoinfer.ir.graph import Graph, Node
 from ecoinfer.kernels.broadcast import broadcast_shape
+from ecoinfer.kernels.triton.gemm import interpreting
 
 Tensor = torch.Tensor
 
@@ -71,10 +71,6 @@ def _ct(dt: torch.dtype) -> str:
 
 class Unsupported(Exception):
     """The generator cannot express this body (the reference tactic stays)."""
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -14,7 +14,6 @@ imported in the process: Triton decides at import whether its own library functi
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ import triton.language as tl
 
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.broadcast import broadcast_shape
+from ecoinfer.kernels.triton.gemm import interpreting
 from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
@@ -35,10 +35,6 @@ FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 
 # ------------------------------------------------------------------------------ plumbing
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
