@@ -77,7 +77,8 @@ def padding_mask(dtype: torch.dtype, sk: int = S) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
-    "case", ["plain", "pad_mask", "full_mask", "causal", "causal_mask", "keep", "ktrans"]
+    "case",
+    ["plain", "pad_mask", "full_mask", "causal", "causal_mask", "keep", "keep_row", "ktrans"],
 )
 def test_attention(dtype: torch.dtype, case: str) -> None:
     torch.manual_seed(0)
@@ -96,6 +97,10 @@ def test_attention(dtype: torch.dtype, case: str) -> None:
     elif case == "keep":
         keep = torch.rand(B, 1, S, S) > 0.3
         keep[..., 0] = True
+        xs += [None, keep]
+    elif case == "keep_row":  # a [B, 1, 1, Sk] boolean key-padding mask: loaded as one row
+        keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        keep[0, ..., S - 5 :] = False
         xs += [None, keep]
     elif case == "ktrans":
         xs[1] = k.transpose(-1, -2).contiguous()

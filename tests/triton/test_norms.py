@@ -150,6 +150,7 @@ def test_row_configs() -> None:
     assert norms.default_config(4096).rows == 1
     assert norms.next_pow2(37) == 64 and norms.next_pow2(64) == 64 and norms.next_pow2(1) == 1
     assert {"rows": 1, "num_warps": 4} in norms.row_configs(384)
+    assert {"rows": 4, "num_warps": 2} in norms.row_configs(384)  # half the warps
 
 
 @pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])

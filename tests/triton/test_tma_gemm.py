@@ -18,7 +18,9 @@ pytest.importorskip("triton.tools.tensor_descriptor")
 from test_qgemm import case, make_w, qgemm_ref, quant_ref, rel  # noqa: E402
 
 from ecoinfer.ir.graph import Node  # noqa: E402
+from ecoinfer.ir.ops import get_schema  # noqa: E402
 from ecoinfer.kernels.torch_ops.activation import apply_activation  # noqa: E402
+from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel  # noqa: E402
 from ecoinfer.kernels.triton import tma_tactics  # noqa: E402
 from ecoinfer.kernels.triton.qgemm import quantize  # noqa: E402
 from ecoinfer.kernels.triton.tma_gemm import (  # noqa: E402
@@ -47,7 +49,8 @@ def half_ref(x, w, bias, res, act: str, params=(), w_kn: bool = False) -> torch.
 @pytest.mark.parametrize("w_kn", [False, True])
 @pytest.mark.parametrize("persistent", [0, 1])
 @pytest.mark.parametrize("epi", ["plain", "bias_gelu", "bias_relu_res"])
-def test_half_gemm(dtype: torch.dtype, w_kn: bool, persistent: int, epi: str) -> None:
+@pytest.mark.parametrize("epi_tma", [0, 1])
+def test_half_gemm(dtype: torch.dtype, w_kn: bool, persistent: int, epi: str, epi_tma: int) -> None:
     torch.manual_seed(0)
     m, n, k = 37, 40, 72  # ragged in M and N, K = 2 steps + a tail of 8
     x = torch.randn(m, k).to(dtype)
@@ -55,7 +58,9 @@ def test_half_gemm(dtype: torch.dtype, w_kn: bool, persistent: int, epi: str) ->
     bias = torch.randn(n).to(dtype) if epi != "plain" else None
     res = torch.randn(m, n).to(dtype) if epi == "bias_relu_res" else None
     act = {"plain": "", "bias_gelu": "Gelu", "bias_relu_res": "Relu"}[epi]
-    cfg = TmaGemmConfig(**{**TINY.as_dict(), "PERSISTENT": persistent})
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "PERSISTENT": persistent, "EPI_TMA": epi_tma})
+    # 40 columns: 80-byte rows, so with EPI_TMA Y and the residual go through descriptors
+    assert tma_ok(torch.empty(m, n, dtype=dtype))
     y = tma_gemm(x, w, bias, res, w_kn=w_kn, activation=act, config=cfg)
     assert y.dtype == dtype and y.shape == (m, n)
     assert rel(y, half_ref(x, w, bias, res, act, w_kn=w_kn)) <= TOL[dtype]
@@ -91,7 +96,8 @@ def test_codes_gemm_matches_qgemm_reference(qtype: str, epi: str) -> None:
 
 
 @pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
-def test_requantizing_epilogue(qtype: str) -> None:
+@pytest.mark.parametrize("epi_tma", [0, 1])
+def test_requantizing_epilogue(qtype: str, epi_tma: int) -> None:
     """out_scale: the float result becomes the next layer's codes, as the one-pass quantize
     kernel would make them from a float32 Y (ties aside: none at these values)."""
     torch.manual_seed(3)
@@ -108,7 +114,7 @@ def test_requantizing_epilogue(qtype: str) -> None:
         w_scale=w_scale,
         out_scale=out_scale,
         out_qtype=qtype,
-        config=TINY,
+        config=TmaGemmConfig(**{**TINY.as_dict(), "EPI_TMA": epi_tma}),
     )  # type: ignore[arg-type]
     assert yq.dtype == QDT[qtype]
     want = quantize(yf, out_scale, qtype, exact=True)
@@ -247,3 +253,81 @@ def test_codes_in_bfloat16_out_with_broadcast_residual() -> None:
     assert y.dtype == torch.bfloat16 and y.shape == (2, 9, 32)
     ref = qgemm_ref([x, wq, x_scale, w_scale, bias.half(), None], "fp8e4m3") + res.double()
     assert rel(y, ref) <= 1.5e-2
+
+
+# ---------------------------------------------------------------------- 1x1 convolutions
+def _conv_ref(op: str, attrs: dict, xs: list[torch.Tensor | None]) -> torch.Tensor:
+    """The torch reference kernel of FusedConv / QConv on float32 copies of the inputs."""
+    names = ["x", "w", "xs", "ws", "b", "r"] if op == "QConv" else ["x", "w", "b", "r"]
+    node = Node(op, names[: len(xs)], ["y"], attrs, domain="ecoinfer")
+    full = {**get_schema(op, "ecoinfer").attrs, **attrs}
+    ctx = KernelContext(node, full, torch.device("cpu"), None, 21)  # type: ignore[arg-type]
+    fn = get_kernel(op, "ecoinfer")
+    assert fn is not None
+    f32 = [x.float() if x is not None and x.dtype == torch.float16 else x for x in xs]
+    return fn(ctx, f32)[0]
+
+
+NHWC_1X1 = {"layout": "NHWC", "kernel_shape": [1, 1], "post_activation": "Relu"}
+
+
+def _infos(xs: list[torch.Tensor | None], weights: tuple[int, ...]) -> list[TensorInfo | None]:
+    return [
+        TensorInfo(tuple(t.shape), t.dtype, i in weights) if t is not None else None
+        for i, t in enumerate(xs)
+    ]
+
+
+def test_tma_conv1x1_tactic_matches_fused_conv() -> None:
+    """relu(conv1x1(x) + b + residual) on channels-last tensors, as ResNet's block tail."""
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 5, 32).half()  # NHWC
+    w = (torch.randn(24, 1, 1, 32) / 6).half()  # [Cout, kh, kw, Cin]
+    b, r = torch.randn(24).half(), torch.randn(2, 3, 5, 24).half()
+    xs: list[torch.Tensor | None] = [x, w, b, r]
+    node = Node("FusedConv", ["x", "w", "b", "r"], ["y"], NHWC_1X1, domain="ecoinfer")
+    attrs = {**get_schema("FusedConv", "ecoinfer").attrs, **NHWC_1X1}
+    build = _build({"w": w})
+    run = tma_tactics.triton_tma_conv1x1(node, attrs, _infos(xs, (1,)), TINY.as_dict(), build)
+    assert run is not None
+    (y,) = run(xs)
+    ref = _conv_ref("FusedConv", NHWC_1X1, xs)
+    assert y.shape == (2, 3, 5, 24) and y.dtype == torch.float16
+    assert rel(y, ref.double()) <= 2e-3
+    assert float(y.float().min()) >= 0.0  # the post-residual ReLU ran
+    # declined: strided, 3x3, NCHW, and channel counts that make no 16-byte TMA rows
+    for extra, xi, wi in (
+        ({"strides": [2, 2]}, x, w),
+        ({"kernel_shape": [3, 3]}, x, torch.zeros(24, 3, 3, 32).half()),
+        ({"layout": "NCHW"}, x.permute(0, 3, 1, 2), w.permute(0, 3, 1, 2)),
+        ({}, torch.zeros(2, 3, 5, 30).half(), torch.zeros(24, 1, 1, 30).half()),
+    ):
+        a2 = {**attrs, **extra}
+        if "kernel_shape" in extra:
+            a2["pads"] = [1, 1, 1, 1]
+        infos = _infos([xi, wi, b, None], (1,))
+        assert tma_tactics.triton_tma_conv1x1(node, a2, infos, {}, build) is None, extra
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_tma_qconv1x1_tactic_matches_qconv(qtype: str) -> None:
+    torch.manual_seed(8)
+    x = torch.randn(2, 4, 3, 32).half()
+    wq = make_w(48, 32, qtype).reshape(48, 1, 1, 32)
+    x_scale = torch.tensor(float(x.float().abs().max()) / (127 if qtype == "int8" else 448))
+    w_scale = (torch.rand(48) * 0.01 + 0.002).float()
+    b, r = torch.randn(48).half(), torch.randn(2, 4, 3, 48).half()
+    xs: list[torch.Tensor | None] = [x, wq, x_scale, w_scale, b, r]
+    attrs = {**get_schema("QConv", "ecoinfer").attrs, **NHWC_1X1, "qtype": qtype}
+    node = Node("QConv", ["x", "w", "xs", "ws", "b", "r"], ["y"], attrs, domain="ecoinfer")
+    build = _build({"w": wq, "xs": x_scale, "ws": w_scale})
+    infos = _infos(xs, (1, 2, 3))
+    run = tma_tactics.triton_tma_qconv1x1(node, attrs, infos, TINY.as_dict(), build)
+    assert run is not None
+    (y,) = run(xs)
+    ref = _conv_ref("QConv", {**NHWC_1X1, "qtype": qtype}, xs)
+    assert y.shape == (2, 4, 3, 48) and y.dtype == torch.float16
+    assert rel(y, ref.double()) <= 2e-3
+    # Cin = 40: 8-bit rows of 40 bytes are no TMA rows
+    odd = [torch.zeros(2, 4, 3, 40).half(), make_w(48, 40, qtype).reshape(48, 1, 1, 40), *xs[2:]]
+    assert tma_tactics.triton_tma_qconv1x1(node, attrs, _infos(odd, (1, 2, 3)), {}, build) is None

@@ -119,6 +119,8 @@ def _flash_fwd(
     fill,
     HAS_ADD: tl.constexpr,
     HAS_KEEP: tl.constexpr,
+    ADD_ROW: tl.constexpr,
+    KEEP_ROW: tl.constexpr,
     CAUSAL: tl.constexpr,
     CAUSAL_SKIP: tl.constexpr,
     NAN_TO_ZERO: tl.constexpr,
@@ -180,7 +182,12 @@ def _flash_fwd(
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=INPUT_PRECISION) * scale
-        if HAS_KEEP:
+        # a mask that does not vary over query rows (a key-padding mask, [B, 1, 1, Sk]) is
+        # loaded as one row: BLOCK_N loads instead of BLOCK_M * BLOCK_N
+        if HAS_KEEP and KEEP_ROW:
+            keep = tl.load(keep_ptr + b * sp_b + h * sp_h + offs_n * sp_n, mask=mask_n, other=1)
+            s = tl.where(keep[None, :] != 0, s, fill)
+        elif HAS_KEEP:
             keep = tl.load(
                 keep_ptr + b * sp_b + h * sp_h + offs_m[:, None] * sp_m + offs_n[None, :] * sp_n,
                 mask=mask_m[:, None] & mask_n[None, :],
@@ -189,7 +196,10 @@ def _flash_fwd(
             s = tl.where(keep != 0, s, fill)
         if CAUSAL:
             s = tl.where(offs_n[None, :] <= offs_m[:, None], s, fill)
-        if HAS_ADD:
+        if HAS_ADD and ADD_ROW:
+            add = tl.load(add_ptr + b * sa_b + h * sa_h + offs_n * sa_n, mask=mask_n, other=0.0)
+            s += add.to(tl.float32)[None, :]
+        elif HAS_ADD:
             add = tl.load(
                 add_ptr + b * sa_b + h * sa_h + offs_m[:, None] * sa_m + offs_n[None, :] * sa_n,
                 mask=mask_m[:, None] & mask_n[None, :],
@@ -328,6 +338,8 @@ def flash_attention(
         fill,
         HAS_ADD=add4 is not None,
         HAS_KEEP=keep4 is not None,
+        ADD_ROW=add4 is not None and (add4.stride(2) == 0 or sq == 1),
+        KEEP_ROW=keep4 is not None and (keep4.stride(2) == 0 or sq == 1),
         CAUSAL=bool(is_causal),
         CAUSAL_SKIP=bool(is_causal) and fill == float("-inf"),
         NAN_TO_ZERO=bool(nan_to_zero),

@@ -5,6 +5,10 @@
   triton_tma_qgemm  ecoinfer.QGemm      X quantized in one pass (qgemm.quantize) unless it
                                         already holds codes, then the 8-bit TMA GEMM with the
                                         dequantize/bias/activation/residual epilogue
+  triton_tma_conv1x1   ecoinfer.FusedConv  a channels-last 1x1 convolution with stride 1 and
+  triton_tma_qconv1x1  ecoinfer.QConv      no padding is a GEMM on [N*H*W, C]: the half or
+                                           the 8-bit kernel above, with the conv's activation,
+                                           residual and post-residual activation fused
 
 Both need TMA (compute capability 9.0, or the interpreter in the tests) and rows whose
 byte length is a multiple of 16 (K, and N for a [K, N] W: multiples of 8 in half precision,
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 
 from ecoinfer.ir.graph import Node
-from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH
+from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH, act_code
 from ecoinfer.kernels.triton.gemm_tactics import (
     _gemm_dims,
     _get,
@@ -31,7 +35,13 @@ from ecoinfer.kernels.triton.gemm_tactics import (
     gemm_epilogue_ok,
 )
 from ecoinfer.kernels.triton.qgemm import QTYPES, pack_qweight, quantize
-from ecoinfer.kernels.triton.qtactics import _epilogue_ok, _packed_weight, fp8_supported
+from ecoinfer.kernels.triton.qtactics import (
+    _as_float,
+    _common,
+    _epilogue_ok,
+    _packed_weight,
+    fp8_supported,
+)
 from ecoinfer.kernels.triton.tma_gemm import (
     TmaGemmConfig,
     tma_gemm,
@@ -204,6 +214,144 @@ def triton_tma_qgemm(
             out_scale=None if ys is None else ys.reshape(()).float(),
             out_qtype=qtype,
             out_dtype=fdt,
+            config=config,
+        )
+        return [y]
+
+    return run
+
+
+# ---------------------------------------------------------------------- 1x1 convolutions
+def _conv1x1(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: int):  # noqa: ANN202
+    """(M, Cout, Cin, output shape, act, post) when this FusedConv (or QConv, W seen as
+    float) is a channels-last 1x1 convolution with stride 1, no padding and one group, whose
+    channels make TMA rows (multiples of `align` elements), else None."""
+    from ecoinfer.tune.torch_tactics import _conv_parse  # noqa: PLC0415  (tune imports us)
+
+    c = _conv_parse(attrs, inputs[:2])
+    x, w = _info(inputs, 0), _info(inputs, 1)
+    if c is None or x is None or w is None or not c.nhwc or c.nd != 2 or c.group != 1:
+        return None
+    if tuple(w.shape[1:-1]) != (1, 1) or c.pre_pad is not None:
+        return None
+    if any(s != 1 for s in c.strides) or any(p != 0 for p in c.pads):
+        return None
+    cout, cin = int(w.shape[0]), int(w.shape[-1])
+    if cin % align:
+        return None
+    try:
+        act, post = act_code(c.act, c.params), act_code(c.post, c.post_params)
+    except ValueError:
+        return None
+    out = (*x.shape[:-1], cout)
+    return _numel(tuple(x.shape[:-1])), cout, cin, out, act, post
+
+
+def _conv1x1_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    p = _conv1x1(attrs, inputs, 8)
+    if p is None:
+        return [TmaGemmConfig().as_dict()]
+    m, n, k, _, act, _ = p
+    return _configs(m, n, k, 2, act)
+
+
+@tactic(
+    "FusedConv",
+    name="triton_tma_conv1x1",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=("float16", "bfloat16"),
+    configs=_conv1x1_configs,
+    doc="channels-last 1x1 stride-1 convolution as the TMA GEMM on [N*H*W, C] (Hopper), "
+    "bias/activation/residual/post-activation fused",
+)
+def triton_tma_conv1x1(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    cfg: dict[str, Any],
+    build: BuildInfo,
+) -> RunFn | None:
+    if not _runs_here(build) or not tma_supported(build.device):
+        return None
+    x = _info(inputs, 0)
+    p = _conv1x1(attrs, inputs, 8)
+    if p is None or x is None or x.dtype not in _HALF:
+        return None
+    _, cout, cin, out, act, post = p
+    if not gemm_epilogue_ok(inputs, cout, out):
+        return None
+    config = TmaGemmConfig.from_dict(cfg) if cfg else None
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        a, w = xs[0], xs[1]
+        assert a is not None and w is not None
+        y = tma_gemm(
+            a, w.reshape(cout, cin), _get(xs, 2), _get(xs, 3), act=act, post=post, config=config
+        )
+        return [y]
+
+    return run
+
+
+def _qconv1x1_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    p = _conv1x1(attrs, _as_float(inputs), 16)
+    if p is None:
+        return [TmaGemmConfig().as_dict()]
+    m, n, k, _, act, _ = p
+    return _configs(m, n, k, 1, act)
+
+
+@tactic(
+    "QConv",
+    name="triton_tma_qconv1x1",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=("float16", "bfloat16"),
+    configs=_qconv1x1_configs,
+    doc="channels-last 1x1 stride-1 INT8/FP8 convolution: X quantized in one pass, then the "
+    "8-bit TMA GEMM (Hopper) with the dequantize + FusedConv epilogue",
+)
+def triton_tma_qconv1x1(
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    cfg: dict[str, Any],
+    build: BuildInfo,
+) -> RunFn | None:
+    if not _runs_here(build) or not tma_supported(build.device):
+        return None
+    p = _conv1x1(attrs, _as_float(inputs), 16)
+    if p is None:
+        return None
+    _, cout, cin, out, act, post = p
+    common = _common(attrs, inputs, cout, build)
+    if common is None or common[1].dtype not in _HALF or not _epilogue_ok(inputs, cout, out, attrs):
+        return None
+    qtype = common[0]
+    w = _packed_weight(node, inputs, build)
+    packed = w.reshape(cout, cin).contiguous() if w is not None else None
+    config = TmaGemmConfig.from_dict(cfg) if cfg else None
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
+        assert x is not None and wq is not None and x_scale is not None and w_scale is not None
+        wp = packed if packed is not None else wq.reshape(cout, cin)
+        s = x_scale.reshape(()).float()
+        y = tma_gemm(
+            quantize(x, s, qtype, exact=True),
+            wp,
+            _get(xs, 4),
+            _get(xs, 5),
+            act=act,
+            post=post,
+            x_scale=s,
+            w_scale=w_scale.float().reshape(-1),
+            out_dtype=x.dtype,
             config=config,
         )
         return [y]
