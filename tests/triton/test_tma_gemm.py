@@ -331,3 +331,25 @@ def test_tma_qconv1x1_tactic_matches_qconv(qtype: str) -> None:
     # Cin = 40: 8-bit rows of 40 bytes are no TMA rows
     odd = [torch.zeros(2, 4, 3, 40).half(), make_w(48, 40, qtype).reshape(48, 1, 1, 40), *xs[2:]]
     assert tma_tactics.triton_tma_qconv1x1(node, attrs, _infos(odd, (1, 2, 3)), {}, build) is None
+
+
+def test_tma_epilogue_fits_shared_memory() -> None:
+    """The TMA store and residual load each stage a whole output tile in shared memory:
+    taken only where they fit beside the K loop (the H200 refused 272 KB for a 128x256
+    8-bit tile over 3 stages with both)."""
+    from ecoinfer.kernels.triton.tma_gemm import tma_epilogue
+
+    big = TmaGemmConfig(128, 256, 128, num_warps=8, num_stages=3)
+    assert tma_epilogue(big, 1, 2, 2) == (True, False)  # 144 KB + 64 KB Y; no room for R
+    assert tma_epilogue(big, 1, 2, 0) == (True, False)
+    small = TmaGemmConfig(128, 128, 128, num_warps=8, num_stages=4)
+    assert tma_epilogue(small, 1, 2, 2) == (True, True)  # 128 KB + 32 + 32
+    assert tma_epilogue(TmaGemmConfig(**{**small.as_dict(), "EPI_TMA": 0}), 1, 2, 2) == (
+        False,
+        False,
+    )
+    for c in tma_gemm_configs(8192, 3072, 768, 1) + tma_gemm_configs(8192, 768, 3072, 2):
+        esz = 128 // c.BLOCK_K  # 128-byte K steps
+        y, r = tma_epilogue(c, esz, 2, 2)
+        used = c.num_stages * (c.BLOCK_M + c.BLOCK_N) * 128
+        assert used + c.BLOCK_M * c.BLOCK_N * 2 * (int(y) + int(r)) <= 220 * 1024

@@ -108,6 +108,23 @@ _CANDIDATES = (
     (64, 64, 128, 4, 4),
 )
 _SMEM_BYTES = 200 * 1024
+# what a block may hold in all (Hopper: 227 KB, less the barriers and the compiler's scratch)
+_SMEM_LIMIT = 220 * 1024
+
+
+def tma_epilogue(
+    cfg: TmaGemmConfig, in_bytes: int, y_bytes: int, r_bytes: int = 0
+) -> tuple[bool, bool]:
+    """(store Y by TMA, load the residual by TMA) for an EPI_TMA configuration: each needs a
+    whole output tile of shared memory beside the K loop's stages, so the store takes it
+    where it fits and the residual only where both fit (a 128x256 tile of 8-bit X over 3
+    stages holds a half Y tile, not a half residual tile too)."""
+    if not cfg.EPI_TMA:
+        return False, False
+    used = cfg.num_stages * (cfg.BLOCK_M + cfg.BLOCK_N) * cfg.BLOCK_K * in_bytes
+    tile = cfg.BLOCK_M * cfg.BLOCK_N
+    y = used + tile * y_bytes <= _SMEM_LIMIT
+    return y, bool(r_bytes) and y and used + tile * (y_bytes + r_bytes) <= _SMEM_LIMIT
 
 
 def tma_gemm_configs(
@@ -360,8 +377,11 @@ def tma_gemm(
     wblock = [cfg.BLOCK_K, cfg.BLOCK_N] if w_kn else [cfg.BLOCK_N, cfg.BLOCK_K]
     w_desc = TensorDescriptor.from_tensor(w2, wblock)
     r2 = _as_2d(residual.expand(out_shape), m, n) if residual is not None else None
-    y_tma = bool(cfg.EPI_TMA) and tma_ok(y2)
-    res_tma = bool(cfg.EPI_TMA) and r2 is not None and tma_ok(r2)
+    y_fits, r_fits = tma_epilogue(
+        cfg, esz, y2.element_size(), r2.element_size() if r2 is not None else 0
+    )
+    y_tma = y_fits and tma_ok(y2)
+    res_tma = r_fits and r2 is not None and tma_ok(r2)
     y_desc = TensorDescriptor.from_tensor(y2, [cfg.BLOCK_M, cfg.BLOCK_N]) if y_tma else x_desc
     r_desc = TensorDescriptor.from_tensor(r2, [cfg.BLOCK_M, cfg.BLOCK_N]) if res_tma else x_desc
     ws = w_scale.reshape(-1) if w_scale is not None else None
