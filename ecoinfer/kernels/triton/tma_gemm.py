@@ -115,16 +115,17 @@ _SMEM_LIMIT = 220 * 1024
 def tma_epilogue(
     cfg: TmaGemmConfig, in_bytes: int, y_bytes: int, r_bytes: int = 0
 ) -> tuple[bool, bool]:
-    """(store Y by TMA, load the residual by TMA) for an EPI_TMA configuration: each needs a
-    whole output tile of shared memory beside the K loop's stages, so the store takes it
-    where it fits and the residual only where both fit (a 128x256 tile of 8-bit X over 3
-    stages holds a half Y tile, not a half residual tile too)."""
+    """(store Y by TMA, load the residual by TMA) for an EPI_TMA configuration. The TMA
+    store stages a whole Y tile in shared memory beside the K loop's stages, and a residual
+    costs a whole tile more either way (TMA's landing tile, or the pointer load's layout
+    conversion, which the H200 did not share with the store's tile: 272 KB for a 128x256
+    tile over three 48 KB stages). Both by TMA where all of it fits, else both by pointers,
+    whose conversions share one scratch tile."""
     if not cfg.EPI_TMA:
         return False, False
     used = cfg.num_stages * (cfg.BLOCK_M + cfg.BLOCK_N) * cfg.BLOCK_K * in_bytes
-    tile = cfg.BLOCK_M * cfg.BLOCK_N
-    y = used + tile * y_bytes <= _SMEM_LIMIT
-    return y, bool(r_bytes) and y and used + tile * (y_bytes + r_bytes) <= _SMEM_LIMIT
+    fits = used + cfg.BLOCK_M * cfg.BLOCK_N * (y_bytes + r_bytes) <= _SMEM_LIMIT
+    return fits, fits and bool(r_bytes)
 
 
 def tma_gemm_configs(
