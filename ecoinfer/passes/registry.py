@@ -39,6 +39,7 @@ ORDER = [
     "fuse_gemm",
     "pack_qkv",
     "fuse_attention_heads",
+    "broadcast_masks",
     "nhwc_layout",
     "fuse_elementwise",
     "fuse_quantized",  # level 4: the builder runs it after quantizing, no optimize level does
