@@ -220,6 +220,21 @@ def check(dev: torch.device) -> int:
             ok = float(d.max()) <= 1 if dt == torch.int8 else rel(yq, want) <= 2e-2
             bad += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {str(dt):22} codes out")
+            # float16 X quantized in the kernel's registers (QUANT_X configurations)
+            xh = x.half()
+            qref = (quantize(xh, kw["x_scale"], qtype, exact=True).float() * kw["x_scale"]) @ wf.t()
+            qref = F.gelu(qref + bin_.float()) + rin.float()
+            for c in (
+                tma_gemm_configs(m, n, k, 1, x_bytes=2)[:3]
+                + tma_gemm_configs(8192, 4096, 4096, 1, x_bytes=2)[:3]
+            ):
+                y = tma_gemm(xh, win, bin_, rin, activation="Gelu", config=c, **kw)
+                err = rel(y, qref)
+                ok = err <= 2e-3
+                bad += not ok
+                print(
+                    f"{'ok  ' if ok else 'FAIL'} {str(dt):22} X float16 {c.as_dict()} rel {err:.2e}"
+                )
     print(f"{bad} failure(s)")
     return 1 if bad else 0
 

@@ -152,6 +152,28 @@ def test_bad_operands_raise() -> None:
         tma_gemm(torch.zeros(4, 32).half(), torch.zeros(8, 16).half())
     with pytest.raises(ValueError, match="float16/bfloat16"):
         tma_gemm(torch.zeros(4, 32), torch.zeros(8, 32))
+    with pytest.raises(ValueError, match="8-bit W needs"):  # float32 X with 8-bit W
+        s = torch.tensor(1.0)
+        tma_gemm(torch.zeros(4, 32), torch.zeros(8, 32, dtype=torch.int8), x_scale=s, w_scale=s)
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_float_x_quantized_in_registers(qtype: str, dtype: torch.dtype) -> None:
+    """Half X with 8-bit W: each X tile is quantized in the kernel. Against the codes path
+    (X quantized by the one-pass kernel first): the same codes up to ties (multiply by
+    1/x_scale there, exact division here), so the same result within rounding."""
+    torch.manual_seed(9)
+    xs = case((3, 11), 48, 96, qtype, dtype, True, True)
+    x, wq, x_scale, w_scale, b, r = xs[0], xs[1], xs[2], xs[3], xs[4], xs[5]
+    kw = {"x_scale": x_scale, "w_scale": w_scale, "out_dtype": dtype}
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "QUANT_X": 1})
+    y = tma_gemm(x, wq, b, r, activation="Relu", config=cfg, **kw)  # type: ignore[arg-type]
+    xq = quantize(x, x_scale, qtype, exact=True)  # type: ignore[arg-type]
+    y_codes = tma_gemm(xq, wq, b, r, activation="Relu", config=TINY, **kw)  # type: ignore[arg-type]
+    assert y.dtype == dtype and y.shape == (3, 11, 48)
+    assert rel(y, y_codes.double()) <= (2e-3 if dtype == torch.float16 else 1e-2)
+    assert rel(y, qgemm_ref(xs, qtype, "Relu")) <= (2e-3 if dtype == torch.float16 else 1e-2)
 
 
 def test_configs_fit_hopper_shared_memory() -> None:
@@ -200,11 +222,16 @@ def test_tma_qgemm_tactic_quantizes_then_multiplies(qtype: str) -> None:
     attrs = {"qtype": qtype, "activation": "Relu", "activation_params": []}
     infos = [TensorInfo(tuple(t.shape), t.dtype, i in (1, 2, 3)) for i, t in enumerate(xs)]  # type: ignore[union-attr]
     build = _build({"w": xs[1], "xs": xs[2], "ws": xs[3]})
-    run = tma_tactics.triton_tma_qgemm(node, attrs, infos, TINY.as_dict(), build)
-    assert run is not None
-    (y,) = run(xs)
-    assert y.dtype == torch.float16
-    assert rel(y, qgemm_ref(xs, qtype, "Relu")) <= 2e-3
+    # float X: the configurations include ones that quantize X in the kernel
+    cfgs = tma_tactics._tma_qgemm_configs(node, attrs, infos, build)
+    assert any(c["QUANT_X"] for c in cfgs) and any(not c["QUANT_X"] for c in cfgs)
+    for quant_x in (0, 1):
+        cfg = {**TINY.as_dict(), "QUANT_X": quant_x}
+        run = tma_tactics.triton_tma_qgemm(node, attrs, infos, cfg, build)
+        assert run is not None
+        (y,) = run(xs)
+        assert y.dtype == torch.float16
+        assert rel(y, qgemm_ref(xs, qtype, "Relu")) <= 2e-3
     # K = 40: 8-bit rows of 40 bytes cannot be TMA rows
     odd = case((4,), 16, 40, qtype, torch.float16, False, False)
     oinfos = [TensorInfo(tuple(t.shape), t.dtype, i == 1) for i, t in enumerate(odd)]  # type: ignore[union-attr]
@@ -322,12 +349,15 @@ def test_tma_qconv1x1_tactic_matches_qconv(qtype: str) -> None:
     node = Node("QConv", ["x", "w", "xs", "ws", "b", "r"], ["y"], attrs, domain="ecoinfer")
     build = _build({"w": wq, "xs": x_scale, "ws": w_scale})
     infos = _infos(xs, (1, 2, 3))
-    run = tma_tactics.triton_tma_qconv1x1(node, attrs, infos, TINY.as_dict(), build)
-    assert run is not None
-    (y,) = run(xs)
+    assert any(c["QUANT_X"] for c in tma_tactics._qconv1x1_configs(node, attrs, infos, build))
     ref = _conv_ref("QConv", {**NHWC_1X1, "qtype": qtype}, xs)
-    assert y.shape == (2, 4, 3, 48) and y.dtype == torch.float16
-    assert rel(y, ref.double()) <= 2e-3
+    for quant_x in (0, 1):
+        cfg = {**TINY.as_dict(), "QUANT_X": quant_x}
+        run = tma_tactics.triton_tma_qconv1x1(node, attrs, infos, cfg, build)
+        assert run is not None
+        (y,) = run(xs)
+        assert y.shape == (2, 4, 3, 48) and y.dtype == torch.float16
+        assert rel(y, ref.double()) <= 2e-3
     # Cin = 40: 8-bit rows of 40 bytes are no TMA rows
     odd = [torch.zeros(2, 4, 3, 40).half(), make_w(48, 40, qtype).reshape(48, 1, 1, 40), *xs[2:]]
     assert tma_tactics.triton_tma_qconv1x1(node, attrs, _infos(odd, (1, 2, 3)), {}, build) is None

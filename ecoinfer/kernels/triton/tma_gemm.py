@@ -4,6 +4,9 @@
     Y_codes = quant(Y / out_scale)                       only with out_scale (quantized output)
 
 One kernel serves three layer kinds:
+  * 8-bit GEMMs whose X is still float16/bfloat16: each X tile is quantized to W's codes in
+    registers after its TMA load (the QGemm tactics' QUANT_X configurations), so no pass of
+    its own writes X's codes;
   * half GEMMs (float16/bfloat16 X and W): FusedGemm with its bias/activation/residual, and
     FusedConv 1x1 channels-last convolutions (post: the activation after the residual add);
   * 8-bit GEMMs whose X already holds codes (int8 or float8_e4m3fn, per-tensor x_scale) and
@@ -94,6 +97,9 @@ class TmaGemmConfig(KernelConfig):
     # their layouts allow (tma_ok); else by pointers, as with 0. On an H200 it was 1-5% faster
     # on BERT-base's GEMMs (bench/gpu_kernel_probe.py)
     EPI_TMA: int = 1
+    # 1: the tactic hands a float X to the 8-bit kernel, which quantizes each X tile in
+    # registers (multiplying by 1/x_scale), instead of quantizing X in a pass of its own
+    QUANT_X: int = 0
 
 
 # (BM, BN, BK in bytes of K per row, warps, stages): Hopper wgmma tiles; K steps of 128 bytes
@@ -113,42 +119,49 @@ _SMEM_LIMIT = 220 * 1024
 
 
 def tma_epilogue(
-    cfg: TmaGemmConfig, in_bytes: int, y_bytes: int, r_bytes: int = 0
+    cfg: TmaGemmConfig, in_bytes: int, y_bytes: int, r_bytes: int = 0, x_bytes: int = 0
 ) -> tuple[bool, bool]:
     """(store Y by TMA, load the residual by TMA) for an EPI_TMA configuration. The TMA
     store stages a whole Y tile in shared memory beside the K loop's stages, and a residual
     costs a whole tile more either way (TMA's landing tile, or the pointer load's layout
     conversion, which the H200 did not share with the store's tile: 272 KB for a 128x256
     tile over three 48 KB stages). Both by TMA where all of it fits, else both by pointers,
-    whose conversions share one scratch tile."""
+    whose conversions share one scratch tile. x_bytes: X's element size where it differs
+    from W's (float X quantized in registers)."""
     if not cfg.EPI_TMA:
         return False, False
-    used = cfg.num_stages * (cfg.BLOCK_M + cfg.BLOCK_N) * cfg.BLOCK_K * in_bytes
+    used = cfg.num_stages * _stage_bytes(cfg.BLOCK_M, cfg.BLOCK_N, cfg.BLOCK_K, in_bytes, x_bytes)
     fits = used + cfg.BLOCK_M * cfg.BLOCK_N * (y_bytes + r_bytes) <= _SMEM_LIMIT
     return fits, fits and bool(r_bytes)
 
 
+def _stage_bytes(bm: int, bn: int, bk: int, in_bytes: int, x_bytes: int = 0) -> int:
+    """Shared memory of one K stage: an X tile and a W tile."""
+    return (bm * (x_bytes or in_bytes) + bn * in_bytes) * bk
+
+
 def tma_gemm_configs(
-    m: int, n: int, k: int, in_bytes: int, out_bytes: int = 2, limit: int = 8
+    m: int, n: int, k: int, in_bytes: int, out_bytes: int = 2, limit: int = 8, x_bytes: int = 0
 ) -> list[TmaGemmConfig]:
-    """Configurations sized to an M x N x K problem with in_bytes-wide operands: tiles no
-    larger than the rounded matrix, stages fitted to shared memory (with room for the
-    epilogue), grids of at least 128 tiles first; each also as a non-persistent
-    variant for grids of under two waves."""
+    """Configurations sized to an M x N x K problem with in_bytes-wide operands (X
+    x_bytes wide where it differs: float X quantized in registers): tiles no larger than the
+    rounded matrix, stages fitted to shared memory (with room for the epilogue), grids of
+    at least 128 tiles first; each also as a non-persistent variant for grids of under two
+    waves."""
     mcap, ncap = _pow2_at_least(m, 16), _pow2_at_least(n, 16)
     kmin = 16 if in_bytes == 2 else 32  # the smallest K step of a half / 8-bit dot
     kcap = _pow2_at_least(k, kmin)
     out: list[TmaGemmConfig] = []
     for bm, bn, kbytes, w, s in _CANDIDATES:
         bm, bn = min(bm, mcap), min(bn, ncap)
-        bk = max(kmin, min(kbytes // in_bytes, kcap))
-        stage = (bm + bn) * bk * in_bytes
+        bk = max(kmin, min(kbytes // max(in_bytes, x_bytes), kcap))  # 128-byte X rows
+        stage = _stage_bytes(bm, bn, bk, in_bytes, x_bytes)
         # half an output tile of shared memory for the epilogue's layout conversion (a config
         # that still does not fit fails to compile, and the tuner skips it)
         s = max(2, min(s, (_SMEM_BYTES - bm * bn * out_bytes // 2) // stage))
         if bm * bn <= 64 * 64:
             w = 4
-        cfg = TmaGemmConfig(bm, bn, bk, 8, w, s, 1)
+        cfg = TmaGemmConfig(bm, bn, bk, 8, w, s, 1, QUANT_X=int(bool(x_bytes)))
         if cfg not in out:
             out.append(cfg)
 
@@ -220,6 +233,7 @@ def _tma_gemm_kernel(
     q1,
     W_KN: tl.constexpr,
     QIN: tl.constexpr,
+    QUANT_A: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ACT: tl.constexpr,
     HAS_RES: tl.constexpr,
@@ -242,6 +256,7 @@ def _tma_gemm_kernel(
     k_tiles = tl.cdiv(K, BLOCK_K)
     if QIN >= 0:
         x_scale = tl.load(xs_ptr).to(tl.float32)
+        x_inv = 1.0 / x_scale
     if QOUT >= 0:
         o_scale = tl.load(os_ptr).to(tl.float32)
         o_inv = 1.0 / o_scale
@@ -255,6 +270,8 @@ def _tma_gemm_kernel(
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             a = x_desc.load([off_m, ki * BLOCK_K])
+            if QUANT_A:  # float X: W's codes made here, in registers
+                a = quantize_block(a.to(tl.float32), x_inv, x_scale, QIN, False, SOFT_FP8)
             if W_KN:
                 b = w_desc.load([ki * BLOCK_K, off_n])
             else:
@@ -337,17 +354,22 @@ def tma_gemm(
     """post(act(X @ W^T [* x_scale * w_scale] + bias) + residual), optionally as codes.
 
     X [..., K]: float16/bfloat16, or codes (int8 / float8_e4m3fn) with x_scale (float32
-    scalar) and then W codes of the same dtype with w_scale (float32 [N] or [1]).
+    scalar) and then W codes of the same dtype with w_scale (float32 [N] or [1]). A
+    float16/bfloat16 X with 8-bit W is quantized to W's codes in registers (X / x_scale,
+    rounded once; by multiplication with 1/x_scale, so a tie may round the other way).
     W: [N, K], or [K, N] with w_kn (half W only; 8-bit W must be [N, K], K contiguous).
     The float result has out_dtype (X's dtype for half X; float16 unless given for codes);
     with out_scale (float32 scalar) it is written as out_qtype codes of Y / out_scale."""
     code, p0, p1 = act if act is not None else act_code(activation, activation_params)
     pcode, q0, q1 = post if post is not None else act_code("")
     k = x.shape[-1]
-    coded = x.dtype in QCODE_OF
+    coded = w.dtype in QCODE_OF
+    quant_a = coded and x.dtype in _HALF  # float X, quantized in the kernel
     if coded:
-        if w.dtype != x.dtype or x_scale is None or w_scale is None:
-            raise ValueError("tma_gemm: 8-bit X needs W of its dtype, x_scale and w_scale")
+        if (w.dtype != x.dtype and not quant_a) or x_scale is None or w_scale is None:
+            raise ValueError(
+                "tma_gemm: 8-bit W needs X of its dtype (or float16/bfloat16), x_scale and w_scale"
+            )
         if w_kn:
             raise ValueError("tma_gemm: 8-bit W must be [N, K] (the K-major operand)")
     elif x.dtype not in _HALF or w.dtype != x.dtype:
@@ -361,7 +383,7 @@ def tma_gemm(
     if out_scale is not None:
         ydt = QTYPES[out_qtype]
     else:
-        ydt = out_dtype or (torch.float16 if coded else x.dtype)
+        ydt = out_dtype or (torch.float16 if x.dtype in QCODE_OF else x.dtype)
     y = torch.empty(out_shape, dtype=ydt, device=x.device)
     if y.numel() == 0:
         return y
@@ -372,14 +394,15 @@ def tma_gemm(
         k = 16
     x2 = _aligned(x.reshape(m, k))
     w2 = _aligned(w)
-    esz = x2.element_size()
-    cfg = config or tma_gemm_configs(m, n, k, esz)[0]
+    esz = w2.element_size()
+    xsz = x2.element_size() if quant_a else 0
+    cfg = config or tma_gemm_configs(m, n, k, esz, x_bytes=xsz)[0]
     x_desc = TensorDescriptor.from_tensor(x2, [cfg.BLOCK_M, cfg.BLOCK_K])
     wblock = [cfg.BLOCK_K, cfg.BLOCK_N] if w_kn else [cfg.BLOCK_N, cfg.BLOCK_K]
     w_desc = TensorDescriptor.from_tensor(w2, wblock)
     r2 = _as_2d(residual.expand(out_shape), m, n) if residual is not None else None
     y_fits, r_fits = tma_epilogue(
-        cfg, esz, y2.element_size(), r2.element_size() if r2 is not None else 0
+        cfg, esz, y2.element_size(), r2.element_size() if r2 is not None else 0, xsz
     )
     y_tma = y_fits and tma_ok(y2)
     res_tma = r_fits and r2 is not None and tma_ok(r2)
@@ -413,7 +436,8 @@ def tma_gemm(
         q0,
         q1,
         W_KN=w_kn,
-        QIN=QCODE_OF.get(x.dtype, -1),
+        QIN=QCODE_OF[w.dtype] if coded else -1,
+        QUANT_A=quant_a,
         HAS_BIAS=bias is not None,
         ACT=code,
         HAS_RES=r2 is not None,
@@ -424,7 +448,7 @@ def tma_gemm(
         HW_TANH=x.device.type == "cuda" and not interpreting(),
         Y_TMA=y_tma,
         RES_TMA=res_tma,
-        UPCAST=upcast_dot(x),
+        UPCAST=upcast_dot(x) and not coded,
         INT64=y2.numel() >= 2**31 or (r2 is not None and r2.numel() >= 2**31),
         BLOCK_M=cfg.BLOCK_M,
         BLOCK_N=cfg.BLOCK_N,

@@ -2,9 +2,11 @@
 
   triton_tma_gemm   ecoinfer.FusedGemm  float16/bfloat16 X and W (W [K, N], or [N, K] with
                                         trans_b), bias/activation/residual in the epilogue
-  triton_tma_qgemm  ecoinfer.QGemm      X quantized in one pass (qgemm.quantize) unless it
-                                        already holds codes, then the 8-bit TMA GEMM with the
-                                        dequantize/bias/activation/residual epilogue
+  triton_tma_qgemm  ecoinfer.QGemm      X quantized in one pass (qgemm.quantize), or tile by
+                                        tile in the kernel's registers (QUANT_X
+                                        configurations), unless it already holds codes; the
+                                        8-bit TMA GEMM with the dequantize/bias/activation/
+                                        residual epilogue
   triton_tma_conv1x1   ecoinfer.FusedConv  a channels-last 1x1 convolution with stride 1 and
   triton_tma_qconv1x1  ecoinfer.QConv      no padding is a GEMM on [N*H*W, C]: the half or
                                            the 8-bit kernel above, with the conv's activation,
@@ -54,8 +56,20 @@ Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _configs(m: int, n: int, k: int, in_bytes: int, act: tuple[int, float, float] | None):
+def _configs(
+    m: int,
+    n: int,
+    k: int,
+    in_bytes: int,
+    act: tuple[int, float, float] | None,
+    float_x: int = 0,
+):
+    """The tile configurations; with float_x (the byte size of a float X that an 8-bit
+    layer would otherwise quantize in a pass of its own) also the three best-placed
+    QUANT_X ones, which quantize each X tile in registers."""
     cfgs = tma_gemm_configs(m, n, k, in_bytes)
+    if float_x:
+        cfgs += tma_gemm_configs(m, n, k, in_bytes, x_bytes=float_x)[:3]
     if act is not None and act[0] in (ACT_GELU_ERF, ACT_GELU_TANH):
         cfgs += [TmaGemmConfig(**{**c.as_dict(), "FAST_GELU": 1}) for c in cfgs[:3]]
     return [c.as_dict() for c in cfgs]
@@ -160,8 +174,10 @@ def _tma_qgemm_configs(
     plan = _qgemm_plan(attrs, inputs, build)
     if plan is None:
         return [TmaGemmConfig().as_dict()]
-    _, m, n, k, _, _ = plan
-    return _configs(m, n, k, 1, act_of(attrs))
+    qtype, m, n, k, _, _ = plan
+    x = _info(inputs, 0)
+    float_x = 0 if x is None or x.dtype == QTYPES[qtype] else x.dtype.itemsize
+    return _configs(m, n, k, 1, act_of(attrs), float_x)
 
 
 @tactic(
@@ -201,7 +217,8 @@ def triton_tma_qgemm(
         assert x is not None and wq is not None and x_scale is not None and w_scale is not None
         wp = packed if packed is not None else pack_qweight(wq)
         s = x_scale.reshape(()).float()
-        xq = x if x.dtype == qdt else quantize(x, s, qtype, exact=True)
+        in_kernel = x.dtype == qdt or (config is not None and config.QUANT_X)
+        xq = x if in_kernel else quantize(x, s, qtype, exact=True)
         ys = _get(xs, 6)
         y = tma_gemm(
             xq,
@@ -303,7 +320,8 @@ def _qconv1x1_configs(
     if p is None:
         return [TmaGemmConfig().as_dict()]
     m, n, k, _, act, _ = p
-    return _configs(m, n, k, 1, act)
+    x = _info(inputs, 0)
+    return _configs(m, n, k, 1, act, x.dtype.itemsize if x is not None else 0)
 
 
 @tactic(
@@ -343,7 +361,7 @@ def triton_tma_qconv1x1(
         wp = packed if packed is not None else wq.reshape(cout, cin)
         s = x_scale.reshape(()).float()
         y = tma_gemm(
-            quantize(x, s, qtype, exact=True),
+            x if config is not None and config.QUANT_X else quantize(x, s, qtype, exact=True),
             wp,
             _get(xs, 4),
             _get(xs, 5),
