@@ -20,10 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_tma_probe import bench, rel  # noqa: E402  (CUDA-graph timing, relative L2 error)
 
 from ecoinfer.kernels.triton.attention import FlashConfig, flash_mha
 from ecoinfer.kernels.triton.norms import RowConfig, layer_norm
@@ -38,17 +43,6 @@ GEMMS = [  # (name, K, N, activation, residual)
     ("ffn_up", 768, 3072, "Gelu", False),
     ("ffn_down", 3072, 768, "", True),
 ]
-
-
-def bench(fn) -> float:
-    try:
-        return float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
-    except Exception:  # noqa: BLE001
-        return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median"))
-
-
-def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.float() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def sweep(make, cfgs, ref, tol: float, check=None) -> list[dict]:  # noqa: ANN001

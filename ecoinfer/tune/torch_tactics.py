@@ -502,18 +502,28 @@ def _make_conv_s2d(
     return _with_precision(run, build)
 
 
+def conv_as_gemm(attrs: dict[str, Any], inputs: list[TensorInfo | None]) -> _Conv | None:
+    """The parsed convolution when it is a GEMM on [N*H*W, C]: channels-last, 2-D, 1x1,
+    stride 1, no padding, one group (W [Cout, 1, 1, Cin]); else None."""
+    c = _conv_parse(attrs, inputs)
+    w = _inp(inputs, 1)
+    if c is None or w is None or not c.nhwc or c.nd != 2 or c.group != 1:
+        return None
+    if tuple(w.shape[1:-1]) != (1, 1) or c.pre_pad is not None:
+        return None
+    if any(s != 1 for s in c.strides) or any(p != 0 for p in c.pads):
+        return None
+    return c
+
+
 def _make_conv1x1_gemm(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
 ) -> RunFn | None:
     """A channels-last 1x1 convolution with stride 1 and no padding is a GEMM on [N*H*W, C]:
     cuBLAS(Lt) with its bias+ReLU epilogue where the node has one, the output already NHWC."""
-    c = _conv_parse(attrs, inputs)
+    c = conv_as_gemm(attrs, inputs)
     w_info = _inp(inputs, 1)
-    if c is None or w_info is None or not c.nhwc or c.nd != 2 or c.group != 1:
-        return None
-    if tuple(w_info.shape[1:-1]) != (1, 1) or c.pre_pad is not None:
-        return None
-    if any(s != 1 for s in c.strides) or any(p != 0 for p in c.pads):
+    if c is None or w_info is None:
         return None
     m, cin = int(w_info.shape[0]), int(w_info.shape[-1])
     lt_relu = _HAS_ADDMM_ACT and c.act == "Relu" and _inp(inputs, 2) is not None

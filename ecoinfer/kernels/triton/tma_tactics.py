@@ -243,15 +243,11 @@ def _conv1x1(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: int)
     """(M, Cout, Cin, output shape, act, post) when this FusedConv (or QConv, W seen as
     float) is a channels-last 1x1 convolution with stride 1, no padding and one group, whose
     channels make TMA rows (multiples of `align` elements), else None."""
-    from ecoinfer.tune.torch_tactics import _conv_parse  # noqa: PLC0415  (tune imports us)
+    from ecoinfer.tune.torch_tactics import conv_as_gemm  # noqa: PLC0415  (tune imports us)
 
-    c = _conv_parse(attrs, inputs[:2])
+    c = conv_as_gemm(attrs, inputs[:2])  # X and W: a QConv's scales are no float inputs
     x, w = _info(inputs, 0), _info(inputs, 1)
-    if c is None or x is None or w is None or not c.nhwc or c.nd != 2 or c.group != 1:
-        return None
-    if tuple(w.shape[1:-1]) != (1, 1) or c.pre_pad is not None:
-        return None
-    if any(s != 1 for s in c.strides) or any(p != 0 for p in c.pads):
+    if c is None or x is None or w is None:
         return None
     cout, cin = int(w.shape[0]), int(w.shape[-1])
     if cin % align:
