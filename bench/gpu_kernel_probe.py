@@ -9,10 +9,12 @@
              additive mask (loaded as one row) and with the same mask materialized as
              [B, 1, S, S] (the full-tile load every mask took before), over a config sweep;
              torch SDPA (efficient with the mask, flash without it: a lower bound);
-  layernorm  the Triton LayerNorm's row configurations on [8192, 768].
+  layernorm  the Triton LayerNorm's row configurations on [8192, 768];
+  conv       ResNet-50 b128's stride-1 3x3 convolutions: cuDNN FP16 against the TMA implicit
+             GEMM (FP16, FP8 codes in, FP8 quantizing X in registers).
 Every result is checked against a float32 reference (relative L2 error printed).
 
-    python bench/gpu_kernel_probe.py [--out results.json] [--only gemm,attention,layernorm]
+    python bench/gpu_kernel_probe.py [--out results.json] [--only gemm,attention,layernorm,conv]
 """
 
 from __future__ import annotations
@@ -235,10 +237,67 @@ def layernorm_probe(dev: torch.device) -> list[dict]:
     return res
 
 
+RESNET_3X3 = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (H = W, C = Cout), batch 128
+
+
+def conv_probe(dev: torch.device) -> list[dict]:
+    """ResNet-50 b128's stride-1 3x3 convolutions (bias + ReLU): cuDNN FP16 channels-last
+    against the TMA implicit GEMM in FP16, FP8 on codes and FP8 quantizing X in registers."""
+    return [conv_one(dev, hw, c) for hw, c in RESNET_3X3]
+
+
+def conv_one(dev: torch.device, hw: int, c: int) -> dict:
+    from ecoinfer.kernels.triton.tma_gemm import ConvGeometry
+
+    geo = ConvGeometry(3, 3, (1, 1, 1, 1))
+    x = torch.randn(128, hw, hw, c, device=dev).half()
+    w = (torch.randn(c, 3, 3, c, device=dev) / (9 * c) ** 0.5).half()
+    b = (torch.randn(c, device=dev) * 0.1).half()
+    xc = x.permute(0, 3, 1, 2)  # channels-last NCHW view
+    wc = w.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    ref = F.relu(F.conv2d(xc.float(), wc.float(), b.float(), padding=1)).permute(0, 2, 3, 1)
+    row = {"hw": hw, "c": c, "cudnn_fp16_ms": bench(lambda: F.relu(F.conv2d(xc, wc, b, padding=1)))}
+    m, k = 128 * hw * hw, 9 * c
+    w2 = w.reshape(c, -1)
+    row["fp16"] = sweep(
+        lambda cfg: tma_gemm(x, w2, b, activation="Relu", config=cfg, conv=geo),
+        tma_gemm_configs(m, c, k, 2, limit=6),
+        ref,
+        1e-2,
+    )
+    xs = (x.float().abs().amax() / 448.0).reshape(())
+    ws = w2.float().abs().amax(dim=1) / 448.0
+    wq = (w2.float() / ws[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    xq = quantize(x, xs, "fp8e4m3", exact=True)
+    kw = {"x_scale": xs, "w_scale": ws, "out_dtype": torch.float16}
+    row["fp8_codes"] = sweep(
+        lambda cfg: tma_gemm(xq, wq, b, activation="Relu", config=cfg, conv=geo, **kw),
+        tma_gemm_configs(m, c, k, 1, limit=6),
+        ref,
+        6e-2,
+    )
+    row["fp8_quant_x"] = sweep(
+        lambda cfg: tma_gemm(x, wq, b, activation="Relu", config=cfg, conv=geo, **kw),
+        tma_gemm_configs(m, c, k, 1, limit=6, x_bytes=2),
+        ref,
+        6e-2,
+    )
+    row["quantize_x_ms"] = bench(lambda: quantize(x, xs, "fp8e4m3", exact=True))
+    best = " | ".join(
+        f"{key} {row[key][0]['ms'] * 1e3:6.1f} us" if row[key] else f"{key} -"
+        for key in ("fp16", "fp8_codes", "fp8_quant_x")
+    )
+    print(
+        f"conv3x3 {hw:2d}x{hw:<2d} C={c:3d}  cuDNN {row['cudnn_fp16_ms'] * 1e3:6.1f} us | "
+        f"{best} | quantize X {row['quantize_x_ms'] * 1e3:5.1f} us"
+    )
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
-    ap.add_argument("--only", default="gemm,attention,layernorm")
+    ap.add_argument("--only", default="gemm,attention,layernorm,conv")
     a = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -254,6 +313,8 @@ def main() -> int:
         result["attention"] = attention_probe(dev)
     if "gemm" in only:
         result["gemm"] = gemm_probe(dev)
+    if "conv" in only:
+        result["conv"] = conv_probe(dev)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1, default=str)

@@ -235,8 +235,48 @@ def check(dev: torch.device) -> int:
                 print(
                     f"{'ok  ' if ok else 'FAIL'} {str(dt):22} X float16 {c.as_dict()} rel {err:.2e}"
                 )
+    bad += check_conv(dev)
     print(f"{bad} failure(s)")
     return 1 if bad else 0
+
+
+def check_conv(dev: torch.device) -> int:
+    """The implicit-GEMM 3x3 convolution (ConvGeometry) compiled: float16, and 8-bit W with
+    X as codes or quantized in registers, against F.conv2d on the same values."""
+    from ecoinfer.kernels.triton.tma_gemm import ConvGeometry
+
+    bad = 0
+    n, h, wd, c, cout = 2, 14, 14, 64, 96
+    x = torch.randn(n, h, wd, c, device=dev).half()
+    w = (torch.randn(cout, 3, 3, c, device=dev) / (9 * c) ** 0.5).half()
+    b = (torch.randn(cout, device=dev) * 0.1).half()
+    geo = ConvGeometry(3, 3, (1, 1, 1, 1))
+
+    def ref_of(xf: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(xf.permute(0, 3, 1, 2), wf.permute(0, 3, 1, 2), b.float(), padding=1)
+        return F.relu(y).permute(0, 2, 3, 1)
+
+    cases = [("float16", x, w.reshape(cout, -1), {}, ref_of(x.float(), w.float()))]
+    for qtype, dt, qmax in (("int8", torch.int8, 127.0), ("fp8e4m3", torch.float8_e4m3fn, 448.0)):
+        xs = (x.float().abs().amax() / qmax).reshape(())
+        ws = w.float().reshape(cout, -1).abs().amax(dim=1) / qmax
+        wv = w.float().reshape(cout, -1) / ws[:, None]
+        wq = (wv.round() if dt == torch.int8 else wv).clamp(-qmax, qmax).to(dt)
+        xq = quantize(x, xs, qtype, exact=True)
+        wf = (wq.float() * ws[:, None]).reshape(cout, 3, 3, c)
+        ref = ref_of(xq.float() * xs, wf)
+        kw = {"x_scale": xs, "w_scale": ws, "out_dtype": torch.float16}
+        cases += [(f"{qtype} codes", xq, wq, kw, ref), (f"{qtype} quant_x", x, wq, kw, ref)]
+    for name, xin, win, kw, ref in cases:
+        esz = 2 if name == "float16" else 1
+        xb = 2 if "quant_x" in name else 0
+        for cfg in tma_gemm_configs(n * h * wd, cout, 9 * c, esz, x_bytes=xb)[:4]:
+            y = tma_gemm(xin, win, b, activation="Relu", config=cfg, conv=geo, **kw)
+            err = rel(y, ref)
+            ok = err <= 2e-3
+            bad += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} conv 3x3 {name:16} {cfg.as_dict()} rel {err:.2e}")
+    return bad
 
 
 def main() -> None:

@@ -383,3 +383,142 @@ def test_tma_epilogue_fits_shared_memory() -> None:
         y, r = tma_epilogue(c, esz, 2, 2)
         used = c.num_stages * (c.BLOCK_M + c.BLOCK_N) * 128
         assert y == r and (not y or used + c.BLOCK_M * c.BLOCK_N * 4 <= 220 * 1024)
+
+
+# ---------------------------------------------------------------------- KxK convolutions
+def _conv_nhwc_ref(x, w, bias, res, pads, dil, relu_post: bool) -> torch.Tensor:  # noqa: ANN001
+    """float64 F.conv2d on NHWC x and OHWI w, with explicit (top, left, bottom, right) pads."""
+    import torch.nn.functional as F
+
+    t, left, b, r = pads
+    xn = F.pad(x.double().permute(0, 3, 1, 2), (left, r, t, b))
+    y = F.conv2d(xn, w.double().permute(0, 3, 1, 2), bias.double(), dilation=dil)
+    y = y.permute(0, 2, 3, 1) + res.double()
+    return y.clamp_min(0) if relu_post else y
+
+
+@pytest.mark.parametrize(
+    ("kh", "kw", "pads", "dil"),
+    [
+        (3, 3, (1, 1, 1, 1), (1, 1)),
+        (3, 3, (2, 2, 2, 2), (2, 2)),
+        (1, 3, (0, 2, 0, 0), (1, 1)),  # asymmetric: all padding on the left
+        (5, 5, (2, 2, 2, 2), (1, 1)),
+    ],
+)
+def test_tma_conv_same_size(kh: int, kw: int, pads: tuple, dil: tuple) -> None:
+    """The implicit-GEMM convolution: taps as shifted rows of X [N*H*W, C], rows across
+    the image edge zeroed; C = 24 is no multiple of the K step (16), so steps straddle taps."""
+    from ecoinfer.kernels.triton.tma_gemm import ConvGeometry
+
+    torch.manual_seed(10)
+    n, h, wd, c, cout = 2, 5, 7, 24, 40
+    x = torch.randn(n, h, wd, c).half()
+    w = (torch.randn(cout, kh, kw, c) / (c * kh * kw) ** 0.5).half()
+    b, res = torch.randn(cout).half(), torch.randn(n, h, wd, cout).half()
+    geo = ConvGeometry(kh, kw, pads, dil)
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "BLOCK_K": 16})
+    y = tma_gemm(x, w.reshape(cout, -1), b, res, post=(1, 0.0, 0.0), config=cfg, conv=geo)
+    assert y.shape == (n, h, wd, cout)
+    ref = _conv_nhwc_ref(x, w, b, res, pads, dil, True)
+    assert rel(y, ref) <= 2e-3
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+@pytest.mark.parametrize("codes_in", [False, True])
+def test_tma_conv_8bit(qtype: str, codes_in: bool) -> None:
+    """3x3 on 8-bit W: X as codes, or float16 X quantized in registers (QUANT_X)."""
+    from ecoinfer.kernels.triton.tma_gemm import ConvGeometry
+
+    torch.manual_seed(12)
+    n, h, wd, c, cout = 1, 6, 5, 32, 48
+    x = torch.randn(n, h, wd, c).half()
+    qmax = 127.0 if qtype == "int8" else 448.0
+    x_scale = (x.float().abs().amax() / qmax).reshape(())
+    wq = make_w(cout, 9 * c, qtype)
+    w_scale = (torch.rand(cout) * 0.01 + 0.002).float()
+    b, res = torch.randn(cout).half(), torch.randn(n, h, wd, cout).half()
+    xq = quantize(x, x_scale, qtype, exact=True)
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "QUANT_X": int(not codes_in)})
+    y = tma_gemm(
+        xq if codes_in else x,
+        wq,
+        b,
+        res,
+        x_scale=x_scale,
+        w_scale=w_scale,
+        out_dtype=torch.float16,
+        config=cfg,
+        conv=ConvGeometry(3, 3, (1, 1, 1, 1)),
+    )
+    wf = (wq.double() * w_scale.double()[:, None]).reshape(cout, 3, 3, c)
+    ref = _conv_nhwc_ref(xq.double() * float(x_scale), wf, b, res, (1, 1, 1, 1), (1, 1), False)
+    assert rel(y, ref) <= 2e-3
+
+
+def test_tma_conv_rejects_what_it_cannot_run() -> None:
+    from ecoinfer.kernels.triton.tma_gemm import ConvGeometry
+
+    x, w = torch.zeros(1, 4, 4, 8).half(), torch.zeros(8, 72).half()
+    with pytest.raises(ValueError, match="same-size"):  # pads that shrink the output
+        tma_gemm(x, w, conv=ConvGeometry(3, 3, (0, 0, 0, 0)))
+    with pytest.raises(ValueError, match="K=8"):  # W of another tap count
+        tma_gemm(x, torch.zeros(8, 40).half(), conv=ConvGeometry(3, 3, (1, 1, 1, 1)))
+
+
+NHWC_3X3 = {
+    "layout": "NHWC",
+    "kernel_shape": [3, 3],
+    "pads": [1, 1, 1, 1],
+    "strides": [1, 1],
+    "dilations": [1, 1],
+    "post_activation": "Relu",
+}
+
+
+def test_tma_conv_tactic_matches_fused_conv() -> None:
+    torch.manual_seed(13)
+    x = torch.randn(2, 5, 6, 16).half()
+    w = (torch.randn(24, 3, 3, 16) / 12).half()
+    b, r = torch.randn(24).half(), torch.randn(2, 5, 6, 24).half()
+    xs: list[torch.Tensor | None] = [x, w, b, r]
+    attrs = {**get_schema("FusedConv", "ecoinfer").attrs, **NHWC_3X3}
+    node = Node("FusedConv", ["x", "w", "b", "r"], ["y"], attrs, domain="ecoinfer")
+    build = _build({"w": w})
+    run = tma_tactics.triton_tma_conv(node, attrs, _infos(xs, (1,)), TINY.as_dict(), build)
+    assert run is not None
+    (y,) = run(xs)
+    assert y.shape == (2, 5, 6, 24)
+    assert rel(y, _conv_ref("FusedConv", NHWC_3X3, xs).double()) <= 2e-3
+    # declined: stride 2, padding that shrinks the image, 1x1 (triton_tma_conv1x1's), NCHW
+    for extra, wi in (
+        ({"strides": [2, 2]}, w),
+        ({"pads": [0, 0, 0, 0]}, w),
+        ({"kernel_shape": [1, 1], "pads": [0, 0, 0, 0]}, torch.zeros(24, 1, 1, 16).half()),
+    ):
+        infos = _infos([x, wi, b, None], (1,))
+        assert tma_tactics.triton_tma_conv(node, {**attrs, **extra}, infos, {}, build) is None
+    nchw = _infos([x.permute(0, 3, 1, 2), w.permute(0, 3, 1, 2), b, None], (1,))
+    assert tma_tactics.triton_tma_conv(node, {**attrs, "layout": "NCHW"}, nchw, {}, build) is None
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_tma_qconv_tactic_matches_qconv(qtype: str) -> None:
+    torch.manual_seed(14)
+    x = torch.randn(1, 4, 5, 32).half()
+    wq = make_w(16, 9 * 32, qtype).reshape(16, 3, 3, 32)
+    x_scale = torch.tensor(float(x.float().abs().max()) / (127 if qtype == "int8" else 448))
+    w_scale = (torch.rand(16) * 0.01 + 0.002).float()
+    b, r = torch.randn(16).half(), torch.randn(1, 4, 5, 16).half()
+    xs: list[torch.Tensor | None] = [x, wq, x_scale, w_scale, b, r]
+    attrs = {**get_schema("QConv", "ecoinfer").attrs, **NHWC_3X3, "qtype": qtype}
+    node = Node("QConv", ["x", "w", "xs", "ws", "b", "r"], ["y"], attrs, domain="ecoinfer")
+    build = _build({"w": wq, "xs": x_scale, "ws": w_scale})
+    infos = _infos(xs, (1, 2, 3))
+    ref = _conv_ref("QConv", {**NHWC_3X3, "qtype": qtype}, xs)
+    for quant_x in (0, 1):
+        cfg = {**TINY.as_dict(), "QUANT_X": quant_x}
+        run = tma_tactics.triton_tma_qconv(node, attrs, infos, cfg, build)
+        assert run is not None
+        (y,) = run(xs)
+        assert y.shape == (1, 4, 5, 16) and rel(y, ref.double()) <= 2e-3

@@ -84,6 +84,25 @@ def tma_ok(t: Tensor) -> bool:
 
 # ---------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
+class ConvGeometry:
+    """A KH x KW, stride-1 convolution whose output has the input's height and width
+    (pad_t + pad_b = dil_h * (kh - 1), likewise across): the TMA GEMM runs it as an implicit
+    GEMM whose K steps walk the taps, each reading X's rows shifted by dh * W + dw."""
+
+    kh: int
+    kw: int
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dil: tuple[int, int] = (1, 1)
+
+    def same_size(self) -> bool:
+        t, left, b, r = self.pads
+        return t + b == self.dil[0] * (self.kh - 1) and left + r == self.dil[1] * (self.kw - 1)
+
+    def args(self, h: int, w: int) -> tuple[int, ...]:
+        return h, w, self.pads[0], self.pads[1], self.dil[0], self.dil[1]
+
+
+@dataclass(frozen=True)
 class TmaGemmConfig(KernelConfig):
     BLOCK_M: int = 128
     BLOCK_N: int = 128
@@ -221,6 +240,12 @@ def _tma_gemm_kernel(
     M,
     N,
     K,
+    IMG_H,
+    IMG_W,
+    PAD_T,
+    PAD_L,
+    DIL_H,
+    DIL_W,
     num_progs,
     stride_ws,
     stride_ym,
@@ -232,6 +257,8 @@ def _tma_gemm_kernel(
     q0,
     q1,
     W_KN: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
     QIN: tl.constexpr,
     QUANT_A: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -253,7 +280,10 @@ def _tma_gemm_kernel(
 ):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    k_tiles = tl.cdiv(K, BLOCK_K)
+    # a KH x KW convolution (stride 1, output the size of the input): K = C channels per
+    # tap, one K step reads BLOCK_K channels of one tap
+    c_steps = tl.cdiv(K, BLOCK_K)
+    k_tiles = KH * KW * c_steps
     if QIN >= 0:
         x_scale = tl.load(xs_ptr).to(tl.float32)
         x_inv = 1.0 / x_scale
@@ -268,14 +298,35 @@ def _tma_gemm_kernel(
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if KH * KW > 1:
+            pix = off_m + tl.arange(0, BLOCK_M)  # output pixels, flat over [N, H, W]
+            ow = pix % IMG_W
+            oh = (pix // IMG_W) % IMG_H
         for ki in range(k_tiles):
-            a = x_desc.load([off_m, ki * BLOCK_K])
+            if KH * KW == 1:
+                a = x_desc.load([off_m, ki * BLOCK_K])
+                kcol = ki * BLOCK_K
+            else:
+                # tap (r, s) reads the pixel dh rows and dw columns away: in X as rows
+                # [N*H*W, C] that is dh * W + dw rows further; rows that cross the image's
+                # edge (the zero padding, or a neighbouring row or image) are zeroed here
+                tap = ki // c_steps
+                c0 = (ki - tap * c_steps) * BLOCK_K
+                dh = (tap // KW) * DIL_H - PAD_T
+                dw = (tap % KW) * DIL_W - PAD_L
+                a = x_desc.load([off_m + dh * IMG_W + dw, c0])
+                ih = oh + dh
+                iw = ow + dw
+                inside = (ih >= 0) & (ih < IMG_H) & (iw >= 0) & (iw < IMG_W)
+                a = tl.where(inside[:, None], a, tl.zeros_like(a))
+                # W [N, KH*KW*C]: a step past this tap's C channels meets zeros in X
+                kcol = tap * K + c0
             if QUANT_A:  # float X: W's codes made here, in registers
                 a = quantize_block(a.to(tl.float32), x_inv, x_scale, QIN, False, SOFT_FP8)
             if W_KN:
-                b = w_desc.load([ki * BLOCK_K, off_n])
+                b = w_desc.load([kcol, off_n])
             else:
-                b = w_desc.load([off_n, ki * BLOCK_K]).T  # W [N, K]: the K-major operand
+                b = w_desc.load([off_n, kcol]).T  # W [N, K]: the K-major operand
             if UPCAST:  # the interpreter's bfloat16 dot is wrong (gemm.upcast_dot)
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
@@ -350,8 +401,13 @@ def tma_gemm(
     out_qtype: str = "fp8e4m3",
     out_dtype: torch.dtype | None = None,
     config: TmaGemmConfig | None = None,
+    conv: ConvGeometry | None = None,
 ) -> Tensor:
     """post(act(X @ W^T [* x_scale * w_scale] + bias) + residual), optionally as codes.
+
+    With `conv`, X is a channels-last image [N, H, W, C] and W [Cout, KH*KW*C] (OHWI
+    flattened): the stride-1 convolution whose output has the input's size, as an implicit
+    GEMM over the KH*KW taps (see ConvGeometry).
 
     X [..., K]: float16/bfloat16, or codes (int8 / float8_e4m3fn) with x_scale (float32
     scalar) and then W codes of the same dtype with w_scale (float32 [N] or [1]). A
@@ -376,8 +432,11 @@ def tma_gemm(
         raise ValueError(f"tma_gemm: X {x.dtype} and W {w.dtype}: want float16/bfloat16 pairs")
     n = w.shape[1] if w_kn else w.shape[0]
     wk = w.shape[0] if w_kn else w.shape[1]
-    if w.dim() != 2 or wk != k:
+    taps = conv.kh * conv.kw if conv is not None else 1
+    if w.dim() != 2 or wk != k * taps:
         raise ValueError(f"tma_gemm: X has K={k} but W is {list(w.shape)}")
+    if conv is not None and (x.dim() != 4 or w_kn or not conv.same_size()):
+        raise ValueError(f"tma_gemm: conv wants NHWC X, W [N, K] and same-size padding: {conv}")
     out_shape = (*x.shape[:-1], n)
     m = math.prod(x.shape[:-1])
     if out_scale is not None:
@@ -388,6 +447,8 @@ def tma_gemm(
     if y.numel() == 0:
         return y
     y2 = y.view(m, n)
+    if k == 0 and conv is not None:
+        raise ValueError("tma_gemm: a convolution over zero channels")
     if k == 0:  # no K step: the epilogue alone (TMA cannot describe an empty row)
         x = torch.zeros((*x.shape[:-1], 16), dtype=x.dtype, device=x.device)
         w = torch.zeros((16, n) if w_kn else (n, 16), dtype=w.dtype, device=w.device)
@@ -396,7 +457,7 @@ def tma_gemm(
     w2 = _aligned(w)
     esz = w2.element_size()
     xsz = x2.element_size() if quant_a else 0
-    cfg = config or tma_gemm_configs(m, n, k, esz, x_bytes=xsz)[0]
+    cfg = config or tma_gemm_configs(m, n, k * taps, esz, x_bytes=xsz)[0]
     x_desc = TensorDescriptor.from_tensor(x2, [cfg.BLOCK_M, cfg.BLOCK_K])
     wblock = [cfg.BLOCK_K, cfg.BLOCK_N] if w_kn else [cfg.BLOCK_N, cfg.BLOCK_K]
     w_desc = TensorDescriptor.from_tensor(w2, wblock)
@@ -425,6 +486,7 @@ def tma_gemm(
         m,
         n,
         k,
+        *(conv.args(x.shape[1], x.shape[2]) if conv is not None else (1, 1, 0, 0, 1, 1)),
         progs,
         ws.stride(0) if ws is not None and ws.numel() > 1 else 0,
         y2.stride(0),
@@ -436,6 +498,8 @@ def tma_gemm(
         q0,
         q1,
         W_KN=w_kn,
+        KH=conv.kh if conv is not None else 1,
+        KW=conv.kw if conv is not None else 1,
         QIN=QCODE_OF[w.dtype] if coded else -1,
         QUANT_A=quant_a,
         HAS_BIAS=bias is not None,

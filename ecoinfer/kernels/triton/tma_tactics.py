@@ -11,6 +11,9 @@
   triton_tma_qconv1x1  ecoinfer.QConv      no padding is a GEMM on [N*H*W, C]: the half or
                                            the 8-bit kernel above, with the conv's activation,
                                            residual and post-residual activation fused
+  triton_tma_conv      ecoinfer.FusedConv  a channels-last KxK convolution with stride 1 whose
+  triton_tma_qconv     ecoinfer.QConv      padding keeps the image size: the same kernels as
+                                           an implicit GEMM whose K steps walk the taps
 
 Both need TMA (compute capability 9.0, or the interpreter in the tests) and rows whose
 byte length is a multiple of 16 (K, and N for a [K, N] W: multiples of 8 in half precision,
@@ -45,6 +48,7 @@ from ecoinfer.kernels.triton.qtactics import (
     fp8_supported,
 )
 from ecoinfer.kernels.triton.tma_gemm import (
+    ConvGeometry,
     TmaGemmConfig,
     tma_gemm,
     tma_gemm_configs,
@@ -238,17 +242,37 @@ def triton_tma_qgemm(
     return run
 
 
-# ---------------------------------------------------------------------- 1x1 convolutions
-def _conv1x1(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: int):  # noqa: ANN202
-    """(M, Cout, Cin, output shape, act, post) when this FusedConv (or QConv, W seen as
-    float) is a channels-last 1x1 convolution with stride 1, no padding and one group, whose
-    channels make TMA rows (multiples of `align` elements), else None."""
-    from ecoinfer.tune.torch_tactics import conv_as_gemm  # noqa: PLC0415  (tune imports us)
+# ---------------------------------------------------------------------- convolutions
+def _conv_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: int, kxk: bool):  # noqa: ANN202
+    """(M, Cout, Cin, output shape, act, post, geometry) when this FusedConv (or QConv, W
+    seen as float) runs on the TMA GEMM, else None: channels-last, 2-D, one group, stride 1,
+    Cin a multiple of `align` elements (16-byte TMA rows). kxk=False: the 1x1 convolutions
+    without padding (a plain GEMM on [N*H*W, C], geometry None); kxk=True: larger kernels
+    whose padding keeps the image size (the implicit GEMM over taps, tma_gemm.ConvGeometry)."""
+    # (tune imports this module)
+    from ecoinfer.ir.ops.nn import window_params  # noqa: PLC0415
+    from ecoinfer.tune.torch_tactics import _conv_parse, conv_as_gemm  # noqa: PLC0415
 
-    c = conv_as_gemm(attrs, inputs[:2])  # X and W: a QConv's scales are no float inputs
     x, w = _info(inputs, 0), _info(inputs, 1)
-    if c is None or x is None or w is None:
+    if x is None or w is None:
         return None
+    geo = None
+    if kxk:
+        c = _conv_parse(attrs, inputs[:2])  # X and W: a QConv's scales are no float inputs
+        if c is None or not c.nhwc or c.nd != 2 or c.group != 1 or any(v != 1 for v in c.strides):
+            return None
+        kh, kw = int(w.shape[1]), int(w.shape[2])
+        try:
+            _, dil, pads, _ = window_params(attrs, 2, [kh, kw])
+        except ValueError:
+            return None
+        geo = ConvGeometry(kh, kw, (pads[0], pads[1], pads[2], pads[3]), (dil[0], dil[1]))
+        if (kh, kw) == (1, 1) or not geo.same_size():
+            return None
+    else:
+        c = conv_as_gemm(attrs, inputs[:2])
+        if c is None:
+            return None
     cout, cin = int(w.shape[0]), int(w.shape[-1])
     if cin % align:
         return None
@@ -257,117 +281,156 @@ def _conv1x1(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: int)
     except ValueError:
         return None
     out = (*x.shape[:-1], cout)
-    return _numel(tuple(x.shape[:-1])), cout, cin, out, act, post
+    return _numel(tuple(x.shape[:-1])), cout, cin, out, act, post, geo
 
 
-def _conv1x1_configs(
-    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
-) -> list[dict[str, Any]]:
-    p = _conv1x1(attrs, inputs, 8)
-    if p is None:
-        return [TmaGemmConfig().as_dict()]
-    m, n, k, _, act, _ = p
-    return _configs(m, n, k, 2, act)
+def _taps(geo: ConvGeometry | None) -> int:
+    return geo.kh * geo.kw if geo is not None else 1
 
 
-@tactic(
-    "FusedConv",
-    name="triton_tma_conv1x1",
-    domain="ecoinfer",
-    devices=("cuda",),
-    dtypes=("float16", "bfloat16"),
-    configs=_conv1x1_configs,
-    doc="channels-last 1x1 stride-1 convolution as the TMA GEMM on [N*H*W, C] (Hopper), "
-    "bias/activation/residual/post-activation fused",
+def _conv_configs(kxk: bool):  # noqa: ANN202
+    def configs(
+        node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+    ) -> list[dict[str, Any]]:
+        p = _conv_plan(attrs, inputs, 8, kxk)
+        if p is None:
+            return [TmaGemmConfig().as_dict()]
+        m, n, k, _, act, _, geo = p
+        return _configs(m, n, k * _taps(geo), 2, act)
+
+    return configs
+
+
+def _conv_tactic(kxk: bool):  # noqa: ANN202
+    def make(
+        node: Node,
+        attrs: dict[str, Any],
+        inputs: list[TensorInfo | None],
+        cfg: dict[str, Any],
+        build: BuildInfo,
+    ) -> RunFn | None:
+        if not _runs_here(build) or not tma_supported(build.device):
+            return None
+        x = _info(inputs, 0)
+        p = _conv_plan(attrs, inputs, 8, kxk)
+        if p is None or x is None or x.dtype not in _HALF:
+            return None
+        _, cout, _, out, act, post, geo = p
+        if not gemm_epilogue_ok(inputs, cout, out):
+            return None
+        config = TmaGemmConfig.from_dict(cfg) if cfg else None
+
+        def run(xs: list[Tensor | None]) -> list[Tensor]:
+            a, w = xs[0], xs[1]
+            assert a is not None and w is not None
+            wk = w.reshape(cout, -1)  # [Cout, KH*KW*Cin]: OHWI rows
+            y = tma_gemm(
+                a, wk, _get(xs, 2), _get(xs, 3), act=act, post=post, config=config, conv=geo
+            )
+            return [y]
+
+        return run
+
+    return make
+
+
+def _qconv_configs(kxk: bool):  # noqa: ANN202
+    def configs(
+        node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+    ) -> list[dict[str, Any]]:
+        p = _conv_plan(attrs, _as_float(inputs), 16, kxk)
+        if p is None:
+            return [TmaGemmConfig().as_dict()]
+        m, n, k, _, act, _, geo = p
+        x = _info(inputs, 0)
+        return _configs(m, n, k * _taps(geo), 1, act, x.dtype.itemsize if x is not None else 0)
+
+    return configs
+
+
+def _qconv_tactic(kxk: bool):  # noqa: ANN202
+    def make(
+        node: Node,
+        attrs: dict[str, Any],
+        inputs: list[TensorInfo | None],
+        cfg: dict[str, Any],
+        build: BuildInfo,
+    ) -> RunFn | None:
+        if not _runs_here(build) or not tma_supported(build.device):
+            return None
+        p = _conv_plan(attrs, _as_float(inputs), 16, kxk)
+        if p is None:
+            return None
+        _, cout, _, out, act, post, geo = p
+        common = _common(attrs, inputs, cout, build)
+        if common is None or common[1].dtype not in _HALF:
+            return None
+        if not _epilogue_ok(inputs, cout, out, attrs):
+            return None
+        qtype = common[0]
+        w = _packed_weight(node, inputs, build)
+        packed = w.reshape(cout, -1).contiguous() if w is not None else None
+        config = TmaGemmConfig.from_dict(cfg) if cfg else None
+
+        def run(xs: list[Tensor | None]) -> list[Tensor]:
+            x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
+            assert x is not None and wq is not None
+            assert x_scale is not None and w_scale is not None
+            wp = packed if packed is not None else wq.reshape(cout, -1)
+            s = x_scale.reshape(()).float()
+            in_kernel = config is not None and config.QUANT_X
+            y = tma_gemm(
+                x if in_kernel else quantize(x, s, qtype, exact=True),
+                wp,
+                _get(xs, 4),
+                _get(xs, 5),
+                act=act,
+                post=post,
+                x_scale=s,
+                w_scale=w_scale.float().reshape(-1),
+                out_dtype=x.dtype,
+                config=config,
+                conv=geo,
+            )
+            return [y]
+
+        return run
+
+    return make
+
+
+_CONV_DOC = (
+    "bias/activation/residual/post-activation fused; Hopper TMA tile loads",
+    "channels-last 1x1 stride-1 convolution as the TMA GEMM on [N*H*W, C]",
+    "channels-last KxK stride-1 same-size convolution as an implicit TMA GEMM over the taps "
+    "(X rows shifted per tap, the image edge zeroed in registers)",
 )
-def triton_tma_conv1x1(
-    node: Node,
-    attrs: dict[str, Any],
-    inputs: list[TensorInfo | None],
-    cfg: dict[str, Any],
-    build: BuildInfo,
-) -> RunFn | None:
-    if not _runs_here(build) or not tma_supported(build.device):
-        return None
-    x = _info(inputs, 0)
-    p = _conv1x1(attrs, inputs, 8)
-    if p is None or x is None or x.dtype not in _HALF:
-        return None
-    _, cout, cin, out, act, post = p
-    if not gemm_epilogue_ok(inputs, cout, out):
-        return None
-    config = TmaGemmConfig.from_dict(cfg) if cfg else None
-
-    def run(xs: list[Tensor | None]) -> list[Tensor]:
-        a, w = xs[0], xs[1]
-        assert a is not None and w is not None
-        y = tma_gemm(
-            a, w.reshape(cout, cin), _get(xs, 2), _get(xs, 3), act=act, post=post, config=config
-        )
-        return [y]
-
-    return run
-
-
-def _qconv1x1_configs(
-    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
-) -> list[dict[str, Any]]:
-    p = _conv1x1(attrs, _as_float(inputs), 16)
-    if p is None:
-        return [TmaGemmConfig().as_dict()]
-    m, n, k, _, act, _ = p
-    x = _info(inputs, 0)
-    return _configs(m, n, k, 1, act, x.dtype.itemsize if x is not None else 0)
-
-
-@tactic(
-    "QConv",
-    name="triton_tma_qconv1x1",
-    domain="ecoinfer",
-    devices=("cuda",),
-    dtypes=("float16", "bfloat16"),
-    configs=_qconv1x1_configs,
-    doc="channels-last 1x1 stride-1 INT8/FP8 convolution: X quantized in one pass, then the "
-    "8-bit TMA GEMM (Hopper) with the dequantize + FusedConv epilogue",
-)
-def triton_tma_qconv1x1(
-    node: Node,
-    attrs: dict[str, Any],
-    inputs: list[TensorInfo | None],
-    cfg: dict[str, Any],
-    build: BuildInfo,
-) -> RunFn | None:
-    if not _runs_here(build) or not tma_supported(build.device):
-        return None
-    p = _conv1x1(attrs, _as_float(inputs), 16)
-    if p is None:
-        return None
-    _, cout, cin, out, act, post = p
-    common = _common(attrs, inputs, cout, build)
-    if common is None or common[1].dtype not in _HALF or not _epilogue_ok(inputs, cout, out, attrs):
-        return None
-    qtype = common[0]
-    w = _packed_weight(node, inputs, build)
-    packed = w.reshape(cout, cin).contiguous() if w is not None else None
-    config = TmaGemmConfig.from_dict(cfg) if cfg else None
-
-    def run(xs: list[Tensor | None]) -> list[Tensor]:
-        x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
-        assert x is not None and wq is not None and x_scale is not None and w_scale is not None
-        wp = packed if packed is not None else wq.reshape(cout, cin)
-        s = x_scale.reshape(()).float()
-        y = tma_gemm(
-            x if config is not None and config.QUANT_X else quantize(x, s, qtype, exact=True),
-            wp,
-            _get(xs, 4),
-            _get(xs, 5),
-            act=act,
-            post=post,
-            x_scale=s,
-            w_scale=w_scale.float().reshape(-1),
-            out_dtype=x.dtype,
-            config=config,
-        )
-        return [y]
-
-    return run
+_conv1x1_configs = _conv_configs(False)
+_qconv1x1_configs = _qconv_configs(False)
+triton_tma_conv1x1 = _conv_tactic(False)
+triton_tma_qconv1x1 = _qconv_tactic(False)
+triton_tma_conv = _conv_tactic(True)
+triton_tma_qconv = _qconv_tactic(True)
+for _name, _kxk, _float, _quant, _what in (
+    ("conv1x1", False, triton_tma_conv1x1, triton_tma_qconv1x1, _CONV_DOC[1]),
+    ("conv", True, triton_tma_conv, triton_tma_qconv, _CONV_DOC[2]),
+):
+    tactic(
+        "FusedConv",
+        name=f"triton_tma_{_name}",
+        domain="ecoinfer",
+        devices=("cuda",),
+        dtypes=("float16", "bfloat16"),
+        configs=_conv_configs(_kxk),
+        doc=f"{_what}, {_CONV_DOC[0]}",
+    )(_float)
+    tactic(
+        "QConv",
+        name=f"triton_tma_q{_name}",
+        domain="ecoinfer",
+        devices=("cuda",),
+        dtypes=("float16", "bfloat16"),
+        configs=_qconv_configs(_kxk),
+        doc=f"INT8/FP8 {_what} (X quantized in one pass or in registers), dequantize + "
+        f"{_CONV_DOC[0]}",
+    )(_quant)
