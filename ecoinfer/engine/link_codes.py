@@ -1,8 +1,9 @@
 """Quantized layers that hand each other codes instead of float tensors.
 
-A quantized layer C (ecoinfer.QGemm) starts by quantizing its input with its constant
-x_scale. When that input is the output of another quantized layer P of the same qtype, or of
-an ecoinfer.MultiHeadAttention, and nothing else reads it, P can write the codes itself: P
+A quantized layer C (ecoinfer.QGemm or QConv) starts by quantizing its input with its
+constant x_scale. When that input is the output of another quantized layer P (QGemm or
+QConv) of the same qtype, or of an ecoinfer.MultiHeadAttention, and nothing else reads it,
+P can write the codes itself: P
 gets y_scale = C's x_scale and its output becomes codes, and C reads codes (its out_dtype
 attribute keeps Y's float dtype). A LayerNormalization, whose Y usually has other readers
 too (a residual), becomes an ecoinfer.LayerNormCodes writing Y and, in the same pass, C's
@@ -42,6 +43,7 @@ class Link:
 # where each producer op takes its y_scale input (LayerNormalization: as LayerNormCodes)
 Y_SCALE_INPUT = {
     "QGemm": CODES_Y_SCALE["QGemm"],
+    "QConv": CODES_Y_SCALE["QConv"],
     "MultiHeadAttention": CODES_Y_SCALE["MultiHeadAttention"],
     "LayerNormalization": CODES_Y_SCALE["LayerNormCodes"],
 }
@@ -53,7 +55,8 @@ def _is_ln(n: Node) -> bool:
 
 def can_produce(n: Node) -> bool:
     """Whether `n` is an op that can write the next layer's codes."""
-    return (n.domain == "ecoinfer" and n.op_type in ("QGemm", "MultiHeadAttention")) or _is_ln(n)
+    ops = ("QGemm", "QConv", "MultiHeadAttention")
+    return (n.domain == "ecoinfer" and n.op_type in ops) or _is_ln(n)
 
 
 def holds(n: Node, readers: int) -> bool:
@@ -69,21 +72,22 @@ def link_pays(unlinked_ms: float, linked_ms: float) -> bool:
     return linked_ms < unlinked_ms
 
 
-def _is_qgemm(n: Node) -> bool:
-    return n.domain == "ecoinfer" and n.op_type == "QGemm"
+def _is_quantized(n: Node) -> bool:
+    return n.domain == "ecoinfer" and n.op_type in ("QGemm", "QConv")
 
 
 def candidate(
     graph: Graph, consumer: Node, producer: Node | None, x_dtype: str, readers: int
 ) -> Link | None:
-    """The link producer -> consumer, if the pair qualifies: a QGemm consumer reading float
-    X with a constant x_scale, and a producer that `holds`: a QGemm of the same qtype or a
-    MultiHeadAttention whose output only the consumer reads (not a graph output, not written
-    as codes already), or a LayerNormalization, whose Y keeps its other readers."""
-    if producer is None or not (can_produce(producer) and _is_qgemm(consumer)):
+    """The link producer -> consumer, if the pair qualifies: a QGemm / QConv consumer
+    reading float X with a constant x_scale, and a producer that `holds`: a QGemm / QConv of
+    the same qtype or a MultiHeadAttention whose output only the consumer reads (not a graph
+    output, not written as codes already), or a LayerNormalization, whose Y keeps its other
+    readers."""
+    if producer is None or not (can_produce(producer) and _is_quantized(consumer)):
         return None
     qtype = str(consumer.attrs.get("qtype", "int8"))
-    if _is_qgemm(producer) and str(producer.attrs.get("qtype", "int8")) != qtype:
+    if _is_quantized(producer) and str(producer.attrs.get("qtype", "int8")) != qtype:
         return None
     y = producer.outputs[0]
     if consumer.inputs[0] != y or not holds(producer, readers):

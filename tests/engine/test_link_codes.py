@@ -337,3 +337,55 @@ def test_linked_forms_reject_bad_scales_and_types() -> None:
     g3.outputs = [Value("y")]
     with pytest.raises(EcoinferError, match="y_qtype"):
         g3.infer_shapes()
+
+
+def _conv_pair_graph() -> Graph:
+    """x -> QConv 3x3 (ReLU) -> h -> QConv 3x3 -> y, int8, NCHW, float32 activations."""
+    g = Graph("conv_pair")
+    g.inputs = [Value("x", "float32", (2, 8, 5, 5))]
+    g.values["x"] = g.inputs[0]
+    rng = torch.Generator().manual_seed(1)
+    for name, shape in (("w1", (8, 8, 3, 3)), ("w2", (4, 8, 3, 3))):
+        g.initializers[name] = torch.randint(-100, 100, shape, generator=rng).to(torch.int8)
+    g.initializers["s1"] = torch.tensor(0.02)
+    g.initializers["s2"] = torch.tensor(0.05)
+    g.initializers["ws1"] = torch.full((8,), 0.003)
+    g.initializers["ws2"] = torch.full((4,), 0.002)
+    conv = {"qtype": "int8", "kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}
+    g.nodes = [
+        Node(
+            "QConv",
+            ["x", "w1", "s1", "ws1"],
+            ["h"],
+            {**conv, "activation": "Relu"},
+            "p",
+            "ecoinfer",
+        ),  # fmt: skip
+        Node("QConv", ["h", "w2", "s2", "ws2"], ["y"], conv, "c", "ecoinfer"),
+    ]
+    g.outputs = [Value("y")]
+    g.infer_shapes()
+    return g
+
+
+def test_quantized_convolutions_link_like_gemms() -> None:
+    """A QConv writes the next QConv's codes (y_scale) and the next reads them (out_dtype):
+    the linked pair computes what the unlinked pair computes."""
+    from ecoinfer.api import Model
+    from ecoinfer.passes import clone_graph
+
+    g = _conv_pair_graph()
+    p, c = g.nodes
+    lk = link_codes.candidate(g, c, p, "float32", 1)
+    assert lk == link_codes.Link("p", "c", "s2", "float32")
+    x = {"x": np.random.default_rng(3).standard_normal((2, 8, 5, 5)).astype(np.float32)}
+    want = Model(clone_graph(g)).run(x)["y"]
+    linked = link_codes.apply(clone_graph(g), [lk])
+    lp, lc = linked.nodes
+    assert lp.inputs[6] == "s2" and lc.attrs["out_dtype"] == "float32"
+    assert linked.values["h"].dtype == "int8" and linked.values["y"].dtype == "float32"
+    got = Model(linked).run(x)["y"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # layers of different qtypes do not link
+    c.attrs["qtype"] = "fp8e4m3"
+    assert link_codes.candidate(g, c, p, "float32", 1) is None

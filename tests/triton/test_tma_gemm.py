@@ -522,3 +522,41 @@ def test_tma_qconv_tactic_matches_qconv(qtype: str) -> None:
         assert run is not None
         (y,) = run(xs)
         assert y.shape == (1, 4, 5, 16) and rel(y, ref.double()) <= 2e-3
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_tma_qconv_linked_forms(qtype: str) -> None:
+    """A linked QConv: X already codes (out_dtype names Y's float dtype) and y_scale (Y
+    written as the next layer's codes), against the reference kernel's linked forms."""
+    torch.manual_seed(15)
+    qdt = QDT[qtype]
+    x = torch.randn(1, 4, 5, 32).half()
+    x_scale = torch.tensor(float(x.float().abs().max()) / (127 if qtype == "int8" else 448))
+    xq = quantize(x, x_scale, qtype, exact=True)
+    wq = make_w(16, 9 * 32, qtype).reshape(16, 3, 3, 32)
+    w_scale = (torch.rand(16) * 0.01 + 0.002).float()
+    b = torch.randn(16).half()
+    y_scale = torch.tensor(0.05)
+    xs: list[torch.Tensor | None] = [xq, wq, x_scale, w_scale, b, None, y_scale]
+    linked = {**NHWC_3X3, "qtype": qtype, "out_dtype": "float16"}
+    attrs = {**get_schema("QConv", "ecoinfer").attrs, **linked}
+    node = Node("QConv", ["x", "w", "xs", "ws", "b", "", "ys"], ["y"], attrs, domain="ecoinfer")
+    build = _build({"w": wq, "xs": x_scale, "ws": w_scale, "ys": y_scale})
+    infos = _infos(xs, (1, 2, 3, 6))
+    run = tma_tactics.triton_tma_qconv(node, attrs, infos, TINY.as_dict(), build)
+    assert run is not None
+    (y,) = run(xs)
+    assert y.dtype == qdt and y.shape == (1, 4, 5, 16)
+    names = ["x", "w", "xs", "ws", "b", "", "ys"]
+    rnode = Node("QConv", names, ["y"], attrs, domain="ecoinfer")
+    ctx = KernelContext(rnode, attrs, torch.device("cpu"), None, 21)  # type: ignore[arg-type]
+    fn = get_kernel("QConv", "ecoinfer")
+    assert fn is not None
+    (ref,) = fn(ctx, xs)
+    assert ref.dtype == qdt
+    # the reference convolves in float16, the kernel in float32 and rounds once: codes agree
+    # but where float16's rounding of a cancelling sum moves a value across a code boundary
+    assert rel(y.float(), ref.double()) <= 1e-2
+    assert float((y.float() != ref.float()).float().mean()) < 0.05
+    # the float convolutions' tactics decline codes
+    assert tma_tactics.triton_tma_conv(node, attrs, infos, {}, build) is None

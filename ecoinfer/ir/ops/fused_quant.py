@@ -19,12 +19,12 @@ ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
         quant(Y_float / y_scale) with the same rounding, Y_float in X's (or out_dtype's)
         float dtype; the next layer reads them as its X.
 
-ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?) -> Y
+ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
 
     FusedConv on (quant(X / x_scale) * x_scale, W_q * w_scale[:, None, ...]), with FusedConv's
     attributes (layout, pads, strides, dilations, group, kernel_shape, activation(s),
     post_activation(s)) plus qtype. W_q is in FusedConv's weight layout; w_scale is [C_out]
-    (or [1]).
+    (or [1]). Linked forms as QGemm's: X as codes (with out_dtype), y_scale (Y as codes).
 
 Both compute exactly what the Q/DQ graph they replace computes (the fuse_quantized pass).
 
@@ -48,7 +48,7 @@ from ecoinfer.ir.ops.registry import InferContext, OutType, op
 QTYPES = {"int8": "int8", "fp8e4m3": "float8e4m3fn"}
 _FLOATS = ("float32", "float16", "bfloat16")
 # ops that can write a quantized reader's codes (engine/link_codes.py): their y_scale input
-CODES_Y_SCALE = {"QGemm": 6, "MultiHeadAttention": 5, "LayerNormCodes": 3}
+CODES_Y_SCALE = {"QGemm": 6, "QConv": 6, "MultiHeadAttention": 5, "LayerNormCodes": 3}
 
 
 def writes_codes(node: Node) -> bool:
@@ -119,6 +119,13 @@ def _qgemm(ctx: InferContext) -> list[OutType | None]:
     if w is not None and len(w) != 2:
         raise ctx.fail(f"W_q must be 2-D [N, K], got shape {list(w)}")
     _check_common(ctx, w[0] if w is not None else None, codes_ok=True)
+    (out,) = _fused_gemm(_as_float_op(ctx, {"trans_b": 1}))
+    return [_linked_out(ctx, out)]
+
+
+def _linked_out(ctx: InferContext, out: OutType | None) -> OutType | None:
+    """Y's type with the linked forms' checks: X as codes needs out_dtype, a y_scale makes Y
+    codes (QGemm and QConv alike)."""
     q = qtype_of(ctx)
     out_dtype = str(ctx.attr("out_dtype") or "")
     if out_dtype and out_dtype not in _FLOATS:
@@ -132,25 +139,25 @@ def _qgemm(ctx: InferContext) -> list[OutType | None]:
             raise ctx.fail(f"y_scale must be a scalar (per-tensor), got shape {list(ys)}")
         if ydt is not None and ydt != "float32":
             raise ctx.fail(f"y_scale must be float32, got {ydt}")
-    (out,) = _fused_gemm(_as_float_op(ctx, {"trans_b": 1}))
     if out is None:
-        return [None]
+        return None
     dt = QTYPES[q] if ctx.has(6) else float_out_dtype(xdt, out_dtype)
-    return [dataclasses.replace(out, dtype=dt)]
+    return dataclasses.replace(out, dtype=dt)
 
 
 @op(
     "QConv",
-    inputs=(4, 6),
-    attrs={**FUSED_CONV_ATTRS, "qtype": "int8"},
+    inputs=(4, 7),
+    attrs={**FUSED_CONV_ATTRS, "qtype": "int8", "out_dtype": ""},
     domain="ecoinfer",
     flops=lambda ctx, outs: _fused_conv_flops(_as_float_op(ctx), outs),
     doc="FusedConv on quantized X and W_q, rescaled by x_scale * w_scale (int8 / fp8e4m3)",
 )
 def _qconv(ctx: InferContext) -> list[OutType | None]:
     w = ctx.shape(1)
-    _check_common(ctx, w[0] if w else None)
-    return _fused_conv(_as_float_op(ctx))
+    _check_common(ctx, w[0] if w else None, codes_ok=True)
+    (out,) = _fused_conv(_as_float_op(ctx))
+    return [_linked_out(ctx, out)]
 
 
 @op(

@@ -78,20 +78,28 @@ def _check(ctx: KernelContext, x: Tensor, w: Tensor) -> torch.dtype:
     return q
 
 
+def _quantized_x(
+    ctx: KernelContext, x: Tensor, x_scale: Tensor, w: Tensor
+) -> tuple[torch.dtype, Tensor]:
+    """(codes dtype, the value the layer multiplies): X fake-quantized, or X's codes (a
+    linked layer) dequantized into out_dtype."""
+    q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
+    if x.dtype == q:  # codes from the previous layer
+        fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
+        a = dequantize(x, x_scale.reshape(()).float(), None, fdt)
+        _check(ctx, a, w)
+        return q, a
+    _check(ctx, x, w)
+    return q, fake_quant(x, x_scale, q)
+
+
 @kernel("QGemm", domain="ecoinfer")
 def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     """Also the linked forms: X already codes (dequantized into out_dtype) and y_scale (the
     float result quantized for the next layer), see ecoinfer/ir/ops/fused_quant.py."""
     x, w, x_scale, w_scale, bias, res = _split(xs)
     y_scale = xs[6] if len(xs) > 6 else None
-    q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
-    if x.dtype == q:  # codes from the previous layer
-        fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
-        a = dequantize(x, x_scale.reshape(()).float(), None, fdt)
-        _check(ctx, a, w)
-    else:
-        _check(ctx, x, w)
-        a = fake_quant(x, x_scale, q)
+    q, a = _quantized_x(ctx, x, x_scale, w)
     b = dequant_weight(w, w_scale, a.dtype)
     fctx = KernelContext(
         ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
@@ -104,11 +112,15 @@ def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
 
 @kernel("QConv", domain="ecoinfer")
 def _qconv(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    """Also the linked forms, as QGemm's: X as codes, and y_scale."""
     x, w, x_scale, w_scale, bias, res = _split(xs)
-    q = _check(ctx, x, w)
-    a = fake_quant(x, x_scale, q)
-    b = dequant_weight(w, w_scale, x.dtype)
-    return _fused_conv(ctx, [a, b, bias, res])
+    y_scale = xs[6] if len(xs) > 6 else None
+    q, a = _quantized_x(ctx, x, x_scale, w)
+    b = dequant_weight(w, w_scale, a.dtype)
+    (y,) = _fused_conv(ctx, [a, b, bias, res])
+    if y_scale is not None:  # codes for the next layer, as its own quantize step makes them
+        y = codes_of(y, y_scale, q)
+    return [y]
 
 
 @kernel("LayerNormCodes", domain="ecoinfer")

@@ -41,8 +41,6 @@ from ecoinfer.kernels.triton.gemm_tactics import (
 )
 from ecoinfer.kernels.triton.qgemm import QTYPES, pack_qweight, quantize
 from ecoinfer.kernels.triton.qtactics import (
-    _as_float,
-    _common,
     _epilogue_ok,
     _packed_weight,
     fp8_supported,
@@ -147,11 +145,31 @@ _HALF_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 def _qgemm_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo):  # noqa: ANN202
     """(qtype, M, N, K, float dtype of Y, output shape) when the TMA kernel takes this QGemm
     (X float or already codes, Y float or codes for the next layer), else None."""
+    w, x = _info(inputs, 1), _info(inputs, 0)
+    if w is None or x is None or len(w.shape) != 2 or not x.shape:
+        return None
+    n, k = w.shape
+    io = _quantized_io(attrs, inputs, n, build)
+    if io is None or x.shape[-1] != k or k % 16:
+        return None  # 8-bit TMA rows of K codes: multiples of 16 bytes
+    qtype, fdt = io
+    out = (*x.shape[:-1], n)
+    m = _numel(x.shape[:-1])
+    return qtype, m, n, k, fdt, out
+
+
+def _quantized_io(
+    attrs: dict[str, Any], inputs: list[TensorInfo | None], n: int, build: BuildInfo
+) -> tuple[str, torch.dtype] | None:
+    """(qtype, float dtype Y is computed in) of a QGemm / QConv the 8-bit TMA kernel takes:
+    W_q of the qtype, X float16/bfloat16 or already codes (a linked layer; its out_dtype
+    names Y's float dtype), float32 scalar x_scale and y_scale (codes out), float32 w_scale
+    [N] or [1]; FP8 only where the GPU has it."""
     qtype = str(attrs.get("qtype") or "int8")
     x, w, xs, ws, ys = (_info(inputs, i) for i in (0, 1, 2, 3, 6))
     if qtype not in QTYPES or x is None or w is None or xs is None or ws is None:
         return None
-    if w.dtype != QTYPES[qtype] or len(w.shape) != 2 or not x.shape:
+    if w.dtype != QTYPES[qtype]:
         return None
     if x.dtype == QTYPES[qtype]:  # codes from the previous layer
         fdt = _HALF_NAMES.get(str(attrs.get("out_dtype") or ""))
@@ -159,17 +177,12 @@ def _qgemm_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], build: B
         fdt = x.dtype if x.dtype in _HALF else None
     if fdt is None or (qtype == "fp8e4m3" and not fp8_supported(build.device)):
         return None
-    n, k = w.shape
-    if x.shape[-1] != k or k % 16:
-        return None  # 8-bit TMA rows of K codes: multiples of 16 bytes
     for s in (xs, ys):
         if s is not None and (s.dtype != torch.float32 or tuple(s.shape) not in ((), (1,))):
             return None
     if ws.dtype != torch.float32 or tuple(ws.shape) not in ((n,), (1,)):
         return None
-    out = (*x.shape[:-1], n)
-    m = _numel(x.shape[:-1])
-    return qtype, m, n, k, fdt, out
+    return qtype, fdt
 
 
 def _tma_qgemm_configs(
@@ -284,6 +297,16 @@ def _conv_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: in
     return _numel(tuple(x.shape[:-1])), cout, cin, out, act, post, geo
 
 
+def _as_half(inputs: list[TensorInfo | None]) -> list[TensorInfo | None]:
+    """A QConv's (X, W) seen as the float convolution's: X's codes (a linked layer) and W_q
+    as float16 (the shape checks are the same)."""
+    x, w = _info(inputs, 0), _info(inputs, 1)
+    if x is None or w is None:
+        return [x, w]
+    dt = x.dtype if x.dtype in _HALF else torch.float16
+    return [TensorInfo(tuple(x.shape), dt), TensorInfo(tuple(w.shape), dt, w.is_weight)]
+
+
 def _taps(geo: ConvGeometry | None) -> int:
     return geo.kh * geo.kw if geo is not None else 1
 
@@ -338,12 +361,14 @@ def _qconv_configs(kxk: bool):  # noqa: ANN202
     def configs(
         node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
     ) -> list[dict[str, Any]]:
-        p = _conv_plan(attrs, _as_float(inputs), 16, kxk)
+        p = _conv_plan(attrs, _as_half(inputs), 16, kxk)
         if p is None:
             return [TmaGemmConfig().as_dict()]
         m, n, k, _, act, _, geo = p
         x = _info(inputs, 0)
-        return _configs(m, n, k * _taps(geo), 1, act, x.dtype.itemsize if x is not None else 0)
+        qtype = str(attrs.get("qtype") or "int8")
+        float_x = 0 if x is None or x.dtype == QTYPES.get(qtype) else x.dtype.itemsize
+        return _configs(m, n, k * _taps(geo), 1, act, float_x)
 
     return configs
 
@@ -358,16 +383,15 @@ def _qconv_tactic(kxk: bool):  # noqa: ANN202
     ) -> RunFn | None:
         if not _runs_here(build) or not tma_supported(build.device):
             return None
-        p = _conv_plan(attrs, _as_float(inputs), 16, kxk)
+        p = _conv_plan(attrs, _as_half(inputs), 16, kxk)
         if p is None:
             return None
         _, cout, _, out, act, post, geo = p
-        common = _common(attrs, inputs, cout, build)
-        if common is None or common[1].dtype not in _HALF:
+        io = _quantized_io(attrs, inputs, cout, build)
+        if io is None or not _epilogue_ok(inputs, cout, out, attrs):
             return None
-        if not _epilogue_ok(inputs, cout, out, attrs):
-            return None
-        qtype = common[0]
+        qtype, fdt = io
+        qdt = QTYPES[qtype]
         w = _packed_weight(node, inputs, build)
         packed = w.reshape(cout, -1).contiguous() if w is not None else None
         config = TmaGemmConfig.from_dict(cfg) if cfg else None
@@ -378,7 +402,8 @@ def _qconv_tactic(kxk: bool):  # noqa: ANN202
             assert x_scale is not None and w_scale is not None
             wp = packed if packed is not None else wq.reshape(cout, -1)
             s = x_scale.reshape(()).float()
-            in_kernel = config is not None and config.QUANT_X
+            in_kernel = x.dtype == qdt or (config is not None and config.QUANT_X)
+            ys = _get(xs, 6)
             y = tma_gemm(
                 x if in_kernel else quantize(x, s, qtype, exact=True),
                 wp,
@@ -388,7 +413,9 @@ def _qconv_tactic(kxk: bool):  # noqa: ANN202
                 post=post,
                 x_scale=s,
                 w_scale=w_scale.float().reshape(-1),
-                out_dtype=x.dtype,
+                out_scale=None if ys is None else ys.reshape(()).float(),
+                out_qtype=qtype,
+                out_dtype=fdt,
                 config=config,
                 conv=geo,
             )
