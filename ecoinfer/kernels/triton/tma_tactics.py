@@ -185,16 +185,23 @@ def _quantized_io(
     return qtype, fdt
 
 
+def _float_x_bytes(attrs: dict[str, Any], inputs: list[TensorInfo | None]) -> int:
+    """The element size of a quantized layer's float X (which QUANT_X configurations
+    quantize in registers); 0 where X already holds codes."""
+    x = _info(inputs, 0)
+    if x is None or x.dtype == QTYPES.get(str(attrs.get("qtype") or "int8")):
+        return 0
+    return x.dtype.itemsize
+
+
 def _tma_qgemm_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
     plan = _qgemm_plan(attrs, inputs, build)
     if plan is None:
         return [TmaGemmConfig().as_dict()]
-    qtype, m, n, k, _, _ = plan
-    x = _info(inputs, 0)
-    float_x = 0 if x is None or x.dtype == QTYPES[qtype] else x.dtype.itemsize
-    return _configs(m, n, k, 1, act_of(attrs), float_x)
+    _, m, n, k, _, _ = plan
+    return _configs(m, n, k, 1, act_of(attrs), _float_x_bytes(attrs, inputs))
 
 
 @tactic(
@@ -365,10 +372,7 @@ def _qconv_configs(kxk: bool):  # noqa: ANN202
         if p is None:
             return [TmaGemmConfig().as_dict()]
         m, n, k, _, act, _, geo = p
-        x = _info(inputs, 0)
-        qtype = str(attrs.get("qtype") or "int8")
-        float_x = 0 if x is None or x.dtype == QTYPES.get(qtype) else x.dtype.itemsize
-        return _configs(m, n, k * _taps(geo), 1, act, float_x)
+        return _configs(m, n, k * _taps(geo), 1, act, _float_x_bytes(attrs, inputs))
 
     return configs
 
