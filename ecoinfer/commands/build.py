@@ -89,6 +89,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "by default a GPU build does where the linked pair times faster",
     )
     p.add_argument(
+        "--exclude-tactics",
+        default="",
+        metavar="NAME[,NAME...]",
+        help="tactics never to try, e.g. triton_tma_conv,triton_tma_qconv (names as the build "
+        "report and --verbose print them); the reference tactic always remains",
+    )
+    p.add_argument(
         "--shapes",
         nargs="+",
         default=[],
@@ -273,6 +280,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         quant=quant,
         quant_fallback=False if getattr(args, "obey_precision", False) else None,
         link_codes=False if getattr(args, "no_link_codes", False) else None,
+        exclude_tactics=tuple(t.strip() for t in args.exclude_tactics.split(",") if t.strip()),
     )
     engine = build(args.model, cfg)
     path = engine.save(args.output)

@@ -82,6 +82,9 @@ class BuildConfig:
     # a quantized layer feeding only another writes that one's codes (engine/link_codes), where
     # timing says it pays; None: on for GPU builds, off on the CPU (exact emulation there)
     link_codes: bool | None = None
+    # tactic names never tried (trtexec's --tacticSources in spirit): e.g. a kernel family
+    # that misbehaves on this GPU or driver; the reference tactic always remains
+    exclude_tactics: tuple[str, ...] = ()
 
 
 def default_opt_level(device: str) -> int:
@@ -204,6 +207,9 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     device = pick_device(cfg.device)
     if precision == "tf32" and not device.startswith("cuda"):
         raise InputError("tf32 is a GPU tensor-core mode; on the CPU build fp32 or bf16")
+    from ecoinfer.tune.tactics import check_tactic_names  # noqa: PLC0415
+
+    check_tactic_names(cfg.exclude_tactics)
     t_start = time.perf_counter()
     source = str(model) if not isinstance(model, Graph) else model.name
     graph = import_onnx(model) if not isinstance(model, Graph) else model
@@ -384,6 +390,8 @@ def _tune_profile(
     from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
     from ecoinfer.tune.tactics import BuildInfo, tactics_for  # noqa: PLC0415
 
+    excluded = frozenset(cfg.exclude_tactics)
+
     g = _specialise(graph, prof.opt)
     feeds = random_inputs(g, dict(prof.opt), cfg.seed)
     dev = torch.device(device)
@@ -430,7 +438,8 @@ def _tune_profile(
         if has_tactics and node.op_type not in _CONTROL_FLOW:
             from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
 
-            build_info = BuildInfo(dev, prec, {n: env[n] for n in node.inputs if n in weights})
+            consts = {n: env[n] for n in node.inputs if n in weights}
+            build_info = BuildInfo(dev, prec, consts, excluded)
             ch, _fn = select_tactic(
                 node,
                 attrs,
@@ -544,7 +553,8 @@ def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: AN
 
     log = _log(cfg)
     try:
-        ch, _ = select_tactic(node, attrs, xs, BuildInfo(dev, prec, consts), reference, cache, log=log)  # fmt: skip
+        build = BuildInfo(dev, prec, consts, frozenset(cfg.exclude_tactics))
+        ch, _ = select_tactic(node, attrs, xs, build, reference, cache, log=log)
     except Exception as e:  # noqa: BLE001  (the node stays as it was)
         if log:
             log(f"{node.name}: {what} not timed: {e}")

@@ -476,7 +476,7 @@ def _select(
     todo: list[tuple[str, dict[str, Any], TacticSpec | None]] = [(REFERENCE, {}, None)]
     cands: list[Candidate] = []
     for spec in specs:
-        if spec.name == REFERENCE:
+        if spec.name == REFERENCE or spec.name in build.exclude:
             continue
         try:
             cfgs = spec.configs(node, attrs, infos, build) if spec.configs else [{}]

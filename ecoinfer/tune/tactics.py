@@ -21,12 +21,13 @@ compile scores infinity and is logged, never failing the build.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ecoinfer.errors import InputError
 from ecoinfer.ir.graph import Node
 
 Tensor = torch.Tensor
@@ -49,6 +50,7 @@ class BuildInfo:
     device: torch.device
     precision: str  # compute precision of this layer: "float32", "tf32", "float16", "bfloat16"
     weights: dict[str, Tensor] = field(default_factory=dict)  # the engine's weights by name
+    exclude: frozenset[str] = frozenset()  # tactic names the user ruled out (--exclude-tactics)
 
 
 MakeFn = Callable[
@@ -100,6 +102,18 @@ def tactics_for(op_type: str, domain: str, device: str, dtype: str) -> list[Tact
     dev = "cuda" if device.startswith("cuda") else "cpu"
     base = "float32" if dtype == "tf32" else dtype
     return [t for t in _TACTICS.get((domain, op_type), []) if dev in t.devices and base in t.dtypes]
+
+
+def check_tactic_names(names: Iterable[str]) -> frozenset[str]:
+    """The names as a set, each a registered tactic's; an unknown one is a clear error."""
+    known = {t.name for specs in all_tactics().values() for t in specs}
+    bad = sorted(set(names) - known)
+    if bad:
+        raise InputError(
+            f"--exclude-tactics: no tactic named {', '.join(repr(b) for b in bad)}; "
+            f"known tactics: {', '.join(sorted(known))}"
+        )
+    return frozenset(names)
 
 
 def all_tactics() -> dict[tuple[str, str], list[TacticSpec]]:
