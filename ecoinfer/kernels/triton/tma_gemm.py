@@ -318,7 +318,11 @@ def _tma_gemm_kernel(
                 ih = oh + dh
                 iw = ow + dw
                 inside = (ih >= 0) & (ih < IMG_H) & (iw >= 0) & (iw < IMG_W)
-                a = tl.where(inside[:, None], a, tl.zeros_like(a))
+                if QIN == 1 and not QUANT_A:  # fp8 codes: zeroed as their bytes
+                    ab = a.to(tl.int8, bitcast=True)
+                    a = tl.where(inside[:, None], ab, tl.zeros_like(ab)).to(a.dtype, bitcast=True)
+                else:
+                    a = tl.where(inside[:, None], a, tl.zeros_like(a))
                 # W [N, KH*KW*C]: a step past this tap's C channels meets zeros in X
                 kcol = tap * K + c0
             if QUANT_A:  # float X: W's codes made here, in registers
