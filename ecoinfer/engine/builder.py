@@ -289,6 +289,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     report = {
         "build_seconds": time.perf_counter() - t_start,
         "opt_level": opt_level,
+        "excluded_tactics": sorted(cfg.exclude_tactics),
         "passes": [
             {
                 "name": r.name,

@@ -29,7 +29,9 @@ def test_excluded_tactics_are_never_tried(mlp) -> None:  # noqa: ANN001, F811
     gemm_tactics = {t for ts in tried.values() for t in ts} - {"reference"}
     assert gemm_tactics, tried  # the CPU GEMM has tactics beside the reference
     gone = sorted(gemm_tactics)[0]
-    again = _tried(_fp32(path, exclude_tactics=(gone,)))
+    eng = _fp32(path, exclude_tactics=(gone,))
+    again = _tried(eng)
+    assert eng.report["excluded_tactics"] == [gone]  # recorded in the engine's report
     assert again.keys() == tried.keys()
     assert all(gone not in ts and "reference" in ts for ts in again.values())
 
