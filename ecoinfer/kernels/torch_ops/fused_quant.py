@@ -10,6 +10,8 @@ quantized tactics, not a fast path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ecoinfer.errors import ExecutionError
@@ -93,34 +95,35 @@ def _quantized_x(
     return q, fake_quant(x, x_scale, q)
 
 
-@kernel("QGemm", domain="ecoinfer")
-def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
-    """Also the linked forms: X already codes (dequantized into out_dtype) and y_scale (the
-    float result quantized for the next layer), see ecoinfer/ir/ops/fused_quant.py."""
+def _quantized_layer(
+    ctx: KernelContext, xs: list[Tensor | None], float_kernel: Callable[..., list[Tensor]]
+) -> list[Tensor]:
+    """QGemm / QConv: the float kernel on X's quantized value (or its codes, dequantized) and
+    the dequantized W, then, with a y_scale, the next layer's codes of the result."""
     x, w, x_scale, w_scale, bias, res = _split(xs)
     y_scale = xs[6] if len(xs) > 6 else None
     q, a = _quantized_x(ctx, x, x_scale, w)
     b = dequant_weight(w, w_scale, a.dtype)
-    fctx = KernelContext(
-        ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
-    )
-    (y,) = _fused_gemm(fctx, [a, b, bias, res])
+    (y,) = float_kernel([a, b, bias, res])
     if y_scale is not None:  # codes for the next layer, as its own quantize step makes them
         y = codes_of(y, y_scale, q)
     return [y]
+
+
+@kernel("QGemm", domain="ecoinfer")
+def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
+    """Also the linked forms: X already codes (dequantized into out_dtype) and y_scale (the
+    float result quantized for the next layer), see ecoinfer/ir/ops/fused_quant.py."""
+    fctx = KernelContext(
+        ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
+    )
+    return _quantized_layer(ctx, xs, lambda ins: _fused_gemm(fctx, ins))
 
 
 @kernel("QConv", domain="ecoinfer")
 def _qconv(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     """Also the linked forms, as QGemm's: X as codes, and y_scale."""
-    x, w, x_scale, w_scale, bias, res = _split(xs)
-    y_scale = xs[6] if len(xs) > 6 else None
-    q, a = _quantized_x(ctx, x, x_scale, w)
-    b = dequant_weight(w, w_scale, a.dtype)
-    (y,) = _fused_conv(ctx, [a, b, bias, res])
-    if y_scale is not None:  # codes for the next layer, as its own quantize step makes them
-        y = codes_of(y, y_scale, q)
-    return [y]
+    return _quantized_layer(ctx, xs, lambda ins: _fused_conv(ctx, ins))
 
 
 @kernel("LayerNormCodes", domain="ecoinfer")
