@@ -234,32 +234,49 @@ def triton_tma_qgemm(
     w = _packed_weight(node, inputs, build)
     packed = pack_qweight(w) if w is not None else None
     config = TmaGemmConfig.from_dict(cfg) if cfg else None
-    qdt = QTYPES[qtype]
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
-        x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
-        assert x is not None and wq is not None and x_scale is not None and w_scale is not None
+        wq = xs[1]
+        assert wq is not None
         wp = packed if packed is not None else pack_qweight(wq)
-        s = x_scale.reshape(()).float()
-        in_kernel = x.dtype == qdt or (config is not None and config.QUANT_X)
-        xq = x if in_kernel else quantize(x, s, qtype, exact=True)
-        ys = _get(xs, 6)
-        y = tma_gemm(
-            xq,
-            wp,
-            _get(xs, 4),
-            _get(xs, 5),
-            act=act,
-            x_scale=s,
-            w_scale=w_scale.float().reshape(-1),
-            out_scale=None if ys is None else ys.reshape(()).float(),
-            out_qtype=qtype,
-            out_dtype=fdt,
-            config=config,
-        )
-        return [y]
+        return [_run_8bit(xs, wp, qtype, fdt, act, config)]
 
     return run
+
+
+def _run_8bit(
+    xs: list[Tensor | None],
+    wp: Tensor,
+    qtype: str,
+    fdt: torch.dtype,
+    act: tuple[int, float, float],
+    config: TmaGemmConfig | None,
+    post: tuple[int, float, float] | None = None,
+    conv: ConvGeometry | None = None,
+) -> Tensor:
+    """A QGemm / QConv (inputs X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) on the
+    8-bit TMA kernel with W_q as wp: X read as codes, quantized in the kernel's registers
+    (QUANT_X) or in one pass first; Y float (fdt) or, with y_scale, the next layer's codes."""
+    x, x_scale, w_scale = xs[0], xs[2], xs[3]
+    assert x is not None and x_scale is not None and w_scale is not None
+    s = x_scale.reshape(()).float()
+    in_kernel = x.dtype == QTYPES[qtype] or (config is not None and config.QUANT_X)
+    ys = _get(xs, 6)
+    return tma_gemm(
+        x if in_kernel else quantize(x, s, qtype, exact=True),
+        wp,
+        _get(xs, 4),
+        _get(xs, 5),
+        act=act,
+        post=post,
+        x_scale=s,
+        w_scale=w_scale.float().reshape(-1),
+        out_scale=None if ys is None else ys.reshape(()).float(),
+        out_qtype=qtype,
+        out_dtype=fdt,
+        config=config,
+        conv=conv,
+    )
 
 
 # ---------------------------------------------------------------------- convolutions
@@ -318,15 +335,20 @@ def _taps(geo: ConvGeometry | None) -> int:
     return geo.kh * geo.kw if geo is not None else 1
 
 
-def _conv_configs(kxk: bool):  # noqa: ANN202
+def _conv_configs(kxk: bool, quantized: bool = False):  # noqa: ANN202
+    """The configs function of a float (FusedConv) or 8-bit (QConv) TMA convolution tactic."""
+
     def configs(
         node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
     ) -> list[dict[str, Any]]:
-        p = _conv_plan(attrs, inputs, 8, kxk)
+        seen = _as_half(inputs) if quantized else inputs
+        p = _conv_plan(attrs, seen, 16 if quantized else 8, kxk)
         if p is None:
             return [TmaGemmConfig().as_dict()]
         m, n, k, _, act, _, geo = p
-        return _configs(m, n, k * _taps(geo), 2, act)
+        if not quantized:
+            return _configs(m, n, k * _taps(geo), 2, act)
+        return _configs(m, n, k * _taps(geo), 1, act, _float_x_bytes(attrs, inputs))
 
     return configs
 
@@ -364,19 +386,6 @@ def _conv_tactic(kxk: bool):  # noqa: ANN202
     return make
 
 
-def _qconv_configs(kxk: bool):  # noqa: ANN202
-    def configs(
-        node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
-    ) -> list[dict[str, Any]]:
-        p = _conv_plan(attrs, _as_half(inputs), 16, kxk)
-        if p is None:
-            return [TmaGemmConfig().as_dict()]
-        m, n, k, _, act, _, geo = p
-        return _configs(m, n, k * _taps(geo), 1, act, _float_x_bytes(attrs, inputs))
-
-    return configs
-
-
 def _qconv_tactic(kxk: bool):  # noqa: ANN202
     def make(
         node: Node,
@@ -395,35 +404,15 @@ def _qconv_tactic(kxk: bool):  # noqa: ANN202
         if io is None or not _epilogue_ok(inputs, cout, out, attrs):
             return None
         qtype, fdt = io
-        qdt = QTYPES[qtype]
         w = _packed_weight(node, inputs, build)
         packed = w.reshape(cout, -1).contiguous() if w is not None else None
         config = TmaGemmConfig.from_dict(cfg) if cfg else None
 
         def run(xs: list[Tensor | None]) -> list[Tensor]:
-            x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
-            assert x is not None and wq is not None
-            assert x_scale is not None and w_scale is not None
+            wq = xs[1]
+            assert wq is not None
             wp = packed if packed is not None else wq.reshape(cout, -1)
-            s = x_scale.reshape(()).float()
-            in_kernel = x.dtype == qdt or (config is not None and config.QUANT_X)
-            ys = _get(xs, 6)
-            y = tma_gemm(
-                x if in_kernel else quantize(x, s, qtype, exact=True),
-                wp,
-                _get(xs, 4),
-                _get(xs, 5),
-                act=act,
-                post=post,
-                x_scale=s,
-                w_scale=w_scale.float().reshape(-1),
-                out_scale=None if ys is None else ys.reshape(()).float(),
-                out_qtype=qtype,
-                out_dtype=fdt,
-                config=config,
-                conv=geo,
-            )
-            return [y]
+            return [_run_8bit(xs, wp, qtype, fdt, act, config, post, geo)]
 
         return run
 
@@ -437,7 +426,7 @@ _CONV_DOC = (
     "(X rows shifted per tap, the image edge zeroed in registers)",
 )
 _conv1x1_configs = _conv_configs(False)
-_qconv1x1_configs = _qconv_configs(False)
+_qconv1x1_configs = _conv_configs(False, quantized=True)
 triton_tma_conv1x1 = _conv_tactic(False)
 triton_tma_qconv1x1 = _qconv_tactic(False)
 triton_tma_conv = _conv_tactic(True)
@@ -461,7 +450,7 @@ for _name, _kxk, _float, _quant, _what in (
         domain="ecoinfer",
         devices=("cuda",),
         dtypes=("float16", "bfloat16"),
-        configs=_qconv_configs(_kxk),
+        configs=_conv_configs(_kxk, quantized=True),
         doc=f"INT8/FP8 {_what} (X quantized in one pass or in registers), dequantize + "
         f"{_CONV_DOC[0]}",
     )(_quant)
