@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_tma_probe import bench, rel  # noqa: E402  (CUDA-graph timing, relative L2 error)
+from gpu_tma_probe import bench, fp8_case, gemm_case, rel  # noqa: E402
 
 from ecoinfer.kernels.triton.attention import FlashConfig, flash_mha
 from ecoinfer.kernels.triton.norms import RowConfig, layer_norm
@@ -74,19 +74,7 @@ def gemm_probe(dev: torch.device) -> list[dict]:
 
 
 def gemm_one(dev: torch.device, tag: str, k: int, n: int, act: str, has_res: bool) -> dict:
-    x = torch.randn(M, k, device=dev, dtype=torch.float16)
-    w = torch.randn(n, k, device=dev, dtype=torch.float16) / math.sqrt(k)
-    b = torch.randn(n, device=dev, dtype=torch.float16) * 0.1
-    r = torch.randn(M, n, device=dev, dtype=torch.float16) if has_res else None
-    actf = F.gelu if act == "Gelu" else (lambda t: t)
-    ref = actf(x.float() @ w.float().t() + b.float())
-    if r is not None:
-        ref = ref + r.float()
-
-    def eager():
-        y = actf(F.linear(x, w, b))
-        return y + r if r is not None else y
-
+    x, w, b, r, actf, ref, eager = gemm_case(k, n, act, has_res, dev)
     row = {"shape": tag, "M": M, "K": k, "N": n, "cublas_fp16_ms": bench(eager)}
     base = tma_gemm_configs(M, n, k, 2, 2, limit=6)
     if act == "Gelu":
@@ -95,13 +83,7 @@ def gemm_one(dev: torch.device, tag: str, k: int, n: int, act: str, has_res: boo
     res = sweep(lambda c: tma_gemm(x, w, b, r, activation=act, config=c), cfgs, ref, 1e-2)
     row["fp16"] = res
     # fp8 codes in (X quantized once outside), dequant + bias + act + residual fused
-    xs = (x.float().abs().amax() / 448.0).reshape(())
-    ws = w.float().abs().amax(dim=1) / 448.0
-    xq = quantize(x, xs, "fp8e4m3", exact=True)
-    wq = (w.float() / ws[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
-    qref = actf((xq.float() * xs) @ (wq.float() * ws[:, None]).t() + b.float())
-    if r is not None:
-        qref = qref + r.float()
+    xs, ws, xq, wq, qref = fp8_case(x, w, b, r, actf)
     base8 = tma_gemm_configs(M, n, k, 1, 2, limit=6)
     if act == "Gelu":
         base8 = [TmaGemmConfig(**{**c.as_dict(), "FAST_GELU": 1}) for c in base8]

@@ -69,14 +69,14 @@ def best_tma(make, m, n, k, in_bytes, out_bytes, ref):
     return best
 
 
-def probe(tag: str, k: int, n: int, act: str, has_res: bool, dev: torch.device) -> dict:
-    flops = 2 * M * n * k
+def gemm_case(k: int, n: int, act: str, has_res: bool, dev: torch.device):  # noqa: ANN201
+    """One BERT GEMM's float16 operands (M rows): (x, w, b, r, actf, float32 reference,
+    eager), eager being what PyTorch runs: F.linear, then the activation and residual ops."""
     x = torch.randn(M, k, device=dev, dtype=torch.float16)
     w = torch.randn(n, k, device=dev, dtype=torch.float16) / math.sqrt(k)
     b = torch.randn(n, device=dev, dtype=torch.float16) * 0.1
     r = torch.randn(M, n, device=dev, dtype=torch.float16) if has_res else None
-    actf = (lambda t: F.gelu(t)) if act == "Gelu" else (lambda t: t)
-
+    actf = F.gelu if act == "Gelu" else (lambda t: t)
     ref = actf(x.float() @ w.float().t() + b.float())
     if r is not None:
         ref = ref + r.float()
@@ -84,6 +84,26 @@ def probe(tag: str, k: int, n: int, act: str, has_res: bool, dev: torch.device) 
     def eager():
         y = actf(F.linear(x, w, b))
         return y + r if r is not None else y
+
+    return x, w, b, r, actf, ref, eager
+
+
+def fp8_case(x, w, b, r, actf):  # noqa: ANN001, ANN201
+    """FP8 codes of the case: per-tensor X scale, per-channel W scale, codes made once
+    outside; (xs, ws, xq, wq, float32 reference on the dequantized codes)."""
+    xs = (x.float().abs().amax() / 448.0).reshape(())
+    ws = w.float().abs().amax(dim=1) / 448.0
+    xq = quantize(x, xs, "fp8e4m3", exact=True)
+    wq = (w.float() / ws[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    qref = actf((xq.float() * xs) @ (wq.float() * ws[:, None]).t() + b.float())
+    if r is not None:
+        qref = qref + r.float()
+    return xs, ws, xq, wq, qref
+
+
+def probe(tag: str, k: int, n: int, act: str, has_res: bool, dev: torch.device) -> dict:
+    flops = 2 * M * n * k
+    x, w, b, r, actf, ref, eager = gemm_case(k, n, act, has_res, dev)
 
     row = {"shape": tag, "M": M, "K": k, "N": n, "act": act, "residual": has_res}
     row["cublas_fp16_ms"] = bench(eager)
@@ -95,15 +115,9 @@ def probe(tag: str, k: int, n: int, act: str, has_res: bool, dev: torch.device) 
     row.update(tma_fp16_ms=t, tma_fp16_err=err, tma_fp16_cfg=cfg and cfg.as_dict())
 
     # 8-bit: per-tensor X scale, per-channel W scale (fp8), codes made once outside
-    xs = (x.float().abs().amax() / 448.0).reshape(())
-    ws = w.float().abs().amax(dim=1) / 448.0
-    xq = quantize(x, xs, "fp8e4m3", exact=True)
-    wq = (w.float() / ws[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    xs, ws, xq, wq, qref = fp8_case(x, w, b, r, actf)
     ws1 = (w.float().abs().amax() / 448.0).reshape(())
     wq1 = (w.float() / ws1).clamp(-448, 448).to(torch.float8_e4m3fn)
-    qref = actf((xq.float() * xs) @ (wq.float() * ws[:, None]).t() + b.float())
-    if r is not None:
-        qref = qref + r.float()
     wt1 = wq1.t()
     row["scaled_mm_fp8_gemm_only_ms"] = bench(
         lambda: torch._scaled_mm(xq, wt1, xs, ws1, bias=b, out_dtype=torch.float16)
