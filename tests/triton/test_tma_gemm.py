@@ -336,19 +336,26 @@ def test_tma_conv1x1_tactic_matches_fused_conv() -> None:
         assert tma_tactics.triton_tma_conv1x1(node, a2, infos, {}, build) is None, extra
 
 
+def _qconv_case(qtype: str, nhw: tuple[int, int, int], cin: int, cout: int, conv: dict):  # noqa: ANN202
+    """A channels-last QConv with float16 X, W_q [Cout, KH, KW, Cin], bias and residual:
+    (inputs, attributes, node, build, input infos)."""
+    kh, kw = conv["kernel_shape"]
+    x = torch.randn(*nhw, cin).half()
+    wq = make_w(cout, kh * kw * cin, qtype).reshape(cout, kh, kw, cin)
+    x_scale = torch.tensor(float(x.float().abs().max()) / (127 if qtype == "int8" else 448))
+    w_scale = (torch.rand(cout) * 0.01 + 0.002).float()
+    b, r = torch.randn(cout).half(), torch.randn(*nhw, cout).half()
+    xs: list[torch.Tensor | None] = [x, wq, x_scale, w_scale, b, r]
+    attrs = {**get_schema("QConv", "ecoinfer").attrs, **conv, "qtype": qtype}
+    node = Node("QConv", ["x", "w", "xs", "ws", "b", "r"], ["y"], attrs, domain="ecoinfer")
+    build = _build({"w": wq, "xs": x_scale, "ws": w_scale})
+    return xs, attrs, node, build, _infos(xs, (1, 2, 3))
+
+
 @pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
 def test_tma_qconv1x1_tactic_matches_qconv(qtype: str) -> None:
     torch.manual_seed(8)
-    x = torch.randn(2, 4, 3, 32).half()
-    wq = make_w(48, 32, qtype).reshape(48, 1, 1, 32)
-    x_scale = torch.tensor(float(x.float().abs().max()) / (127 if qtype == "int8" else 448))
-    w_scale = (torch.rand(48) * 0.01 + 0.002).float()
-    b, r = torch.randn(48).half(), torch.randn(2, 4, 3, 48).half()
-    xs: list[torch.Tensor | None] = [x, wq, x_scale, w_scale, b, r]
-    attrs = {**get_schema("QConv", "ecoinfer").attrs, **NHWC_1X1, "qtype": qtype}
-    node = Node("QConv", ["x", "w", "xs", "ws", "b", "r"], ["y"], attrs, domain="ecoinfer")
-    build = _build({"w": wq, "xs": x_scale, "ws": w_scale})
-    infos = _infos(xs, (1, 2, 3))
+    xs, attrs, node, build, infos = _qconv_case(qtype, (2, 4, 3), 32, 48, NHWC_1X1)
     assert any(c["QUANT_X"] for c in tma_tactics._qconv1x1_configs(node, attrs, infos, build))
     ref = _conv_ref("QConv", {**NHWC_1X1, "qtype": qtype}, xs)
     for quant_x in (0, 1):
@@ -505,16 +512,7 @@ def test_tma_conv_tactic_matches_fused_conv() -> None:
 @pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
 def test_tma_qconv_tactic_matches_qconv(qtype: str) -> None:
     torch.manual_seed(14)
-    x = torch.randn(1, 4, 5, 32).half()
-    wq = make_w(16, 9 * 32, qtype).reshape(16, 3, 3, 32)
-    x_scale = torch.tensor(float(x.float().abs().max()) / (127 if qtype == "int8" else 448))
-    w_scale = (torch.rand(16) * 0.01 + 0.002).float()
-    b, r = torch.randn(16).half(), torch.randn(1, 4, 5, 16).half()
-    xs: list[torch.Tensor | None] = [x, wq, x_scale, w_scale, b, r]
-    attrs = {**get_schema("QConv", "ecoinfer").attrs, **NHWC_3X3, "qtype": qtype}
-    node = Node("QConv", ["x", "w", "xs", "ws", "b", "r"], ["y"], attrs, domain="ecoinfer")
-    build = _build({"w": wq, "xs": x_scale, "ws": w_scale})
-    infos = _infos(xs, (1, 2, 3))
+    xs, attrs, node, build, infos = _qconv_case(qtype, (1, 4, 5), 32, 16, NHWC_3X3)
     ref = _conv_ref("QConv", {**NHWC_3X3, "qtype": qtype}, xs)
     for quant_x in (0, 1):
         cfg = {**TINY.as_dict(), "QUANT_X": quant_x}
