@@ -2,16 +2,15 @@
 
   gemm       the TMA GEMM's configurations with the pointer epilogue (EPI_TMA=0) and with
              Y stored / the residual loaded by TMA descriptors (EPI_TMA=1), fp16 and fp8
-             codes in, against cuBLAS (F.linear + the epilogue ops eager would run); fp8
-             with float16 X quantized in registers (QUANT_X) beside the one-pass quantize
-             it saves, and fp8 writing codes;
+             codes in, against cuBLAS (F.linear + the epilogue ops eager would run), and
+             fp8 writing codes;
   attention  Triton flash attention on the packed QKV buffer with BERT's [B, 1, 1, S]
              additive mask (loaded as one row) and with the same mask materialized as
              [B, 1, S, S] (the full-tile load every mask took before), over a config sweep;
              torch SDPA (efficient with the mask, flash without it: a lower bound);
   layernorm  the Triton LayerNorm's row configurations on [8192, 768];
   conv       ResNet-50 b128's stride-1 3x3 convolutions: cuDNN FP16 against the TMA implicit
-             GEMM (FP16, FP8 codes in, FP8 quantizing X in registers).
+             GEMM (FP16, FP8 codes in).
 Every result is checked against a float32 reference (relative L2 error printed).
 
     python bench/gpu_kernel_probe.py [--out results.json] [--only gemm,attention,layernorm,conv]
@@ -94,16 +93,6 @@ def gemm_one(dev: torch.device, tag: str, k: int, n: int, act: str, has_res: boo
         qref,
         1e-2,
     )
-    # float16 X quantized in the kernel's registers (QUANT_X): no quantize pass of its own
-    baseq = tma_gemm_configs(M, n, k, 1, 2, limit=6, x_bytes=2)
-    if act == "Gelu":
-        baseq = [TmaGemmConfig(**{**c.as_dict(), "FAST_GELU": 1}) for c in baseq]
-    row["fp8_quant_x"] = sweep(
-        lambda c: tma_gemm(x, wq, b, r, activation=act, x_scale=xs, w_scale=ws, config=c),
-        baseq,
-        qref,
-        1e-2,
-    )
     row["quantize_x_ms"] = bench(lambda: quantize(x, xs, "fp8e4m3", exact=True))
     os_ = (qref.abs().amax() / 448.0).reshape(())
     # codes out, timed alone (checked once by dequantizing outside the timing)
@@ -121,7 +110,7 @@ def gemm_one(dev: torch.device, tag: str, k: int, n: int, act: str, has_res: boo
     row["scaled_mm_fp8_gemm_only_ms"] = bench(
         lambda: torch._scaled_mm(xq, wt1, xs, ws1, bias=b, out_dtype=torch.float16)
     )
-    keys = ("fp16", "fp8", "fp8_quant_x", "fp8_qout")
+    keys = ("fp16", "fp8", "fp8_qout")
     best = {key: row[key][0] for key in keys if row[key]}
     print(
         f"{tag:9s} cuBLAS {row['cublas_fp16_ms'] * 1e3:6.1f} us | "
@@ -216,6 +205,25 @@ def layernorm_probe(dev: torch.device) -> list[dict]:
     print(
         f"layernorm torch F.layer_norm {bench(lambda: F.layer_norm(x, (768,), w, b)) * 1e3:6.1f} us"
     )
+    # LayerNormCodes (Y and the next GEMM's FP8 codes in one pass), the codes divided
+    # exactly or by the reciprocal, against LayerNorm + the one-pass quantize it replaces
+    ys = (ref.abs().amax() / 448.0).reshape(()).float()
+    codes = torch.empty(M, 768, device=dev, dtype=torch.float8_e4m3fn)
+    for exact in (True, False):
+        rows = sweep(
+            lambda c, e=exact: layer_norm(x, w, b, -1, 1e-12, c, codes, ys, e), cfgs[:12], ref, 1e-2
+        )
+        if rows:
+            print(
+                f"layernorm+codes exact={int(exact)} {rows[0]['ms'] * 1e3:6.1f} us  {rows[0]['cfg']}"
+            )
+            res.append({"codes_exact": exact, **rows[0]})
+    best = RowConfig(**res[0]["cfg"])
+    sep = bench(
+        lambda: quantize(layer_norm(x, w, b, -1, 1e-12, cfg=best), ys, "fp8e4m3", exact=True)
+    )
+    print(f"layernorm then quantize pass {sep * 1e3:6.1f} us")
+    res.append({"ln_then_quantize_ms": sep})
     return res
 
 
@@ -224,7 +232,7 @@ RESNET_3X3 = [(56, 64), (28, 128), (14, 256), (7, 512)]  # (H = W, C = Cout), ba
 
 def conv_probe(dev: torch.device) -> list[dict]:
     """ResNet-50 b128's stride-1 3x3 convolutions (bias + ReLU): cuDNN FP16 channels-last
-    against the TMA implicit GEMM in FP16, FP8 on codes and FP8 quantizing X in registers."""
+    against the TMA implicit GEMM in FP16 and FP8 on codes (plus the quantize pass)."""
     return [conv_one(dev, hw, c) for hw, c in RESNET_3X3]
 
 
@@ -239,11 +247,11 @@ def conv_one(dev: torch.device, hw: int, c: int) -> dict:
     wc = w.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     ref = F.relu(F.conv2d(xc.float(), wc.float(), b.float(), padding=1)).permute(0, 2, 3, 1)
     row = {"hw": hw, "c": c, "cudnn_fp16_ms": bench(lambda: F.relu(F.conv2d(xc, wc, b, padding=1)))}
-    m, k = 128 * hw * hw, 9 * c
+    m = 128 * hw * hw  # K steps read one tap's c channels
     w2 = w.reshape(c, -1)
     row["fp16"] = sweep(
         lambda cfg: tma_gemm(x, w2, b, activation="Relu", config=cfg, conv=geo),
-        tma_gemm_configs(m, c, k, 2, limit=6),
+        tma_gemm_configs(m, c, c, 2, limit=6),
         ref,
         1e-2,
     )
@@ -254,20 +262,14 @@ def conv_one(dev: torch.device, hw: int, c: int) -> dict:
     kw = {"x_scale": xs, "w_scale": ws, "out_dtype": torch.float16}
     row["fp8_codes"] = sweep(
         lambda cfg: tma_gemm(xq, wq, b, activation="Relu", config=cfg, conv=geo, **kw),
-        tma_gemm_configs(m, c, k, 1, limit=6),
-        ref,
-        6e-2,
-    )
-    row["fp8_quant_x"] = sweep(
-        lambda cfg: tma_gemm(x, wq, b, activation="Relu", config=cfg, conv=geo, **kw),
-        tma_gemm_configs(m, c, k, 1, limit=6, x_bytes=2),
+        tma_gemm_configs(m, c, c, 1, limit=6),
         ref,
         6e-2,
     )
     row["quantize_x_ms"] = bench(lambda: quantize(x, xs, "fp8e4m3", exact=True))
     best = " | ".join(
         f"{key} {row[key][0]['ms'] * 1e3:6.1f} us" if row[key] else f"{key} -"
-        for key in ("fp16", "fp8_codes", "fp8_quant_x")
+        for key in ("fp16", "fp8_codes")
     )
     print(
         f"conv3x3 {hw:2d}x{hw:<2d} C={c:3d}  cuDNN {row['cudnn_fp16_ms'] * 1e3:6.1f} us | "

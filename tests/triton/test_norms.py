@@ -178,6 +178,17 @@ def test_layernorm_codes_one_pass(qtype: str) -> None:
 
     want = quantize(y.float(), ys, None, rc.dtype)
     assert torch.equal(codes.float(), want.float())
+    # exact=0 (a tuning candidate) multiplies by 1 / y_scale: at most one code away
+    fast = norms.make_layernorm_codes(
+        node, attrs, infos, {"exact": 0}, BuildInfo(torch.device("cpu"), "float16")
+    )
+    assert fast is not None and {"exact": 0} in [
+        {"exact": c["exact"]} for c in norms.codes_configs(node, attrs, infos, None)
+    ]
+    y2, codes2 = fast([x, g, b, ys])
+    assert torch.equal(y2, y)
+    as_int = (lambda t: t.view(torch.uint8).int()) if qtype != "int8" else (lambda t: t.int())
+    assert (as_int(codes2) - as_int(want)).abs().max() <= 1
     bad = TensorInfo((2,), torch.float32)  # y_scale not a scalar
     assert (
         norms.make_layernorm_codes(

@@ -132,6 +132,7 @@ def _layernorm_fwd(
     eps,
     HAS_B: tl.constexpr,
     QOUT: tl.constexpr,
+    EXACT: tl.constexpr,
     SOFT_FP8: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -157,7 +158,7 @@ def _layernorm_fwd(
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
     if QOUT >= 0:  # codes of the stored Y for a quantized reader (LayerNormCodes)
         y_scale = tl.load(YS).to(tl.float32)
-        q = quantize_block(yr.to(tl.float32), 1.0 / y_scale, y_scale, QOUT, True, SOFT_FP8)
+        q = quantize_block(yr.to(tl.float32), 1.0 / y_scale, y_scale, QOUT, EXACT, SOFT_FP8)
         tl.store(C + r64[:, None] * n_cols + cols[None, :], q, mask=mask)
 
 
@@ -198,10 +199,13 @@ def layer_norm(
     cfg: RowConfig | None = None,
     codes: Tensor | None = None,
     y_scale: Tensor | None = None,
+    exact: bool = True,
 ) -> Tensor:
     """ONNX LayerNormalization's Y (dtype of x), normalizing axes [axis, rank); with
     `codes` (int8 / float8_e4m3fn, x's shape, dense) and y_scale, also quant(Y / y_scale)
-    into `codes` in the same pass (ecoinfer.LayerNormCodes)."""
+    into `codes` in the same pass (ecoinfer.LayerNormCodes). exact: Y / y_scale divided
+    exactly (the quantize pass's rounding), else multiplied by 1 / y_scale as the GEMM
+    epilogues do (a code on a rounding boundary may differ by one)."""
     axis = norm_axis(axis, x.dim())
     norm_shape = tuple(x.shape[axis:])
     n_cols = math.prod(norm_shape)
@@ -227,6 +231,7 @@ def layer_norm(
         float(eps),
         HAS_B=bias is not None,
         QOUT=QCODE_OF[codes.dtype] if codes is not None else -1,
+        EXACT=exact,
         SOFT_FP8=soft_fp8(x),
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),
@@ -342,6 +347,7 @@ def make_layernorm_codes(
     axis, n_cols = found
     eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
     rc = config_from(cfg, n_cols)
+    exact = bool(cfg.get("exact", 1))
     has_bias = inputs[2] is not None
     qdt = QTYPES[qtype]
 
@@ -349,7 +355,9 @@ def make_layernorm_codes(
         xt, scale, ys = xs[0], xs[1], xs[3]
         assert xt is not None and scale is not None and ys is not None
         codes = torch.empty(xt.shape, dtype=qdt, device=xt.device)
-        y = layer_norm(xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes, ys.float())
+        y = layer_norm(
+            xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes, ys.float(), exact
+        )
         return [y, codes]
 
     return run
@@ -383,3 +391,12 @@ def norm_configs(
     if not 0 <= axis < len(x.shape):
         return [{}]
     return row_configs(max(1, _row_len(x.shape, axis)))
+
+
+def codes_configs(
+    node: Node, attrs: dict[str, Any], inputs: list, build: Any
+) -> list[dict[str, Any]]:
+    """LayerNormCodes: each row configuration with the codes divided exactly and by the
+    reciprocal (the exact division may cost the pass its memory speed; the tuner times both
+    and checks them against the reference like any tactic)."""
+    return [{**c, "exact": e} for c in norm_configs(node, attrs, inputs, build) for e in (1, 0)]

@@ -8,9 +8,10 @@
   triton_maxpool    ecoinfer.MaxPool (NHWC, 2-D)    pool.py (Y only; Indices: the reference)
 
 plus, when present, ecoinfer.kernels.triton.gemm_tactics (Triton GEMM, flash attention and
-implicit-GEMM conv), ecoinfer.kernels.triton.qtactics (INT8/FP8 QGemm and QConv) and
-ecoinfer.kernels.triton.tma_tactics (the TMA GEMM for FusedGemm and QGemm, Hopper), which
-register their own tactics on import.
+implicit-GEMM conv), ecoinfer.kernels.triton.qtactics (INT8/FP8 QGemm and QConv),
+ecoinfer.kernels.triton.tma_tactics (the TMA GEMM for FusedGemm and QGemm, Hopper) and
+ecoinfer.kernels.triton.embed_layernorm (ecoinfer.EmbedLayerNorm), which register their own
+tactics on import.
 
 Every tactic is registered for "cuda" only. Their make() also accepts a CPU build while
 TRITON_INTERPRET=1, so the tests can drive them on CPU tensors through Triton's interpreter.
@@ -53,7 +54,7 @@ tactic(
     domain="ecoinfer",
     devices=("cuda",),
     dtypes=_DTYPES,
-    configs=norms.norm_configs,
+    configs=norms.codes_configs,
     doc="the LayerNormalization row kernel also writing Y's codes for a quantized reader",
 )(norms.make_layernorm_codes)
 
@@ -93,6 +94,7 @@ _OPTIONAL = (
     "ecoinfer.kernels.triton.gemm_tactics",
     "ecoinfer.kernels.triton.qtactics",
     "ecoinfer.kernels.triton.tma_tactics",
+    "ecoinfer.kernels.triton.embed_layernorm",
 )
 
 for _name in _OPTIONAL:

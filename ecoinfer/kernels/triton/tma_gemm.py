@@ -5,8 +5,8 @@
 
 One kernel serves three layer kinds:
   * 8-bit GEMMs whose X is still float16/bfloat16: each X tile is quantized to W's codes in
-    registers after its TMA load (the QGemm tactics' QUANT_X configurations), so no pass of
-    its own writes X's codes;
+    registers after its TMA load (QUANT_X), so no pass of its own writes X's codes (the
+    tactics do not try it: on an H200 it lost to the one-pass quantize on every layer);
   * half GEMMs (float16/bfloat16 X and W): FusedGemm with its bias/activation/residual, and
     FusedConv 1x1 channels-last convolutions (post: the activation after the residual add);
   * 8-bit GEMMs whose X already holds codes (int8 or float8_e4m3fn, per-tensor x_scale) and
@@ -116,8 +116,9 @@ class TmaGemmConfig(KernelConfig):
     # their layouts allow (tma_ok); else by pointers, as with 0. On an H200 it was 1-5% faster
     # on BERT-base's GEMMs (bench/gpu_kernel_probe.py)
     EPI_TMA: int = 1
-    # 1: the tactic hands a float X to the 8-bit kernel, which quantizes each X tile in
-    # registers (multiplying by 1/x_scale), instead of quantizing X in a pass of its own
+    # 1: a float X given to the 8-bit kernel is quantized a tile at a time in registers
+    # (multiplying by 1/x_scale) instead of in a pass of its own. Kept for callers and the
+    # probe; the tactics do not tune it (bench/gpu_kernel_probe.py: slower everywhere)
     QUANT_X: int = 0
 
 
@@ -290,6 +291,8 @@ def _tma_gemm_kernel(
     if QOUT >= 0:
         o_scale = tl.load(os_ptr).to(tl.float32)
         o_inv = 1.0 / o_scale
+    # (Triton 3.6's warp_specialize=True instead of flatten was slower on every BERT GEMM
+    # on an H200, e.g. FP8 FFN-up 54.2 against 50.2 us, and failed to compile some tiles)
     for tile in tl.range(tl.program_id(0), num_m * num_n, num_progs, flatten=True):
         pid_m, pid_n = _grouped(tile, num_m, num_n, GROUP_M)
         off_m = pid_m * BLOCK_M
@@ -461,7 +464,7 @@ def tma_gemm(
     w2 = _aligned(w)
     esz = w2.element_size()
     xsz = x2.element_size() if quant_a else 0
-    cfg = config or tma_gemm_configs(m, n, k * taps, esz, x_bytes=xsz)[0]
+    cfg = config or tma_gemm_configs(m, n, k, esz, x_bytes=xsz)[0]  # K steps within a tap
     x_desc = TensorDescriptor.from_tensor(x2, [cfg.BLOCK_M, cfg.BLOCK_K])
     wblock = [cfg.BLOCK_K, cfg.BLOCK_N] if w_kn else [cfg.BLOCK_N, cfg.BLOCK_K]
     w_desc = TensorDescriptor.from_tensor(w2, wblock)

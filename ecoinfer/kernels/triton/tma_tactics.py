@@ -58,20 +58,12 @@ Tensor = torch.Tensor
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _configs(
-    m: int,
-    n: int,
-    k: int,
-    in_bytes: int,
-    act: tuple[int, float, float] | None,
-    float_x: int = 0,
-):
-    """The tile configurations; with float_x (the byte size of a float X that an 8-bit
-    layer would otherwise quantize in a pass of its own) also the three best-placed
-    QUANT_X ones, which quantize each X tile in registers."""
+def _configs(m: int, n: int, k: int, in_bytes: int, act: tuple[int, float, float] | None):
+    """The tile configurations (k: the K of one K step's source, a convolution tap's
+    channels). QUANT_X configurations (float X quantized in registers) are not tried: on an
+    H200 they lost to the one-pass quantize everywhere (BERT QKV 62.8 us against 33.7 + 5.1;
+    ResNet 3x3 at 28x28 87.0 against 70.1 + 9.2; bench/gpu_kernel_probe.py)."""
     cfgs = tma_gemm_configs(m, n, k, in_bytes)
-    if float_x:
-        cfgs += tma_gemm_configs(m, n, k, in_bytes, x_bytes=float_x)[:3]
     if act is not None and act[0] in (ACT_GELU_ERF, ACT_GELU_TANH):
         cfgs += [TmaGemmConfig(**{**c.as_dict(), "FAST_GELU": 1}) for c in cfgs[:3]]
     return [c.as_dict() for c in cfgs]
@@ -185,15 +177,6 @@ def _quantized_io(
     return qtype, fdt
 
 
-def _float_x_bytes(attrs: dict[str, Any], inputs: list[TensorInfo | None]) -> int:
-    """The element size of a quantized layer's float X (which QUANT_X configurations
-    quantize in registers); 0 where X already holds codes."""
-    x = _info(inputs, 0)
-    if x is None or x.dtype == QTYPES.get(str(attrs.get("qtype") or "int8")):
-        return 0
-    return x.dtype.itemsize
-
-
 def _tma_qgemm_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
@@ -201,7 +184,7 @@ def _tma_qgemm_configs(
     if plan is None:
         return [TmaGemmConfig().as_dict()]
     _, m, n, k, _, _ = plan
-    return _configs(m, n, k, 1, act_of(attrs), _float_x_bytes(attrs, inputs))
+    return _configs(m, n, k, 1, act_of(attrs))
 
 
 @tactic(
@@ -331,10 +314,6 @@ def _as_half(inputs: list[TensorInfo | None]) -> list[TensorInfo | None]:
     return [TensorInfo(tuple(x.shape), dt), TensorInfo(tuple(w.shape), dt, w.is_weight)]
 
 
-def _taps(geo: ConvGeometry | None) -> int:
-    return geo.kh * geo.kw if geo is not None else 1
-
-
 def _conv_configs(kxk: bool, quantized: bool = False):  # noqa: ANN202
     """The configs function of a float (FusedConv) or 8-bit (QConv) TMA convolution tactic."""
 
@@ -345,10 +324,11 @@ def _conv_configs(kxk: bool, quantized: bool = False):  # noqa: ANN202
         p = _conv_plan(attrs, seen, 16 if quantized else 8, kxk)
         if p is None:
             return [TmaGemmConfig().as_dict()]
-        m, n, k, _, act, _, geo = p
-        if not quantized:
-            return _configs(m, n, k * _taps(geo), 2, act)
-        return _configs(m, n, k * _taps(geo), 1, act, _float_x_bytes(attrs, inputs))
+        m, n, k, _, act, _, _ = p
+        # a K step reads one tap's channels: a step wider than C would read the next
+        # pixel's channels against W's zeros (on an H200, FP8 3x3 over 64 channels took
+        # 228 us with 128-channel steps)
+        return _configs(m, n, k, 1 if quantized else 2, act)
 
     return configs
 
@@ -451,6 +431,5 @@ for _name, _kxk, _float, _quant, _what in (
         devices=("cuda",),
         dtypes=("float16", "bfloat16"),
         configs=_conv_configs(_kxk, quantized=True),
-        doc=f"INT8/FP8 {_what} (X quantized in one pass or in registers), dequantize + "
-        f"{_CONV_DOC[0]}",
+        doc=f"INT8/FP8 {_what} (X as codes or quantized in one pass), dequantize + {_CONV_DOC[0]}",
     )(_quant)
