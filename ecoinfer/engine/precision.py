@@ -27,8 +27,10 @@ What the lowered graph looks like (float16 / bfloat16 builds):
   their bodies are not lowered); and whatever the user forces with `layer_precision`.
 - LayerNormalization/RMSNormalization/GroupNormalization run in T with `stash_type=1`, i.e.
   their statistics in FP32 (ONNX semantics; torch's half layer_norm does the same, and the
-  reference kernels honour it). Softmax and Attention run in T: every kernel subtracts the
-  row max first and sums in FP32 (torch's half softmax, SDPA and the Triton kernels do).
+  reference kernels honour it); so does ecoinfer.EmbedLayerNorm (its lookups summed in FP32
+  too; tables, scale and bias become T like any weight). Softmax and Attention run in T:
+  every kernel subtracts the row max first and sums in FP32 (torch's half softmax, SDPA and
+  the Triton kernels do).
   GEMM/conv accumulation is FP32 in every tactic; that is the tactic's job, not this pass's.
 
 bfloat16 keeps 8 mantissa bits (fp16 keeps 11): storing a transformer's residual stream in
@@ -36,7 +38,8 @@ bf16 costs about 1e-2 relative error on MiniLM-L6 (HF's own pure-bf16 model: 1.1
 autocast, whose residual adds and LayerNorms are fp32: 6.8e-3). So bfloat16 builds keep the
 residual stream in fp32 by default (`residual_fp32`, what autocast does): a FusedGemm's
 residual Add is split into its own FusedElementwise node (bf16 GEMM output up-cast and added
-in fp32 inside that one kernel) and LayerNorm/RMSNorm run in fp32; the GEMMs stay bf16.
+in fp32 inside that one kernel) and LayerNorm/RMSNorm/EmbedLayerNorm (the stream's start) run
+in fp32; the GEMMs stay bf16.
 
 float32 and tf32 builds leave the graph as it is (TF32 is a runtime setting the builder
 applies to matmul/conv layers; the report records "tf32" for those), unless an override
@@ -336,7 +339,7 @@ def _decide(
         why = f"kept fp32: residual stream ({prec} keeps too few mantissa bits)"
         if name in residual:
             return "float32", why, f"split out of '{residual[name]}'"
-        if n.op_type in ("LayerNormalization", "RMSNormalization"):
+        if n.op_type in ("LayerNormalization", "RMSNormalization", "EmbedLayerNorm"):
             return "float32", why, ""
     if lowered:
         if _has_subgraph(n) and n.op_type != "FusedElementwise":
@@ -357,6 +360,8 @@ def _decide(
     note = ""
     if lowered and n.op_type in _NORMS:
         note = "statistics in fp32: stash_type=1"
+    elif lowered and n.op_type == "EmbedLayerNorm":
+        note = "sum and statistics in fp32"
     elif residual and name in residual.values():
         note = "residual add split out, runs in fp32"
     elif lowered and n.op_type in ("Softmax", "LogSoftmax", "Attention", "MultiHeadAttention"):

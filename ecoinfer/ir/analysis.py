@@ -83,16 +83,23 @@ def bind_input_shapes(
 
 
 def index_table_sizes(graph: Graph) -> dict[str, int]:
-    """Graph inputs used as indices into a constant table (Gather on an embedding), with the
+    """Graph inputs used as indices into a constant table (Gather on an embedding, or an
+    ecoinfer.EmbedLayerNorm lookup: its kernel cannot raise on a bad index), with the
     size of the smallest table each one indexes: valid indices are [-size, size)."""
     out: dict[str, int] = {}
     names = set(graph.input_names)
     for n in graph.nodes:
-        if n.op_type == "Gather" and not n.domain and len(n.inputs) > 1 and n.inputs[1] in names:
-            data = graph.initializers.get(n.inputs[0])
-            if data is not None:
-                size = int(data.shape[int(n.attrs.get("axis", 0))])
-                out[n.inputs[1]] = min(out.get(n.inputs[1], size), size)
+        pairs: list[tuple[str, str, int]] = []  # (table, ids, axis)
+        if n.op_type == "Gather" and not n.domain and len(n.inputs) > 1:
+            pairs = [(n.inputs[0], n.inputs[1], int(n.attrs.get("axis", 0)))]
+        elif n.op_type == "EmbedLayerNorm" and n.domain == "ecoinfer":
+            k = int(n.attrs.get("num_lookups") or 0)  # ids_i, table_i pairs, then scale, bias
+            pairs = [(n.inputs[2 * i + 1], n.inputs[2 * i], 0) for i in range(k)]
+        for table, ids, axis in pairs:
+            data = graph.initializers.get(table)
+            if ids in names and data is not None:
+                size = int(data.shape[axis])
+                out[ids] = min(out.get(ids, size), size)
     return out
 
 

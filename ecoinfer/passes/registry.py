@@ -31,6 +31,7 @@ ORDER = [
     "cancel_transpose_reshape",
     "fold_batchnorm",
     "fuse_layernorm",
+    "fuse_embed_layernorm",
     "fuse_rmsnorm",
     "fuse_gelu",
     "fuse_silu",

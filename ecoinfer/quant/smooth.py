@@ -12,7 +12,8 @@ The division by s is folded into the node that *produces* A, so the smoothed gra
 work on the GEMM path and computes the same numbers up to float rounding:
 
 - LayerNormalization / RMSNormalization with a constant 1-D scale (and bias) over the last
-  axis: y = norm(x) * gamma + beta, so y / s = norm(x) * (gamma / s) + beta / s;
+  axis: y = norm(x) * gamma + beta, so y / s = norm(x) * (gamma / s) + beta / s (and so
+  ecoinfer.EmbedLayerNorm, the embeddings' LayerNorm);
 - ecoinfer.FusedGemm without a residual whose activation is positively homogeneous
   (f(x / s) = f(x) / s for s > 0: none, Relu, LeakyRelu): its weight's output columns and its
   bias are divided by s.
@@ -95,6 +96,14 @@ def _const(graph: Graph, name: str) -> torch.Tensor | None:
     return t if t is not None and t.is_floating_point() else None
 
 
+def _norm_params(n: Node) -> tuple[int, int]:
+    """Where a norm producer keeps its scale and bias (EmbedLayerNorm: after its k lookups)."""
+    if _is(n, "EmbedLayerNorm", "ecoinfer"):
+        k = int(n.attrs.get("num_lookups") or 0)
+        return 2 * k, 2 * k + 1
+    return 1, 2
+
+
 def _producer_channels(graph: Graph, n: Node) -> int | None:
     """The channel count K of a node whose output can absorb 1/s, else None."""
     if (_is(n, "LayerNormalization", "") or _is(n, "RMSNormalization", "")) and n.inputs:
@@ -111,6 +120,16 @@ def _producer_channels(graph: Graph, n: Node) -> int | None:
         axis = int(n.attrs.get("axis", -1))
         if not (axis == -1 or (rank is not None and axis == rank - 1)):
             return None  # normalized over several axes: gamma is not per last-axis channel
+        return int(gamma.shape[0])
+    if _is(n, "EmbedLayerNorm", "ecoinfer"):  # normalizes the last axis, scale along it
+        si, bi = _norm_params(n)
+        gamma = _const(graph, n.inputs[si]) if si < len(n.inputs) else None
+        if gamma is None or gamma.dim() != 1:
+            return None
+        if bi < len(n.inputs) and n.inputs[bi]:
+            beta = _const(graph, n.inputs[bi])
+            if beta is None or beta.shape != gamma.shape:
+                return None
         return int(gamma.shape[0])
     if _is(n, "FusedGemm", "ecoinfer") and len(n.inputs) >= 2:
         if len(n.inputs) > 3 and n.inputs[3]:
@@ -327,7 +346,7 @@ def smooth_graph(
             if len(p.inputs) > 2 and p.inputs[2]:
                 p.inputs[2] = scaled(p.inputs[2], 1.0 / st, f"{p.inputs[2]}_smoothed")
         elif p is not None:
-            for i in (1, 2):
+            for i in _norm_params(p):
                 if len(p.inputs) > i and p.inputs[i]:
                     p.inputs[i] = scaled(p.inputs[i], 1.0 / st, f"{p.inputs[i]}_smoothed")
         if not grp.explicit:

@@ -104,15 +104,19 @@ def test_minilm_lowered_matches_onnxruntime(minilm_opt, precision: str) -> None:
     # measured (CPU, torch reference kernels): fp16 1.8e-3, bf16 8.1e-3 on last_hidden_state
     errs = _check(outs, refs, TOLERANCE[precision], f"MiniLM {precision}")
     assert errs["last_hidden_state"] > 0  # it really ran in half precision
-    lp = _by_name(layers)
     gemms = [x for x in layers if x.op == "FusedGemm"]
     assert gemms and all(x.precision == precision for x in gemms)
     mha = [x for x in layers if x.op == "MultiHeadAttention"]
     assert len(mha) == 6 and all(x.precision == precision for x in mha)
-    assert lp["node_embedding"].precision == precision  # the Gather of the embedding table
+    (emb,) = [x for x in layers if x.op == "EmbedLayerNorm"]  # embedding lookups + LayerNorm
     # weights are converted once, under their own names
     w = low.initializers["embeddings.word_embeddings.weight"]
-    assert w.dtype == P.storage_dtype(precision)
+    if precision == "float16":
+        assert emb.precision == precision and "fp32" in emb.note
+        assert w.dtype == P.storage_dtype(precision)
+    else:  # bf16 keeps the residual stream, which the embeddings start, in fp32
+        assert emb.precision == "float32" and "residual stream" in emb.reason
+        assert w.dtype == torch.float32
     assert not any(k.endswith(("_fp16", "_bf16")) for k in low.initializers)
     lns = [x for x in layers if x.op == "LayerNormalization"]
     if precision == "float16":
@@ -205,8 +209,8 @@ def test_integer_paths_untouched(minilm_opt) -> None:  # noqa: ANN001
         if o is None or any(graph.values[x].dtype in floats for x in o.outputs if x):
             continue
         assert n.inputs == o.inputs and n.attrs == o.attrs, n.name  # same node, same reads
-    gathers = [n for n in low.nodes if n.name == "node_embedding"]
-    assert gathers[0].inputs[1] == "input_ids"  # indices are read as given, no cast
+    (emb,) = [n for n in low.nodes if n.op_type == "EmbedLayerNorm"]  # the embedding lookups
+    assert emb.inputs[0] == "input_ids"  # indices are read as given, no cast
     assert not any(n.op_type == "Cast" and "input_ids" in n.inputs for n in low.nodes)
 
 

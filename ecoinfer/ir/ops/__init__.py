@@ -7,6 +7,7 @@ from ecoinfer.ir.ops import (  # noqa: F401
     fused_attention,
     fused_conv,
     fused_elementwise,
+    fused_embed,
     fused_gemm,
     fused_mha,
     fused_quant,
