@@ -151,6 +151,14 @@ def attention_probe(dev: torch.device) -> dict:
         for w in (4, 8)
         for s in (1, 2, 3)
     ]
+    # persistent programs walking the tiles, one key block each (the tile loop pipelined)
+    cfgs += [
+        FlashConfig(bm, 128, w, s, 1, p)
+        for bm in (64, 128)
+        for w in (4, 8)
+        for s in (2, 3)
+        for p in (1, 2, 4)
+    ]
     kw = {"num_heads": H, "head_size": D, "packed": True, "scale": D**-0.5}
     res = {
         "row_mask": sweep(
@@ -187,6 +195,10 @@ def attention_probe(dev: torch.device) -> dict:
         for r in res[key][:3]:
             c = r["cfg"]
             print(f"attention {key:9s} {r['ms'] * 1e3:6.1f} us  {c}  err {r['err']:.1e}")
+    for pers in (0, 1):
+        best = [r for r in res["row_mask"] if r["cfg"]["PERSISTENT"] == pers][:1]
+        for r in best:
+            print(f"attention row_mask PERSISTENT={pers} best {r['ms'] * 1e3:6.1f} us  {r['cfg']}")
     for key in ("sdpa_efficient_mask", "sdpa_cudnn_mask", "sdpa_flash_nomask"):
         v = res[key]
         print(f"attention {key:20s} " + (f"{v * 1e3:6.1f} us" if isinstance(v, float) else v))

@@ -175,7 +175,9 @@ def test_attention_every_proposed_config() -> None:
     node, full, _ = make("Attention", [q, k, v])
     infos = [TensorInfo(tuple(t.shape), t.dtype) for t in (q, k, v)]
     cfgs = gemm_tactics._attention_configs(node, full, infos, None)  # type: ignore[arg-type]
-    assert 2 <= len(cfgs) <= 8
+    assert 2 <= len(cfgs) <= 12
+    # one key block covers Sk = 40: persistent variants too (4 programs on the interpreter)
+    assert any(c["PERSISTENT"] and c["BLOCK_N"] >= 40 for c in cfgs)
     for cfg in cfgs:
         check("Attention", [q, k, v, padding_mask(torch.float16, 40)], cfg=cfg, is_causal=1)
 
@@ -205,6 +207,25 @@ def test_mha_packed(dtype: torch.dtype, mask: str) -> None:
     elif mask == "causal":
         attrs["is_causal"] = 1
     check("MultiHeadAttention", xs, **attrs)
+
+
+@pytest.mark.parametrize("mask", ["none", "pad", "causal"])
+@pytest.mark.parametrize("block_m", [16, 32])
+def test_mha_persistent_tiles(mask: str, block_m: int) -> None:
+    """PERSISTENT: 4 programs (the interpreter's SM count) x PROGS_PER_SM walk more tiles
+    than there are programs (6 batches x 2 heads x 1-2 row blocks), one key block each."""
+    torch.manual_seed(12)
+    xs: list[torch.Tensor | None] = [torch.randn(6, S, 3 * H * D).half(), None, None]
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": D**-0.5}
+    if mask == "pad":
+        m = torch.zeros(6, 1, 1, S)
+        m[::2, ..., S - 5 :] = torch.finfo(torch.float16).min
+        xs.append(m.half())
+    elif mask == "causal":
+        attrs["is_causal"] = 1
+    cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "PERSISTENT": 1}
+    for per_sm in (1, 2):
+        check("MultiHeadAttention", xs, {**cfg, "PROGS_PER_SM": per_sm}, **attrs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

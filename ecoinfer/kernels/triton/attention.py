@@ -28,6 +28,7 @@ from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
 from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
+from ecoinfer.kernels.triton.tma_gemm import num_sms
 
 Tensor = torch.Tensor
 
@@ -40,6 +41,10 @@ class FlashConfig(KernelConfig):
     BLOCK_N: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    # 1: PROGS_PER_SM programs per SM walk the (row block, batch, head) tiles, the tile loop
+    # software-pipelined when one key block covers the sequence (see _flash_fwd)
+    PERSISTENT: int = 0
+    PROGS_PER_SM: int = 2
 
 
 def flash_configs(
@@ -74,11 +79,21 @@ def flash_configs(
             out.append(cfg)
     if not out:
         out.append(FlashConfig(16, 16, 2, 1))
-    return out[:limit]
+    out = out[:limit]
+    # short sequences (one key block): the two best-placed one-block tiles also persistent
+    one = [c for c in out if c.BLOCK_N >= sk][:2]
+    out += [
+        FlashConfig(c.BLOCK_M, c.BLOCK_N, c.num_warps, max(2, c.num_stages), 1, p)
+        for c in one
+        for p in (2, 4)
+    ]
+    return out
 
 
 @triton.jit
-def _flash_fwd(
+def _flash_tile(
+    pid_m,
+    pid_bh,
     q_ptr,
     k_ptr,
     v_ptr,
@@ -129,13 +144,13 @@ def _flash_fwd(
     QOUT: tl.constexpr,
     SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
+    ONE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """One BLOCK_M row block of one (batch, head): the whole attention of those rows."""
     b = pid_bh // H
     h = pid_bh % H
     if INT64:
@@ -170,7 +185,9 @@ def _flash_fwd(
         # keys past the last query row of this block weigh 0 for every row (mask_fill is
         # -inf): skip them. A finite fill gives them weight in fully masked rows: not skipped
         hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
+    # ONE_BLOCK (Sk <= BLOCK_N): a loop of one trip with constant bounds, which the compiler
+    # removes, so that a persistent program's tile loop is the innermost one (pipelined)
+    for start_n in range(0, BLOCK_N if ONE_BLOCK else hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < SK
         # K tile as [D, BLOCK_N] read through the strides (k_transposed only swaps them)
@@ -241,6 +258,196 @@ def _flash_fwd(
         out,
         mask=mask_m[:, None] & (offs_dv[None, :] < DV),
     )
+
+
+@triton.jit
+def _flash_fwd(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    y_ptr,
+    add_ptr,
+    keep_ptr,
+    ys_ptr,
+    H,
+    NUM_M,
+    N_TILES,
+    NUM_PROGS,
+    SQ,
+    SK,
+    D,
+    DV,
+    sq_b,
+    sq_h,
+    sq_m,
+    sq_d,
+    sk_b,
+    sk_h,
+    sk_n,
+    sk_d,
+    sv_b,
+    sv_h,
+    sv_n,
+    sv_d,
+    sy_b,
+    sy_h,
+    sy_m,
+    sy_d,
+    sa_b,
+    sa_h,
+    sa_m,
+    sa_n,
+    sp_b,
+    sp_h,
+    sp_m,
+    sp_n,
+    scale,
+    fill,
+    HAS_ADD: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    ADD_ROW: tl.constexpr,
+    KEEP_ROW: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    CAUSAL_SKIP: tl.constexpr,
+    NAN_TO_ZERO: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    QOUT: tl.constexpr,
+    SOFT_FP8: tl.constexpr,
+    INT64: tl.constexpr,
+    ONE_BLOCK: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    TILE_STAGES: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    """One program per row block of a (batch, head) (tile = pid_bh * NUM_M + pid_m), or with
+    PERSISTENT, NUM_PROGS programs walking the tiles: with one key block per tile (short
+    sequences: BERT's 128 tokens) the next tile's Q, K and V loads overlap this one's math."""
+    if PERSISTENT:
+        for tile in tl.range(tl.program_id(0), N_TILES, NUM_PROGS, num_stages=TILE_STAGES):
+            _flash_tile(
+                tile % NUM_M,
+                tile // NUM_M,
+                q_ptr,
+                k_ptr,
+                v_ptr,
+                y_ptr,
+                add_ptr,
+                keep_ptr,
+                ys_ptr,
+                H,
+                SQ,
+                SK,
+                D,
+                DV,
+                sq_b,
+                sq_h,
+                sq_m,
+                sq_d,
+                sk_b,
+                sk_h,
+                sk_n,
+                sk_d,
+                sv_b,
+                sv_h,
+                sv_n,
+                sv_d,
+                sy_b,
+                sy_h,
+                sy_m,
+                sy_d,
+                sa_b,
+                sa_h,
+                sa_m,
+                sa_n,
+                sp_b,
+                sp_h,
+                sp_m,
+                sp_n,
+                scale,
+                fill,
+                HAS_ADD,
+                HAS_KEEP,
+                ADD_ROW,
+                KEEP_ROW,
+                CAUSAL,
+                CAUSAL_SKIP,
+                NAN_TO_ZERO,
+                INPUT_PRECISION,
+                UPCAST,
+                QOUT,
+                SOFT_FP8,
+                INT64,
+                ONE_BLOCK,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                BLOCK_DV,
+            )
+    else:
+        pid = tl.program_id(0)
+        _flash_tile(
+            pid % NUM_M,
+            pid // NUM_M,
+            q_ptr,
+            k_ptr,
+            v_ptr,
+            y_ptr,
+            add_ptr,
+            keep_ptr,
+            ys_ptr,
+            H,
+            SQ,
+            SK,
+            D,
+            DV,
+            sq_b,
+            sq_h,
+            sq_m,
+            sq_d,
+            sk_b,
+            sk_h,
+            sk_n,
+            sk_d,
+            sv_b,
+            sv_h,
+            sv_n,
+            sv_d,
+            sy_b,
+            sy_h,
+            sy_m,
+            sy_d,
+            sa_b,
+            sa_h,
+            sa_m,
+            sa_n,
+            sp_b,
+            sp_h,
+            sp_m,
+            sp_n,
+            scale,
+            fill,
+            HAS_ADD,
+            HAS_KEEP,
+            ADD_ROW,
+            KEEP_ROW,
+            CAUSAL,
+            CAUSAL_SKIP,
+            NAN_TO_ZERO,
+            INPUT_PRECISION,
+            UPCAST,
+            QOUT,
+            SOFT_FP8,
+            INT64,
+            ONE_BLOCK,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            BLOCK_DV,
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -314,8 +521,12 @@ def flash_attention(
     # mask_fill rounds to Q's dtype as the graph's constant does (-3.4e38 is -inf in fp16)
     fill = _rounded(float(mask_fill), q.dtype)
     dummy = y
-    grid = (triton.cdiv(sq, cfg.BLOCK_M), bsz * heads)
-    _flash_fwd[grid](
+    num_m = triton.cdiv(sq, cfg.BLOCK_M)
+    tiles = num_m * bsz * heads
+    progs = tiles
+    if cfg.PERSISTENT:
+        progs = min(tiles, num_sms(q.device) * max(1, cfg.PROGS_PER_SM))
+    _flash_fwd[(progs,)](
         q4,
         k4,
         v4,
@@ -324,6 +535,9 @@ def flash_attention(
         keep4 if keep4 is not None else dummy,
         y_scale if y_scale is not None else dummy,
         heads,
+        num_m,
+        tiles,
+        progs,
         sq,
         sk,
         d,
@@ -348,6 +562,9 @@ def flash_attention(
         QOUT=QCODE_OF[y.dtype] if y_scale is not None else -1,
         SOFT_FP8=soft_fp8(q),
         INT64=needs_int64(q4, k4, v4, y, add4, keep4),
+        ONE_BLOCK=sk <= cfg.BLOCK_N,
+        PERSISTENT=bool(cfg.PERSISTENT),
+        TILE_STAGES=cfg.num_stages,
         BLOCK_M=cfg.BLOCK_M,
         BLOCK_N=cfg.BLOCK_N,
         BLOCK_D=_head_block(d),

@@ -380,7 +380,7 @@ def _tma_gemm_kernel(
 
 
 # ---------------------------------------------------------------------- host side
-def _num_sms(device: torch.device) -> int:
+def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few programs, so persistence is exercised
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -478,7 +478,7 @@ def tma_gemm(
     r_desc = TensorDescriptor.from_tensor(r2, [cfg.BLOCK_M, cfg.BLOCK_N]) if res_tma else x_desc
     ws = w_scale.reshape(-1) if w_scale is not None else None
     tiles = triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(n, cfg.BLOCK_N)
-    progs = min(tiles, _num_sms(x.device)) if cfg.PERSISTENT else tiles
+    progs = min(tiles, num_sms(x.device)) if cfg.PERSISTENT else tiles
     _tma_gemm_kernel[(progs,)](
         x_desc,
         w_desc,
