@@ -568,4 +568,4 @@ def test_every_fused_node_of_optimized_minilm(minilm) -> None:  # noqa: ANN001
             assert o.dtype == r.dtype and o.shape == r.shape
             assert rel_error(o.cpu().double().numpy(), r.double().numpy())[0] <= 1e-5
         seen += 1
-    assert seen >= 2  # the residual adds and the attention mask chain
+    assert seen >= 1  # the attention mask chain (the embeddings' adds are EmbedLayerNorm's)
