@@ -36,7 +36,9 @@ from ecoinfer.kernels.triton.norms import (
     config_from,
     default_config,
     device_ok,
+    layernorm_rows,
     next_pow2,
+    row_block,
     row_configs,
 )
 from ecoinfer.tune.tactics import tactic
@@ -91,12 +93,7 @@ def _embed_layernorm_fwd(
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK)
-    rmask = rows < n_rows
-    cmask = cols < n_cols
-    mask = rmask[:, None] & cmask[None, :]
-    r64 = rows.to(tl.int64)
+    r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     # output row -> (q, r) over the leading shape collapsed to [rows / d1, d1]
     q = r64 // d1
     r = r64 % d1
@@ -107,15 +104,7 @@ def _embed_layernorm_fwd(
         x += _lookup(I2, T2, q, r, s20, s21, v2, cols, rmask, cmask, n_cols)
     if NUM > 3:
         x += _lookup(I3, T3, q, r, s30, s31, v3, cols, rmask, cmask, n_cols)
-    mean = tl.sum(x, axis=1) / n_cols
-    d = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(d * d, axis=1) / n_cols
-    inv = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    y = d * inv[:, None] * w[None, :]
-    if HAS_B:
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = y + b[None, :]
+    y = layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B)
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 

@@ -119,6 +119,33 @@ def _param(t: Tensor, norm_shape: tuple[int, ...], n_cols: int) -> Tensor:
 
 # ------------------------------------------------------------------------------ kernels
 @triton.jit
+def row_block(n_rows, n_cols, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's ROWS x BLOCK tile of a row kernel: (rows as int64, columns, row mask,
+    column mask, tile mask)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    rmask = rows < n_rows
+    cmask = cols < n_cols
+    return rows.to(tl.int64), cols, rmask, cmask, rmask[:, None] & cmask[None, :]
+
+
+@triton.jit
+def layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B: tl.constexpr):
+    """LayerNorm of the float32 rows x (zero past n_cols): mean, variance and 1/sqrt in
+    float32, then scale (and bias) loaded along the columns."""
+    mean = tl.sum(x, axis=1) / n_cols
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / n_cols
+    inv = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = d * inv[:, None] * w[None, :]
+    if HAS_B:
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = y + b[None, :]
+    return y
+
+
+@triton.jit
 def _layernorm_fwd(
     X,
     W,
@@ -137,23 +164,9 @@ def _layernorm_fwd(
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK)
-    rmask = rows < n_rows
-    cmask = cols < n_cols
-    mask = rmask[:, None] & cmask[None, :]
-    r64 = rows.to(tl.int64)
+    r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    x = x.to(tl.float32)
-    mean = tl.sum(x, axis=1) / n_cols
-    d = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(d * d, axis=1) / n_cols
-    inv = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    y = d * inv[:, None] * w[None, :]
-    if HAS_B:
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = y + b[None, :]
+    y = layernorm_rows(x.to(tl.float32), mask, cols, cmask, n_cols, eps, W, B, HAS_B)
     yr = y.to(Y.dtype.element_ty)
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
     if QOUT >= 0:  # codes of the stored Y for a quantized reader (LayerNormCodes)
@@ -174,12 +187,7 @@ def _rmsnorm_fwd(
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK)
-    rmask = rows < n_rows
-    cmask = cols < n_cols
-    mask = rmask[:, None] & cmask[None, :]
-    r64 = rows.to(tl.int64)
+    r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     x = x.to(tl.float32)
     ms = tl.sum(x * x, axis=1) / n_cols

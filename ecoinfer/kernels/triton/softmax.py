@@ -25,6 +25,7 @@ from ecoinfer.kernels.triton.norms import (
     device_ok,
     next_pow2,
     norm_axis,
+    row_block,
     row_configs,
 )
 
@@ -42,12 +43,7 @@ def _softmax_fwd(
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK)
-    rmask = rows < n_rows
-    cmask = cols < n_cols
-    mask = rmask[:, None] & cmask[None, :]
-    r64 = rows.to(tl.int64)
+    r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     # the tail reads -inf (exp gives 0); rows past the end stay finite (no NaN work)
     x = tl.where(cmask[None, :], x.to(tl.float32), float("-inf"))
