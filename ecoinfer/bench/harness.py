@@ -2,11 +2,16 @@
 
 Every call is synchronised before its end time is read, so latency is what a request sees.
 On CUDA, events around each call also give the GPU compute time, and the host time to
-return from the call (before synchronising) is the enqueue time.
+return from the call (before synchronising) is the enqueue time. Python's cyclic garbage
+collector is paused during the timed window, as timeit does: a full collection over the
+millions of objects torch and transformers keep alive takes tens of milliseconds, which
+would land in whichever Python-driven peer happened to trigger it (reference counting still
+frees every temporary at once).
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import threading
@@ -199,17 +204,23 @@ def run_benchmark(
     stop_at[0] = t_start + cfg.duration_s
     streams = [torch.cuda.Stream() if cuda else None for _ in range(max(1, cfg.streams))]
     threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in streams]
-    for t in threads:
-        t.start()
-    if cfg.progress:
-        while any(t.is_alive() for t in threads):
-            _progress(name, time.perf_counter() - t_start, cfg.duration_s)
-            time.sleep(0.2)
-        sys.stderr.write("\n")
-    for t in threads:
-        t.join()
-    sync()
-    wall = time.perf_counter() - t_start
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for t in threads:
+            t.start()
+        if cfg.progress:
+            while any(t.is_alive() for t in threads):
+                _progress(name, time.perf_counter() - t_start, cfg.duration_s)
+                time.sleep(0.2)
+            sys.stderr.write("\n")
+        for t in threads:
+            t.join()
+        sync()
+        wall = time.perf_counter() - t_start
+    finally:
+        if gc_was_on:
+            gc.enable()
     if meter is not None:
         reading = meter.stop()
         if idle_w is not None and reading.idle_power_w is None:

@@ -44,6 +44,23 @@ def test_sleeping_fn_gives_its_latency_throughput_and_estimated_energy() -> None
     assert r.j_per_inference == pytest.approx(e.energy_j / (25 * 8))
 
 
+def test_gc_paused_in_the_timed_window_only() -> None:
+    """The cyclic collector is off during timed calls (timeit's rule), on during the warm-up
+    and afterwards, and stays off after the window when the caller had turned it off."""
+    import gc
+
+    seen: list[bool] = []
+    cfg = BenchConfig(iterations=5, warmup_s=0.0, warmup_iterations=2, measure_energy=False)
+    run_benchmark("gc", lambda: seen.append(gc.isenabled()), 1, cfg)
+    assert seen[:2] == [True, True] and seen[2:] == [False] * 5 and gc.isenabled()
+    gc.disable()
+    try:
+        run_benchmark("gc", lambda: None, 1, cfg)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_streams_run_concurrently() -> None:
     one = run_benchmark(
         "s1", lambda: time.sleep(0.005), 1, BenchConfig(duration_s=0.3, streams=1, **FAST)
