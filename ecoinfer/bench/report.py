@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ COMPARE_COLUMNS = [
     "p99_ms",
     "throughput",
     "gpu_util",
+    "sm_clock",
     "j_per_inf",
     "energy_rel",
     "error",
@@ -162,6 +164,14 @@ def _util(r: BenchResult, rep: Report) -> str:
     return "-" if u is None else f"{u:.0f}"
 
 
+def sm_clock_mhz(r: BenchResult) -> float | None:
+    """The median SM clock the meter sampled over the timed window (NVML), or None. A GPU
+    held at its power limit lowers it: then the J per inference, not the kernels' speed at
+    full clock, bounds the throughput."""
+    clocks = [s.sm_clock_mhz for s in (r.energy.samples if r.energy else []) if s.sm_clock_mhz]
+    return float(statistics.median(clocks)) if clocks else None
+
+
 def _slo(r: BenchResult, rep: Report) -> str:
     ok = r.extra.get("meets_slo")
     return "-" if ok is None else ("yes" if ok else "no")
@@ -182,6 +192,7 @@ COLUMNS: dict[str, Column] = {
     "slo": ("p99 <= SLO", _slo),
     "throughput": ("throughput/s", lambda r, rep: fmt_num(r.throughput_per_s or None)),
     "gpu_util": ("GPU util %", _util),
+    "sm_clock": ("SM MHz", lambda r, rep: fmt_num(sm_clock_mhz(r))),
     "power_w": (
         "mean power W",
         lambda r, rep: fmt_num(r.energy.mean_power_w if r.energy is not None else None),

@@ -111,9 +111,12 @@ def test_markdown_and_text_tables(rep) -> None:  # noqa: ANN001
     md = report.to_markdown(rep)
     lines = md.splitlines()
     header = next(ln for ln in lines if ln.startswith("| configuration"))
-    for col in ("p50 ms", "p99 ms", "throughput/s", "GPU util %", "J/inference",
+    for col in ("p50 ms", "p99 ms", "throughput/s", "GPU util %", "SM MHz", "J/inference",
                 "energy vs FP32", "error vs FP32"):  # fmt: skip
         assert col in header
+    # the median of the sampled SM clocks (the fixture's samples: 1980 MHz)
+    assert report.sm_clock_mhz(rep.results[0]) == 1980.0
+    assert report.sm_clock_mhz(rep.results[2]) is None  # skipped: nothing sampled
     ncols = header.count("|")
     rows = [ln for ln in lines if ln.startswith("| ") and ln != header]
     assert len(rows) == 4 and all(r.count("|") == ncols for r in rows)
