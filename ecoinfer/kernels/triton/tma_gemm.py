@@ -167,7 +167,8 @@ def tma_gemm_configs(
     x_bytes wide where it differs: float X quantized in registers): tiles no larger than the
     rounded matrix, stages fitted to shared memory (with room for the epilogue), grids of
     at least 128 tiles first; each also as a non-persistent variant for grids of under two
-    waves."""
+    waves. k caps the K step: for an implicit-GEMM convolution give one tap's channels, so
+    that no step spans two taps."""
     mcap, ncap = _pow2_at_least(m, 16), _pow2_at_least(n, 16)
     kmin = 16 if in_bytes == 2 else 32  # the smallest K step of a half / 8-bit dot
     kcap = _pow2_at_least(k, kmin)
