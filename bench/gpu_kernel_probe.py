@@ -168,6 +168,19 @@ def attention_probe(dev: torch.device) -> dict:
             lambda c: flash_mha(qkv, None, None, full, config=c, **kw), cfgs, ref, 1e-2
         ),
     }
+    # Q, K and V as FP8 codes of one per-tensor scale (what a QKV QGemm writing codes hands
+    # over): half the bytes read
+    xs = torch.tensor(float(qkv.abs().max()) / 448.0, device=dev)
+    codes = (qkv.float() / xs).to(torch.float8_e4m3fn)
+    dq, dk, dv = (
+        (codes.float() * xs)[..., i * H * D : (i + 1) * H * D].unflatten(-1, (H, D)).transpose(1, 2)
+        for i in range(3)
+    )
+    ref8 = F.scaled_dot_product_attention(dq, dk, dv, attn_mask=mask.float())
+    ref8 = ref8.transpose(1, 2).reshape(B, S, H * D)
+    res["row_mask_fp8_codes"] = sweep(
+        lambda c: flash_mha(codes, None, None, mask, config=c, x_scale=xs, **kw), cfgs, ref8, 1e-2
+    )
 
     def sdpa(backend, m):
         from torch.nn.attention import sdpa_kernel  # noqa: PLC0415
@@ -191,14 +204,15 @@ def attention_probe(dev: torch.device) -> dict:
             res[name] = bench(f)
         except Exception as e:  # noqa: BLE001
             res[name] = f"failed: {type(e).__name__}: {str(e)[:120]}"
-    for key in ("row_mask", "full_mask"):
+    for key in ("row_mask", "full_mask", "row_mask_fp8_codes"):
         for r in res[key][:3]:
             c = r["cfg"]
             print(f"attention {key:9s} {r['ms'] * 1e3:6.1f} us  {c}  err {r['err']:.1e}")
-    for pers in (0, 1):
-        best = [r for r in res["row_mask"] if r["cfg"]["PERSISTENT"] == pers][:1]
-        for r in best:
-            print(f"attention row_mask PERSISTENT={pers} best {r['ms'] * 1e3:6.1f} us  {r['cfg']}")
+    for key in ("row_mask", "row_mask_fp8_codes"):
+        for pers in (0, 1):
+            best = [r for r in res[key] if r["cfg"]["PERSISTENT"] == pers][:1]
+            for r in best:
+                print(f"attention {key} PERSISTENT={pers} best {r['ms'] * 1e3:6.1f} us  {r['cfg']}")
     for key in ("sdpa_efficient_mask", "sdpa_cudnn_mask", "sdpa_flash_nomask"):
         v = res[key]
         print(f"attention {key:20s} " + (f"{v * 1e3:6.1f} us" if isinstance(v, float) else v))

@@ -67,9 +67,11 @@ def layer_errors(
     """Per node of `graph` (graph order) with a float output: relative L2 error and cosine
     of its first float output in `qgraph` against `graph`, over all batches."""
     from ecoinfer.api import Model  # noqa: PLC0415
-    from ecoinfer.quant.quantize import quant_targets  # noqa: PLC0415
+    from ecoinfer.quant.quantize import attention_targets, quant_targets  # noqa: PLC0415
 
-    quantized = {t.node.name for t in quant_targets(graph)} & {
+    targets = {t.node.name for t in quant_targets(graph)}
+    targets |= {n.name for n in attention_targets(graph)}  # FP8 attention reads QKV quantized
+    quantized = targets & {
         n.name for n in qgraph.nodes if any(i.endswith("_dequantized") for i in n.inputs)
     }
     rows = []

@@ -415,7 +415,7 @@ def _tune_profile(
         for x in all_inputs(n):
             readers[x] = readers.get(x, 0) + 1
     # values a quantized layer reads as X: only their producers are held for a link
-    quant_x = {n.inputs[0] for n in g.nodes if is_quantized(n) and n.inputs}
+    quant_x = {n.inputs[0] for n in g.nodes if link_codes.is_consumer(n) and n.inputs}
     link_wanted = cfg.link_codes if cfg.link_codes is not None else dev.type == "cuda"
     link_on = link_wanted and k == 0 and bool(quant_x)  # the first profile decides
     held: dict[str, list] = {}  # quantized layers' inputs, kept until their reader is tuned
@@ -469,7 +469,7 @@ def _tune_profile(
         # a linked pair is weighed against what each layer chose alone, float twin included:
         # two layers slower quantized than in float may still be faster linked
         form = None  # this node as linked consumer, if it becomes one
-        if link_on and is_quantized(node) and xs[0] is not None:
+        if link_on and link_codes.is_consumer(node) and xs[0] is not None:
             p = producer.get(node.inputs[0])
             lk = link_codes.candidate(
                 g, node, p, dtypes.from_torch(xs[0].dtype), readers.get(node.inputs[0], 0)

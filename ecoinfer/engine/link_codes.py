@@ -18,6 +18,10 @@ The arithmetic is the reference's up to rounding order: the linked P rounds its 
 result straight to codes where the unlinked pair rounds it to Y's dtype first, so a code can
 differ by one where the value sits on a rounding boundary (the tuner's tolerance covers it).
 
+A packed ecoinfer.MultiHeadAttention with an x_scale (FP8 builds quantize attention's QKV,
+quant/quantize.py) is a consumer too: the QKV projection writes the codes and attention
+reads half the bytes (BERT-base b64 on an H200: 17.6 instead of 21.9 us a layer, probe).
+
 The builder (engine/builder.py) decides per pair by timing: it tunes both linked nodes and
 keeps the link only when the pair's tactics are faster linked than unlinked.
 """
@@ -76,6 +80,30 @@ def _is_quantized(n: Node) -> bool:
     return n.domain == "ecoinfer" and n.op_type in ("QGemm", "QConv")
 
 
+# where each consumer op takes its x_scale input
+X_SCALE_INPUT = {"QGemm": 2, "QConv": 2, "MultiHeadAttention": 6}
+
+
+def is_consumer(n: Node) -> bool:
+    """Whether `n` quantizes its input 0 with a constant x_scale (so it can read codes): a
+    QGemm / QConv, or a packed MultiHeadAttention with an x_scale."""
+    if _is_quantized(n):
+        return True
+    k = X_SCALE_INPUT["MultiHeadAttention"]
+    return (
+        n.domain == "ecoinfer"
+        and n.op_type == "MultiHeadAttention"
+        and len(n.inputs) > k
+        and bool(n.inputs[k])
+    )
+
+
+def consumer_qtype(n: Node) -> str:
+    if n.op_type == "MultiHeadAttention":
+        return str(n.attrs.get("x_qtype") or "")
+    return str(n.attrs.get("qtype", "int8"))
+
+
 def candidate(
     graph: Graph, consumer: Node, producer: Node | None, x_dtype: str, readers: int
 ) -> Link | None:
@@ -84,9 +112,11 @@ def candidate(
     the same qtype or a MultiHeadAttention whose output only the consumer reads (not a graph
     output, not written as codes already), or a LayerNormalization, whose Y keeps its other
     readers."""
-    if producer is None or not (can_produce(producer) and _is_quantized(consumer)):
+    if producer is None or not (can_produce(producer) and is_consumer(consumer)):
         return None
-    qtype = str(consumer.attrs.get("qtype", "int8"))
+    qtype = consumer_qtype(consumer)
+    if consumer.op_type == "MultiHeadAttention" and not _is_quantized(producer):
+        return None  # QKV codes come from the QKV projection
     if _is_quantized(producer) and str(producer.attrs.get("qtype", "int8")) != qtype:
         return None
     y = producer.outputs[0]
@@ -96,7 +126,7 @@ def candidate(
         codes = f"{y}_codes"
         if x_dtype not in ("float16", "bfloat16", "float32") or codes in graph.values:
             return None
-        xs_name = consumer.inputs[2]
+        xs_name = consumer.inputs[X_SCALE_INPUT[consumer.op_type]]
         if xs_name not in graph.initializers:
             return None
         return Link(producer.name, consumer.name, xs_name, x_dtype, qtype, codes)
@@ -107,7 +137,7 @@ def candidate(
         return None  # already writes codes
     if x_dtype not in ("float16", "bfloat16", "float32"):
         return None  # the consumer already reads codes
-    xs_name = consumer.inputs[2]
+    xs_name = consumer.inputs[X_SCALE_INPUT[consumer.op_type]]
     if xs_name not in graph.initializers:
         return None
     return Link(producer.name, consumer.name, xs_name, x_dtype, qtype)

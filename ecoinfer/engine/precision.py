@@ -116,7 +116,13 @@ _NORMS = frozenset({"LayerNormalization", "RMSNormalization", "GroupNormalizatio
 # ops that read only the type/shape of an input (input 0), never its values
 _AGNOSTIC_INPUT0 = frozenset({"Shape", "Size", "Cast", "CastLike", "EyeLike"})
 # float inputs that are parameters, not data: they keep their float32 type
-_PARAM_INPUTS = {"Resize": (1, 2), "Dropout": (1,), "QGemm": (2, 3), "QConv": (2, 3)}
+_PARAM_INPUTS = {
+    "Resize": (1, 2),
+    "Dropout": (1,),
+    "QGemm": (2, 3),
+    "QConv": (2, 3),
+    "MultiHeadAttention": (6,),  # x_scale
+}
 # quantized fused ops: W_q stays int8/float8 (not a float32 value, so never converted) and
 # x_scale/w_scale stay float32 (above); X, bias, residual and Y take the layer's dtype
 _QUANTIZED = frozenset({"QGemm", "QConv"})

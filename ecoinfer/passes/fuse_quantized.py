@@ -12,6 +12,8 @@ quantized operands (ecoinfer/ir/ops/fused_quant.py gives the exact semantics):
     MatMul(DQ(Q(x)), DQ(W_q [K, N], axis 1))                         ==>  QGemm(x, W_q^T, s, w_s)
     FusedConv(DQ(Q(x)), DQ(W_q, axis 0), B?, Z?)                     ==>  QConv(x, W_q, s, w_s, B?, Z?)
     Conv(DQ(Q(x)), DQ(W_q, axis 0), B?)                              ==>  QConv (pads made explicit)
+    MultiHeadAttention(DQ(Q(qkv)), "", "", m?; packed=1)     ==>  MultiHeadAttention(qkv, ..., s)
+                                                        (x_scale input 6, x_qtype attribute)
 
 Only symmetric quantization is fused: zero points present and all zero, int8 or float8e4m3fn
 (activation and weight of the same kind), a float32 scalar activation scale shared by the Q
@@ -202,6 +204,26 @@ def _conv(m: Match, rw: Rewriter) -> list[Node] | None:
     return [_qnode("QConv", n, rw, x, s, found, False, list(n.inputs[2:4]), attrs)]
 
 
+def _mha(m: Match, rw: Rewriter) -> list[Node] | None:
+    """Packed MultiHeadAttention on DQ(Q(qkv)) ==> the same node reading qkv with x_scale."""
+    n, g = m.root, m.graph
+    if not int(n.attrs.get("packed", 0) or 0) or not n.inputs or len(n.inputs) > 6:
+        return None
+    if len(n.inputs) > 5 and n.inputs[5]:
+        return None  # writes codes already (links come later; keep it simple)
+    act = _activation(g, g.producers(), n.inputs[0])
+    if act is None:
+        return None
+    x, s, qdtype = act
+    st = g.initializers[s]
+    if st.dim() != 0:
+        s = rw.const(f"{n.name or 'mha'}_x_scale", st.reshape(()).clone())
+    ins = (list(n.inputs) + [""] * 6)[:6]
+    ins[0] = x
+    attrs = {**n.attrs, "x_qtype": _QTYPE[qdtype]}
+    return [Node(n.op_type, [*ins, s], list(n.outputs), attrs, n.name, DOMAIN)]
+
+
 RULES = [
     # FusedGemm(DQ(Q(x)), DQ(W_q)) ==> QGemm(x, W_q[N,K], s, w_s, bias, residual)
     Rule("qgemm", Op("FusedGemm", any_inputs=True, domain=DOMAIN), _gemm, "QDQ gemm ==> QGemm"),
@@ -211,13 +233,21 @@ RULES = [
     Rule("qconv", Op("FusedConv", any_inputs=True, domain=DOMAIN), _conv, "QDQ conv ==> QConv"),
     # Conv(DQ(Q(x)), DQ(W_q, axis=0), B) ==> QConv (auto_pad resolved)
     Rule("qconv", Op("Conv", any_inputs=True), _conv, "QDQ conv ==> QConv"),
+    # MultiHeadAttention(DQ(Q(qkv)), ...; packed=1) ==> MultiHeadAttention(qkv, ..., x_scale)
+    Rule(
+        "qmha",
+        Op("MultiHeadAttention", any_inputs=True, domain=DOMAIN),
+        _mha,
+        "QDQ attention ==> MultiHeadAttention with x_scale",
+    ),  # fmt: skip
 ]
 
 
 @register_pass(
     "fuse_quantized",
     level=LEVEL,
-    doc="symmetric Q/DQ around FusedGemm/MatMul/FusedConv/Conv into ecoinfer.QGemm/QConv",
+    doc="symmetric Q/DQ around FusedGemm/MatMul/FusedConv/Conv into ecoinfer.QGemm/QConv "
+    "(and before a packed MultiHeadAttention into its x_scale)",
 )
 def fuse_quantized(graph: Graph) -> Counter[str]:
     return apply_rules(graph, RULES)

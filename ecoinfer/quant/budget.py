@@ -262,7 +262,7 @@ def fit_budget(
     rather than around it. Raises AccuracyBudgetError, naming the best mix found, if no mix
     (not even every layer in float) meets it.
     """
-    from ecoinfer.quant.quantize import quant_targets, quantize_graph  # noqa: PLC0415
+    from ecoinfer.quant.quantize import quantizable_layers, quantize_graph  # noqa: PLC0415
 
     m = get_metric(metric)
     if not isinstance(budget, int | float) or not math.isfinite(budget):
@@ -273,7 +273,7 @@ def fit_budget(
     batches = list(validation_batches)
     if not batches:
         raise AccuracyBudgetError("the validation set is empty: the accuracy budget needs data")
-    names = list(dict.fromkeys(t.node.name for t in quant_targets(graph)))
+    names = quantizable_layers(graph, precision, amax)
     refs = run_outputs(graph, batches)
     trials: list[Mix] = []
 
@@ -409,7 +409,7 @@ def quantize_for_build(
 ) -> tuple[Any, dict[str, Any]]:
     """The quantization step of a build: calibrate (or read the cache), fit the accuracy
     budget when given, quantize. Returns the Q/DQ graph and a report for the engine."""
-    from ecoinfer.quant.quantize import quant_targets, quantize_graph  # noqa: PLC0415
+    from ecoinfer.quant.quantize import quantizable_layers, quantize_graph  # noqa: PLC0415
 
     lines: list[str] = []
 
@@ -448,7 +448,7 @@ def quantize_for_build(
             say(s)
     qgraph = quantize_graph(graph, amax, opts.precision, keep_fp=keep)
     patterns = [re.compile(p) for p in keep]
-    layers = [t.node.name for t in quant_targets(graph)]
+    layers = quantizable_layers(graph, opts.precision, amax)
     quantized = [n for n in layers if not any(p.search(n) for p in patterns)]
     report = {
         "precision": opts.precision,
@@ -483,7 +483,8 @@ def quant_tactics_report(graph: Any, choices: Mapping[str, Any]) -> dict[str, An
     tactics: dict[str, str] = {}
     qdq = 0
     for n in graph.nodes:
-        if n.domain == "ecoinfer" and n.op_type in ("QGemm", "QConv"):
+        quantized_mha = n.op_type == "MultiHeadAttention" and len(n.inputs) > 6 and n.inputs[6]
+        if n.domain == "ecoinfer" and (n.op_type in ("QGemm", "QConv") or quantized_mha):
             ch = choices.get(n.name)
             tactics[n.name] = getattr(ch, "tactic", None) or "reference"
         elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and (n.domain or "") == "":

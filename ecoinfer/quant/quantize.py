@@ -110,6 +110,34 @@ def quant_targets(graph: Graph) -> list[QuantTarget]:
     return out
 
 
+def attention_targets(graph: Graph) -> list[Node]:
+    """The ecoinfer.MultiHeadAttention nodes whose packed QKV input quantize_graph() quantizes
+    for FP8 (one per-tensor scale for Q, K and V), in graph order: the QKV projection can
+    then write FP8 codes and attention read half the bytes (engine/link_codes.py)."""
+    out = []
+    for n in graph.nodes:
+        if not _is(n, "MultiHeadAttention", "ecoinfer") or not int(n.attrs.get("packed", 0) or 0):
+            continue
+        if not n.inputs or not n.inputs[0] or len(n.inputs) > 5 and any(n.inputs[5:]):
+            continue  # already quantized or writing codes
+        v = graph.values.get(n.inputs[0])
+        if v is not None and v.dtype not in (None, "float32", "float16", "bfloat16"):
+            continue
+        out.append(n)
+    return out
+
+
+def quantizable_layers(
+    graph: Graph, precision: str, amax: Mapping[str, float] | None = None
+) -> list[str]:
+    """Names of the nodes quantize_graph(graph, amax, precision) quantizes (keep_fp aside):
+    every quant target, and for FP8 each attention target with a threshold in `amax`."""
+    names = [t.node.name for t in quant_targets(graph)]
+    if precision == "fp8":
+        names += [n.name for n in attention_targets(graph) if amax is None or n.inputs[0] in amax]
+    return list(dict.fromkeys(names))
+
+
 # ------------------------------------------------------------------------------ calibration
 def calibrate_methods(
     graph: Graph,
@@ -124,7 +152,9 @@ def calibrate_methods(
     from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
     from ecoinfer.passes.manager import clone_graph  # noqa: PLC0415
 
-    names = list(dict.fromkeys(t.activation for t in quant_targets(graph)))
+    acts = [t.activation for t in quant_targets(graph)]
+    acts += [n.inputs[0] for n in attention_targets(graph)]  # used by FP8 builds
+    names = list(dict.fromkeys(acts))
     if not names:
         return {m: {} for m in methods}
     # the same graph with every observed activation as an extra output, so the runner keeps
@@ -220,7 +250,8 @@ def quantize_graph(
     precision: str = "int8",
     keep_fp: Sequence[str] = (),
 ) -> Graph:
-    """A copy of `graph` with Q/DQ nodes around every quantizable op (see quant_targets).
+    """A copy of `graph` with Q/DQ nodes around every quantizable op (see quant_targets),
+    and for FP8 before each attention target's QKV input (see attention_targets).
 
     `amax` holds the activation thresholds from calibrate() (or a calibration cache).
     Nodes whose name matches one of the `keep_fp` regexes (re.search) stay in float.
@@ -245,6 +276,13 @@ def quantize_graph(
             "one, if it is what you quantize) or keep those nodes in float with keep_fp"
         )
     by_node = {id(t.node): t for t in targets}
+    # FP8: attention reads QKV quantized too (where a threshold was calibrated; a calibration
+    # cache from before this existed has none, and those attentions stay in float)
+    attn = set()
+    if precision == "fp8":
+        attn = {
+            id(n) for n in attention_targets(g) if not _keep(n, patterns) and n.inputs[0] in amax
+        }
     act_dq: dict[str, str] = {}  # activation -> its DequantizeLinear output
     weight_dq: dict[tuple[str, int | None], str] = {}
     replaced_weights: set[str] = set()
@@ -260,12 +298,7 @@ def quantize_graph(
         g.initializers[name] = t
         return name
 
-    for n in g.nodes:
-        t = by_node.get(id(n))
-        if t is None:
-            nodes.append(n)
-            continue
-        x = t.activation
+    def quantize_activation(x: str) -> str:
         if x not in act_dq:
             v = g.values.get(x)
             fdtype = v.dtype if v is not None and v.dtype else "float32"
@@ -280,6 +313,18 @@ def quantize_graph(
             nodes.append(Node("QuantizeLinear", [x, s, zp], [q], {}, g.fresh_name(f"{x}_Q")))
             nodes.append(Node("DequantizeLinear", [q, s, zp], [dq], {}, g.fresh_name(f"{x}_DQ")))
             act_dq[x] = dq
+        return act_dq[x]
+
+    for n in g.nodes:
+        if id(n) in attn:
+            n.inputs[0] = quantize_activation(n.inputs[0])
+            nodes.append(n)
+            continue
+        t = by_node.get(id(n))
+        if t is None:
+            nodes.append(n)
+            continue
+        x = quantize_activation(t.activation)
         w = t.weight
         # FP8 weights per tensor (E4M3's exponent covers the channel spread; cuBLASLt then
         # applies both scales and the bias inside the GEMM); INT8 per output channel
@@ -295,7 +340,7 @@ def quantize_graph(
             nodes.append(Node("DequantizeLinear", [wq, ws], [wdq], attrs, g.fresh_name(f"{w}_DQ")))
             weight_dq[key] = wdq
             replaced_weights.add(w)
-        n.inputs[t.act_index] = act_dq[x]
+        n.inputs[t.act_index] = x
         n.inputs[t.weight_index] = weight_dq[key]
         nodes.append(n)
     g.nodes = nodes

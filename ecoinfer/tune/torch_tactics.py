@@ -734,6 +734,8 @@ def _mha_maker(backend_name: str) -> Callable[..., RunFn | None]:
             return None
         if _float_inputs(inputs, 0, 1, 2, 3) is None or _inp(inputs, 5) is not None:
             return None  # y_scale (codes out, link_codes): triton_flash's
+        if _inp(inputs, 6) is not None:
+            return None  # x_scale (quantized QKV): triton_flash's
         if packed:
             dv_total = q.shape[2] - 2 * h * d
             if dv_total <= 0 or dv_total % h:

@@ -173,6 +173,62 @@ def test_attention_hands_codes_to_its_projection() -> None:
     assert torch.equal(got, want)
 
 
+def test_qkv_projection_hands_fp8_codes_to_attention() -> None:
+    """QGemm -> MultiHeadAttention with x_scale (FP8 builds quantize attention's QKV): the
+    projection writes the codes, attention reads them; bit for bit the unlinked result."""
+    import copy
+
+    from ecoinfer.kernels.runner import ReferenceRunner
+
+    h, d, b, s, k = 2, 16, 2, 8, 24
+    g = Graph("qkv_mha")
+    g.inputs = [Value("x", "float16", (b, s, k))]
+    g.values["x"] = g.inputs[0]
+    rng = torch.Generator().manual_seed(3)
+    w = torch.randn(3 * h * d, k, generator=rng) * 40
+    g.initializers["w"] = w.clamp(-448, 448).to(torch.float8_e4m3fn)
+    g.initializers["xs"] = torch.tensor(0.01)
+    g.initializers["ws"] = torch.full((1,), 0.002)
+    g.initializers["qkv_s"] = torch.tensor(0.004)
+    mha = {"num_heads": h, "head_size": d, "packed": 1, "scale": d**-0.5, "x_qtype": "fp8e4m3"}
+    q = {"qtype": "fp8e4m3"}
+    g.nodes = [
+        Node("QGemm", ["x", "w", "xs", "ws"], ["qkv"], q, "qkv_proj", "ecoinfer"),
+        Node(
+            "MultiHeadAttention",
+            ["qkv", "", "", "", "", "", "qkv_s"],
+            ["y"],
+            mha,
+            "attn",
+            "ecoinfer",
+        ),  # fmt: skip
+    ]
+    g.outputs = [Value("y")]
+    g.infer_shapes()
+    assert link_codes.is_consumer(g.nodes[1]) and not link_codes.is_consumer(
+        Node("MultiHeadAttention", ["qkv"], ["y"], mha, "plain", "ecoinfer")
+    )
+    linked = copy.deepcopy(g)
+    lk = link_codes.candidate(linked, linked.nodes[1], linked.nodes[0], "float16", 1)
+    assert lk is not None and lk.qtype == "fp8e4m3" and lk.y_scale == "qkv_s"
+    link_codes.apply(linked, [lk])
+    assert linked.nodes[0].inputs[6] == "qkv_s"
+    assert linked.nodes[1].attrs["out_dtype"] == "float16"
+    assert linked.values["qkv"].dtype == "float8e4m3fn" and linked.values["y"].dtype == "float16"
+    x = {"x": torch.randn(b, s, k, generator=rng).half()}
+    want = ReferenceRunner(g).run(x)["y"]
+    got = ReferenceRunner(linked).run(x)["y"]
+    assert torch.equal(got, want)
+    # the QKV quantization is real: the same attention on the float QKV differs
+    plain = copy.deepcopy(g)
+    plain.nodes[1] = Node("MultiHeadAttention", ["qkv"], ["y"], {**mha, "x_qtype": ""}, "attn",
+                          "ecoinfer")  # fmt: skip
+    assert not torch.equal(ReferenceRunner(plain).run(x)["y"], want)
+    # a LayerNorm or an attention does not write QKV codes: only the QKV projection
+    ln = Node("LayerNormalization", ["x"], ["qkv"], {}, "ln")
+    assert link_codes.candidate(g, g.nodes[1], ln, "float16", 1) is None
+
+
 def _ln_graph() -> Graph:
     """LayerNorm whose Y feeds a QGemm (as X) and the same QGemm's residual."""
     g = Graph("ln_proj")

@@ -24,7 +24,7 @@ from ecoinfer.ir.ops.registry import InferContext
 from ecoinfer.passes.fuse_quantized import fuse_for_build
 from ecoinfer.passes.manager import OptimizeConfig, optimize
 from ecoinfer.passes.registry import pipeline
-from ecoinfer.quant.quantize import calibrate, quant_targets, quantize_graph
+from ecoinfer.quant.quantize import attention_targets, calibrate, quant_targets, quantize_graph
 
 RNG = np.random.default_rng(11)
 
@@ -66,8 +66,20 @@ def test_small_transformer(exported, precision: str) -> None:  # noqa: ANN001
     calib = [numpy_feeds(case.inputs(b)) for b in (2, 3)]
     qgraph, fused, counts = _quantized(graph, calib, precision)
     _check_fused(graph, fused, precision)
-    # the patch embedding is a convolution, the projections and the head are GEMMs
-    assert counts == {"qconv": 1, "qgemm": len(quant_targets(graph)) - 1}
+    # the patch embedding is a convolution, the projections and the head are GEMMs; FP8
+    # attention reads its packed QKV quantized (x_scale, input 6)
+    want = {"qconv": 1, "qgemm": len(quant_targets(graph)) - 1}
+    mha = [n for n in fused.nodes if n.op_type == "MultiHeadAttention"]
+    assert mha and len(attention_targets(graph)) == len(mha)
+    if precision == "fp8":
+        want["qmha"] = len(mha)
+        for n in mha:
+            assert n.attrs["x_qtype"] == "fp8e4m3" and len(n.inputs) == 7
+            xs = fused.initializers[n.inputs[6]]
+            assert xs.dtype == torch.float32 and xs.dim() == 0 and float(xs) > 0
+    else:
+        assert all(len(n.inputs) < 7 for n in mha)
+    assert counts == want
     # residual/bias/activation epilogues survive the fusion
     assert any(len(n.inputs) == 6 for n in _q_ops(fused))
     assert any(n.attrs.get("activation") for n in _q_ops(fused))

@@ -286,6 +286,82 @@ def test_mha_writes_codes_for_a_quantized_projection(qtype: str) -> None:
     assert sdpa is None
 
 
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+@pytest.mark.parametrize("form", ["float16", "float32", "codes"])
+def test_mha_quantized_qkv(qtype: str, form: str) -> None:
+    """x_scale: attention on QKV's quantized value, from float QKV quantized as it loads or
+    from the codes a linked QKV projection writes, against the reference kernel (which
+    fake-quantizes, or dequantizes the codes, then runs the float attention)."""
+    quantized_qkv_check(qtype, form, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_mha_quantized_qkv_compiled() -> None:
+    """The same checks with the compiled kernel (this process runs the interpreter)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import test_attention as t\n"
+        "for q in ('int8', 'fp8e4m3'):\n"
+        "    for f in ('float16', 'float32', 'codes'):\n"
+        "        t.quantized_qkv_check(q, f, 'cuda')\n"
+        "print('ok')\n"
+    )
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0 and "ok" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+
+
+def quantized_qkv_check(qtype: str, form: str, device: str) -> None:
+    torch.manual_seed(13)
+    qkv_ = _packed(torch.float32) * 2
+    qmax = 127.0 if qtype == "int8" else 448.0
+    x_scale = torch.tensor(float(qkv_.abs().max()) / qmax)
+    qdt = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}[qtype]
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": D**-0.5, "x_qtype": qtype}
+    if form == "codes":
+        v = qkv_ / x_scale
+        x = (v.round().clamp(-127, 127) if qtype == "int8" else v).to(qdt)
+        attrs["out_dtype"] = "float16"
+    else:
+        x = qkv_.to(getattr(torch, form))
+    xs = [x, None, None, padding_mask(torch.float16), None, None, x_scale]
+    node = Node("MultiHeadAttention", ["q", "", "", "add", "", "", "xs"], ["y"], attrs,
+                domain="ecoinfer")  # fmt: skip
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    infos = [TensorInfo(tuple(t.shape), t.dtype) if t is not None else None for t in xs]
+    prec = "float32" if form == "float32" else "float16"
+    dev = torch.device(device)
+    run = gemm_tactics.triton_flash(node, full, infos, {}, BuildInfo(dev, prec))
+    assert run is not None
+    (y,) = run([t.to(dev) if t is not None else None for t in xs])
+    y = y.cpu()
+    fn = get_kernel("MultiHeadAttention", "ecoinfer")
+    ref = fn(KernelContext(node, full, torch.device("cpu"), None, 21), xs)[0]  # type: ignore[arg-type, misc]
+    want = torch.float32 if form == "float32" else torch.float16
+    assert y.dtype == ref.dtype == want and y.shape == ref.shape
+    err = float((y.double() - ref.double()).norm() / ref.double().norm())
+    assert err < 3e-3, f"rel error {err:.2e}"
+    # the quantization is real: attention on the unquantized QKV differs from it
+    plain = {k: v for k, v in full.items() if k not in ("x_qtype", "out_dtype")}
+    node2 = Node("MultiHeadAttention", ["q", "", "", "add"], ["y"], plain, domain="ecoinfer")
+    exact = fn(KernelContext(node2, plain, torch.device("cpu"), None, 21),  # type: ignore[arg-type, misc]
+               [qkv_.to(want), None, None, padding_mask(torch.float16)])[0]  # fmt: skip
+    assert float((exact.double() - ref.double()).norm() / ref.double().norm()) > 3 * err
+    # the SDPA tactics do not quantize: they decline
+    from ecoinfer.tune import torch_tactics
+
+    sdpa = torch_tactics._mha_maker("MATH")(
+        node, full, infos, {}, BuildInfo(torch.device("cpu"), prec)
+    )
+    assert sdpa is None
+
+
 def test_mha_packed_reads_views() -> None:
     """The packed buffer is split into heads by strides alone: no copy of Q/K/V."""
     qkv_ = _packed(torch.float16)

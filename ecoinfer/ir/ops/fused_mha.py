@@ -1,7 +1,7 @@
 """ecoinfer.MultiHeadAttention: Attention with the head split and merge inside the node.
 
-ecoinfer.MultiHeadAttention(Q, K, V, add_mask?, keep_mask?, y_scale?) -> Y          (packed=0)
-ecoinfer.MultiHeadAttention(QKV, "", "", add_mask?, keep_mask?, y_scale?) -> Y      (packed=1)
+ecoinfer.MultiHeadAttention(Q, K, V, add_mask?, keep_mask?, y_scale?, x_scale?) -> Y  (packed=0)
+ecoinfer.MultiHeadAttention(QKV, "", "", add_mask?, keep_mask?, y_scale?, x_scale?) -> Y (packed=1)
 
     Q, K: [B, S, H*D]   V: [B, S, H*Dv]   QKV: [B, S, 2*H*D + H*Dv] = concat(Q, K, V, axis=-1)
     Y: [B, Sq, H*Dv]
@@ -12,7 +12,11 @@ Attributes: num_heads (H), head_size (D), and Attention's scale, is_causal, mask
 nan_to_zero (see fused_attention.py); masks broadcast to [B, H, Sq, Sk] as for Attention.
 With y_scale (float32 scalar; engine/link_codes.py) Y is written as y_qtype codes
 ("int8" | "fp8e4m3"), quant(Y / y_scale) as ecoinfer.QGemm quantizes its X, for a quantized
-projection that reads them. This is the layout transformer projections produce, so the GEMM before it and after it read
+projection that reads them. With x_scale (float32 scalar, packed=1 only; from a Q/DQ pair
+before the node, passes/fuse_quantized.py) the attention runs on QKV's quantized value
+dequant(quant(QKV / x_scale)) with x_qtype codes; QKV may then also arrive as those codes
+(written by the QKV projection, engine/link_codes.py), Y being computed in out_dtype.
+This is the layout transformer projections produce, so the GEMM before it and after it read
 and write [B, S, hidden] directly, and a GPU kernel can read Q/K/V from one packed buffer.
 """
 
@@ -41,9 +45,30 @@ def _infer(ctx: InferContext) -> list[OutType]:
     return [OutType(_out_dtype(ctx), (q[0], sq, hidden))]
 
 
+def _float_dtype(ctx: InferContext) -> str | None:
+    """The dtype attention computes in: Q's, or out_dtype when QKV arrives as codes."""
+    from ecoinfer.ir.ops.fused_quant import QTYPES  # noqa: PLC0415
+
+    if ctx.has(6):
+        if not ctx.attr("packed", 0):
+            raise ctx.fail("x_scale needs packed=1 (one QKV buffer, one scale)")
+        xq = str(ctx.attr("x_qtype") or "")
+        if xq not in QTYPES:
+            raise ctx.fail(f"x_scale needs x_qtype int8 or fp8e4m3, got '{xq}'")
+        if ctx.dtype(0) in ("int8", "float8e4m3fn"):
+            if ctx.dtype(0) != QTYPES[xq]:
+                raise ctx.fail(f"QKV is {ctx.dtype(0)} codes but x_qtype is '{xq}'")
+            out = str(ctx.attr("out_dtype") or "")
+            if out not in ("float16", "bfloat16", "float32"):
+                raise ctx.fail(f"QKV codes need out_dtype float16/bfloat16/float32, got '{out}'")
+            return out
+    return ctx.dtype(0)
+
+
 def _out_dtype(ctx: InferContext) -> str | None:
+    fdt = _float_dtype(ctx)
     if not ctx.has(5):
-        return ctx.dtype(0)
+        return fdt
     from ecoinfer.ir.ops.fused_quant import QTYPES  # noqa: PLC0415
 
     q = str(ctx.attr("y_qtype") or "")
@@ -66,7 +91,7 @@ def _flops(ctx: InferContext, outs: list[OutType | None]) -> int | None:
 
 op(
     "MultiHeadAttention",
-    inputs=(1, 6),
+    inputs=(1, 7),
     attrs={
         "packed": 0,
         "scale": 1.0,
@@ -74,6 +99,8 @@ op(
         "mask_fill": float("-inf"),
         "nan_to_zero": 0,
         "y_qtype": "",
+        "x_qtype": "",
+        "out_dtype": "",
     },
     domain="ecoinfer",
     flops=_flops,

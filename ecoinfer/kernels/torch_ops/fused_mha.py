@@ -18,12 +18,32 @@ def _heads(x: Tensor, h: int) -> Tensor:
     return x.reshape(b, s, h, -1).transpose(1, 2)
 
 
+def _quantized_qkv(ctx: KernelContext, qkv: Tensor, x_scale: Tensor) -> Tensor:
+    """QKV as the quantized attention sees it: fake-quantized float, or codes (a linked QKV
+    projection wrote them) dequantized into out_dtype, as QGemm treats its X."""
+    from ecoinfer.errors import ExecutionError  # noqa: PLC0415
+    from ecoinfer.ir import dtypes  # noqa: PLC0415
+    from ecoinfer.kernels.torch_ops.fused_quant import fake_quant, qtype_dtype  # noqa: PLC0415
+    from ecoinfer.kernels.torch_ops.quant import dequantize  # noqa: PLC0415
+
+    q = qtype_dtype(ctx.attr("x_qtype", ""), ctx.node.label())
+    if qkv.dtype == q:
+        fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
+        return dequantize(qkv, x_scale.reshape(()).float(), None, fdt)
+    if not qkv.is_floating_point():
+        raise ExecutionError(f"{ctx.node.label()}: QKV must be float or {q} codes, got {qkv.dtype}")
+    return fake_quant(qkv, x_scale, q)
+
+
 @kernel("MultiHeadAttention", domain="ecoinfer")
 def _mha(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     h, d = int(ctx.attr("num_heads")), int(ctx.attr("head_size"))
     if ctx.attr("packed", 0):
         qkv = xs[0]
         assert qkv is not None
+        x_scale = xs[6] if len(xs) > 6 else None
+        if x_scale is not None:  # attention on QKV's quantized value (or on its codes)
+            qkv = _quantized_qkv(ctx, qkv, x_scale)
         q, k, v = qkv[..., : h * d], qkv[..., h * d : 2 * h * d], qkv[..., 2 * h * d :]
     else:
         q, k, v = xs[0], xs[1], xs[2]

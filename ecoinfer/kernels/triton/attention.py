@@ -27,7 +27,7 @@ import triton.language as tl
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
-from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
+from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 from ecoinfer.kernels.triton.tma_gemm import num_sms
 
 Tensor = torch.Tensor
@@ -57,7 +57,7 @@ def flash_configs(
     cands = [
         (128, 64, 8 if big_head else 4, 3),
         (64, 64, 4, 3),
-        (128, 128, 8, 2),
+        (128, 128, 8 if big_head else 4, 2),  # BERT-base b64 (H200): 4 warps 21.9 us, 8: 31.7
         (64, 128, 4, 2),
         (128, 32, 4, 3),
         (64, 32, 4, 2),
@@ -91,6 +91,16 @@ def flash_configs(
 
 
 @triton.jit
+def _qkv_operand(
+    x, inv, x_scale, X_CODES: tl.constexpr, X_EXACT: tl.constexpr, SOFT_FP8: tl.constexpr
+):
+    """A Q/K/V tile as the fp16 dot operand holding its codes (see X_CODES)."""
+    if X_CODES >= 2:
+        x = quantize_block(x.to(tl.float32), inv, x_scale, X_CODES - 2, X_EXACT, SOFT_FP8)
+    return x.to(tl.float16)
+
+
+@triton.jit
 def _flash_tile(
     pid_m,
     pid_bh,
@@ -101,6 +111,7 @@ def _flash_tile(
     add_ptr,
     keep_ptr,
     ys_ptr,
+    xs_ptr,
     H,
     SQ,
     SK,
@@ -142,6 +153,8 @@ def _flash_tile(
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     QOUT: tl.constexpr,
+    X_CODES: tl.constexpr,
+    X_EXACT: tl.constexpr,
     SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
@@ -172,6 +185,18 @@ def _flash_tile(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    qk_scale = scale
+    x_scale = 1.0
+    inv = 1.0
+    if X_CODES > 0:
+        # Q, K and V are 8-bit codes of one packed buffer with one x_scale (X_CODES 1), or
+        # float values quantized here as they load (2: int8, 3: e4m3): widened to fp16 (exact
+        # for both), the dots run in fp16 and the scale is applied to the float32 results,
+        # twice to the scores (Q and K) and once to the output (V)
+        x_scale = tl.load(xs_ptr).to(tl.float32)
+        inv = tl.math.div_rn(1.0, x_scale)
+        q = _qkv_operand(q, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
+        qk_scale = scale * x_scale * x_scale
 
     # running row max, row sum and output accumulator, all float32. Scores stay in natural
     # units (a finite mask_fill or additive mask like finfo.min would overflow to -inf if
@@ -198,7 +223,9 @@ def _flash_tile(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * scale
+        if X_CODES > 0:
+            k = _qkv_operand(k, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
+        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * qk_scale
         # a mask that does not vary over query rows (a key-padding mask, [B, 1, 1, Sk]) is
         # loaded as one row: BLOCK_N loads instead of BLOCK_M * BLOCK_N
         if HAS_KEEP and KEEP_ROW:
@@ -240,10 +267,14 @@ def _flash_tile(
         )
         if UPCAST:
             v = v.to(tl.float32)
+        if X_CODES > 0:
+            v = _qkv_operand(v, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
         m_i = m_new
 
     # l == 0: every score of the row was -inf: softmax is 0/0 = NaN (the graph's answer)
+    if X_CODES > 0:
+        acc = acc * x_scale
     if NAN_TO_ZERO:
         y = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
     else:
@@ -269,6 +300,7 @@ def _flash_fwd(
     add_ptr,
     keep_ptr,
     ys_ptr,
+    xs_ptr,
     H,
     NUM_M,
     N_TILES,
@@ -313,6 +345,8 @@ def _flash_fwd(
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     QOUT: tl.constexpr,
+    X_CODES: tl.constexpr,
+    X_EXACT: tl.constexpr,
     SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
@@ -338,6 +372,7 @@ def _flash_fwd(
                 add_ptr,
                 keep_ptr,
                 ys_ptr,
+                xs_ptr,
                 H,
                 SQ,
                 SK,
@@ -379,6 +414,8 @@ def _flash_fwd(
                 INPUT_PRECISION,
                 UPCAST,
                 QOUT,
+                X_CODES,
+                X_EXACT,
                 SOFT_FP8,
                 INT64,
                 ONE_BLOCK,
@@ -399,6 +436,7 @@ def _flash_fwd(
             add_ptr,
             keep_ptr,
             ys_ptr,
+            xs_ptr,
             H,
             SQ,
             SK,
@@ -440,6 +478,8 @@ def _flash_fwd(
             INPUT_PRECISION,
             UPCAST,
             QOUT,
+            X_CODES,
+            X_EXACT,
             SOFT_FP8,
             INT64,
             ONE_BLOCK,
@@ -482,11 +522,30 @@ def flash_attention(
     config: FlashConfig | None = None,
     out: Tensor | None = None,
     y_scale: Tensor | None = None,
+    x_scale: Tensor | None = None,
+    x_qtype: str = "",
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """ecoinfer.Attention on [B, H, S, D] tensors (any strides; leading dims broadcast).
 
     `out`, if given, is a [B, H, Sq, Dv] (possibly strided) view to write Y into; with
-    y_scale (float32 scalar) `out` holds int8 / float8_e4m3fn codes of Y / y_scale."""
+    y_scale (float32 scalar) `out` holds int8 / float8_e4m3fn codes of Y / y_scale. With
+    x_scale (float32 scalar, one for Q, K and V) the attention runs on their quantized
+    values: Q, K and V are either int8 / float8_e4m3fn codes (Y then computed in out_dtype,
+    default float16) or float tensors quantized to x_qtype codes as they are loaded."""
+    fdtype = q.dtype
+    x_mode = 0
+    if x_scale is not None:
+        if k.dtype != q.dtype or v.dtype != q.dtype:
+            raise ValueError(f"Q, K and V types differ: {q.dtype}, {k.dtype}, {v.dtype}")
+        if q.dtype in QCODE_OF:
+            x_mode = 1
+            fdtype = out_dtype or torch.float16
+        elif x_qtype in QTYPES and q.is_floating_point():
+            x_mode = 2 + QCODE[x_qtype]
+        else:
+            raise ValueError(f"x_scale needs 8-bit codes or float Q, K, V with x_qtype int8 or "
+                             f"fp8e4m3, got {q.dtype} and '{x_qtype}'")  # fmt: skip
     q4, k4, v4 = _as_4d(q), _as_4d(k), _as_4d(v)
     if k_transposed:
         k4 = k4.transpose(-1, -2)  # a view: [B, H, Sk, D]
@@ -510,16 +569,16 @@ def flash_attention(
     v4 = v4.expand(bsz, heads, sk, dv)
     add4 = add_mask.expand(scores) if add_mask is not None else None
     keep4 = keep_mask.expand(scores).view(torch.uint8) if keep_mask is not None else None
-    y = out if out is not None else torch.empty(bsz, heads, sq, dv, dtype=q.dtype, device=q.device)
+    y = out if out is not None else torch.empty(bsz, heads, sq, dv, dtype=fdtype, device=q.device)
     if y.numel() == 0:
         return y
     if sk == 0:
         # no key at all: softmax over nothing (NaN, or 0 with nan_to_zero)
         y.fill_(0.0 if nan_to_zero else float("nan"))
         return y
-    cfg = config or flash_configs(sq, sk, d, q.dtype)[0]
+    cfg = config or flash_configs(sq, sk, d, fdtype)[0]
     # mask_fill rounds to Q's dtype as the graph's constant does (-3.4e38 is -inf in fp16)
-    fill = _rounded(float(mask_fill), q.dtype)
+    fill = _rounded(float(mask_fill), fdtype)
     dummy = y
     num_m = triton.cdiv(sq, cfg.BLOCK_M)
     tiles = num_m * bsz * heads
@@ -534,6 +593,7 @@ def flash_attention(
         add4 if add4 is not None else dummy,
         keep4 if keep4 is not None else dummy,
         y_scale if y_scale is not None else dummy,
+        x_scale if x_scale is not None else dummy,
         heads,
         num_m,
         tiles,
@@ -557,9 +617,11 @@ def flash_attention(
         CAUSAL=bool(is_causal),
         CAUSAL_SKIP=bool(is_causal) and fill == float("-inf"),
         NAN_TO_ZERO=bool(nan_to_zero),
-        INPUT_PRECISION=dot_precision(q.dtype, precision),
-        UPCAST=upcast_dot(q),
+        INPUT_PRECISION=dot_precision(torch.float16 if x_mode else fdtype, precision),
+        UPCAST=x_mode == 0 and upcast_dot(q),
         QOUT=QCODE_OF[y.dtype] if y_scale is not None else -1,
+        X_CODES=x_mode,
+        X_EXACT=q.dtype == torch.float32,
         SOFT_FP8=soft_fp8(q),
         INT64=needs_int64(q4, k4, v4, y, add4, keep4),
         ONE_BLOCK=sk <= cfg.BLOCK_N,
@@ -598,9 +660,13 @@ def flash_mha(
     config: FlashConfig | None = None,
     y_scale: Tensor | None = None,
     y_qtype: str = "",
+    x_scale: Tensor | None = None,
+    x_qtype: str = "",
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """ecoinfer.MultiHeadAttention: heads split and merged through strides only; with
-    y_scale, Y as y_qtype codes (see flash_attention)."""
+    y_scale, Y as y_qtype codes; with x_scale, attention on the quantized Q, K and V (codes,
+    or float quantized to x_qtype as loaded; see flash_attention)."""
     h, d = num_heads, head_size
     if packed:
         qkv = q
@@ -608,7 +674,8 @@ def flash_mha(
     assert k is not None and v is not None
     bsz, sq = q.shape[0], q.shape[1]
     dv = v.shape[-1] // h
-    ydt = QTYPES[y_qtype] if y_scale is not None else q.dtype
+    fdt = (out_dtype or torch.float16) if q.dtype in QCODE_OF else q.dtype
+    ydt = QTYPES[y_qtype] if y_scale is not None else fdt
     y = torch.empty(bsz, sq, h, dv, dtype=ydt, device=q.device)
     flash_attention(
         _split_heads(q, h),
@@ -624,5 +691,8 @@ def flash_mha(
         config=config,
         out=y.transpose(1, 2),  # [B, H, Sq, Dv] view of the merged [B, Sq, H, Dv] output
         y_scale=y_scale,
+        x_scale=x_scale,
+        x_qtype=x_qtype,
+        out_dtype=fdt,
     )
     return y.view(bsz, sq, h * dv)

@@ -39,12 +39,13 @@ from ecoinfer.kernels.triton.gemm import (
     gemm_configs,
     interpreting,
 )
-from ecoinfer.kernels.triton.qgemm import QTYPES
+from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = ("float16", "bfloat16", "float32")
+_OUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _runs_here(build: BuildInfo) -> bool:
@@ -222,7 +223,10 @@ def _mha_dims(
     """(Sq, Sk, D, Dv) of ecoinfer.MultiHeadAttention, None when the kernel does not apply."""
     h, d = int(attrs.get("num_heads", 0) or 0), int(attrs.get("head_size", 0) or 0)
     q = _info(inputs, 0)
-    if h <= 0 or d <= 0 or q is None or q.dtype not in _FLOATS or len(q.shape) != 3:
+    codes_ok = _info(inputs, 6) is not None and q is not None and q.dtype in QCODE_OF
+    if h <= 0 or d <= 0 or q is None or len(q.shape) != 3:
+        return None
+    if q.dtype not in _FLOATS and not codes_ok:
         return None
     bsz, sq, width = q.shape
     if int(attrs.get("packed", 0) or 0):
@@ -285,6 +289,18 @@ def triton_flash(
         y_qtype = str(attrs.get("y_qtype") or "")
         if ys is not None and (ys.dtype != torch.float32 or y_qtype not in QTYPES):
             return None
+        xsc = _info(inputs, 6)  # x_scale: attention on the quantized QKV (fuse_quantized)
+        x_qtype = str(attrs.get("x_qtype") or "")
+        out_dtype = None
+        if xsc is not None:
+            if xsc.dtype != torch.float32 or x_qtype not in QTYPES or not packed:
+                return None
+            if inputs[0].dtype in QCODE_OF:  # type: ignore[union-attr]  # codes: a linked QKV
+                if inputs[0].dtype != QTYPES[x_qtype]:  # type: ignore[union-attr]
+                    return None
+                out_dtype = _OUT_DTYPES.get(str(attrs.get("out_dtype") or ""))
+                if out_dtype is None:
+                    return None
 
         def run_mha(xs: list[Tensor | None]) -> list[Tensor]:
             q = xs[0]
@@ -303,6 +319,9 @@ def triton_flash(
                     config=config,
                     y_scale=_get(xs, 5),
                     y_qtype=y_qtype,
+                    x_scale=_get(xs, 6),
+                    x_qtype=x_qtype,
+                    out_dtype=out_dtype,
                     **common,
                 )
             ]
