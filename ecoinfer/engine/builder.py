@@ -579,7 +579,7 @@ def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg)
 
     p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
     k = link_codes.Y_SCALE_INPUT[p.op_type]
-    p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale]]
+    p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale], *p_xs[k + 1 :]]
     tp = tune(p2, p2_xs, p_choice.precision)
     if tp is None:
         return None

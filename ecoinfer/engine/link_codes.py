@@ -155,7 +155,10 @@ def linked_producer(p: Node, link: Link) -> Node:
     attrs = dict(p.attrs)
     if p.op_type == "MultiHeadAttention":
         attrs["y_qtype"] = link.qtype
-    return Node(p.op_type, [*ins[:k], link.y_scale], list(p.outputs), attrs, p.name, p.domain)
+    # inputs after y_scale stay (an attention's x_scale: it may read codes and write codes)
+    rest = ins[k + 1 :]
+    return Node(p.op_type, [*ins[:k], link.y_scale, *rest], list(p.outputs), attrs, p.name,
+                p.domain)  # fmt: skip
 
 
 def linked_consumer(c: Node, link: Link) -> Node:

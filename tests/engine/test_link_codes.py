@@ -227,6 +227,24 @@ def test_qkv_projection_hands_fp8_codes_to_attention() -> None:
     # a LayerNorm or an attention does not write QKV codes: only the QKV projection
     ln = Node("LayerNormalization", ["x"], ["qkv"], {}, "ln")
     assert link_codes.candidate(g, g.nodes[1], ln, "float16", 1) is None
+    # the chain goes on: attention reading QKV codes writes the output projection's codes and
+    # keeps its x_scale (input 6) beside the new y_scale (input 5)
+    g.initializers["wo"] = (torch.randn(16, h * d, generator=rng) * 40).to(torch.float8_e4m3fn)
+    g.initializers["os"] = torch.tensor(0.003)
+    g.initializers["wos"] = torch.full((1,), 0.002)
+    g.nodes.append(Node("QGemm", ["y", "wo", "os", "wos"], ["z"], q, "out_proj", "ecoinfer"))
+    g.outputs = [Value("z")]
+    g.infer_shapes()
+    chain = copy.deepcopy(g)
+    lk1 = link_codes.candidate(chain, chain.nodes[1], chain.nodes[0], "float16", 1)
+    lk2 = link_codes.candidate(chain, chain.nodes[2], chain.nodes[1], "float16", 1)
+    assert lk1 is not None and lk2 is not None
+    link_codes.apply(chain, [lk1, lk2])
+    att = chain.nodes[1]
+    assert att.inputs[5] == "os" and att.inputs[6] == "qkv_s" and att.attrs["y_qtype"] == "fp8e4m3"
+    assert chain.values["y"].dtype == "float8e4m3fn"
+    x = {"x": torch.randn(b, s, k, generator=rng).half()}
+    assert torch.equal(ReferenceRunner(chain).run(x)["z"], ReferenceRunner(g).run(x)["z"])
 
 
 def _ln_graph() -> Graph:

@@ -317,6 +317,31 @@ def test_gpu_mha_quantized_qkv_compiled() -> None:
     assert p.returncode == 0 and "ok" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
 
 
+def test_mha_reads_and_writes_codes() -> None:
+    """A linked chain's attention: FP8 QKV codes in, the output projection's codes out."""
+    torch.manual_seed(14)
+    qkv_ = _packed(torch.float32)
+    x_scale, y_scale = torch.tensor(float(qkv_.abs().max()) / 448), torch.tensor(0.003)
+    x = (qkv_ / x_scale).to(torch.float8_e4m3fn)
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": D**-0.5,
+             "x_qtype": "fp8e4m3", "y_qtype": "fp8e4m3", "out_dtype": "float16"}  # fmt: skip
+    xs = [x, None, None, padding_mask(torch.float16), None, y_scale, x_scale]
+    node = Node("MultiHeadAttention", ["q", "", "", "add", "", "ys", "xs"], ["y"], attrs,
+                domain="ecoinfer")  # fmt: skip
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    infos = [TensorInfo(tuple(t.shape), t.dtype) if t is not None else None for t in xs]
+    run = gemm_tactics.triton_flash(
+        node, full, infos, {}, BuildInfo(torch.device("cpu"), "float16")
+    )
+    assert run is not None
+    (y,) = run(xs)
+    fn = get_kernel("MultiHeadAttention", "ecoinfer")
+    ref = fn(KernelContext(node, full, torch.device("cpu"), None, 21), xs)[0]  # type: ignore[arg-type, misc]
+    assert y.dtype == ref.dtype == torch.float8_e4m3fn
+    assert float((y.float() - ref.float()).norm() / ref.float().norm()) < 2e-2
+    assert float(ref.float().abs().max()) >= 100  # real codes
+
+
 def quantized_qkv_check(qtype: str, form: str, device: str) -> None:
     torch.manual_seed(13)
     qkv_ = _packed(torch.float32) * 2
