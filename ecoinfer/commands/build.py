@@ -228,7 +228,7 @@ def _print_quantization(q: dict | None) -> None:
     for line in q.get("log", []):
         print(line)
     tactics = q.get("tactics") or {}
-    fused = f" ({len(tactics)} fused into QGemm/QConv)" if tactics else ""
+    fused = f" ({len(tactics)} fused into quantized ops)" if tactics else ""
     if q.get("emulated", True):
         how = "emulated (reference or dequantize-then-float kernels)"
     else:

@@ -133,7 +133,7 @@ def test_cli_int8_with_fp16_flag_and_fp8_refusal(files, tmp_path: Path, capsys) 
             "--calib-data", str(calib), "--calib-method", "minmax"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "int8, bfloat16 elsewhere" in out and "3 fused into QGemm/QConv" in out
+    assert "int8, bfloat16 elsewhere" in out and "3 fused into quantized ops" in out
     assert load_engine(eng, device="cpu").precision == "bfloat16"
     assert main([*argv[:4], "--fp8", *argv[5:]]) == 2
     err = capsys.readouterr().err.strip()

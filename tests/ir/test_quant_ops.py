@@ -400,4 +400,4 @@ def test_symmetric_qdq_model_from_onnxruntime_builds_with_quantized_layers(
     argv = ["build", dst, "-o", eng, "--device", "cpu", "--obey-precision", "--shapes", "x:5x16"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "from the model (Q/DQ): 2 layer(s) quantized (2 fused into QGemm/QConv)" in text
+    assert "from the model (Q/DQ): 2 layer(s) quantized (2 fused into quantized ops)" in text

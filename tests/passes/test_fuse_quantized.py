@@ -87,6 +87,35 @@ def test_small_transformer(exported, precision: str) -> None:  # noqa: ANN001
     assert_close(Model(fused).run(feeds), Model(qgraph).run(feeds), f"fused {precision} vit")
 
 
+def test_fp8_attention_quantization_follows_amax_and_keep_fp(exported) -> None:  # noqa: ANN001
+    """FP8 quantizes a packed attention's QKV only where it has a threshold (a calibration
+    cache from before keeps it float) and not where keep_fp names the attention; the layer
+    lists (report, accuracy budget) say the same."""
+    from models import CASES  # noqa: PLC0415
+
+    from ecoinfer.quant.quantize import quantizable_layers  # noqa: PLC0415
+
+    graph, _ = optimize(import_onnx(exported("vit", False)), OptimizeConfig(level=2))
+    amax = calibrate(graph, [numpy_feeds(CASES["vit"].inputs(2))], method="minmax")
+    mha = attention_targets(graph)
+    assert len(mha) == 2 and all(n.inputs[0] in amax for n in mha)
+
+    def quantized_mha(g: Graph) -> list[str]:
+        prod = g.producers()
+        return [n.name for n in g.nodes if n.op_type == "MultiHeadAttention"
+                and prod[n.inputs[0]].op_type == "DequantizeLinear"]  # fmt: skip
+
+    assert quantized_mha(quantize_graph(graph, amax, "int8")) == []
+    assert quantized_mha(quantize_graph(graph, amax, "fp8")) == [n.name for n in mha]
+    old_cache = {k: v for k, v in amax.items() if k != mha[0].inputs[0]}
+    assert quantized_mha(quantize_graph(graph, old_cache, "fp8")) == [mha[1].name]
+    kept = quantize_graph(graph, amax, "fp8", keep_fp=[f"^{mha[1].name}$"])
+    assert quantized_mha(kept) == [mha[0].name]
+    names = quantizable_layers(graph, "fp8", old_cache)
+    assert mha[1].name in names and mha[0].name not in names
+    assert not set(quantizable_layers(graph, "int8", amax)) & {n.name for n in mha}
+
+
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_small_cnn(exported, precision: str) -> None:  # noqa: ANN001
     from models import CASES  # noqa: PLC0415
