@@ -83,6 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "float where its float kernel is faster (as TensorRT without --precisionConstraints=obey)",
     )
     q.add_argument(
+        "--no-quant-attention",
+        action="store_true",
+        help="FP8: leave attention's QKV input unquantized (by default FP8 builds quantize it, "
+        "so the QKV projection can hand attention FP8 codes)",
+    )
+    q.add_argument(
         "--no-link-codes",
         action="store_true",
         help="never let a layer write the int8/FP8 codes of the quantized layer that reads it; "
@@ -214,6 +220,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         budget_margin=args.budget_margin or 0.0,
         val_data=args.val_data,
         smooth_alpha=args.smooth,
+        quantize_attention=not args.no_quant_attention,
     )
 
 

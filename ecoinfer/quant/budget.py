@@ -252,6 +252,7 @@ def fit_budget(
     precision: str = "int8",
     log: Callable[[str], None] | None = None,
     margin: float = 0.0,
+    attention: bool = True,
 ) -> BudgetResult:
     """Keep the most sensitive layers of `graph` in float until `metric` meets `budget`.
 
@@ -273,12 +274,12 @@ def fit_budget(
     batches = list(validation_batches)
     if not batches:
         raise AccuracyBudgetError("the validation set is empty: the accuracy budget needs data")
-    names = quantizable_layers(graph, precision, amax)
+    names = quantizable_layers(graph, precision, amax, attention)
     refs = run_outputs(graph, batches)
     trials: list[Mix] = []
 
     def measure(kept: Sequence[str]) -> float:
-        q = quantize_graph(graph, amax, precision, keep_fp=exact(kept))
+        q = quantize_graph(graph, amax, precision, keep_fp=exact(kept), attention=attention)
         return float(m.score(refs, run_outputs(q, batches)))
 
     sensitivity = {}
@@ -346,6 +347,8 @@ class QuantizeOptions:
     val_data: str | None = None  # default: the calibration data
     # SmoothQuant-style smoothing strength (quant/smooth.py); None: off. Needs calib_data.
     smooth_alpha: float | None = None
+    # FP8: attention reads its packed QKV quantized too (quantize_graph's attention targets)
+    quantize_attention: bool = True
 
 
 def load_batches(path: str, graph: Any, limit: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -441,14 +444,15 @@ def quantize_for_build(
         val = load_batches(source, graph)
         result = fit_budget(
             graph, amax, val, opts.accuracy_budget, opts.budget_metric, opts.precision,
-            margin=opts.budget_margin,
+            margin=opts.budget_margin, attention=opts.quantize_attention,
         )  # fmt: skip
         keep += result.keep_fp
         for s in result.lines():
             say(s)
-    qgraph = quantize_graph(graph, amax, opts.precision, keep_fp=keep)
+    attention = opts.quantize_attention
+    qgraph = quantize_graph(graph, amax, opts.precision, keep_fp=keep, attention=attention)
     patterns = [re.compile(p) for p in keep]
-    layers = quantizable_layers(graph, opts.precision, amax)
+    layers = quantizable_layers(graph, opts.precision, amax, attention)
     quantized = [n for n in layers if not any(p.search(n) for p in patterns)]
     report = {
         "precision": opts.precision,

@@ -128,12 +128,16 @@ def attention_targets(graph: Graph) -> list[Node]:
 
 
 def quantizable_layers(
-    graph: Graph, precision: str, amax: Mapping[str, float] | None = None
+    graph: Graph,
+    precision: str,
+    amax: Mapping[str, float] | None = None,
+    attention: bool = True,
 ) -> list[str]:
-    """Names of the nodes quantize_graph(graph, amax, precision) quantizes (keep_fp aside):
-    every quant target, and for FP8 each attention target with a threshold in `amax`."""
+    """Names of the nodes quantize_graph(graph, amax, precision, attention=attention)
+    quantizes (keep_fp aside): every quant target, and for FP8 (unless attention is False)
+    each attention target with a threshold in `amax`."""
     names = [t.node.name for t in quant_targets(graph)]
-    if precision == "fp8":
+    if precision == "fp8" and attention:
         names += [n.name for n in attention_targets(graph) if amax is None or n.inputs[0] in amax]
     return list(dict.fromkeys(names))
 
@@ -249,9 +253,11 @@ def quantize_graph(
     amax: Mapping[str, float],
     precision: str = "int8",
     keep_fp: Sequence[str] = (),
+    attention: bool = True,
 ) -> Graph:
     """A copy of `graph` with Q/DQ nodes around every quantizable op (see quant_targets),
-    and for FP8 before each attention target's QKV input (see attention_targets).
+    and for FP8 (unless `attention` is False) before each attention target's QKV input (see
+    attention_targets).
 
     `amax` holds the activation thresholds from calibrate() (or a calibration cache).
     Nodes whose name matches one of the `keep_fp` regexes (re.search) stay in float.
@@ -279,7 +285,7 @@ def quantize_graph(
     # FP8: attention reads QKV quantized too (where a threshold was calibrated; a calibration
     # cache from before this existed has none, and those attentions stay in float)
     attn = set()
-    if precision == "fp8":
+    if precision == "fp8" and attention:
         attn = {
             id(n) for n in attention_targets(g) if not _keep(n, patterns) and n.inputs[0] in amax
         }

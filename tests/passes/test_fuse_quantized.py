@@ -114,6 +114,22 @@ def test_fp8_attention_quantization_follows_amax_and_keep_fp(exported) -> None: 
     names = quantizable_layers(graph, "fp8", old_cache)
     assert mha[1].name in names and mha[0].name not in names
     assert not set(quantizable_layers(graph, "int8", amax)) & {n.name for n in mha}
+    # --no-quant-attention: FP8 GEMMs quantized, attention left in float
+    off = quantize_graph(graph, amax, "fp8", attention=False)
+    assert quantized_mha(off) == [] and "QuantizeLinear" in off.op_histogram()
+    assert not set(quantizable_layers(graph, "fp8", amax, attention=False)) & {n.name for n in mha}
+
+
+def test_cli_no_quant_attention_flag() -> None:
+    """`ecoinfer build --fp8 --no-quant-attention` reaches QuantizeOptions."""
+    from ecoinfer.cli import build_parser  # noqa: PLC0415
+    from ecoinfer.commands.build import _quant_options  # noqa: PLC0415
+
+    base = ["build", "m.onnx", "-o", "m.eng", "--fp8", "--calib-data", "d"]
+    on = _quant_options(build_parser().parse_args(base))
+    off = _quant_options(build_parser().parse_args([*base, "--no-quant-attention"]))
+    assert on is not None and off is not None
+    assert on.quantize_attention and not off.quantize_attention
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
