@@ -55,7 +55,7 @@ def _float_dtype(ctx: InferContext) -> str | None:
         xq = str(ctx.attr("x_qtype") or "")
         if xq not in QTYPES:
             raise ctx.fail(f"x_scale needs x_qtype int8 or fp8e4m3, got '{xq}'")
-        if ctx.dtype(0) in ("int8", "float8e4m3fn"):
+        if ctx.dtype(0) in QTYPES.values():  # codes a linked QKV projection wrote
             if ctx.dtype(0) != QTYPES[xq]:
                 raise ctx.fail(f"QKV is {ctx.dtype(0)} codes but x_qtype is '{xq}'")
             out = str(ctx.attr("out_dtype") or "")

@@ -22,14 +22,15 @@ def _quantized_qkv(ctx: KernelContext, qkv: Tensor, x_scale: Tensor) -> Tensor:
     """QKV as the quantized attention sees it: fake-quantized float, or codes (a linked QKV
     projection wrote them) dequantized into out_dtype, as QGemm treats its X."""
     from ecoinfer.errors import ExecutionError  # noqa: PLC0415
-    from ecoinfer.ir import dtypes  # noqa: PLC0415
-    from ecoinfer.kernels.torch_ops.fused_quant import fake_quant, qtype_dtype  # noqa: PLC0415
-    from ecoinfer.kernels.torch_ops.quant import dequantize  # noqa: PLC0415
+    from ecoinfer.kernels.torch_ops.fused_quant import (  # noqa: PLC0415
+        dequant_codes,
+        fake_quant,
+        qtype_dtype,
+    )
 
     q = qtype_dtype(ctx.attr("x_qtype", ""), ctx.node.label())
     if qkv.dtype == q:
-        fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
-        return dequantize(qkv, x_scale.reshape(()).float(), None, fdt)
+        return dequant_codes(ctx, qkv, x_scale)
     if not qkv.is_floating_point():
         raise ExecutionError(f"{ctx.node.label()}: QKV must be float or {q} codes, got {qkv.dtype}")
     return fake_quant(qkv, x_scale, q)

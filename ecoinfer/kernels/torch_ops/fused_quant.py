@@ -49,6 +49,13 @@ def codes_of(y: Tensor, y_scale: Tensor, qdtype: torch.dtype) -> Tensor:
     return quantize(y.float(), y_scale.reshape(()).float(), None, qdtype)
 
 
+def dequant_codes(ctx: KernelContext, x: Tensor, x_scale: Tensor) -> Tensor:
+    """Codes a linked producer wrote for this op (engine/link_codes.py), dequantized with its
+    x_scale into the float type its out_dtype attribute names: the value the op computes on."""
+    fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
+    return dequantize(x, x_scale.reshape(()).float(), None, fdt)
+
+
 def dequant_weight(w_q: Tensor, w_scale: Tensor, dtype: torch.dtype) -> Tensor:
     """W_q * w_scale along axis 0 (output channels), in float32, cast to `dtype`."""
     s = w_scale.float()
@@ -87,8 +94,7 @@ def _quantized_x(
     linked layer) dequantized into out_dtype."""
     q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
     if x.dtype == q:  # codes from the previous layer
-        fdt = dtypes.to_torch(str(ctx.attr("out_dtype") or ""), ctx.node.label())
-        a = dequantize(x, x_scale.reshape(()).float(), None, fdt)
+        a = dequant_codes(ctx, x, x_scale)
         _check(ctx, a, w)
         return q, a
     _check(ctx, x, w)

@@ -506,6 +506,12 @@ def _head_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
+def _compute_dtype(q: torch.dtype, out_dtype: torch.dtype | None) -> torch.dtype:
+    """The float type attention computes Y in: Q's, or out_dtype (default float16) when Q,
+    K and V arrive as 8-bit codes."""
+    return (out_dtype or torch.float16) if q in QCODE_OF else q
+
+
 def flash_attention(
     q: Tensor,
     k: Tensor,
@@ -540,7 +546,7 @@ def flash_attention(
             raise ValueError(f"Q, K and V types differ: {q.dtype}, {k.dtype}, {v.dtype}")
         if q.dtype in QCODE_OF:
             x_mode = 1
-            fdtype = out_dtype or torch.float16
+            fdtype = _compute_dtype(q.dtype, out_dtype)
         elif x_qtype in QTYPES and q.is_floating_point():
             x_mode = 2 + QCODE[x_qtype]
         else:
@@ -674,7 +680,7 @@ def flash_mha(
     assert k is not None and v is not None
     bsz, sq = q.shape[0], q.shape[1]
     dv = v.shape[-1] // h
-    fdt = (out_dtype or torch.float16) if q.dtype in QCODE_OF else q.dtype
+    fdt = _compute_dtype(q.dtype, out_dtype)
     ydt = QTYPES[y_qtype] if y_scale is not None else fdt
     y = torch.empty(bsz, sq, h, dv, dtype=ydt, device=q.device)
     flash_attention(

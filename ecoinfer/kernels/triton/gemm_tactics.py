@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ecoinfer.ir import dtypes
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.attention import (
@@ -45,7 +46,6 @@ from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 Tensor = torch.Tensor
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = ("float16", "bfloat16", "float32")
-_OUT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _runs_here(build: BuildInfo) -> bool:
@@ -223,10 +223,10 @@ def _mha_dims(
     """(Sq, Sk, D, Dv) of ecoinfer.MultiHeadAttention, None when the kernel does not apply."""
     h, d = int(attrs.get("num_heads", 0) or 0), int(attrs.get("head_size", 0) or 0)
     q = _info(inputs, 0)
-    codes_ok = _info(inputs, 6) is not None and q is not None and q.dtype in QCODE_OF
     if h <= 0 or d <= 0 or q is None or len(q.shape) != 3:
         return None
-    if q.dtype not in _FLOATS and not codes_ok:
+    codes = q.dtype in QCODE_OF and _info(inputs, 6) is not None  # a linked QKV's codes
+    if q.dtype not in _FLOATS and not codes:
         return None
     bsz, sq, width = q.shape
     if int(attrs.get("packed", 0) or 0):
@@ -298,9 +298,10 @@ def triton_flash(
             if inputs[0].dtype in QCODE_OF:  # type: ignore[union-attr]  # codes: a linked QKV
                 if inputs[0].dtype != QTYPES[x_qtype]:  # type: ignore[union-attr]
                     return None
-                out_dtype = _OUT_DTYPES.get(str(attrs.get("out_dtype") or ""))
-                if out_dtype is None:
+                out_name = str(attrs.get("out_dtype") or "")
+                if out_name not in _DTYPES:
                     return None
+                out_dtype = dtypes.to_torch(out_name)
 
         def run_mha(xs: list[Tensor | None]) -> list[Tensor]:
             q = xs[0]
