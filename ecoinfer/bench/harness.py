@@ -2,7 +2,8 @@
 
 Every call is synchronised before its end time is read, so latency is what a request sees.
 On CUDA, events around each call also give the GPU compute time, and the host time to
-return from the call (before synchronising) is the enqueue time. Python's cyclic garbage
+return from the call (before synchronising) is the enqueue time. The warm-up runs on the
+timing thread itself, so per-thread first-call costs stay out of the window. Python's cyclic garbage
 collector is paused during the timed window, as timeit does: a full collection over the
 millions of objects torch and transformers keep alive takes tens of milliseconds, which
 would land in whichever Python-driven peer happened to trigger it (reference counting still
@@ -149,16 +150,6 @@ def run_benchmark(
     if meter is not None and idle_w is None:
         idle_w = meter.idle_power_w(1.0)
 
-    # warm-up: compilation, allocator growth, cuDNN autotuning stay out of the numbers
-    t_end = time.perf_counter() + cfg.warmup_s
-    done = 0
-    while done < max(1, cfg.warmup_iterations) or time.perf_counter() < t_end:
-        fn()
-        sync()
-        done += 1
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     lat: list[float] = []
     enq: list[float] = []
     gpu: list[float] = []
@@ -168,47 +159,95 @@ def run_benchmark(
         None if cfg.iterations is None else max(1, cfg.iterations // max(1, cfg.streams))
     )
 
+    n_threads = max(1, cfg.streams)
+    warmed = threading.Barrier(n_threads + 1)  # every thread warm: the window can open
+    go = threading.Barrier(n_threads + 1)  # the meter runs: time
+    errors: list[BaseException] = []
+
+    def warm_up() -> None:
+        # compilation, allocator growth, cuDNN autotuning stay out of the numbers; on the
+        # timing thread itself, so that per-thread first-call costs (torch.compile's, say)
+        # are paid here and not by the first timed call
+        t_end = time.perf_counter() + cfg.warmup_s
+        done = 0
+        while done < max(1, cfg.warmup_iterations) or time.perf_counter() < t_end:
+            fn()
+            sync()
+            done += 1
+
     def loop(stream) -> None:  # noqa: ANN001
         ctx = torch.cuda.stream(stream) if stream is not None else _null()
         with ctx:
-            k = 0
-            while True:
-                if per_stream_iters is not None:
-                    if k >= per_stream_iters:
-                        break
-                elif time.perf_counter() >= stop_at[0]:
-                    break
-                if cuda:
-                    e0, e1 = (
-                        torch.cuda.Event(enable_timing=True),
-                        torch.cuda.Event(enable_timing=True),
-                    )
-                    e0.record()
-                t0 = time.perf_counter()
-                fn()
-                t1 = time.perf_counter()
-                if cuda:
-                    e1.record()
-                    e1.synchronize()
-                t2 = time.perf_counter()
-                with lock:
-                    lat.append(t2 - t0)
-                    enq.append(t1 - t0)
-                    if cuda:
-                        gpu.append(e0.elapsed_time(e1) / 1e3)
-                k += 1
+            try:
+                warm_up()
+            except BaseException as e:  # noqa: BLE001  (re-raised by the caller's thread)
+                errors.append(e)
+                warmed.abort()
+                go.abort()
+                return
+            try:
+                warmed.wait()
+                go.wait()
+            except threading.BrokenBarrierError:
+                return
+            try:
+                timed()
+            except BaseException as e:  # noqa: BLE001  (re-raised by the caller's thread)
+                errors.append(e)
 
-    if meter is not None:
-        meter.start()
-    t_start = time.perf_counter()
-    stop_at[0] = t_start + cfg.duration_s
-    streams = [torch.cuda.Stream() if cuda else None for _ in range(max(1, cfg.streams))]
+    def timed() -> None:
+        k = 0
+        while True:
+            if per_stream_iters is not None:
+                if k >= per_stream_iters:
+                    break
+            elif time.perf_counter() >= stop_at[0]:
+                break
+            if cuda:
+                e0, e1 = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
+                e0.record()
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+            if cuda:
+                e1.record()
+                e1.synchronize()
+            t2 = time.perf_counter()
+            with lock:
+                lat.append(t2 - t0)
+                enq.append(t1 - t0)
+                if cuda:
+                    gpu.append(e0.elapsed_time(e1) / 1e3)
+            k += 1
+
+    streams = [torch.cuda.Stream() if cuda else None for _ in range(n_threads)]
     threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in streams]
+    for t in threads:
+        t.start()
+    try:
+        warmed.wait()
+    except threading.BrokenBarrierError:
+        for t in threads:
+            t.join()
+        raise errors[0] from None
+    try:
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if meter is not None:
+            meter.start()
+    except BaseException:
+        go.abort()  # release the waiting threads
+        raise
     gc_was_on = gc.isenabled()
     gc.disable()
+    t_start = time.perf_counter()
+    stop_at[0] = t_start + cfg.duration_s
     try:
-        for t in threads:
-            t.start()
+        go.wait()
         if cfg.progress:
             while any(t.is_alive() for t in threads):
                 _progress(name, time.perf_counter() - t_start, cfg.duration_s)
@@ -221,6 +260,10 @@ def run_benchmark(
     finally:
         if gc_was_on:
             gc.enable()
+    if errors:
+        if meter is not None:
+            meter.stop()
+        raise errors[0]
     if meter is not None:
         reading = meter.stop()
         if idle_w is not None and reading.idle_power_w is None:

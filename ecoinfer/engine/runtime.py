@@ -346,10 +346,17 @@ class ExecutionContext:
             raise InputShapeError(
                 f"{eng.source or 'engine'}: the input shapes {shapes} fit no single profile together"
             )
-        for name, n in eng._index_inputs.items():
-            t = tensors[name]
-            if t.numel():
-                lo, hi = int(t.min()), int(t.max())
+        checked = [(k, n) for k, n in eng._index_inputs.items() if tensors[k].numel()]
+        if checked:
+            # every index input's min and max in one host round-trip: on GPU tensors each
+            # .item() is a device sync, and this check runs on every call
+            ranges = torch.stack(
+                [
+                    torch.stack(torch.aminmax(tensors[k].reshape(-1))).to(torch.int64)
+                    for k, _ in checked
+                ]
+            ).tolist()
+            for (name, n), (lo, hi) in zip(checked, ranges):
                 if lo < -n or hi >= n:
                     bad = hi if hi >= n else lo
                     raise IndexOutOfRangeError(

@@ -183,3 +183,28 @@ def test_warmup_by_count_and_time() -> None:
         BenchConfig(warmup_s=0.0, warmup_iterations=7, iterations=3, measure_energy=False),
     )
     assert len(calls) == 7 + 3
+
+
+def test_warmup_runs_on_the_timing_thread() -> None:
+    """Per-thread first-call costs (torch.compile's guards, inference mode) belong to the
+    warm-up: every call, warm-up and timed, runs on the one timing thread."""
+    import threading
+
+    threads: list[int] = []
+    cfg = BenchConfig(warmup_s=0.0, warmup_iterations=3, iterations=4, measure_energy=False)
+    run_benchmark("t", lambda: threads.append(threading.get_ident()), 1, cfg)
+    assert len(threads) == 7 and len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()
+
+
+@pytest.mark.parametrize("fail_at", [1, 5])  # in the warm-up, in the timed window
+def test_errors_in_the_timing_thread_reach_the_caller(fail_at: int) -> None:
+    calls = iter(range(100))
+
+    def fn() -> None:
+        if next(calls) == fail_at:
+            raise RuntimeError("kernel failed")
+
+    cfg = BenchConfig(warmup_s=0.0, warmup_iterations=3, iterations=10, measure_energy=False)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        run_benchmark("e", fn, 1, cfg)
