@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "by default a GPU build does where the linked pair times faster",
     )
     p.add_argument(
+        "--no-skip-layernorm",
+        action="store_true",
+        help="keep every residual add where the optimizer put it (a GEMM's epilogue); by "
+        "default a GPU build moves it into the LayerNorm that follows where that times faster",
+    )
+    p.add_argument(
         "--exclude-tactics",
         default="",
         metavar="NAME[,NAME...]",
@@ -287,6 +293,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         quant=quant,
         quant_fallback=False if getattr(args, "obey_precision", False) else None,
         link_codes=False if getattr(args, "no_link_codes", False) else None,
+        skip_layernorm=False if args.no_skip_layernorm else None,
         exclude_tactics=tuple(t.strip() for t in args.exclude_tactics.split(",") if t.strip()),
     )
     engine = build(args.model, cfg)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ecoinfer.device import pick_device
-from ecoinfer.engine import link_codes
+from ecoinfer.engine import link_codes, link_skip
 from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
 from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
 from ecoinfer.engine.quant_fallback import apply as apply_float_twins
@@ -82,6 +82,9 @@ class BuildConfig:
     # a quantized layer feeding only another writes that one's codes (engine/link_codes), where
     # timing says it pays; None: on for GPU builds, off on the CPU (exact emulation there)
     link_codes: bool | None = None
+    # a FusedGemm's residual add moves into the LayerNormalization reading it
+    # (ecoinfer.SkipLayerNorm, engine/link_skip) where timing says it pays; None: GPU builds
+    skip_layernorm: bool | None = None
     # tactic names never tried (trtexec's --tacticSources in spirit): e.g. a kernel family
     # that misbehaves on this GPU or driver; the reference tactic always remains
     exclude_tactics: tuple[str, ...] = ()
@@ -270,12 +273,13 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     memory = {}
     twins: dict = {}
     links: list[link_codes.Link] = []
+    skips: list[link_skip.SkipLink] = []
     for k, prof in enumerate(profiles):
-        c, cand, mem, tw, lk = _tune_profile(
+        c, cand, mem, tw, lk, sk = _tune_profile(
             planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles)
         )
         if k == 0:  # the first profile's opt shapes decide, as for the tactics
-            twins, links = tw, lk
+            twins, links, skips = tw, lk, sk
         for name, ch in c.items():
             choices.setdefault(name, ch)  # the first profile's opt shapes decide
         candidates.update({n: v for n, v in cand.items() if n not in candidates})
@@ -286,6 +290,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         planned = apply_float_twins(planned, twins)
     if links:
         planned = link_codes.apply(planned, links)
+    if skips:
+        planned = link_skip.apply(planned, skips)
     report = {
         "build_seconds": time.perf_counter() - t_start,
         "opt_level": opt_level,
@@ -308,6 +314,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         "memory": memory,
         "candidates": candidates,
         "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
+        "skip_layernorm": [{"gemm": sl.producer, "norm": sl.consumer} for sl in skips],
     }
     if quant_report is not None:
         from ecoinfer.quant.budget import quant_tactics_report  # noqa: PLC0415
@@ -419,6 +426,11 @@ def _tune_profile(
     link_wanted = cfg.link_codes if cfg.link_codes is not None else dev.type == "cuda"
     link_on = link_wanted and k == 0 and bool(quant_x)  # the first profile decides
     held: dict[str, list] = {}  # quantized layers' inputs, kept until their reader is tuned
+    skips: list[link_skip.SkipLink] = []
+    skip_on = k == 0 and (
+        cfg.skip_layernorm if cfg.skip_layernorm is not None else dev.type == "cuda"
+    )
+    skip_held: dict[str, list] = {}  # FusedGemms with a residual: inputs, until their norm
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
         kernel = get_kernel(node.op_type, node.domain)
@@ -483,6 +495,16 @@ def _tune_profile(
                     twins.pop(p.name, None)
                     twins.pop(node.name, None)
                     form = (c_form, c_xs)  # a chain's next link starts from this form
+        if skip_on and node.name in cand:
+            p = producer.get(node.inputs[0]) if node.inputs else None
+            sl = link_skip.candidate(p, node, set(skip_held))
+            if sl is not None and p is not None and node.outputs[0] not in quant_x:
+                linked = _tune_skip(sl, p, skip_held.pop(p.name), node, xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
+                if linked is not None:
+                    skips.append(sl)
+                    choices[p.name], choice = linked
+            if link_skip.holds(node, readers.get(node.outputs[0], 0), outputs):
+                skip_held[node.name] = list(xs)
         if link_on and node.name in cand and node.outputs and node.outputs[0]:
             y0 = node.outputs[0]
             if y0 in quant_x and link_codes.holds(node, readers.get(y0, 0)):  # a producer
@@ -515,7 +537,7 @@ def _tune_profile(
         "tuned_layers": tuned_layers,
         "weight_bytes": sum(t.numel() * t.element_size() for t in g.initializers.values()),
     }
-    return choices, cand, mem, twins, links
+    return choices, cand, mem, twins, links, skips
 
 
 def _layer_choice(
@@ -604,6 +626,42 @@ def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg)
         _layer_choice(chc, c_choice.precision, c_infos),
         c2,
         c2_xs,
+    )
+
+
+def _tune_skip(sl, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
+    """Tune a skip link (link_skip): the GEMM without its residual and the SkipLayerNorm;
+    their (producer's, consumer's) LayerChoices when the pair is faster so, else None."""
+    p_choice = choices[p.name]
+    if p_choice.time_ms is None or c_choice.time_ms is None:
+        return None
+    skip = p_xs[link_skip.RESIDUAL]
+    y = env.get(c.inputs[0])
+    if skip is None or y is None or tuple(skip.shape) != tuple(y.shape) or skip.dtype != y.dtype:
+        return None  # a broadcast residual stays in the GEMM
+    weights = set(g.initializers)
+    p2, c2 = link_skip.linked_producer(p), link_skip.linked_consumer(c, sl)
+    p2_xs = list(p_xs[: len(p2.inputs)])
+    consts = {n: env[n] for n in p2.inputs if n in weights}
+    tp = _select_aside(p2, p2_xs, consts, p_choice.precision, dev, g, cache, cfg, "skip form")
+    if tp is None or tp[0].time_ms is None:
+        return None
+    y2 = tp[1](p2_xs)[0]
+    c2_xs = [y2, skip, *c_xs[1:3]]
+    consts = {n: env[n] for n in c2.inputs if n in weights}
+    tc = _select_aside(c2, c2_xs, consts, c_choice.precision, dev, g, cache, cfg, "skip form")
+    if tc is None or tc[0].time_ms is None:
+        return None
+    before = p_choice.time_ms + c_choice.time_ms
+    after = tp[0].time_ms + tc[0].time_ms
+    log = _log(cfg)
+    if log:
+        log(f"{p.name} -> {c.name}: skip in the norm {after:.4f} ms, in the GEMM {before:.4f} ms")
+    if not link_codes.link_pays(before, after):
+        return None
+    return (
+        _layer_choice(tp[0], p_choice.precision, _input_infos(p2_xs, p2.inputs, weights)),
+        _layer_choice(tc[0], c_choice.precision, _input_infos(c2_xs, c2.inputs, weights)),
     )
 
 

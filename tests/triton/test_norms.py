@@ -196,3 +196,56 @@ def test_layernorm_codes_one_pass(qtype: str) -> None:
         )
         is None
     )
+
+
+# ------------------------------------------------------------------------------ SkipLayerNorm
+def _skip_ref(x: torch.Tensor, skip: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None):
+    """LayerNormalization of x + skip in float64: what ecoinfer.SkipLayerNorm means."""
+    s = x.double() + skip.double()
+    return torch.nn.functional.layer_norm(
+        s, (s.shape[-1],), g.double(), None if b is None else b.double(), 1e-5
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_skip_layernorm(dtype: torch.dtype, bias: bool) -> None:
+    """ecoinfer.SkipLayerNorm: the Triton row kernel (every tuning configuration) and the
+    torch reference kernel both give LayerNorm(X + Skip), with the sum kept in float32."""
+    n = 384
+    x, skip = _rand((3, 5, n), dtype, 2.0, 3.0), _rand((3, 5, n + 0), dtype, 1.5, -1.0)
+    skip = skip.flip(0)  # a different tensor from x
+    g, b = _rand((n,), dtype, 0.5, 1.0), _rand((n,), dtype, 0.2) if bias else None
+    xs = [x, skip, g] + ([b] if bias else [])
+    node = Node("SkipLayerNorm", [f"i{k}" for k in range(len(xs))], ["y"], {}, "sln", "ecoinfer")
+    attrs = {**get_schema("SkipLayerNorm", "ecoinfer").attrs}
+    want = _skip_ref(x, skip, g, b).numpy()
+    ref = get_kernel("SkipLayerNorm", "ecoinfer")
+    assert ref is not None
+    (ry,) = ref(KernelContext(node, attrs, torch.device("cpu"), None, 21), xs)  # type: ignore[arg-type]
+    assert ry.dtype == dtype
+    assert rel_error(ry.double().numpy(), want)[0] <= TOL[dtype]
+    infos = [TensorInfo(tuple(t.shape), t.dtype) for t in xs]
+    cfgs = norms.norm_configs(node, attrs, infos, BUILD)
+    for cfg in cfgs:
+        run = norms.make_skip_layernorm(node, attrs, infos, cfg, BUILD)
+        assert run is not None, cfg
+        (y,) = run([t.to(DEVICE) for t in xs])
+        assert y.dtype == dtype and y.shape == x.shape
+        rel, max_abs = rel_error(y.cpu().double().numpy(), want)
+        assert rel <= TOL[dtype], f"{cfg}: rel L2 {rel:.3e} (max abs {max_abs:.3e})"
+    if dtype == torch.float32:  # the sum is not rounded first: tight against float64
+        assert rel_error(y.cpu().double().numpy(), want)[0] < 1e-6
+
+
+def test_skip_layernorm_declines_mismatched_skip() -> None:
+    x, w = TensorInfo((4, 8), torch.float16), TensorInfo((8,), torch.float16)
+    node = Node("SkipLayerNorm", ["x", "s", "w"], ["y"], {}, "sln", "ecoinfer")
+    assert norms.make_skip_layernorm(node, {}, [x, x, w], {}, BUILD) is not None
+    wide = TensorInfo((1, 8), torch.float16)  # a broadcast skip: not this kernel's
+    assert norms.make_skip_layernorm(node, {}, [x, wide, w], {}, BUILD) is None
+    other = TensorInfo((4, 8), torch.float32)
+    assert norms.make_skip_layernorm(node, {}, [x, other, w], {}, BUILD) is None
+    assert "triton_skip_layernorm" in [
+        t.name for t in tactics_for("SkipLayerNorm", "ecoinfer", "cuda", "float16")
+    ]

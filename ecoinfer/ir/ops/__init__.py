@@ -10,6 +10,7 @@ from ecoinfer.ir.ops import (  # noqa: F401
     fused_embed,
     fused_gemm,
     fused_mha,
+    fused_norm,
     fused_quant,
     nn,
     quant,

@@ -148,6 +148,7 @@ def layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B: tl.constexpr)
 @triton.jit
 def _layernorm_fwd(
     X,
+    S,
     W,
     B,
     Y,
@@ -156,8 +157,10 @@ def _layernorm_fwd(
     n_rows,
     n_cols,
     stride_x,
+    stride_s,
     eps,
     HAS_B: tl.constexpr,
+    HAS_SKIP: tl.constexpr,
     QOUT: tl.constexpr,
     EXACT: tl.constexpr,
     SOFT_FP8: tl.constexpr,
@@ -166,7 +169,11 @@ def _layernorm_fwd(
 ):
     r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    y = layernorm_rows(x.to(tl.float32), mask, cols, cmask, n_cols, eps, W, B, HAS_B)
+    x = x.to(tl.float32)
+    if HAS_SKIP:  # SkipLayerNorm: the residual add, in float32, before the statistics
+        sk = tl.load(S + r64[:, None] * stride_s + cols[None, :], mask=mask, other=0.0)
+        x = x + sk.to(tl.float32)
+    y = layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B)
     yr = y.to(Y.dtype.element_ty)
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
     if QOUT >= 0:  # codes of the stored Y for a quantized reader (LayerNormCodes)
@@ -208,12 +215,14 @@ def layer_norm(
     codes: Tensor | None = None,
     y_scale: Tensor | None = None,
     exact: bool = True,
+    skip: Tensor | None = None,
 ) -> Tensor:
     """ONNX LayerNormalization's Y (dtype of x), normalizing axes [axis, rank); with
     `codes` (int8 / float8_e4m3fn, x's shape, dense) and y_scale, also quant(Y / y_scale)
     into `codes` in the same pass (ecoinfer.LayerNormCodes). exact: Y / y_scale divided
     exactly (the quantize pass's rounding), else multiplied by 1 / y_scale as the GEMM
-    epilogues do (a code on a rounding boundary may differ by one)."""
+    epilogues do (a code on a rounding boundary may differ by one). skip (x's shape): the
+    norm of x + skip, summed in float32 (ecoinfer.SkipLayerNorm)."""
     axis = norm_axis(axis, x.dim())
     norm_shape = tuple(x.shape[axis:])
     n_cols = math.prod(norm_shape)
@@ -222,12 +231,14 @@ def layer_norm(
         return y
     x2 = as_rows(x, n_cols)
     n_rows = x2.shape[0]
+    s2 = as_rows(skip, n_cols) if skip is not None else x2
     w = _param(scale, norm_shape, n_cols)
     b = _param(bias, norm_shape, n_cols) if bias is not None else w  # unused when no bias
     cfg = cfg or default_config(n_cols)
     grid = (triton.cdiv(n_rows, cfg.rows),)
     _layernorm_fwd[grid](
         x2,
+        s2,
         w,
         b,
         y,
@@ -236,8 +247,10 @@ def layer_norm(
         n_rows,
         n_cols,
         x2.stride(0),
+        s2.stride(0),
         float(eps),
         HAS_B=bias is not None,
+        HAS_SKIP=skip is not None,
         QOUT=QCODE_OF[codes.dtype] if codes is not None else -1,
         EXACT=exact,
         SOFT_FP8=soft_fp8(x),
@@ -367,6 +380,35 @@ def make_layernorm_codes(
             xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes, ys.float(), exact
         )
         return [y, codes]
+
+    return run
+
+
+def make_skip_layernorm(
+    node: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
+) -> RunFn | None:
+    """ecoinfer.SkipLayerNorm(X, Skip, Scale, B?): the row kernel reading X and Skip."""
+    if len(inputs) < 3 or inputs[0] is None or inputs[1] is None:
+        return None
+    x, sk = inputs[0], inputs[1]
+    if tuple(sk.shape) != tuple(x.shape) or sk.dtype != x.dtype:
+        return None
+    ln = Node("LayerNormalization", [node.inputs[0], *node.inputs[2:4]], [node.outputs[0]],
+              {}, node.name)  # fmt: skip
+    norm_inputs = [x, *inputs[2:4]]
+    found = _axis_and_row(ln, attrs, norm_inputs, build, 3)
+    if found is None:
+        return None
+    axis, n_cols = found
+    eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
+    rc = config_from(cfg, n_cols)
+    has_bias = len(inputs) > 3 and inputs[3] is not None
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        xt, skip, scale = xs[0], xs[1], xs[2]
+        assert xt is not None and skip is not None and scale is not None
+        bias = xs[3] if has_bias else None
+        return [layer_norm(xt, scale, bias, axis, eps, rc, skip=skip)]
 
     return run
 

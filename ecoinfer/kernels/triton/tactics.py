@@ -3,6 +3,7 @@
   triton_codegen    ecoinfer.FusedElementwise       elementwise.py: one generated kernel
   triton_layernorm  LayerNormalization              norms.py (Y only; Mean/InvStdDev: None)
   triton_layernorm_codes  ecoinfer.LayerNormCodes   norms.py (Y and its int8/FP8 codes)
+  triton_skip_layernorm   ecoinfer.SkipLayerNorm    norms.py (LayerNorm of X + Skip)
   triton_rmsnorm    RMSNormalization                norms.py
   triton_softmax    Softmax, LogSoftmax             softmax.py (last axis)
   triton_maxpool    ecoinfer.MaxPool (NHWC, 2-D)    pool.py (Y only; Indices: the reference)
@@ -57,6 +58,16 @@ tactic(
     configs=norms.codes_configs,
     doc="the LayerNormalization row kernel also writing Y's codes for a quantized reader",
 )(norms.make_layernorm_codes)
+
+tactic(
+    "SkipLayerNorm",
+    name="triton_skip_layernorm",
+    domain="ecoinfer",
+    devices=("cuda",),
+    dtypes=_DTYPES,
+    configs=norms.norm_configs,
+    doc="the LayerNormalization row kernel adding the skip input first (float32 sum)",
+)(norms.make_skip_layernorm)
 
 tactic(
     "RMSNormalization",
