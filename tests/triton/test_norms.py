@@ -164,11 +164,10 @@ def test_layernorm_codes_one_pass(qtype: str) -> None:
     node.domain = "ecoinfer"
     attrs = {**get_schema("LayerNormCodes", "ecoinfer").attrs, "qtype": qtype}
     infos = [TensorInfo(tuple(t.shape), t.dtype) for t in (x, g, b, ys)]
-    run = norms.make_layernorm_codes(
-        node, attrs, infos, {}, BuildInfo(torch.device("cpu"), "float16")
-    )
+    build = BuildInfo(DEVICE, "float16")  # the CPU under the interpreter, else the GPU
+    run = norms.make_layernorm_codes(node, attrs, infos, {}, build)
     assert run is not None
-    y, codes = run([x, g, b, ys])
+    y, codes = (t.cpu() for t in run([t.to(DEVICE) for t in (x, g, b, ys)]))
     ref = get_kernel("LayerNormCodes", "ecoinfer")
     ry, rc = ref(KernelContext(node, attrs, torch.device("cpu"), None, 21), [x, g, b, ys])  # type: ignore[misc, arg-type]
     assert y.dtype == torch.float16 and codes.dtype == rc.dtype and codes.shape == x.shape
@@ -179,23 +178,16 @@ def test_layernorm_codes_one_pass(qtype: str) -> None:
     want = quantize(y.float(), ys, None, rc.dtype)
     assert torch.equal(codes.float(), want.float())
     # exact=0 (a tuning candidate) multiplies by 1 / y_scale: at most one code away
-    fast = norms.make_layernorm_codes(
-        node, attrs, infos, {"exact": 0}, BuildInfo(torch.device("cpu"), "float16")
-    )
+    fast = norms.make_layernorm_codes(node, attrs, infos, {"exact": 0}, build)
     assert fast is not None and {"exact": 0} in [
         {"exact": c["exact"]} for c in norms.codes_configs(node, attrs, infos, None)
     ]
-    y2, codes2 = fast([x, g, b, ys])
+    y2, codes2 = (t.cpu() for t in fast([t.to(DEVICE) for t in (x, g, b, ys)]))
     assert torch.equal(y2, y)
     as_int = (lambda t: t.view(torch.uint8).int()) if qtype != "int8" else (lambda t: t.int())
     assert (as_int(codes2) - as_int(want)).abs().max() <= 1
     bad = TensorInfo((2,), torch.float32)  # y_scale not a scalar
-    assert (
-        norms.make_layernorm_codes(
-            node, attrs, [*infos[:3], bad], {}, BuildInfo(torch.device("cpu"), "float16")
-        )
-        is None
-    )
+    assert norms.make_layernorm_codes(node, attrs, [*infos[:3], bad], {}, build) is None
 
 
 # ------------------------------------------------------------------------------ SkipLayerNorm
