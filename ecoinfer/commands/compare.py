@@ -54,6 +54,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up seconds")
     p.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        metavar="N",
+        help="concurrent callers per peer, each on its own CUDA stream (default 1: one request "
+        "at a time); with N > 1 requests are in flight together, so throughput counts "
+        "overlapped host work and latency includes waiting for the GPU",
+    )
+    p.add_argument(
         "--peers",
         nargs="+",
         default=None,
@@ -93,6 +102,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise InputError("--batch and --seq must be at least 1")
     if args.duration <= 0 or args.warmup < 0:
         raise InputError("--duration must be positive and --warmup not negative")
+    if args.streams < 1:
+        raise InputError(f"--streams {args.streams}: give at least 1 concurrent caller")
     keys = peers.parse_peers(args.peers)  # validates names before anything slow
     _quiet_transformers()
     module = None
@@ -108,6 +119,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         declared_power_w=args.declared_power_w,
         progress=sys.stderr.isatty(),
+        streams=args.streams,
     )
     comp = peers.compare(
         model_path,
@@ -123,7 +135,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     ins = ", ".join(f"{k}: {v}" for k, v in comp.inputs.items())
-    print(f"ecoinfer compare: {model_path} on {comp.device_name} ({comp.device}), inputs {ins}")
+    inflight = f", {args.streams} concurrent callers per peer" if args.streams > 1 else ""
+    print(
+        f"ecoinfer compare: {model_path} on {comp.device_name} ({comp.device}), inputs {ins}"
+        + inflight
+    )
     print(report.to_text(comp))
     for path in report.write_reports(comp, args.json, args.markdown, args.html):
         print(f"wrote {path}")

@@ -94,6 +94,22 @@ def test_compare_peers_option_and_errors(mlp) -> None:  # noqa: ANN001
     assert bad.returncode == 2 and "unknown peer" in bad.stderr
     none = _cli("compare")
     assert none.returncode == 2 and "--torch-model" in none.stderr
+    zero = _cli("compare", str(mlp), "--streams", "0", "--device", "cpu")
+    assert zero.returncode == 2 and "--streams 0" in zero.stderr and "Traceback" not in zero.stderr
+
+
+def test_compare_streams_runs_concurrent_callers(mlp, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "r.json"
+    proc = _cli(
+        "compare", str(mlp), "--peers", "ecoinfer-engine", "--device", "cpu", "--streams", "2",
+        "--batch", "2", "--seq", "8", "--json", str(out), *FAST,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "2 concurrent callers per peer" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["meta"]["config"]["streams"] == 2
+    (row,) = [r for r in data["results"] if not r.get("skipped")]
+    assert row["latency"]["n"] > 0 and row["throughput_per_s"] > 0
 
 
 def test_tune_energy_measures_engines_and_says_what_the_cpu_lacks(mlp, tmp_path) -> None:  # noqa: ANN001
