@@ -29,6 +29,7 @@ keeps the link only when the pair's tactics are faster linked than unlinked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ecoinfer.ir.graph import Graph, Node, Value
 from ecoinfer.ir.ops.fused_quant import CODES_Y_SCALE, QTYPES
@@ -169,16 +170,24 @@ def linked_consumer(c: Node, link: Link) -> Node:
                 c.name, c.domain)  # fmt: skip
 
 
+def pair_positions(graph: Graph, links: list) -> list[tuple[Any, int, int]]:
+    """(link, producer's index, consumer's index) of each link (a Link or link_skip's
+    SkipLink: anything naming a producer and a consumer) whose two nodes are in `graph`."""
+    by_name = {n.name: k for k, n in enumerate(graph.nodes)}
+    out = []
+    for link in links:
+        kp, kc = by_name.get(link.producer), by_name.get(link.consumer)
+        if kp is not None and kc is not None:
+            out.append((link, kp, kc))
+    return out
+
+
 def apply(graph: Graph, links: list[Link]) -> Graph:
     """`graph` with each linked pair's nodes replaced (in place), the value between them
     retyped to codes."""
     if not links:
         return graph
-    by_name = {n.name: k for k, n in enumerate(graph.nodes)}
-    for link in links:
-        kp, kc = by_name.get(link.producer), by_name.get(link.consumer)
-        if kp is None or kc is None:
-            continue
+    for link, kp, kc in pair_positions(graph, links):
         p, c = graph.nodes[kp], graph.nodes[kc]
         graph.nodes[kp] = linked_producer(p, link)
         graph.nodes[kc] = linked_consumer(c, link)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ecoinfer.engine.link_codes import pair_positions
 from ecoinfer.ir.graph import Graph, Node
 
 RESIDUAL = 3  # FusedGemm(A, B, bias?, residual?)
@@ -77,11 +78,7 @@ def apply(graph: Graph, links: list[SkipLink]) -> Graph:
     """`graph` with each linked pair's nodes replaced (in place)."""
     if not links:
         return graph
-    by_name = {n.name: k for k, n in enumerate(graph.nodes)}
-    for link in links:
-        kp, kc = by_name.get(link.producer), by_name.get(link.consumer)
-        if kp is None or kc is None:
-            continue
+    for link, kp, kc in pair_positions(graph, links):
         graph.nodes[kp] = linked_producer(graph.nodes[kp])
         graph.nodes[kc] = linked_consumer(graph.nodes[kc], link)
     graph.infer_shapes()

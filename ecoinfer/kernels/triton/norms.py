@@ -332,15 +332,26 @@ def _axis_and_row(
     return axis, n_cols
 
 
-def make_layernorm(
-    node: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
-) -> RunFn | None:
-    found = _axis_and_row(node, attrs, inputs, build, 3)
+def _layernorm_setup(
+    ln: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
+) -> tuple[int, float, RowConfig] | None:
+    """(axis, epsilon, row config) where the LayerNorm row kernel takes `ln` on inputs
+    (X, Scale, B?), else None."""
+    found = _axis_and_row(ln, attrs, inputs, build, 3)
     if found is None:
         return None
     axis, n_cols = found
     eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
-    rc = config_from(cfg, n_cols)
+    return axis, eps, config_from(cfg, n_cols)
+
+
+def make_layernorm(
+    node: Node, attrs: dict[str, Any], inputs: list, cfg: dict[str, Any], build: Any
+) -> RunFn | None:
+    setup = _layernorm_setup(node, attrs, inputs, cfg, build)
+    if setup is None:
+        return None
+    axis, eps, rc = setup
     has_bias = len(inputs) > 2 and inputs[2] is not None
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
@@ -362,12 +373,10 @@ def make_layernorm_codes(
     if inputs[3].dtype != torch.float32 or tuple(inputs[3].shape) not in ((), (1,)):
         return None
     ln = Node("LayerNormalization", list(node.inputs[:3]), [node.outputs[0]], {}, node.name)
-    found = _axis_and_row(ln, attrs, list(inputs[:3]), build, 3)
-    if found is None:
+    setup = _layernorm_setup(ln, attrs, list(inputs[:3]), cfg, build)
+    if setup is None:
         return None
-    axis, n_cols = found
-    eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
-    rc = config_from(cfg, n_cols)
+    axis, eps, rc = setup
     exact = bool(cfg.get("exact", 1))
     has_bias = inputs[2] is not None
     qdt = QTYPES[qtype]
@@ -395,13 +404,10 @@ def make_skip_layernorm(
         return None
     ln = Node("LayerNormalization", [node.inputs[0], *node.inputs[2:4]], [node.outputs[0]],
               {}, node.name)  # fmt: skip
-    norm_inputs = [x, *inputs[2:4]]
-    found = _axis_and_row(ln, attrs, norm_inputs, build, 3)
-    if found is None:
+    setup = _layernorm_setup(ln, attrs, [x, *inputs[2:4]], cfg, build)
+    if setup is None:
         return None
-    axis, n_cols = found
-    eps = float(attrs.get("epsilon") if attrs.get("epsilon") is not None else 1e-5)
-    rc = config_from(cfg, n_cols)
+    axis, eps, rc = setup
     has_bias = len(inputs) > 3 and inputs[3] is not None
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:

@@ -1,0 +1,88 @@
+"""Accuracy of quantized all-MiniLM-L6-v2 (real weights) against FP32, on the CPU (exact
+emulation of the GPU's INT8/FP8 arithmetic), for a grid of precision x smoothing.
+
+    python bench/minilm_quant_accuracy.py [--precisions int8,fp8] [--smooth 0,0.5,0.8]
+        [--calib-method entropy] [--json OUT.json]
+
+The sentences, batches and metric are tests/quant/test_accuracy_minilm.py's: 256 calibration
+sentences (standard-library docstrings), 128 held-out sentences from other modules, batches of
+32 padded to 64 tokens; the metric is the mean cosine of the mask-aware mean-pooled
+last_hidden_state to FP32's. Quantization is what `ecoinfer build --int8|--fp8 --calib-data ...
+[--smooth A]` runs (quantize_for_build), FP8 builds quantizing attention's QKV too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "quant")]  # the accuracy test's helpers
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precisions", default="int8,fp8")
+    ap.add_argument("--smooth", default="0,0.5,0.8", help="SmoothQuant alphas (0: none)")
+    ap.add_argument("--calib-method", default="entropy")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+
+    from test_accuracy_minilm import (  # noqa: PLC0415
+        N_CALIB,
+        N_HELD,
+        _outputs,
+        _spread,
+        _tokenize,
+        _write_npz,
+        pooled_cosine,
+    )
+    from test_quantize import CAL_MODULES, HELD_MODULES, stdlib_sentences  # noqa: PLC0415
+
+    import ecoinfer.models.minilm as mm  # noqa: PLC0415
+    from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
+    from ecoinfer.passes.manager import OptimizeConfig, optimize  # noqa: PLC0415
+    from ecoinfer.quant.budget import QuantizeOptions, quantize_for_build  # noqa: PLC0415
+
+    tok = mm.load_minilm_tokenizer()
+    tmp = Path(tempfile.mkdtemp(prefix="minilm_acc_"))
+    path = mm.export_minilm_onnx(tmp / "minilm.onnx", dynamo=True, tokenizer=tok)
+    graph, _ = optimize(import_onnx(str(path)), OptimizeConfig(level=2))
+    pool = stdlib_sentences(CAL_MODULES, 10**9)
+    calib_dir = _write_npz(tmp / "calib", _tokenize(tok, _spread(pool[0::2], N_CALIB)))
+    held = _tokenize(tok, stdlib_sentences(HELD_MODULES, N_HELD))
+    ref = _outputs(graph, held)
+    rows = []
+    for prec in a.precisions.split(","):
+        for alpha in (float(s) for s in a.smooth.split(",")):
+            t0 = time.perf_counter()
+            opts = QuantizeOptions(
+                precision=prec,
+                calib_data=calib_dir,
+                calib_method=a.calib_method,
+                smooth_alpha=alpha or None,
+            )
+            qgraph, report = quantize_for_build(graph, opts)
+            cos = pooled_cosine(_outputs(qgraph, held), ref, held)
+            row = {
+                "precision": prec,
+                "smooth_alpha": alpha,
+                "calib_method": a.calib_method,
+                "quantized_layers": len(report.get("quantized_layers", [])),
+                "pooled_cosine": cos,
+                "seconds": time.perf_counter() - t0,
+            }
+            rows.append(row)
+            print(f"{prec:5s} smooth {alpha:<4} {a.calib_method}: {row['quantized_layers']} layers, "
+                  f"pooled cosine {cos:.5f} ({row['seconds']:.0f} s)", flush=True)  # fmt: skip
+    if a.json:
+        Path(a.json).write_text(json.dumps({"held_out": N_HELD, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
