@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issues 4 and 6 on an H100/H200 (device tool): for each "MODEL BATCH [int8] [fp8]" spec, FP16,
-# INT8 and FP8 engines (entropy calibration on random inputs; float layers FP16) built with a
+# INT8 and FP8 engines (the default calibrators, entropy for INT8 and min-max for FP8, on random
+# inputs; float layers FP16) built with a
 # timing cache, then `ecoinfer compare` in one run: PyTorch eager FP32/FP16, torch.compile FP16,
 # the FP16 engine and the quantized engine files, with the error of each row against eager FP32.
 #   bash bench/gpu_quant.sh [tests] [cold] "bert-base 64 int8 fp8" "resnet50 128 int8" ...
@@ -56,7 +57,7 @@ PY
   peers=${PEERS:-torch-fp32,torch-fp16,torch-compile-fp16}
   builds="fp16 $quants"; [ -n "${SKIP_FP16:-}" ] && builds="$quants"
   for q in $builds; do
-    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" --calib-method entropy)
+    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m")
     lim=300; [ "$q" != fp16 ] && lim=$(left ${COMPARE_S:-0}); [ $lim -gt 300 ] && lim=300
     [ $lim -lt 30 ] && { echo "$tag $q build skipped: no time left" | tee -a "$S"; continue; }
     t0=$(date +%s.%N)

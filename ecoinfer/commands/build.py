@@ -40,7 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     q.add_argument("--calib-batches", type=int, metavar="N", help="use the first N batches")
     q.add_argument(
-        "--calib-method", default="entropy", choices=["entropy", "percentile", "minmax", "mse"]
+        "--calib-method",
+        default=None,
+        choices=["entropy", "percentile", "minmax", "mse"],
+        help="calibrator (default: entropy for --int8; minmax for --fp8, whose range holds the "
+        "outliers entropy would clip)",
     )
     q.add_argument(
         "--smooth",

@@ -37,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--calib-batches", type=int, metavar="N", help="use the first N batches")
     p.add_argument(
-        "--calib-method", default="entropy", choices=["entropy", "percentile", "minmax", "mse"]
+        "--calib-method",
+        default=None,
+        choices=["entropy", "percentile", "minmax", "mse"],
+        help="calibrator (default: entropy for --int8, minmax for --fp8)",
     )
     p.add_argument("--calib-cache", metavar="FILE", help="thresholds from this cache file")
     p.add_argument(

@@ -90,9 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--calib-method",
-        default="entropy",
+        default=None,
         choices=["entropy", "percentile", "minmax", "mse"],
-        help="calibrator for int8/fp8 (default entropy)",
+        help="calibrator for int8/fp8 (default: entropy for int8, minmax for fp8)",
     )
     p.add_argument("--calib-batches", type=int, default=None, metavar="N")
     p.add_argument(
@@ -277,27 +277,43 @@ def tune_energy(
         cache_path = str(Path(tmp.name) / "timing_cache.json")
     qtmp = None
     if calib:
-        # calibrate once: the first quantized build writes the thresholds, the rest read them
         qtmp = tempfile.TemporaryDirectory(prefix="ecoinfer-calib-")
-        quant = dataclasses.replace(
-            quant, calib_cache=quant.calib_cache or str(Path(qtmp.name) / "calib.json")
-        )
+    # calibrate once per calibrator (int8 and fp8 default to different ones): the first
+    # build with a calibrator writes its thresholds, later builds with it read them
+    calibrated: dict[str, str] = {}
     results = []
     n_run = sum(1 for c in combos if not why[c])
     done = 0
     try:
         for prec in precs:
+            q = quant
+            if calib and prec in QUANT_PRECISIONS:
+                from ecoinfer.quant.budget import calib_method_of  # noqa: PLC0415
+
+                method = calib_method_of(dataclasses.replace(quant, precision=prec))
+                q = dataclasses.replace(quant, calib_method=method)
+                if method in calibrated:
+                    q = dataclasses.replace(q, calib_data=None, calib_cache=calibrated[method])
+                elif quant.calib_data:
+                    own = quant.calib_cache if quant.calib_cache and not calibrated else None
+                    path = own or str(Path(qtmp.name) / f"calib_{method}.json")  # type: ignore[union-attr]
+                    q = dataclasses.replace(q, calib_cache=path)
             for b in batches:
                 todo = [g for g in graphs if not why[(prec, b, g)]]
                 if todo:
                     say(f"building the {prec} engine for batch {b}")
                 rows = _measure_engine(
                     model_path, graph, prec, b, todo, dev, cfg, seq, shapes, opt_level, seed,
-                    cache_path, say, done, n_run, quant,
+                    cache_path, say, done, n_run, q,
                 )  # fmt: skip
-                if prec in QUANT_PRECISIONS and quant is not None and quant.calib_data:
-                    if Path(quant.calib_cache).exists():
-                        quant = dataclasses.replace(quant, calib_data=None)
+                if (
+                    q is not None
+                    and q.calib_data
+                    and q.calib_cache
+                    and Path(q.calib_cache).exists()
+                ):
+                    calibrated[q.calib_method] = q.calib_cache  # type: ignore[index]
+                    q = dataclasses.replace(q, calib_data=None)
                 done += len(todo)
                 for g in graphs:
                     r = why[(prec, b, g)]

@@ -175,3 +175,31 @@ def test_fp8_needs_a_gpu_and_says_use_int8() -> None:
     check_quant_precision("int8", "cpu")
     with pytest.raises(Exception, match="--fp8 needs .* 8.9.*use --int8"):
         check_quant_precision("fp8", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("precision", "given", "used"),
+    [
+        ("int8", None, "entropy"),
+        ("fp8", None, "minmax"),
+        ("fp8", "entropy", "entropy"),
+        ("int8", "percentile", "percentile"),
+    ],  # fmt: skip
+)
+def test_default_calibrator_per_precision(setup, tmp_path, precision, given, used) -> None:  # noqa: ANN001
+    """No --calib-method: FP8 calibrates min-max (its range holds the outliers entropy would
+    clip), INT8 entropy; a named calibrator is always the one used, in the cache too."""
+    import json
+
+    from ecoinfer.quant.budget import QuantizeOptions, default_calib_method, quantize_for_build
+
+    graph, _, data = setup
+    calib = write_npz(tmp_path / "calib", data)
+    cache = tmp_path / "calib.json"
+    opts = QuantizeOptions(
+        precision=precision, calib_data=str(calib), calib_method=given, calib_cache=str(cache)
+    )
+    _, report = quantize_for_build(graph, opts)
+    assert report["calibrator"] == used
+    assert json.loads(cache.read_text())["calibrator"] == used
+    assert default_calib_method(precision) == ("minmax" if precision == "fp8" else "entropy")
