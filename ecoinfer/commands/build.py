@@ -308,6 +308,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{rep['nodes']['imported']} -> {rep['nodes']['plan']} layers"
     )
     _print_quantization(rep.get("quantization"))
+    if rep.get("skip_layernorm"):
+        print(
+            f"{len(rep['skip_layernorm'])} residual add(s) moved from a GEMM into the LayerNorm "
+            "after it (ecoinfer.SkipLayerNorm), where the pair timed faster"
+        )
     for k, p in enumerate(engine.profiles):
         desc = ", ".join(
             f"{n}: {p.describe(n)} (opt {'x'.join(map(str, p.opt[n]))})" for n in graph.input_names

@@ -4,6 +4,7 @@ moved pair computes what the original pair computes, saved and loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,21 @@ def test_cli_no_skip_layernorm_flag(tmp_path, monkeypatch) -> None:  # noqa: ANN
     assert main([*base, "-o", str(tmp_path / "a.eng"), "--no-skip-layernorm"]) == 0
     assert main([*base, "-o", str(tmp_path / "b.eng")]) == 0
     assert seen == [False, None]
+
+
+def test_build_prints_the_moves(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    from ecoinfer.cli import main
+    from ecoinfer.engine import builder
+
+    real = builder.build
+    monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
+    # the CLI's default (None: GPU builds only) forced on for this CPU build
+    monkeypatch.setattr(
+        builder, "build", lambda m, cfg: real(m, dataclasses.replace(cfg, skip_layernorm=True))
+    )
+    path = _block(tmp_path / "ffn.onnx")
+    assert main(["build", str(path), "--device", "cpu", "--shapes", "x:8x16", "-o",
+                 str(tmp_path / "a.eng")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1 residual add(s) moved from a GEMM into the LayerNorm" in out
+    assert "ecoinfer.SkipLayerNorm" in out  # the layer table names the op
