@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "quant")]  # the accuracy test's helpers
 
@@ -28,7 +30,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precisions", default="int8,fp8")
     ap.add_argument("--smooth", default="0,0.5,0.8", help="SmoothQuant alphas (0: none)")
-    ap.add_argument("--calib-method", default="entropy")
+    ap.add_argument("--calib-method", default=None, help="default: the build's per precision")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu: the Q/DQ graph, exactly emulated; cuda: an engine built as `ecoinfer build "
+        "--fp16 --int8|--fp8` would build it (quantized tactics, linked codes, float layers "
+        "FP16), run on the GPU",
+    )
     ap.add_argument("--json")
     a = ap.parse_args()
 
@@ -66,22 +76,41 @@ def main() -> int:
                 calib_method=a.calib_method,
                 smooth_alpha=alpha or None,
             )
-            qgraph, report = quantize_for_build(graph, opts)
-            cos = pooled_cosine(_outputs(qgraph, held), ref, held)
+            if a.device == "cpu":
+                qgraph, report = quantize_for_build(graph, opts)
+                cos = pooled_cosine(_outputs(qgraph, held), ref, held)
+            else:
+                eng = _engine(path, opts, held[0])
+                report = eng.report["quantization"]
+                outs = [{k: np.asarray(v, np.float64) for k, v in eng.run(b).items()} for b in held]
+                cos = pooled_cosine(outs, ref, held)
             row = {
+                "device": a.device,
                 "precision": prec,
                 "smooth_alpha": alpha,
-                "calib_method": a.calib_method,
+                "calib_method": report.get("calibrator"),
                 "quantized_layers": len(report.get("quantized_layers", [])),
                 "pooled_cosine": cos,
                 "seconds": time.perf_counter() - t0,
             }
             rows.append(row)
-            print(f"{prec:5s} smooth {alpha:<4} {a.calib_method}: {row['quantized_layers']} layers, "
+            print(f"{prec:5s} smooth {alpha:<4} {row['calib_method']}: {row['quantized_layers']} layers, "
                   f"pooled cosine {cos:.5f} ({row['seconds']:.0f} s)", flush=True)  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps({"held_out": N_HELD, "rows": rows}, indent=1))
     return 0
+
+
+def _engine(path: Path, opts: object, feeds: dict) -> object:
+    """A GPU engine for exactly these batch shapes: float layers FP16, `opts` quantizing."""
+    from ecoinfer.engine.builder import BuildConfig, build  # noqa: PLC0415
+    from ecoinfer.engine.runtime import ShapeProfile  # noqa: PLC0415
+
+    shp = {k: tuple(v.shape) for k, v in feeds.items()}
+    cfg = BuildConfig(
+        device="cuda", precision="float16", quant=opts, profiles=[ShapeProfile(shp, shp, shp)]
+    )
+    return build(str(path), cfg)
 
 
 if __name__ == "__main__":
