@@ -431,6 +431,7 @@ def _tune_profile(
         cfg.skip_layernorm if cfg.skip_layernorm is not None else dev.type == "cuda"
     )
     skip_held: dict[str, list] = {}  # FusedGemms with a residual: inputs, until their norm
+    consumers = g.consumers() if skip_on else {}
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
         kernel = get_kernel(node.op_type, node.domain)
@@ -498,12 +499,15 @@ def _tune_profile(
         if skip_on and node.name in cand:
             p = producer.get(node.inputs[0]) if node.inputs else None
             sl = link_skip.candidate(p, node, set(skip_held))
-            if sl is not None and p is not None and node.outputs[0] not in quant_x:
-                linked = _tune_skip(sl, p, skip_held.pop(p.name), node, xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
+            p_xs = skip_held.pop(p.name) if sl is not None and p is not None else None
+            if p_xs is not None and node.outputs[0] not in quant_x:  # (a codes link: not both)
+                linked = _tune_skip(sl, p, p_xs, node, xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
                 if linked is not None:
                     skips.append(sl)
                     choices[p.name], choice = linked
-            if link_skip.holds(node, readers.get(node.outputs[0], 0), outputs):
+            y0 = node.outputs[0] if node.outputs else ""
+            # readers also counts reads inside control-flow bodies, which consumers() misses
+            if readers.get(y0, 0) == 1 and link_skip.holds(node, consumers.get(y0, []), outputs):
                 skip_held[node.name] = list(xs)
         if link_on and node.name in cand and node.outputs and node.outputs[0]:
             y0 = node.outputs[0]

@@ -34,15 +34,17 @@ def _is_ln(n: Node) -> bool:
     return n.op_type == "LayerNormalization" and not n.domain
 
 
-def holds(p: Node, readers: int, graph_outputs: set[str]) -> bool:
-    """Whether the builder keeps p's inputs for a skip link: a FusedGemm with a residual
-    whose Y only one node reads (and that is not a graph output)."""
+def holds(p: Node, readers: list[Node], graph_outputs: set[str]) -> bool:
+    """Whether the builder keeps p's inputs (until its reader is tuned) for a skip link: a
+    FusedGemm with a residual whose Y one LayerNormalization alone reads (and that is not a
+    graph output)."""
     return (
         p.domain == "ecoinfer"
         and p.op_type == "FusedGemm"
         and len(p.inputs) > RESIDUAL
         and bool(p.inputs[RESIDUAL])
-        and readers == 1
+        and len(readers) == 1
+        and _is_ln(readers[0])
         and bool(p.outputs)
         and p.outputs[0] not in graph_outputs
     )

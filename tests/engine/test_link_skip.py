@@ -115,11 +115,13 @@ def test_norm_with_statistics_outputs_is_left_alone(tmp_path, monkeypatch) -> No
 def test_candidate_rules() -> None:
     gemm = Node("FusedGemm", ["a", "w", "b", "r"], ["y"], {}, "g", "ecoinfer")
     ln = Node("LayerNormalization", ["y", "s", "bb"], ["z"], {"epsilon": 1e-12}, "ln")
-    assert link_skip.holds(gemm, 1, set())
-    assert not link_skip.holds(gemm, 2, set())  # Y has another reader
-    assert not link_skip.holds(gemm, 1, {"y"})  # a graph output
+    assert link_skip.holds(gemm, [ln], set())
+    assert not link_skip.holds(gemm, [ln, ln], set())  # Y has another reader
+    assert not link_skip.holds(gemm, [ln], {"y"})  # a graph output
+    relu = Node("Relu", ["y"], ["z"], {}, "relu")
+    assert not link_skip.holds(gemm, [relu], set())  # not read by a norm: nothing to hold for
     no_res = Node("FusedGemm", ["a", "w", "b"], ["y"], {}, "g", "ecoinfer")
-    assert not link_skip.holds(no_res, 1, set())
+    assert not link_skip.holds(no_res, [ln], set())
     sl = link_skip.candidate(gemm, ln, {"g"})
     assert sl == link_skip.SkipLink("g", "ln", "r")
     assert link_skip.candidate(gemm, ln, set()) is None  # not held
