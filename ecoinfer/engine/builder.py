@@ -589,10 +589,12 @@ def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: AN
     return ch, reference
 
 
-def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
-    """Tune a linked pair (link_codes): (producer's LayerChoice, consumer's LayerChoice,
-    linked consumer node, its inputs) when the pair is faster linked than unlinked, else
-    None. p is the producer as it runs now (a chain's middle layer already reads codes)."""
+def _tune_pair(p, p2, p2_xs, c, c2, c2_inputs, env, choices, c_choice, dev, g, cache, cfg, what):  # noqa: ANN001, ANN202
+    """Tune p2 and c2, the replacements of the tuned pair p -> c, on inputs p2_xs and
+    c2_inputs(outputs of p2's reference run): (producer's LayerChoice, consumer's
+    LayerChoice, c2's inputs) when the two replacements' times sum to less than p's and c's,
+    else None. `what`: (the replacements' name for _select_aside, then the pair's as
+    replaced and as it was, for the log)."""
     p_choice = choices[p.name]
     if p_choice.time_ms is None or c_choice.time_ms is None:
         return None
@@ -600,18 +602,14 @@ def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg)
 
     def tune(node, xs, prec):  # noqa: ANN001, ANN202
         consts = {n: env[n] for n in node.inputs if n in weights}
-        picked = _select_aside(node, xs, consts, prec, dev, g, cache, cfg, "linked form")
+        picked = _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what[0])
         return None if picked is None or picked[0].time_ms is None else picked
 
-    p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
-    k = link_codes.Y_SCALE_INPUT[p.op_type]
-    p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale], *p_xs[k + 1 :]]
     tp = tune(p2, p2_xs, p_choice.precision)
     if tp is None:
         return None
     chp, p_ref = tp
-    codes = p_ref(p2_xs)[1 if lk.codes_value else 0]
-    c2_xs = [codes, *c_xs[1:]]
+    c2_xs = c2_inputs(p_ref(p2_xs))
     tc = tune(c2, c2_xs, c_choice.precision)
     if tc is None:
         return None
@@ -620,53 +618,43 @@ def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg)
     after = chp.time_ms + chc.time_ms
     log = _log(cfg)
     if log:
-        log(f"{p.name} -> {c.name}: codes linked {after:.4f} ms, unlinked {before:.4f} ms")
+        log(f"{p.name} -> {c.name}: {what[1]} {after:.4f} ms, {what[2]} {before:.4f} ms")
     if not link_codes.link_pays(before, after):
         return None
-    p_infos = _input_infos(p2_xs, p2.inputs, weights)
-    c_infos = _input_infos(c2_xs, c2.inputs, weights)
     return (
-        _layer_choice(chp, p_choice.precision, p_infos),
-        _layer_choice(chc, c_choice.precision, c_infos),
-        c2,
+        _layer_choice(chp, p_choice.precision, _input_infos(p2_xs, p2.inputs, weights)),
+        _layer_choice(chc, c_choice.precision, _input_infos(c2_xs, c2.inputs, weights)),
         c2_xs,
     )
+
+
+def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
+    """Tune a linked pair (link_codes): (producer's LayerChoice, consumer's LayerChoice,
+    linked consumer node, its inputs) when the pair is faster linked than unlinked, else
+    None. p is the producer as it runs now (a chain's middle layer already reads codes)."""
+    p2, c2 = link_codes.linked_producer(p, lk), link_codes.linked_consumer(c, lk)
+    k = link_codes.Y_SCALE_INPUT[p.op_type]
+    p2_xs = list(p_xs)[:k] + [None] * (k - len(p_xs)) + [env[lk.y_scale], *p_xs[k + 1 :]]
+    tuned = _tune_pair(
+        p, p2, p2_xs, c, c2, lambda ys: [ys[1 if lk.codes_value else 0], *c_xs[1:]],
+        env, choices, c_choice, dev, g, cache, cfg, ("linked form", "codes linked", "unlinked"),
+    )  # fmt: skip
+    return None if tuned is None else (tuned[0], tuned[1], c2, tuned[2])
 
 
 def _tune_skip(sl, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
     """Tune a skip link (link_skip): the GEMM without its residual and the SkipLayerNorm;
     their (producer's, consumer's) LayerChoices when the pair is faster so, else None."""
-    p_choice = choices[p.name]
-    if p_choice.time_ms is None or c_choice.time_ms is None:
-        return None
     skip = p_xs[link_skip.RESIDUAL]
     y = env.get(c.inputs[0])
     if skip is None or y is None or tuple(skip.shape) != tuple(y.shape) or skip.dtype != y.dtype:
         return None  # a broadcast residual stays in the GEMM
-    weights = set(g.initializers)
     p2, c2 = link_skip.linked_producer(p), link_skip.linked_consumer(c, sl)
-    p2_xs = list(p_xs[: len(p2.inputs)])
-    consts = {n: env[n] for n in p2.inputs if n in weights}
-    tp = _select_aside(p2, p2_xs, consts, p_choice.precision, dev, g, cache, cfg, "skip form")
-    if tp is None or tp[0].time_ms is None:
-        return None
-    y2 = tp[1](p2_xs)[0]
-    c2_xs = [y2, skip, *c_xs[1:3]]
-    consts = {n: env[n] for n in c2.inputs if n in weights}
-    tc = _select_aside(c2, c2_xs, consts, c_choice.precision, dev, g, cache, cfg, "skip form")
-    if tc is None or tc[0].time_ms is None:
-        return None
-    before = p_choice.time_ms + c_choice.time_ms
-    after = tp[0].time_ms + tc[0].time_ms
-    log = _log(cfg)
-    if log:
-        log(f"{p.name} -> {c.name}: skip in the norm {after:.4f} ms, in the GEMM {before:.4f} ms")
-    if not link_codes.link_pays(before, after):
-        return None
-    return (
-        _layer_choice(tp[0], p_choice.precision, _input_infos(p2_xs, p2.inputs, weights)),
-        _layer_choice(tc[0], c_choice.precision, _input_infos(c2_xs, c2.inputs, weights)),
-    )
+    tuned = _tune_pair(
+        p, p2, list(p_xs[: len(p2.inputs)]), c, c2, lambda ys: [ys[0], skip, *c_xs[1:3]],
+        env, choices, c_choice, dev, g, cache, cfg, ("skip form", "skip in the norm", "in the GEMM"),
+    )  # fmt: skip
+    return None if tuned is None else tuned[:2]
 
 
 def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa: ANN001, ANN202

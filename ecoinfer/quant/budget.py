@@ -500,11 +500,12 @@ def quant_tactics_report(graph: Any, choices: Mapping[str, Any]) -> dict[str, An
     "emulated": bool}. Emulated means no layer does integer/FP8 math: every QGemm/QConv runs
     the reference kernel or a dequantize-then-float tactic, or Q/DQ nodes are left (they run
     on the reference kernels)."""
+    from ecoinfer.engine.link_codes import is_consumer  # noqa: PLC0415
+
     tactics: dict[str, str] = {}
     qdq = 0
     for n in graph.nodes:
-        quantized_mha = n.op_type == "MultiHeadAttention" and len(n.inputs) > 6 and n.inputs[6]
-        if n.domain == "ecoinfer" and (n.op_type in ("QGemm", "QConv") or quantized_mha):
+        if is_consumer(n):  # QGemm / QConv, or an attention on quantized QKV
             ch = choices.get(n.name)
             tactics[n.name] = getattr(ch, "tactic", None) or "reference"
         elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and (n.domain or "") == "":
