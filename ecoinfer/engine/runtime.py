@@ -23,6 +23,7 @@ import torch
 
 from ecoinfer.api import validate_inputs
 from ecoinfer.device import host_checks_off, recover_failed_capture
+from ecoinfer.engine.index_guard import DeferredIndexCheck
 from ecoinfer.errors import EcoinferError, ExecutionError, IndexOutOfRangeError, InputShapeError
 from ecoinfer.ir import dtypes
 from ecoinfer.ir.analysis import index_table_sizes
@@ -330,9 +331,20 @@ class ExecutionContext:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._lock = threading.Lock()
         self.graph_replays = 0
+        # on CUDA, index inputs are also checked on the device, with no host sync: the guard
+        # clamps them inside the plan (and its CUDA graph) and flags the calls that needed it
+        self._index: DeferredIndexCheck | None = None
+        if engine.device.type == "cuda" and engine._index_inputs:
+            self._index = DeferredIndexCheck(
+                engine._index_inputs, engine.device, engine.source or "engine"
+            )
 
     # ------------------------------------------------------------------ checks
-    def _check(self, feeds: Mapping[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
+    def _check(
+        self, feeds: Mapping[str, np.ndarray | Tensor], on_device: bool = False
+    ) -> dict[str, Tensor]:
+        """on_device: leave index inputs that are already on the GPU to the device-side guard
+        (a host check of a GPU tensor waits for the GPU)."""
         eng = self.engine
         tensors = validate_inputs(eng.graph, feeds, eng.source or "engine")
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -349,7 +361,11 @@ class ExecutionContext:
             raise InputShapeError(
                 f"{eng.source or 'engine'}: the input shapes {shapes} fit no single profile together"
             )
-        checked = [(k, n) for k, n in eng._index_inputs.items() if tensors[k].numel()]
+        checked = [
+            (k, n)
+            for k, n in eng._index_inputs.items()
+            if tensors[k].numel() and not (on_device and self._index and tensors[k].is_cuda)
+        ]
         if checked:
             # every index input's min and max in one host round-trip: on GPU tensors each
             # .item() is a device sync, and this check runs on every call
@@ -442,6 +458,9 @@ class ExecutionContext:
                     env.pop(i, None)
         return {o: env[o] for o in plan.graph.output_names}
 
+    def _execute_guarded(self, plan: _Plan, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self._execute(plan, self._index.guard(inputs) if self._index else inputs)
+
     def _run_graph(self, plan: _Plan, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if plan.cuda_graph is None and plan.graph_error is None:
             try:
@@ -449,11 +468,11 @@ class ExecutionContext:
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):  # warm-up outside the capture, as CUDA asks
-                    self._execute(plan, plan.static_in)
+                    self._execute_guarded(plan, plan.static_in)
                 torch.cuda.current_stream().wait_stream(stream)
                 cg = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(cg):
-                    plan.static_out = self._execute(plan, plan.static_in)
+                    plan.static_out = self._execute_guarded(plan, plan.static_in)
                 plan.cuda_graph = cg
             except Exception as e:  # noqa: BLE001  (some plan cannot be captured: run it eagerly)
                 plan.graph_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -463,7 +482,7 @@ class ExecutionContext:
                     f"CUDA graph capture failed, running eagerly: {plan.graph_error}"
                 )
         if plan.cuda_graph is None:
-            return self._execute(plan, inputs)
+            return self._execute_guarded(plan, inputs)
         assert plan.static_in is not None and plan.static_out is not None
         stream = torch.cuda.current_stream()
         if plan.done is not None:
@@ -516,12 +535,36 @@ class ExecutionContext:
         return times
 
     def run(self, feeds: Mapping[str, np.ndarray | Tensor], as_torch: bool = False) -> dict:
-        tensors = self._check(feeds)
+        """Outputs as numpy arrays, or (as_torch) as tensors on the engine's device, which on
+        CUDA are still being computed when this returns. An index input already on the GPU
+        is then checked on the GPU: a bad one raises IndexOutOfRangeError from a later call
+        or from synchronize(). With numpy outputs every check raises in the call itself."""
+        tensors = self._check(feeds, on_device=as_torch)
         dev = self.engine.device
         with self._lock, torch.inference_mode():
+            if self._index is not None:
+                self._index.poll()  # earlier calls whose flags have come back
             inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
             plan = self._plan({k: tuple(v.shape) for k, v in inputs.items()})
-            out = self._run_graph(plan, inputs) if self.use_graphs else self._execute(plan, inputs)
+            if self.use_graphs:
+                out = self._run_graph(plan, inputs)
+            else:
+                out = self._execute_guarded(plan, inputs)
+            if self._index is not None:
+                self._index.after_call(torch.cuda.current_stream(dev))
         if as_torch:
             return out
-        return {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
+        arrays = {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
+        if self._index is not None:
+            with self._lock:
+                self._index.poll(wait=True)
+        return arrays
+
+    def synchronize(self) -> None:
+        """Wait for this context's calls on the current stream and raise the index errors
+        they found (see run)."""
+        if self.engine.device.type == "cuda":
+            torch.cuda.current_stream(self.engine.device).synchronize()
+        if self._index is not None:
+            with self._lock:
+                self._index.poll(wait=True)
