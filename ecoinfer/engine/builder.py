@@ -225,10 +225,11 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     # a model quantized by another tool (onnxruntime, ModelOpt) brings its own Q/DQ layers
     from_model = any(n.op_type == "QuantizeLinear" and not n.domain for n in optimized.nodes)
     quant_report = None
+    float_weights: dict[str, torch.Tensor] = {}  # quantized layer -> its weight before
     if cfg.quant is not None:
         from ecoinfer.quant.budget import quantize_for_build  # noqa: PLC0415
 
-        optimized, quant_report = quantize_for_build(optimized, cfg.quant, _log(cfg))
+        optimized, quant_report = quantize_for_build(optimized, cfg.quant, _log(cfg), float_weights)
     if cfg.quant is not None or from_model:
         from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
 
@@ -276,7 +277,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     skips: list[link_skip.SkipLink] = []
     for k, prof in enumerate(profiles):
         c, cand, mem, tw, lk, sk = _tune_profile(
-            planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles)
+            planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles), float_weights
         )
         if k == 0:  # the first profile's opt shapes decide, as for the tactics
             twins, links, skips = tw, lk, sk
@@ -327,6 +328,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
                 "float_ms": choices[n].time_ms,
                 "quantized_tactic": choices[n].runner_up,
                 "quantized_ms": choices[n].runner_up_ms,
+                "float_weight": "original" if twins[n].original else "dequantized",
             }
             for n in twins
         ]
@@ -393,6 +395,7 @@ def _tune_profile(
     cache: Any,
     k: int,
     n_prof: int,
+    float_weights: dict[str, torch.Tensor] | None = None,
 ):  # noqa: ANN202
     """Run the graph layer by layer at the opt shapes, choosing a tactic for every layer."""
     from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
@@ -467,7 +470,8 @@ def _tune_profile(
             cand[node.name] = ch.to_dict()["candidates"]
             tuned_layers += 1
             if fallback and is_quantized(node):
-                twin = _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg)
+                orig = (float_weights or {}).get(node.name)
+                twin = _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg, orig)
                 if twin is not None and twin[1].time_ms is not None:
                     tw, tch = twin
                     cand[node.name] += [dict(c, float=True) for c in tch.to_dict()["candidates"]]
@@ -657,11 +661,12 @@ def _tune_skip(sl, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg)
     return None if tuned is None else tuned[:2]
 
 
-def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg):  # noqa: ANN001, ANN202
-    """Time the float twin of a quantized layer: (Twin, Choice), or None if it cannot run."""
+def _tune_float_twin(node, xs, env, weights, prec, dev, g, cache, cfg, original=None):  # noqa: ANN001, ANN202
+    """Time the float twin of a quantized layer (with `original`, its weight before
+    quantization, where known): (Twin, Choice), or None if it cannot run."""
     if xs[0] is None or not xs[0].is_floating_point():
         return None
-    tw = float_twin(node, env, xs[0].dtype)
+    tw = float_twin(node, env, xs[0].dtype, original)
     consts = {n: env[n] for n in tw.node.inputs[2:] if n in weights}
     consts[tw.weight_name] = tw.weight
     txs = [xs[0], tw.weight, *xs[4:]]

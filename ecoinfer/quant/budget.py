@@ -424,10 +424,14 @@ def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) ->
 
 
 def quantize_for_build(
-    graph: Any, opts: QuantizeOptions, log: Callable[[str], None] | None = None
+    graph: Any,
+    opts: QuantizeOptions,
+    log: Callable[[str], None] | None = None,
+    float_weights: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The quantization step of a build: calibrate (or read the cache), fit the accuracy
-    budget when given, quantize. Returns the Q/DQ graph and a report for the engine."""
+    budget when given, quantize. Returns the Q/DQ graph and a report for the engine;
+    `float_weights` receives the quantized layers' float weights (see quantize_graph)."""
     from ecoinfer.quant.quantize import quantizable_layers, quantize_graph  # noqa: PLC0415
 
     lines: list[str] = []
@@ -466,7 +470,9 @@ def quantize_for_build(
         for s in result.lines():
             say(s)
     attention = opts.quantize_attention
-    qgraph = quantize_graph(graph, amax, opts.precision, keep_fp=keep, attention=attention)
+    qgraph = quantize_graph(
+        graph, amax, opts.precision, keep_fp=keep, attention=attention, float_weights=float_weights
+    )
     patterns = [re.compile(p) for p in keep]
     layers = quantizable_layers(graph, opts.precision, amax, attention)
     quantized = [n for n in layers if not any(p.search(n) for p in patterns)]

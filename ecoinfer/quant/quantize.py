@@ -254,6 +254,7 @@ def quantize_graph(
     precision: str = "int8",
     keep_fp: Sequence[str] = (),
     attention: bool = True,
+    float_weights: dict[str, torch.Tensor] | None = None,
 ) -> Graph:
     """A copy of `graph` with Q/DQ nodes around every quantizable op (see quant_targets),
     and for FP8 (unless `attention` is False) before each attention target's QKV input (see
@@ -261,6 +262,9 @@ def quantize_graph(
 
     `amax` holds the activation thresholds from calibrate() (or a calibration cache).
     Nodes whose name matches one of the `keep_fp` regexes (re.search) stay in float.
+    `float_weights`, if given, receives each quantized node's float weight (node name ->
+    tensor, as quantized): a layer the builder later runs in float uses it, not the
+    dequantized codes.
     """
     from ecoinfer.passes.manager import clone_graph  # noqa: PLC0415
 
@@ -346,6 +350,8 @@ def quantize_graph(
             nodes.append(Node("DequantizeLinear", [wq, ws], [wdq], attrs, g.fresh_name(f"{w}_DQ")))
             weight_dq[key] = wdq
             replaced_weights.add(w)
+        if float_weights is not None:
+            float_weights[n.name] = g.initializers[w]
         n.inputs[t.act_index] = x
         n.inputs[t.weight_index] = weight_dq[key]
         nodes.append(n)

@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 
 from ecoinfer.engine import builder
 from ecoinfer.engine.builder import BuildConfig, build, load_engine
+from ecoinfer.engine.quant_fallback import float_twin, match_original
 from ecoinfer.engine.runtime import ShapeProfile
 from ecoinfer.quant.budget import QuantizeOptions
 
@@ -80,24 +81,35 @@ def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch
     assert all(r["quantized_tactic"].endswith("(quantized)") for r in rows)
     assert not [w for w in eng.graph.initializers.values() if w.dtype == torch.int8]
 
-    # each twin computes the float layer on the dequantized weight, from the unquantized input
-    q = {n.name: n for n in quantized.graph.nodes if n.op_type == "QGemm"}
+    # each twin is the float layer as it was before quantization: the original weights
+    assert all(r["float_weight"] == "original" for r in rows)
     x = RNG.standard_normal((8, 16)).astype(np.float32)
-    h = x
-    for name in [n.name for n in quantized.graph.nodes if n.op_type == "QGemm"]:
-        n = q[name]
-        w = quantized.graph.initializers[n.inputs[1]].float()
-        ws = quantized.graph.initializers[n.inputs[3]].float().reshape(-1, 1)
-        h = h @ (w * ws).numpy().T
-        if len(n.inputs) > 4 and n.inputs[4]:
-            h = h + quantized.graph.initializers[n.inputs[4]].numpy()
-        if n.attrs.get("activation") == "Relu":
-            h = np.maximum(h, 0)
-    np.testing.assert_allclose(eng.run({"x": x})["y"], h, rtol=1e-5, atol=1e-5)
+    want = np.maximum(x @ W1 + B1, 0) @ W2
+    np.testing.assert_allclose(eng.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
     eng.save(tmp_path / "f.eng")
     np.testing.assert_allclose(
-        load_engine(tmp_path / "f.eng").run({"x": x})["y"], h, rtol=1e-5, atol=1e-5
+        load_engine(tmp_path / "f.eng").run({"x": x})["y"], want, rtol=1e-5, atol=1e-5
     )
+
+    # without the original (a model that brought its own Q/DQ layers) the twin computes the
+    # float layer on the dequantized codes
+    n = next(n for n in quantized.graph.nodes if n.op_type == "QGemm")
+    env = dict(quantized.graph.initializers)
+    tw = float_twin(n, env, torch.float32)
+    w = env[n.inputs[1]].float() * env[n.inputs[3]].float().reshape(-1, 1)
+    assert not tw.original and torch.equal(tw.weight, w)
+    assert float_twin(n, env, torch.float32, torch.from_numpy(W1)).original
+
+
+def test_original_weight_matched_by_layout_and_values() -> None:
+    w = torch.from_numpy(RNG.standard_normal((6, 6)).astype(np.float32))
+    codes = (w.T * 1.01).contiguous()  # the codes' layout is [N, K]: the transpose, 1% off
+    got = match_original(w, codes)
+    assert got is not None and torch.equal(got, w.T)
+    # a weight the codes do not quantize, or of another size, is not used
+    assert match_original(w * -1, codes) is None
+    assert match_original(torch.ones(30), codes) is None
+    assert match_original(None, codes) is None
 
 
 def test_float_twin_in_a_bf16_build(mlp, monkeypatch) -> None:  # noqa: ANN001
