@@ -23,7 +23,10 @@ VOCAB = 10
 def _embed(path: Path) -> Path:
     table = nh.from_array(np.arange(VOCAB * 4, dtype=np.float32).reshape(VOCAB, 4), "table")
     g = oh.make_graph(
-        [oh.make_node("Gather", ["table", "ids"], ["e"], axis=0), oh.make_node("Relu", ["e"], ["y"])],
+        [
+            oh.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+            oh.make_node("Relu", ["e"], ["y"]),
+        ],
         "embed",
         [oh.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
