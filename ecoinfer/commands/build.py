@@ -259,6 +259,7 @@ def _print_quantization(q: dict | None) -> None:
         print(
             f"  {r['layer']} runs in float: {r['float_tactic']} {r['float_ms']:.4f} ms beats "
             f"{r['quantized_tactic']} {r['quantized_ms']:.4f} ms"
+            + (" (dequantized weight)" if r.get("float_weight") == "dequantized" else "")
         )
     links = q.get("linked_codes") or []
     if links:
