@@ -58,18 +58,30 @@ def main() -> int:
     from ecoinfer.passes.manager import OptimizeConfig, optimize  # noqa: PLC0415
     from ecoinfer.quant.budget import QuantizeOptions, quantize_for_build  # noqa: PLC0415
 
+    start = time.perf_counter()
+
+    def stage(what: str) -> None:  # a run cut off by a time limit still shows how far it got
+        print(f"[{time.perf_counter() - start:6.1f} s] {what}", flush=True)
+
     tok = mm.load_minilm_tokenizer()
     tmp = Path(tempfile.mkdtemp(prefix="minilm_acc_"))
+    stage("exporting MiniLM to ONNX")
     path = mm.export_minilm_onnx(tmp / "minilm.onnx", dynamo=True, tokenizer=tok)
+    stage("optimizing")
     graph, _ = optimize(import_onnx(str(path)), OptimizeConfig(level=2))
     pool = stdlib_sentences(CAL_MODULES, 10**9)
     calib_dir = _write_npz(tmp / "calib", _tokenize(tok, _spread(pool[0::2], N_CALIB)))
     held = _tokenize(tok, stdlib_sentences(HELD_MODULES, N_HELD))
+    stage("FP32 reference outputs of the held-out sentences")
     ref = _outputs(graph, held)
     rows = []
     for prec in a.precisions.split(","):
         for alpha in (float(s) for s in a.smooth.split(",")):
             t0 = time.perf_counter()
+            stage(
+                f"{prec}, smooth {alpha:g}: calibrating and quantizing"
+                + (", then building and tuning the GPU engine" if a.device == "cuda" else "")
+            )
             opts = QuantizeOptions(
                 precision=prec,
                 calib_data=calib_dir,
