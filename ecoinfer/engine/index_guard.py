@@ -56,7 +56,7 @@ class DeferredIndexCheck:
     def after_call(self, stream: torch.cuda.Stream) -> None:
         """Queue a non-blocking copy of the flags as they stand after this call."""
         if len(self._pending) == _RING:
-            self._take(self._pending.popleft(), wait=True)
+            self._take(self._pending.popleft())
         slot = self._next
         self._next = (self._next + 1) % _RING
         self._slots[slot].copy_(self.flags, non_blocking=True)
@@ -70,11 +70,11 @@ class DeferredIndexCheck:
             if not wait and not self._events[slot].query():
                 return
             self._pending.popleft()
-            self._take(slot, wait=True)
+            self._take(slot)
 
-    def _take(self, slot: int, wait: bool) -> None:
-        if wait:
-            self._events[slot].synchronize()
+    def _take(self, slot: int) -> None:
+        """Check one slot's flags once its copy has landed (no wait if it already has)."""
+        self._events[slot].synchronize()
         bad = [n for n, f in zip(self.names, self._slots[slot].tolist()) if f]
         if not bad:
             return
