@@ -72,7 +72,53 @@ def _in_order_gather_nd(m: Match, rw: Rewriter) -> list[Node] | None:
     return [Node("Reshape", [n.inputs[0], target], list(n.outputs), {}, n.name)]
 
 
+def _constant_gather(m: Match, rw: Rewriter) -> list[Node] | None:
+    """Gather(x, constant i) with i one in-range index (a scalar or [1]) or a run of
+    consecutive ones ==> Slice (a view: no copy, no index check at run time), then Squeeze
+    the axis for a scalar i (BERT's pooler reading token 0). Out-of-range or negative-step
+    indices stay a Gather, whose kernel reports them; so does a lookup in a weight table (the
+    embedding fusions look for it, and constant folding owns weights)."""
+    n = m.root
+    g = m.graph
+    idx = g.initializers.get(n.inputs[1])
+    x = g.values.get(n.inputs[0])
+    if (
+        n.inputs[0] in g.initializers
+        or idx is None
+        or x is None
+        or x.shape is None
+        or idx.dim() > 1
+        or idx.numel() == 0
+    ):
+        return None
+    if idx.dtype not in (torch.int32, torch.int64) or g.opset < 13:
+        return None
+    axis = int(n.attrs.get("axis", 0) or 0)
+    rank = len(x.shape)
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank or not isinstance(x.shape[axis], int):
+        return None
+    size = x.shape[axis]
+    vals = [int(v) + size if int(v) < 0 else int(v) for v in idx.reshape(-1).tolist()]
+    if not all(0 <= v < size for v in vals) or vals != list(range(vals[0], vals[0] + len(vals))):
+        return None
+
+    def ints(base: str, v: list[int]) -> str:
+        return rw.const(f"{n.name}_{base}", torch.tensor(v, dtype=torch.int64))
+
+    starts, ends, axes = ints("start", [vals[0]]), ints("end", [vals[-1] + 1]), ints("axis", [axis])
+    if idx.dim() == 1:
+        return [Node("Slice", [n.inputs[0], starts, ends, axes], list(n.outputs), {}, n.name)]
+    sliced = rw.value(f"{n.name}_slice")
+    return [
+        Node("Slice", [n.inputs[0], starts, ends, axes], [sliced], {}, f"{n.name}_slice"),
+        Node("Squeeze", [sliced, axes], list(n.outputs), {}, n.name),
+    ]
+
+
 RULES = [
+    # Gather(x, constant consecutive in-range indices) ==> Slice (+ Squeeze for a scalar)
+    Rule("constant_gather", Op("Gather", Any_("x"), Const("i")), _constant_gather),
     # GatherND(x, constant in-order index grid) ==> Reshape(x)
     Rule("in_order_gather_nd", Op("GatherND", Any_("x"), Const("i")), _in_order_gather_nd),
     # Identity(x) ==> x
@@ -132,7 +178,7 @@ RULES = [
 @register_pass(
     "eliminate_noops",
     level=1,
-    doc="remove Identity, inference Dropout, same-type Cast, same-shape Reshape/Expand/Transpose, x+0, x*1; an in-order GatherND becomes a Reshape",
+    doc="remove Identity, inference Dropout, same-type Cast, same-shape Reshape/Expand/Transpose, x+0, x*1; an in-order GatherND becomes a Reshape, a Gather of constant consecutive indices a Slice",
 )
 def eliminate_noops(graph: Graph) -> Counter[str]:
     return apply_rules(graph, RULES)

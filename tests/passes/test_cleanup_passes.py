@@ -124,6 +124,40 @@ def test_in_order_gather_nd_becomes_reshape() -> None:
         assert (_ops(g) == ["Reshape"]) == rewritten, (name, _ops(g))
 
 
+def test_constant_gather_becomes_a_slice() -> None:
+    """Gather(x, constant) reading one index or a run of consecutive ones is a Slice (plus a
+    Squeeze for a scalar index: BERT's pooler reading token 0), same values; other indices,
+    out-of-range ones and lookups in a weight table stay Gathers."""
+    b, s, d = 2, 5, 3
+    x_in = helper.make_tensor_value_info("x", T.FLOAT, [b, s, d])
+    feeds = {"x": RNG.standard_normal((b, s, d)).astype(np.float32)}
+    for name, idx, axis, ops in (
+        ("scalar 0", np.array(0), 1, ["Slice", "Squeeze"]),
+        ("scalar -1", np.array(-1), 1, ["Slice", "Squeeze"]),
+        ("one of [1]", np.array([2]), 1, ["Slice"]),
+        ("run", np.array([1, 2, 3]), 1, ["Slice"]),
+        ("negative axis", np.array([0, 1]), -1, ["Slice"]),
+        ("not consecutive", np.array([0, 2]), 1, ["Gather"]),
+        ("reversed", np.array([3, 2]), 1, ["Gather"]),
+        ("2-D", np.array([[0, 1]]), 1, ["Gather"]),
+    ):
+        nodes = [helper.make_node("Gather", ["x", "idx"], ["y"], axis=axis)]
+        model = _model(nodes, [x_in], [Y], [_t("idx", idx.astype(np.int64))])
+        g, _ = check_optimized(model, feeds, level=1, only=("eliminate_noops",))
+        assert _ops(g) == ops, (name, _ops(g))
+    # an out-of-range constant stays a Gather, so its kernel reports it
+    nodes = [helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)]
+    model = _model(nodes, [x_in], [Y], [_t("idx", np.array(s, np.int64))])
+    g, _ = optimize(import_onnx(model), OptimizeConfig(level=1, only=("eliminate_noops",)))
+    assert _ops(g) == ["Gather"]
+    # a lookup in a weight table (an embedding) is left to the embedding fusions
+    ids = helper.make_tensor_value_info("i", T.INT64, [b])
+    nodes = [helper.make_node("Gather", ["table", "pos"], ["y"])]
+    inits = [_t("table", np.ones((7, d), np.float32)), _t("pos", np.array([0, 1], np.int64))]
+    g, _ = optimize(import_onnx(_model(nodes, [ids], [Y], inits)), OptimizeConfig(level=1, only=("eliminate_noops",)))  # fmt: skip
+    assert _ops(g) == ["Gather"]
+
+
 def test_eliminate_noops_keeps_ops_that_change_shape_or_type() -> None:
     nodes = [
         helper.make_node("Add", ["x", "zero"], ["a"]),  # broadcasts [8] -> [2, batch, seq, 8]
