@@ -18,6 +18,7 @@ nan_to_zero a row whose scores are all -inf gives 0, without it NaN (like the ON
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +101,20 @@ def _qkv_operand(
     return x.to(tl.float16)
 
 
+_LOG2E = 1.4426950408889634
+_FLT_MAX = 3.4028234663852886e38
+LOG2E: tl.constexpr = tl.constexpr(_LOG2E)
+_F32_MAX: tl.constexpr = tl.constexpr(_FLT_MAX)
+
+
+@triton.jit
+def _to_log2(x):
+    """A score term (mask value, fill) in log2 units, x * log2(e), clamped to float32's finite
+    range where x is finite: finfo.min masks keep their finite meaning, -inf stays -inf."""
+    y = tl.minimum(tl.maximum(x * LOG2E, -_F32_MAX), _F32_MAX)
+    return tl.where((x == float("inf")) | (x == float("-inf")), x, y)
+
+
 @triton.jit
 def _flash_tile(
     pid_m,
@@ -158,12 +173,14 @@ def _flash_tile(
     SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
+    EVEN_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
 ):
-    """One BLOCK_M row block of one (batch, head): the whole attention of those rows."""
+    """One BLOCK_M row block of one (batch, head): the whole attention of those rows. `fill`
+    comes in log2 units (_fill_log2)."""
     b = pid_bh // H
     h = pid_bh % H
     if INT64:
@@ -197,10 +214,12 @@ def _flash_tile(
         inv = tl.math.div_rn(1.0, x_scale)
         q = _qkv_operand(q, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
         qk_scale = scale * x_scale * x_scale
+    # scores in log2 units (natural ones times log2(e), folded into the scale), so each
+    # probability is one ex2; softmax is unchanged. Masks are scaled likewise, clamped to
+    # float32's range so a finite fill or additive mask (finfo.min) stays finite (_to_log2)
+    qk_scale = qk_scale * LOG2E
 
-    # running row max, row sum and output accumulator, all float32. Scores stay in natural
-    # units (a finite mask_fill or additive mask like finfo.min would overflow to -inf if
-    # pre-scaled by log2(e)); exp() of the shifted score is one ex2 on the GPU anyway.
+    # running row max, row sum and output accumulator, all float32
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
@@ -242,24 +261,27 @@ def _flash_tile(
             s = tl.where(offs_n[None, :] <= offs_m[:, None], s, fill)
         if HAS_ADD and ADD_ROW:
             add = tl.load(add_ptr + b * sa_b + h * sa_h + offs_n * sa_n, mask=mask_n, other=0.0)
-            s += add.to(tl.float32)[None, :]
+            s += _to_log2(add.to(tl.float32))[None, :]
         elif HAS_ADD:
             add = tl.load(
                 add_ptr + b * sa_b + h * sa_h + offs_m[:, None] * sa_m + offs_n[None, :] * sa_n,
                 mask=mask_m[:, None] & mask_n[None, :],
                 other=0.0,
             )
-            s += add.to(tl.float32)
-        # columns past Sk do not exist: they weigh exactly 0
-        s = tl.where(mask_n[None, :], s, float("-inf"))
+            s += _to_log2(add.to(tl.float32))
+        if not EVEN_N:  # columns past Sk do not exist: they weigh exactly 0
+            s = tl.where(mask_n[None, :], s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with no finite score yet keeps a 0 reference, so exp(-inf - 0) = 0, not NaN
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_ref[:, None])
-        alpha = tl.exp(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        p = tl.exp2(s - m_ref[:, None])
+        if ONE_BLOCK:  # the only key block: nothing accumulated yet to rescale
+            l_i = tl.sum(p, 1)
+        else:
+            alpha = tl.exp2(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
         v = tl.load(
             v_ptr + offs_n[:, None] * sv_n + offs_dv[None, :] * sv_d,
             mask=mask_n[:, None] & (offs_dv[None, :] < DV),
@@ -272,13 +294,13 @@ def _flash_tile(
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
         m_i = m_new
 
-    # l == 0: every score of the row was -inf: softmax is 0/0 = NaN (the graph's answer)
-    if X_CODES > 0:
-        acc = acc * x_scale
+    # one division per row, V's scale folded in. l == 0: every score of the row was -inf:
+    # softmax is 0/0 = NaN (the graph's answer), here 0 * inf, or 0 with NAN_TO_ZERO
     if NAN_TO_ZERO:
-        y = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
+        row = tl.where(l_i > 0, x_scale / l_i, 0.0)
     else:
-        y = acc / l_i[:, None]
+        row = x_scale / l_i
+    y = acc * row[:, None]
     if QOUT >= 0:  # the next quantized layer's codes (link_codes): Y / y_scale, rounded once
         y_scale = tl.load(ys_ptr).to(tl.float32)
         out = quantize_block(y, 1.0 / y_scale, y_scale, QOUT, False, SOFT_FP8)
@@ -350,6 +372,7 @@ def _flash_fwd(
     SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
+    EVEN_N: tl.constexpr,
     PERSISTENT: tl.constexpr,
     TILE_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -419,6 +442,7 @@ def _flash_fwd(
                 SOFT_FP8,
                 INT64,
                 ONE_BLOCK,
+                EVEN_N,
                 BLOCK_M,
                 BLOCK_N,
                 BLOCK_D,
@@ -483,6 +507,7 @@ def _flash_fwd(
             SOFT_FP8,
             INT64,
             ONE_BLOCK,
+            EVEN_N,
             BLOCK_M,
             BLOCK_N,
             BLOCK_D,
@@ -500,6 +525,14 @@ def _as_4d(t: Tensor) -> Tensor:
     if t.dim() > 4:
         raise ValueError(f"flash attention takes rank <= 4 inputs, got {list(t.shape)}")
     return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape)) if t.dim() < 4 else t
+
+
+def _fill_log2(fill: float) -> float:
+    """mask_fill in the kernel's log2 units, as _to_log2 scales masks: -inf stays -inf, a
+    finite fill stays finite in float32."""
+    if math.isinf(fill) or math.isnan(fill):
+        return fill
+    return min(max(fill * _LOG2E, -_FLT_MAX), _FLT_MAX)
 
 
 def _head_block(d: int) -> int:
@@ -584,7 +617,7 @@ def flash_attention(
         return y
     cfg = config or flash_configs(sq, sk, d, fdtype)[0]
     # mask_fill rounds to Q's dtype as the graph's constant does (-3.4e38 is -inf in fp16)
-    fill = _rounded(float(mask_fill), fdtype)
+    fill = _fill_log2(_rounded(float(mask_fill), fdtype))
     dummy = y
     num_m = triton.cdiv(sq, cfg.BLOCK_M)
     tiles = num_m * bsz * heads
@@ -631,6 +664,7 @@ def flash_attention(
         SOFT_FP8=soft_fp8(q),
         INT64=needs_int64(q4, k4, v4, y, add4, keep4),
         ONE_BLOCK=sk <= cfg.BLOCK_N,
+        EVEN_N=sk % cfg.BLOCK_N == 0,
         PERSISTENT=bool(cfg.PERSISTENT),
         TILE_STAGES=cfg.num_stages,
         BLOCK_M=cfg.BLOCK_M,
