@@ -105,8 +105,14 @@ def main() -> int:
                 "pooled_cosine": cos,
                 "seconds": time.perf_counter() - t0,
             }
+            if a.device == "cuda":  # what the engine ran: layers on their FP16 twin, links
+                fast = report.get("float_for_speed", [])
+                row["float_for_speed"] = [f["layer"] for f in fast]
+                row["linked_codes"] = len(report.get("linked_codes", []))
             rows.append(row)
-            print(f"{prec:5s} smooth {alpha:<4} {row['calib_method']}: {row['quantized_layers']} layers, "
+            ran = (f", {len(row['float_for_speed'])} run on FP16 kernels (faster)"
+                   if "float_for_speed" in row else "")  # fmt: skip
+            print(f"{prec:5s} smooth {alpha:<4} {row['calib_method']}: {row['quantized_layers']} layers{ran}, "
                   f"pooled cosine {cos:.5f} ({row['seconds']:.0f} s)", flush=True)  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps({"held_out": N_HELD, "rows": rows}, indent=1))
