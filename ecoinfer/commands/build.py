@@ -140,7 +140,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="MB",
-        help="tactic workspace limit (advisory)",
+        help="the most transient GPU memory (MiB) one call of a tactic may allocate beyond its "
+        "outputs; the tuner measures each candidate and skips those above it (CUDA builds)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
@@ -322,6 +323,19 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(
             f"profile {k}: {desc}; activations at opt: peak {mem.get('peak_activation_bytes', 0) / 2**20:.1f} MiB "
             f"planned vs {mem.get('naive_activation_bytes', 0) / 2**20:.1f} MiB without reuse"
+        )
+    ws = rep.get("workspace") or {}
+    if ws.get("largest_chosen") or ws.get("limit_bytes") is not None:
+        big = ws.get("largest_chosen")
+        lim = ws.get("limit_bytes")
+        print(
+            "tactic workspace: "
+            + (
+                f"largest {big['bytes'] / 2**20:.1f} MiB ({big['layer']})"
+                if big
+                else "not measured"
+            )
+            + (f", limit {lim / 2**20:g} MiB" if lim is not None else "")
         )
     print(f"{'layer':<44} {'op':<30} {'precision':<9} {'tactic':<26} {'ms':>8}  runner-up")
     for row in engine.layer_table():

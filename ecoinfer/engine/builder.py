@@ -69,7 +69,9 @@ class BuildConfig:
     timing_cache: str | None = None
     layer_precision: list[tuple[str, str]] = field(default_factory=list)  # (name regex, precision)
     tune: bool = True  # False: reference tactic everywhere
-    workspace_mb: int | None = None  # largest activation memory a tactic may ask for (advisory)
+    # --workspace: the most transient GPU memory (MiB) one call of a tactic may allocate beyond
+    # its outputs; candidates measured above it are skipped (CUDA builds; the CPU has no count)
+    workspace_mb: int | None = None
     verbose: bool = False
     progress: bool = False
     seed: int = 0
@@ -210,6 +212,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     device = pick_device(cfg.device)
     if precision == "tf32" and not device.startswith("cuda"):
         raise InputError("tf32 is a GPU tensor-core mode; on the CPU build fp32 or bf16")
+    if cfg.workspace_mb is not None and cfg.workspace_mb < 0:
+        raise InputError(f"--workspace {cfg.workspace_mb}: give a size in MiB, 0 or more")
     from ecoinfer.tune.tactics import check_tactic_names  # noqa: PLC0415
 
     check_tactic_names(cfg.exclude_tactics)
@@ -337,12 +341,33 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             for lk in links
         ]
         report["quantization"] = quant_report
+    report["workspace"] = _workspace_report(cfg, choices, candidates)
     engine = Engine(
         planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
     )
+    if cfg.workspace_mb is not None and not device.startswith("cuda"):
+        engine.warnings.append(
+            "--workspace applies to CUDA builds (it is measured with the GPU allocator's "
+            "counters); this CPU build did not limit it"
+        )
     if device.startswith("cuda"):
         _carry_triton_binaries(engine, cfg.seed)
     return engine
+
+
+def _workspace_report(cfg: BuildConfig, choices: dict, candidates: dict) -> dict:
+    """The limit, and the chosen tactic with the most workspace (measured on CUDA only)."""
+    most: tuple[int, str] | None = None
+    for name, ch in choices.items():
+        for c in candidates.get(name, []):
+            ws = c.get("workspace_bytes")
+            chosen = c.get("tactic") == ch.tactic and (c.get("config") or {}) == (ch.config or {})
+            if chosen and ws is not None and (most is None or ws > most[0]):
+                most = (ws, name)
+    return {
+        "limit_bytes": _workspace(cfg),
+        "largest_chosen": None if most is None else {"layer": most[1], "bytes": most[0]},
+    }
 
 
 def _carry_triton_binaries(engine: Engine, seed: int) -> None:
@@ -456,7 +481,7 @@ def _tune_profile(
             from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
 
             consts = {n: env[n] for n in node.inputs if n in weights}
-            build_info = BuildInfo(dev, prec, consts, excluded)
+            build_info = BuildInfo(dev, prec, consts, excluded, _workspace(cfg))
             ch, _fn = select_tactic(
                 node,
                 attrs,
@@ -548,6 +573,10 @@ def _tune_profile(
     return choices, cand, mem, twins, links, skips
 
 
+def _workspace(cfg: BuildConfig) -> int | None:
+    return None if cfg.workspace_mb is None else int(cfg.workspace_mb) * 2**20
+
+
 def _layer_choice(
     ch: Any,
     prec: str,
@@ -584,7 +613,7 @@ def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: AN
 
     log = _log(cfg)
     try:
-        build = BuildInfo(dev, prec, consts, frozenset(cfg.exclude_tactics))
+        build = BuildInfo(dev, prec, consts, frozenset(cfg.exclude_tactics), _workspace(cfg))
         ch, _ = select_tactic(node, attrs, xs, build, reference, cache, log=log)
     except Exception as e:  # noqa: BLE001  (the node stays as it was)
         if log:

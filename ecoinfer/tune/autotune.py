@@ -58,13 +58,15 @@ class Candidate:
     reason: str = ""  # why inf: "not applicable", "make failed: ...", "wrong result: ..."
     error: float | None = None  # relative L2 error against the reference (worst output)
     timing: str = ""  # how time_ms was obtained: "cuda_graph", "cuda_events", "cpu", "cache"
+    # transient GPU memory one call allocates beyond its outputs (None: not measured, CPU)
+    workspace_bytes: int | None = None
 
     @property
     def name(self) -> str:
         return candidate_name(self.tactic, self.config)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "tactic": self.tactic,
             "config": self.config,
             "time_ms": self.time_ms if math.isfinite(self.time_ms) else None,
@@ -72,6 +74,9 @@ class Candidate:
             "error": self.error,
             "timing": self.timing,
         }
+        if self.workspace_bytes is not None:
+            d["workspace_bytes"] = self.workspace_bytes
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
@@ -83,6 +88,7 @@ class Candidate:
             d.get("reason", ""),
             d.get("error"),
             d.get("timing", ""),
+            d.get("workspace_bytes"),
         )
 
 
@@ -509,6 +515,10 @@ def _select(
                 continue
         else:
             cand.error = 0.0
+        if not _fits_workspace(cand, run, inputs, dev, build.workspace_bytes, spec is None):
+            _restore(inputs, snapshot)
+            _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
+            continue
         t = cache.get(fp, sig, name, cfg) if cache is not None else None
         if t is not None:
             cand.time_ms, cand.timing = t, "cache"
@@ -608,6 +618,46 @@ def _check(
     if not ok:
         cand.reason = why
     return ok
+
+
+def workspace_bytes(run: RunFn, inputs: list[Tensor | None], dev: torch.device) -> int | None:
+    """Transient memory one call of `run` allocates beyond what it returns, from the caching
+    allocator's peak on CUDA (None elsewhere). Measured on a call after the first, so memory
+    a library keeps for good on its first call (cuBLAS's workspace) does not count."""
+    if dev.type != "cuda":
+        return None
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    outs = run(inputs)
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev)
+    kept = torch.cuda.memory_allocated(dev) - base  # the outputs (and anything held on to)
+    del outs
+    return max(0, peak - base - kept)
+
+
+def _fits_workspace(
+    cand: Candidate,
+    run: RunFn,
+    inputs: list[Tensor | None],
+    dev: torch.device,
+    limit: int | None,
+    is_reference: bool,
+) -> bool:
+    """Measure cand's workspace (CUDA) and hold it to `limit` (--workspace). The reference is
+    the judge and the fallback: measured, never ruled out."""
+    try:
+        cand.workspace_bytes = workspace_bytes(run, inputs, dev)
+    except Exception as e:  # noqa: BLE001
+        cand.reason = f"raised {_short(e)}"
+        _recover(dev)
+        return is_reference
+    ws = cand.workspace_bytes
+    if limit is None or ws is None or ws <= limit or is_reference:
+        return True
+    cand.reason = f"needs {ws / 2**20:.1f} MiB of workspace, over the {limit / 2**20:g} MiB limit"
+    return False
 
 
 def _recover(dev: torch.device) -> None:

@@ -51,6 +51,9 @@ class BuildInfo:
     precision: str  # compute precision of this layer: "float32", "tf32", "float16", "bfloat16"
     weights: dict[str, Tensor] = field(default_factory=dict)  # the engine's weights by name
     exclude: frozenset[str] = frozenset()  # tactic names the user ruled out (--exclude-tactics)
+    # --workspace: the most transient GPU memory one call of a tactic may allocate beyond its
+    # outputs (measured by the tuner, tune/autotune.py); None: no limit
+    workspace_bytes: int | None = None
 
 
 MakeFn = Callable[

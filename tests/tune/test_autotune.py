@@ -379,3 +379,65 @@ def test_select_on_cuda() -> None:
     )
     by = {c.name: c for c in choice.candidates}
     assert math.isfinite(by["fast"].time_ms) and by["wrong"].time_ms == math.inf
+
+
+def test_workspace_limit_skips_candidates_over_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workspace: a candidate whose measured transient memory is over the limit is skipped
+    with the figure in its reason; the reference (judge and fallback) never is. The CPU has no
+    allocator count, so the measurement is stood in for here (the GPU test measures for real)."""
+    need = {"fast": 64 << 20, "slow": 1 << 20, "reference": 512 << 20}
+
+    current = [""]  # the candidate being measured (the spy below records it)
+
+    def fake(run, inputs, dev):  # noqa: ANN001, ANN202
+        return need[current[0]]
+
+    real_fits = autotune._fits_workspace
+
+    def spy(cand, run, inputs, dev, limit, is_reference):  # noqa: ANN001, ANN202
+        current[0] = cand.tactic
+        return real_fits(cand, run, inputs, dev, limit, is_reference)
+
+    monkeypatch.setattr(autotune, "workspace_bytes", fake)
+    monkeypatch.setattr(autotune, "_fits_workspace", spy)
+    node = Node(OP, ["x"], ["y"], {}, "ws", DOMAIN)
+    specs = [t for t in tactics_for(OP, DOMAIN, "cpu", "float32") if t.name in ("fast", "slow")]
+    x = torch.randn(64, 32)
+    build = BuildInfo(torch.device("cpu"), "float32", workspace_bytes=8 << 20)
+    choice, _ = select_tactic(node, {}, [x], build, _reference, tactics=specs, target_ms=3.0)
+    by = {c.name: c for c in choice.candidates}
+    assert by["fast"].time_ms == math.inf
+    assert "needs 64.0 MiB of workspace, over the 8 MiB limit" in by["fast"].reason
+    assert by["fast"].workspace_bytes == 64 << 20
+    assert math.isfinite(by["slow"].time_ms) and by["slow"].workspace_bytes == 1 << 20
+    assert math.isfinite(by["reference"].time_ms)  # over the limit too, but kept
+    assert choice.tactic in ("slow", "reference")
+    assert by["fast"].to_dict()["workspace_bytes"] == 64 << 20
+    # no limit: nothing is skipped for its workspace
+    build = BuildInfo(torch.device("cpu"), "float32")
+    choice, _ = select_tactic(node, {}, [x], build, _reference, tactics=specs, target_ms=3.0)
+    assert choice.tactic == "fast"
+
+
+def test_workspace_is_not_measured_on_the_cpu() -> None:
+    x = torch.randn(8)
+    assert autotune.workspace_bytes(lambda xs: [xs[0] * 2], [x], torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_workspace_measured_on_the_gpu() -> None:
+    """A call that allocates 32 MiB of scratch and frees it measures as at least 32 MiB; one
+    that allocates only its output measures as (about) nothing."""
+    dev = torch.device("cuda")
+    x = torch.randn(1024, device=dev)
+
+    def scratchy(xs):  # noqa: ANN001, ANN202
+        tmp = torch.empty(32 << 20, dtype=torch.uint8, device=dev)
+        tmp.zero_()
+        return [xs[0] * 2]
+
+    ws = autotune.workspace_bytes(scratchy, [x], dev)
+    assert ws is not None and ws >= 32 << 20
+    lean = autotune.workspace_bytes(lambda xs: [xs[0] * 2], [x], dev)
+    assert lean is not None and lean < 1 << 20
