@@ -308,6 +308,7 @@ def test_gpu_mha_quantized_qkv_compiled() -> None:
         "for q in ('int8', 'fp8e4m3'):\n"
         "    for f in ('float16', 'float32', 'codes'):\n"
         "        t.quantized_qkv_check(q, f, 'cuda')\n"
+        "t.nan_mask_check('cuda')\n"
         "print('ok')\n"
     )
     here = Path(__file__).resolve().parent
@@ -411,3 +412,27 @@ def test_flash_tactic_registered() -> None:
     for op in ("Attention", "MultiHeadAttention"):
         names = {t.name for t in _TACTICS[("ecoinfer", op)]}
         assert "triton_flash" in names
+
+
+def nan_mask_check(device: str) -> None:
+    """A NaN in an additive mask (row form, and one score of a full mask) makes exactly the
+    reference's rows NaN: the log2 scaling of masks must not clamp it away."""
+    from ecoinfer.kernels.triton.attention import flash_attention  # noqa: PLC0415
+
+    torch.manual_seed(21)
+    q, k, v = qkv(torch.float16)
+    row = torch.zeros(B, 1, 1, S)
+    row[0, 0, 0, 3] = float("nan")
+    full = torch.zeros(B, 1, S, S)
+    full[1, 0, 5, 2] = float("nan")
+    for add in (row, full):
+        xs = [q, k, v, add.to(torch.float16)]
+        node, attrs, _ = make("Attention", xs, scale=0.25)
+        ref = reference(node, attrs, xs)
+        dev = [t.to(device) for t in xs]
+        y = flash_attention(*dev[:3], dev[3], scale=0.25).cpu()
+        assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
+
+
+def test_attention_nan_mask_stays_nan() -> None:
+    nan_mask_check("cpu")
