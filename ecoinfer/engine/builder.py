@@ -356,7 +356,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
 
 
 def _workspace_report(cfg: BuildConfig, choices: dict, candidates: dict) -> dict:
-    """The limit, and the chosen tactic with the most workspace (measured on CUDA only)."""
+    """The limit, and the chosen tactic with the most workspace (measured on CUDA builds with
+    a limit only)."""
     most: tuple[int, str] | None = None
     for name, ch in choices.items():
         for c in candidates.get(name, []):

@@ -645,16 +645,21 @@ def _fits_workspace(
     limit: int | None,
     is_reference: bool,
 ) -> bool:
-    """Measure cand's workspace (CUDA) and hold it to `limit` (--workspace). The reference is
-    the judge and the fallback: measured, never ruled out."""
+    """With a `limit` (--workspace), measure cand's workspace (CUDA: one more call) and hold it
+    to the limit; without one, nothing is measured. The reference is the judge and the
+    fallback: measured, never ruled out."""
+    if limit is None:
+        return True
     try:
         cand.workspace_bytes = workspace_bytes(run, inputs, dev)
     except Exception as e:  # noqa: BLE001
-        cand.reason = f"raised {_short(e)}"
         _recover(dev)
-        return is_reference
+        if is_reference:
+            return True
+        cand.reason = f"raised {_short(e)}"
+        return False
     ws = cand.workspace_bytes
-    if limit is None or ws is None or ws <= limit or is_reference:
+    if ws is None or ws <= limit or is_reference:
         return True
     cand.reason = f"needs {ws / 2**20:.1f} MiB of workspace, over the {limit / 2**20:g} MiB limit"
     return False

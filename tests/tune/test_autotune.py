@@ -413,10 +413,11 @@ def test_workspace_limit_skips_candidates_over_it(monkeypatch: pytest.MonkeyPatc
     assert math.isfinite(by["reference"].time_ms)  # over the limit too, but kept
     assert choice.tactic in ("slow", "reference")
     assert by["fast"].to_dict()["workspace_bytes"] == 64 << 20
-    # no limit: nothing is skipped for its workspace
+    # no limit: nothing is measured, nothing is skipped for its workspace
     build = BuildInfo(torch.device("cpu"), "float32")
     choice, _ = select_tactic(node, {}, [x], build, _reference, tactics=specs, target_ms=3.0)
     assert choice.tactic == "fast"
+    assert all(c.workspace_bytes is None for c in choice.candidates)
 
 
 def test_workspace_is_not_measured_on_the_cpu() -> None:
