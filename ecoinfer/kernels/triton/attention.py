@@ -112,8 +112,9 @@ def _to_log2(x):
     """A score term (mask value, fill) in log2 units, x * log2(e), clamped to float32's finite
     range where x is finite: finfo.min masks keep their finite meaning, -inf stays -inf, NaN
     stays NaN (the GPU's plain min/max would return the other operand)."""
-    nan = tl.PropagateNan.ALL
-    y = tl.minimum(tl.maximum(x * LOG2E, -_F32_MAX, propagate_nan=nan), _F32_MAX, propagate_nan=nan)
+    # (the enum spelled inline: the compiler cannot hold it in a local variable)
+    y = tl.maximum(x * LOG2E, -_F32_MAX, propagate_nan=tl.PropagateNan.ALL)
+    y = tl.minimum(y, _F32_MAX, propagate_nan=tl.PropagateNan.ALL)
     return tl.where((x == float("inf")) | (x == float("-inf")), x, y)
 
 
