@@ -76,7 +76,7 @@ def main() -> int:
     floor = time_us(lambda: y.copy_(x))
     torch_ln = time_us(lambda: torch.nn.functional.layer_norm(x, (c,), w, b, 1e-12))
     print(
-        f"copy {floor:.2f} us ({2 * nb / floor / 1e6:.0f} GB/s); torch layer_norm {torch_ln:.2f} us"
+        f"copy {floor:.2f} us ({2 * nb / floor / 1e3:.0f} GB/s); torch layer_norm {torch_ln:.2f} us"
     )
     rows.append({"kind": "copy", "us": floor})
     rows.append({"kind": "torch_layer_norm", "us": torch_ln})

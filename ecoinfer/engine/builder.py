@@ -342,6 +342,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         ]
         report["quantization"] = quant_report
     report["workspace"] = _workspace_report(cfg, choices, candidates)
+    report["broken_tactics"] = broken_tactics(candidates)
     engine = Engine(
         planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
     )
@@ -350,9 +351,45 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             "--workspace applies to CUDA builds (it is measured with the GPU allocator's "
             "counters); this CPU build did not limit it"
         )
+    for b in report["broken_tactics"]:
+        engine.warnings.append(
+            f"tactic {b['tactic']} failed in every configuration on {b['layers']} layer(s) "
+            f"(first: {b['first_layer']}: {b['reason']}); they run other tactics, so the engine "
+            "may be slower than it could be. This is a bug in the tactic: please report it "
+            "(--verbose lists every failure)"
+        )
     if device.startswith("cuda"):
         _carry_triton_binaries(engine, cfg.seed)
     return engine
+
+
+# a candidate that raised, not one that declined or disagreed: a broken kernel
+_BROKEN = ("make failed", "raised", "timing failed")
+# running out of shared memory or registers is a big tile's limit on this GPU, not a bug
+_RESOURCE = ("OutOfResources", "out of resource")
+
+
+def broken_tactics(candidates: dict[str, list]) -> list[dict[str, Any]]:
+    """Tactics that crashed (failed to compile, raised, or failed to time) in every one of
+    their configurations on a layer, one entry per tactic with the layers it hit. A kernel
+    that never compiles costs an engine its speed without failing the build (the tuner falls
+    back), so the build says so (flash attention once failed to compile on the GPU only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer, cands in candidates.items():
+        by_tactic: dict[str, list[dict]] = {}
+        for c in cands:
+            by_tactic.setdefault(c["tactic"], []).append(c)
+        for tactic, cs in by_tactic.items():
+            reasons = [str(c.get("reason") or "") for c in cs]
+            if not all(r.startswith(_BROKEN) for r in reasons):
+                continue
+            if all(any(x in r for x in _RESOURCE) for r in reasons):
+                continue
+            e = out.setdefault(
+                tactic, {"tactic": tactic, "layers": 0, "first_layer": layer, "reason": reasons[0]}
+            )
+            e["layers"] += 1
+    return sorted(out.values(), key=lambda e: -e["layers"])
 
 
 def _workspace_report(cfg: BuildConfig, choices: dict, candidates: dict) -> dict:

@@ -106,3 +106,46 @@ def test_control_flow_runs_in_an_engine_with_outer_reads(tmp_path) -> None:  # n
         feeds["cond"] = np.array(flag)
         want = run_onnxruntime(str(path), feeds)["y"]
         np.testing.assert_allclose(eng.run(feeds)["y"], want, rtol=1e-6, atol=1e-6)
+
+
+def _build_with(tmp_path, monkeypatch, run_error: Exception):  # noqa: ANN001, ANN202
+    """Build the FusedElementwise model with one extra tactic whose run raises run_error."""
+
+    def make(node, attrs, inputs, cfg, build):  # noqa: ANN001, ANN202
+        def run(xs):  # noqa: ANN001, ANN202
+            raise run_error
+
+        return run
+
+    key = ("ecoinfer", "FusedElementwise")
+    monkeypatch.setitem(registry._TACTICS, key, list(registry._TACTICS.get(key, [])))
+    registry.tactic(
+        "FusedElementwise",
+        "test_broken",
+        "ecoinfer",
+        devices=("cpu",),
+        configs=lambda *a: [{}, {"b": 1}],
+    )(make)
+    path = tmp_path / "fe.onnx"
+    _model(path)
+    shp = {"x": (8, 4)}
+    return build(path, BuildConfig(device="cpu", profiles=[ShapeProfile(shp, shp, shp)]))
+
+
+def test_a_tactic_that_crashes_everywhere_is_reported(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    eng = _build_with(tmp_path, monkeypatch, RuntimeError("CompilationError: at 146:17"))
+    (b,) = eng.report["broken_tactics"]
+    assert b["tactic"] == "test_broken" and b["layers"] == 1
+    assert "CompilationError" in b["reason"]
+    (w,) = [w for w in eng.warnings if "test_broken" in w]
+    assert "failed in every configuration on 1 layer" in w and "CompilationError" in w
+    # the engine still runs, on the other tactic
+    x = np.ones((8, 4), np.float32)
+    np.testing.assert_allclose(eng.run({"x": x})["y"], 1 / (1 + np.exp(-1.5)), rtol=1e-6)
+
+
+def test_a_tile_too_big_for_the_gpu_is_not_a_broken_tactic(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    err = RuntimeError("OutOfResources: out of resource: shared memory, Required: 245784")
+    eng = _build_with(tmp_path, monkeypatch, err)
+    assert eng.report["broken_tactics"] == []
+    assert not [w for w in eng.warnings if "test_broken" in w]
