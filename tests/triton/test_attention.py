@@ -436,3 +436,87 @@ def nan_mask_check(device: str) -> None:
 
 def test_attention_nan_mask_stays_nan() -> None:
     nan_mask_check("cpu")
+
+
+def _mha_run(xs: list, attrs: dict, cfg: dict, prec: str = "float16") -> torch.Tensor | None:
+    names = ["q", "k", "v", "add", "", "", "xs"][: len(xs)]
+    names = [n if x is not None else "" for n, x in zip(names, xs)]
+    node = Node("MultiHeadAttention", names, ["y"], attrs, domain="ecoinfer")
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    infos = [TensorInfo(tuple(t.shape), t.dtype) if t is not None else None for t in xs]
+    run = gemm_tactics.triton_flash(node, full, infos, cfg, BuildInfo(torch.device("cpu"), prec))
+    return None if run is None else run(xs)[0]
+
+
+@pytest.mark.parametrize("form", ["float16", "bfloat16", "fp8_codes", "separate"])
+@pytest.mark.parametrize("persistent", [0, 1])
+def test_mha_tma_loads(form: str, persistent: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TMA configurations load the Q, K and V tiles through descriptors: the same values
+    as the pointer loads, so the same output bit for bit, and the reference's."""
+    from ecoinfer.kernels.triton import attention
+
+    used: list[bool] = []
+    orig = attention._tma_operands
+
+    def spy(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        r = orig(*a, **k)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(attention, "_tma_operands", spy)
+    torch.manual_seed(21)
+    b, s = 3, 32
+    mask = torch.zeros(b, 1, 1, s)
+    mask[1, ..., s - 9 :] = torch.finfo(torch.float16).min
+    attrs: dict = {"num_heads": H, "head_size": D, "scale": D**-0.5}
+    if form == "separate":
+        xs: list = [torch.randn(b, s, H * D).half() for _ in range(3)] + [mask.half()]
+    elif form == "fp8_codes":
+        qkv_ = torch.randn(b, s, 3 * H * D) * 2
+        x_scale = torch.tensor(float(qkv_.abs().max()) / 448.0)
+        xs = [(qkv_ / x_scale).to(torch.float8_e4m3fn), None, None, mask.half(), None, None]
+        xs.append(x_scale)
+        attrs.update(packed=1, x_qtype="fp8e4m3", out_dtype="float16")
+    else:
+        dt = getattr(torch, form)
+        xs = [torch.randn(b, s, 3 * H * D).to(dt), None, None, mask.to(dt)]
+        attrs["packed"] = 1
+    base = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2}
+    base["PERSISTENT"] = persistent
+    prec = "bfloat16" if form == "bfloat16" else "float16"
+    y_ptr = _mha_run(xs, attrs, base, prec)
+    y_tma = _mha_run(xs, attrs, {**base, "TMA": 1}, prec)
+    assert used == [True]  # the TMA configuration took the descriptors
+    assert y_ptr is not None and y_tma is not None
+    assert torch.equal(y_tma, y_ptr)
+    node = Node("MultiHeadAttention", ["q", "k", "v", "add", "", "", "xs"][: len(xs)], ["y"],
+                attrs, domain="ecoinfer")  # fmt: skip
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    if form == "fp8_codes":  # the reference dequantizes the codes itself (no float32 copy)
+        fn = get_kernel("MultiHeadAttention", "ecoinfer")
+        ref = fn(KernelContext(node, full, torch.device("cpu"), None, 21), xs)[0]  # type: ignore[arg-type, misc]
+    else:
+        ref = reference(node, full, xs)
+    err = float((y_tma.double() - ref.double()).norm() / ref.double().norm())
+    assert err < (1.5e-2 if form == "bfloat16" else 3e-3), err
+
+
+def test_mha_tma_only_where_tiles_fit() -> None:
+    """TMA configurations are offered, and built, only where the sequences are whole tiles
+    and a head is one power-of-two tile wide."""
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": 0.25}
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    build = BuildInfo(torch.device("cpu"), "float16")
+
+    def offered(s: int, d: int = D) -> list[dict]:
+        a = {**full, "head_size": d}
+        node = Node("MultiHeadAttention", ["q"], ["y"], a, domain="ecoinfer")
+        info = [TensorInfo((2, s, 3 * H * d), torch.float16)]
+        return [c for c in gemm_tactics._attention_configs(node, a, info, build) if c.get("TMA")]
+
+    assert offered(128) and all(128 % c["BLOCK_M"] == 0 for c in offered(128))
+    assert offered(17) == [] and offered(128, d=24) == []
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "TMA": 1}
+    xs = [torch.randn(2, 17, 3 * H * D).half()]
+    assert _mha_run(xs, attrs, cfg) is None  # declined: 17 rows are not whole tiles
+    assert _mha_run(xs, attrs, {**cfg, "TMA": 0}) is not None

@@ -29,7 +29,7 @@ from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
 from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
-from ecoinfer.kernels.triton.tma_gemm import num_sms
+from ecoinfer.kernels.triton.tma_gemm import TensorDescriptor, num_sms, tma_ok, tma_supported
 
 Tensor = torch.Tensor
 
@@ -46,6 +46,10 @@ class FlashConfig(KernelConfig):
     # software-pipelined when one key block covers the sequence (see _flash_fwd)
     PERSISTENT: int = 0
     PROGS_PER_SM: int = 2
+    # 1: Q, K and V tiles loaded by Hopper's TMA unit from [B*S, width] matrices (MultiHead-
+    # Attention's packed or separate projections): one instruction per tile, no address
+    # registers. Needs whole tiles (tma_flash_fits); see flash_mha
+    TMA: int = 0
 
 
 def flash_configs(
@@ -130,6 +134,12 @@ def _flash_tile(
     keep_ptr,
     ys_ptr,
     xs_ptr,
+    q_desc,
+    k_desc,
+    v_desc,
+    q_col,
+    k_col,
+    v_col,
     H,
     SQ,
     SK,
@@ -177,6 +187,7 @@ def _flash_tile(
     INT64: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
     EVEN_N: tl.constexpr,
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -198,11 +209,14 @@ def _flash_tile(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     mask_m = offs_m < SQ
-    q = tl.load(
-        q_ptr + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
-        mask=mask_m[:, None] & (offs_d[None, :] < D),
-        other=0.0,
-    )
+    if TMA:  # rows b*SQ.. of the [B*SQ, width] matrix, head h's columns (whole tiles only)
+        q = q_desc.load([(pid_bh // H) * SQ + pid_m * BLOCK_M, q_col + (pid_bh % H) * D])
+    else:
+        q = tl.load(
+            q_ptr + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
+            mask=mask_m[:, None] & (offs_d[None, :] < D),
+            other=0.0,
+        )
     if UPCAST:
         q = q.to(tl.float32)
     qk_scale = scale
@@ -237,12 +251,15 @@ def _flash_tile(
     for start_n in range(0, BLOCK_N if ONE_BLOCK else hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < SK
-        # K tile as [D, BLOCK_N] read through the strides (k_transposed only swaps them)
-        k = tl.load(
-            k_ptr + offs_d[:, None] * sk_d + offs_n[None, :] * sk_n,
-            mask=(offs_d[:, None] < D) & mask_n[None, :],
-            other=0.0,
-        )
+        if TMA:  # a [BLOCK_N, D] tile, used as [D, BLOCK_N] (the K-major operand)
+            k = k_desc.load([(pid_bh // H) * SK + start_n, k_col + (pid_bh % H) * D]).T
+        else:
+            # K tile as [D, BLOCK_N] read through the strides (k_transposed only swaps them)
+            k = tl.load(
+                k_ptr + offs_d[:, None] * sk_d + offs_n[None, :] * sk_n,
+                mask=(offs_d[:, None] < D) & mask_n[None, :],
+                other=0.0,
+            )
         if UPCAST:
             k = k.to(tl.float32)
         if X_CODES > 0:
@@ -285,11 +302,14 @@ def _flash_tile(
             alpha = tl.exp2(m_i - m_ref)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
-        v = tl.load(
-            v_ptr + offs_n[:, None] * sv_n + offs_dv[None, :] * sv_d,
-            mask=mask_n[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
+        if TMA:
+            v = v_desc.load([(pid_bh // H) * SK + start_n, v_col + (pid_bh % H) * DV])
+        else:
+            v = tl.load(
+                v_ptr + offs_n[:, None] * sv_n + offs_dv[None, :] * sv_d,
+                mask=mask_n[:, None] & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
         if UPCAST:
             v = v.to(tl.float32)
         if X_CODES > 0:
@@ -326,6 +346,12 @@ def _flash_fwd(
     keep_ptr,
     ys_ptr,
     xs_ptr,
+    q_desc,
+    k_desc,
+    v_desc,
+    q_col,
+    k_col,
+    v_col,
     H,
     NUM_M,
     N_TILES,
@@ -376,6 +402,7 @@ def _flash_fwd(
     INT64: tl.constexpr,
     ONE_BLOCK: tl.constexpr,
     EVEN_N: tl.constexpr,
+    TMA: tl.constexpr,
     PERSISTENT: tl.constexpr,
     TILE_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -399,6 +426,12 @@ def _flash_fwd(
                 keep_ptr,
                 ys_ptr,
                 xs_ptr,
+                q_desc,
+                k_desc,
+                v_desc,
+                q_col,
+                k_col,
+                v_col,
                 H,
                 SQ,
                 SK,
@@ -446,6 +479,7 @@ def _flash_fwd(
                 INT64,
                 ONE_BLOCK,
                 EVEN_N,
+                TMA,
                 BLOCK_M,
                 BLOCK_N,
                 BLOCK_D,
@@ -464,6 +498,12 @@ def _flash_fwd(
             keep_ptr,
             ys_ptr,
             xs_ptr,
+            q_desc,
+            k_desc,
+            v_desc,
+            q_col,
+            k_col,
+            v_col,
             H,
             SQ,
             SK,
@@ -511,6 +551,7 @@ def _flash_fwd(
             INT64,
             ONE_BLOCK,
             EVEN_N,
+            TMA,
             BLOCK_M,
             BLOCK_N,
             BLOCK_D,
@@ -567,6 +608,7 @@ def flash_attention(
     x_scale: Tensor | None = None,
     x_qtype: str = "",
     out_dtype: torch.dtype | None = None,
+    tma: TmaOperands | None = None,
 ) -> Tensor:
     """ecoinfer.Attention on [B, H, S, D] tensors (any strides; leading dims broadcast).
 
@@ -574,7 +616,9 @@ def flash_attention(
     y_scale (float32 scalar) `out` holds int8 / float8_e4m3fn codes of Y / y_scale. With
     x_scale (float32 scalar, one for Q, K and V) the attention runs on their quantized
     values: Q, K and V are either int8 / float8_e4m3fn codes (Y then computed in out_dtype,
-    default float16) or float tensors quantized to x_qtype codes as they are loaded."""
+    default float16) or float tensors quantized to x_qtype codes as they are loaded. `tma`
+    (flash_mha with a TMA config): the same Q, K and V as descriptors through which the
+    kernel loads whole tiles."""
     fdtype = q.dtype
     x_mode = 0
     if x_scale is not None:
@@ -636,6 +680,8 @@ def flash_attention(
         keep4 if keep4 is not None else dummy,
         y_scale if y_scale is not None else dummy,
         x_scale if x_scale is not None else dummy,
+        *(tma.descs if tma is not None else (dummy, dummy, dummy)),
+        *(tma.cols if tma is not None else (0, 0, 0)),
         heads,
         num_m,
         tiles,
@@ -668,6 +714,7 @@ def flash_attention(
         INT64=needs_int64(q4, k4, v4, y, add4, keep4),
         ONE_BLOCK=sk <= cfg.BLOCK_N,
         EVEN_N=sk % cfg.BLOCK_N == 0,
+        TMA=tma is not None,
         PERSISTENT=bool(cfg.PERSISTENT),
         TILE_STAGES=cfg.num_stages,
         BLOCK_M=cfg.BLOCK_M,
@@ -678,6 +725,61 @@ def flash_attention(
         num_stages=cfg.num_stages,
     )
     return y
+
+
+@dataclass(frozen=True)
+class TmaOperands:
+    """Q, K and V as TMA descriptors over [B*S, width] matrices, with the column where each
+    one's head 0 starts (packed QKV: 0, H*D, 2*H*D)."""
+
+    descs: tuple
+    cols: tuple[int, int, int]
+
+
+def tma_flash_fits(sq: int, sk: int, d: int, dv: int, cfg: FlashConfig) -> bool:
+    """Whether TMA tiles cover MultiHeadAttention exactly: a head is one power-of-two tile
+    wide (no columns of the next head in a tile) and the sequences are whole tiles (no rows of
+    the next sequence: the TMA unit zero-fills only past the matrix's end)."""
+    return (
+        d == _head_block(d)
+        and dv == _head_block(dv)
+        and sq % cfg.BLOCK_M == 0
+        and sk % cfg.BLOCK_N == 0
+    )
+
+
+def _rows2d(x: Tensor) -> Tensor | None:
+    """[B, S, W] as a [B*S, W] view a TMA descriptor can address, else None."""
+    if x.dim() != 3 or x.numel() == 0 or x.stride(0) != x.shape[1] * x.stride(1):
+        return None
+    x2 = x.as_strided((x.shape[0] * x.shape[1], x.shape[2]), (x.stride(1), x.stride(2)))
+    return x2 if tma_ok(x2) else None
+
+
+def _tma_operands(
+    q: Tensor, k: Tensor, v: Tensor, packed: bool, h: int, d: int, dv: int, cfg: FlashConfig
+) -> TmaOperands | None:
+    """The descriptors of a TMA config, or None where the tensors cannot take them (strides,
+    alignment, a Triton without descriptors): the kernel then loads through pointers, with the
+    same result."""
+    if TensorDescriptor is None or not tma_supported(q.device):
+        return None
+    if not tma_flash_fits(q.shape[1], k.shape[1], d, dv, cfg):
+        return None
+    if packed:
+        base = _rows2d(q)
+        if base is None:
+            return None
+        bases, cols = (base, base, base), (0, h * d, 2 * h * d)
+    else:
+        found = [_rows2d(t) for t in (q, k, v)]
+        if any(b is None for b in found):
+            return None
+        bases, cols = tuple(found), (0, 0, 0)
+    bd, bdv = _head_block(d), _head_block(dv)
+    blocks = ([cfg.BLOCK_M, bd], [cfg.BLOCK_N, bd], [cfg.BLOCK_N, bdv])
+    descs = tuple(TensorDescriptor.from_tensor(b, blk) for b, blk in zip(bases, blocks))
+    return TmaOperands(descs, cols)
 
 
 def _split_heads(x: Tensor, h: int) -> Tensor:
@@ -711,10 +813,17 @@ def flash_mha(
     y_scale, Y as y_qtype codes; with x_scale, attention on the quantized Q, K and V (codes,
     or float quantized to x_qtype as loaded; see flash_attention)."""
     h, d = num_heads, head_size
+    use_tma = config is not None and bool(config.TMA)
+    tma = None
     if packed:
         qkv = q
         q, k, v = qkv[..., : h * d], qkv[..., h * d : 2 * h * d], qkv[..., 2 * h * d :]
+        if use_tma:
+            dv_ = (qkv.shape[-1] - 2 * h * d) // h
+            tma = _tma_operands(qkv, qkv, qkv, True, h, d, dv_, config)  # type: ignore[arg-type]
     assert k is not None and v is not None
+    if use_tma and not packed:
+        tma = _tma_operands(q, k, v, False, h, d, v.shape[-1] // h, config)  # type: ignore[arg-type]
     bsz, sq = q.shape[0], q.shape[1]
     dv = v.shape[-1] // h
     fdt = _compute_dtype(q.dtype, out_dtype)
@@ -737,5 +846,6 @@ def flash_mha(
         x_scale=x_scale,
         x_qtype=x_qtype,
         out_dtype=fdt,
+        tma=tma,
     )
     return y.view(bsz, sq, h * dv)

@@ -31,6 +31,7 @@ from ecoinfer.kernels.triton.attention import (
     flash_attention,
     flash_configs,
     flash_mha,
+    tma_flash_fits,
 )
 from ecoinfer.kernels.triton.conv import ConvConfig, conv_configs, conv_out_size, fused_conv
 from ecoinfer.kernels.triton.gemm import (
@@ -41,11 +42,14 @@ from ecoinfer.kernels.triton.gemm import (
     interpreting,
 )
 from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES
+from ecoinfer.kernels.triton.tma_gemm import tma_supported
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 
 Tensor = torch.Tensor
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = ("float16", "bfloat16", "float32")
+# flash configurations also tried with TMA loads (MultiHeadAttention whose tiles fit whole)
+TMA_FLASH_CONFIGS = 4
 
 
 def _runs_here(build: BuildInfo) -> bool:
@@ -213,8 +217,13 @@ def _attention_configs(
         dims = _attention_dims(attrs, inputs)
     if dims is None:
         return [FlashConfig().as_dict()]
-    sq, sk, d, _ = dims
-    return [c.as_dict() for c in flash_configs(sq, sk, d, inputs[0].dtype)]  # type: ignore[union-attr]
+    sq, sk, d, dv = dims
+    cfgs = flash_configs(sq, sk, d, inputs[0].dtype)  # type: ignore[union-attr]
+    if node.op_type == "MultiHeadAttention" and tma_supported(build.device):
+        # Q, K and V of [B, S, width] projections: also loaded by TMA, where tiles fit whole
+        fit = [c for c in cfgs if tma_flash_fits(sq, sk, d, dv, c)]
+        cfgs += [FlashConfig(**{**c.as_dict(), "TMA": 1}) for c in fit[:TMA_FLASH_CONFIGS]]
+    return [c.as_dict() for c in cfgs]
 
 
 def _mha_dims(
@@ -281,8 +290,12 @@ def triton_flash(
     common = _attention_common(attrs)
     precision = build.precision
     if node.op_type == "MultiHeadAttention":
-        if _mha_dims(attrs, inputs) is None:
+        dims = _mha_dims(attrs, inputs)
+        if dims is None:
             return None
+        if config is not None and config.TMA:
+            if not tma_supported(build.device) or not tma_flash_fits(*dims, config):
+                return None  # the pointer-load configuration is the same kernel here
         h, d = int(attrs["num_heads"]), int(attrs["head_size"])
         packed = bool(int(attrs.get("packed", 0) or 0))
         ys = _info(inputs, 5)  # y_scale: Y as codes for a quantized projection (link_codes)
