@@ -807,21 +807,9 @@ def compare(
         base = comp.result(base_key)
         assert base is not None
         comp.baseline = base.name
-        refs = outputs[base_key]
+        _attach_errors(comp, outputs, outputs[base_key], base.name)
         for r in comp.results:
-            k = r.extra["peer"]
-            if r.skipped or k not in outputs:
-                continue
-            err = output_errors(outputs[k], refs)
-            r.extra["error_reference"] = base.name
-            r.extra["rel_l2_error"] = err["rel_l2_error"]
-            r.extra["max_abs_error"] = err["max_abs_error"]
-            r.extra["errors_per_output"] = err["per_output"]
-            if err["notes"]:
-                r.extra["error_notes"] = err["notes"]
-            if not all(p["finite"] for p in err["per_output"]):
-                r.warnings.append("non-finite values in the outputs")
-            if base.j_per_inference and r.j_per_inference is not None:
+            if not r.skipped and base.j_per_inference and r.j_per_inference is not None:
                 r.extra["energy_vs_baseline"] = r.j_per_inference / base.j_per_inference
         # torch vs ONNX: a large error means the module and the file differ (weights, model)
         eco = comp.result("ecoinfer-fp32")
@@ -833,12 +821,67 @@ def compare(
                     "of ecoinfer fp32 vs PyTorch eager FP32): are they the same model and "
                     "weights? Errors vs FP32 mix two models."
                 )
+        return comp
+    # no FP32 row was timed: the errors still come from FP32 outputs, computed once untimed
+    # (accuracy belongs next to every speed figure; the timing is what costs the run time)
+    refs = _untimed_fp32_outputs(module, feeds, dev) if module is not None and outputs else None
+    if refs is not None:
+        _attach_errors(comp, outputs, refs, UNTIMED_FP32)
+        comp.warnings.append(
+            "no FP32 baseline was timed (PyTorch eager FP32 or ecoinfer fp32): no energy ratio "
+            f"column; errors are against {UNTIMED_FP32}"
+        )
     else:
         comp.warnings.append(
             "no FP32 baseline ran (PyTorch eager FP32 or ecoinfer fp32): no energy ratio or "
             "error column"
         )
     return comp
+
+
+UNTIMED_FP32 = "PyTorch eager FP32 outputs (one untimed call)"
+
+
+def _untimed_fp32_outputs(
+    module: Any, feeds: Mapping[str, np.ndarray], device: str
+) -> list[np.ndarray] | None:
+    """One call of the module in FP32 on the device, as the PyTorch eager FP32 peer runs it;
+    None when it cannot run (the error column is then left out, with the warning)."""
+    import torch  # noqa: PLC0415
+
+    prep: Prepared | None = None
+    try:
+        prep = prepare_torch_eager(module, feeds, device)
+        out = prep.extra.pop("_outputs", None)
+        first = prep.fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return [_to_f64(o) for o in (out() if out is not None else flatten_outputs(first))]
+    except Exception:  # noqa: BLE001  (no reference: the comparison still stands)
+        return None
+    finally:
+        if prep is not None and prep.cleanup is not None:
+            prep.cleanup()
+        gc.collect()
+
+
+def _attach_errors(
+    comp: Comparison, outputs: dict[str, list[np.ndarray]], refs: list[np.ndarray], ref_name: str
+) -> None:
+    """Each row's error against the FP32 reference outputs (relative L2 and max abs)."""
+    for r in comp.results:
+        k = r.extra["peer"]
+        if r.skipped or k not in outputs:
+            continue
+        err = output_errors(outputs[k], refs)
+        r.extra["error_reference"] = ref_name
+        r.extra["rel_l2_error"] = err["rel_l2_error"]
+        r.extra["max_abs_error"] = err["max_abs_error"]
+        r.extra["errors_per_output"] = err["per_output"]
+        if err["notes"]:
+            r.extra["error_notes"] = err["notes"]
+        if not all(p["finite"] for p in err["per_output"]):
+            r.warnings.append("non-finite values in the outputs")
 
 
 def _ran(comp: Comparison, key: str) -> bool:

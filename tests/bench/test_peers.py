@@ -300,3 +300,27 @@ def test_minilm_module_against_its_onnx_export(minilm) -> None:  # noqa: ANN001
     assert eco is not None and not eco.skipped, eco.skipped if eco else None
     assert eco.extra["rel_l2_error"] < 1e-4
     assert comp.warnings == []
+
+
+def test_errors_without_a_timed_fp32_row(cnn) -> None:  # noqa: ANN001
+    """No FP32 row among the peers: the error column still comes, from one untimed FP32 call
+    of the module; the energy ratio (which needs a timed baseline) does not."""
+    module, path = cnn
+    comp = peers.compare(path, module, batch=3, device="cpu", config=FAST, peers="onnxruntime")
+    (r,) = comp.results
+    assert not r.skipped
+    assert r.extra["error_reference"] == peers.UNTIMED_FP32
+    assert r.extra["rel_l2_error"] < 1e-5 and r.extra["max_abs_error"] < 1e-4
+    assert "energy_vs_baseline" not in r.extra and comp.baseline is None
+    assert any("no FP32 baseline was timed" in w for w in comp.warnings)
+    # the reference is really computed: a module with other weights gives a large error
+    other = TinyCNN().eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5)
+    comp2 = peers.compare(path, other, batch=3, device="cpu", config=FAST, peers="onnxruntime")
+    assert comp2.results[0].extra["rel_l2_error"] > 1e-2
+    # without a module there is nothing to compute it from: no error column, said so
+    comp3 = peers.compare(path, None, batch=3, device="cpu", config=FAST, peers="onnxruntime")
+    assert "rel_l2_error" not in comp3.results[0].extra
+    assert any("no energy ratio or error column" in w for w in comp3.warnings)
