@@ -1,8 +1,9 @@
-"""GPU probe: flash attention with TMA tile loads against pointer loads, at BERT-base b64.
+"""GPU probe: flash attention with TMA tile loads and 8-bit Q.K^T dots, at BERT-base b64.
 
 MultiHeadAttention reads Q, K and V out of the QKV GEMM's packed [B, S, 3*H*D] output. The
 TMA configurations (FlashConfig.TMA) load each tile with one descriptor instruction instead
-of per-thread address arithmetic. This probe times both, for FP16 and for FP8 codes in and
+of per-thread address arithmetic; with FP8 codes in, DOT8 configurations also run Q.K^T as
+an 8-bit dot on the codes. This probe times them all, for FP16 and for FP8 codes in and
 codes out (the FP8 engine's form), over the tile configurations the tuner offers for this
 shape, with the BERT padding mask, and checks each against SDPA in float32.
 
@@ -52,8 +53,10 @@ def main() -> None:
     rows = []
     for fp8 in (False, True):
         for base in flash_configs(S, S, D, torch.float16):
-            for tma in (0, 1):
-                cfg = FlashConfig(**{**base.as_dict(), "TMA": tma})
+            for tma, dot8 in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                if dot8 and not fp8:
+                    continue  # DOT8 dots codes
+                cfg = FlashConfig(**{**base.as_dict(), "TMA": tma, "DOT8": dot8})
                 if tma and not tma_flash_fits(S, S, D, D, cfg):
                     continue  # flash_mha would load through pointers: not a TMA row
                 kw: dict = dict(num_heads=H, head_size=D, packed=True, scale=D**-0.5,
@@ -79,12 +82,18 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
     print(f"flash attention TMA probe on {gpu}, B={B} S={S} H={H} D={D} (us, CUDA-graph replay)")
     for fp8 in (False, True):
-        for tma in (0, 1):
-            ok = [r for r in rows if r["fp8"] == fp8 and r["cfg"]["TMA"] == tma and "us" in r]
+        for tma, dot8 in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            ok = [
+                r
+                for r in rows
+                if r["fp8"] == fp8
+                and (r["cfg"]["TMA"], r["cfg"]["DOT8"]) == (tma, dot8)
+                and "us" in r
+            ]
             if ok:
                 best = min(ok, key=lambda r: r["us"])
-                print(f"  {'fp8 codes' if fp8 else 'fp16':9s} TMA={tma}  best {best['us']:.1f} us"
-                      f"  err {best['err']:.1e}  {best['cfg']}")  # fmt: skip
+                print(f"  {'fp8 codes' if fp8 else 'fp16':9s} TMA={tma} DOT8={dot8}  best "
+                      f"{best['us']:.1f} us  err {best['err']:.1e}  {best['cfg']}")  # fmt: skip
 
 
 if __name__ == "__main__":

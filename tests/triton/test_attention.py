@@ -312,6 +312,9 @@ def test_gpu_mha_quantized_qkv_compiled() -> None:
         "for f in ('float16', 'bfloat16', 'fp8_codes', 'separate'):\n"
         "    for p in (0, 1):\n"
         "        t.tma_check(f, p, 'cuda')\n"
+        "for q in ('int8', 'fp8e4m3'):\n"
+        "    for m in (0, 1):\n"
+        "        t.dot8_check(q, m, 'cuda')\n"
         "print('ok')\n"
     )
     here = Path(__file__).resolve().parent
@@ -540,3 +543,66 @@ def test_mha_tma_only_where_tiles_fit() -> None:
     xs = [torch.randn(2, 17, 3 * H * D).half()]
     assert _mha_run(xs, attrs, cfg) is None  # declined: 17 rows are not whole tiles
     assert _mha_run(xs, attrs, {**cfg, "TMA": 0}) is not None
+
+
+def dot8_check(qtype: str, tma: int, device: str) -> None:
+    """DOT8: with codes in, Q.K^T runs on the codes themselves (8-bit dot): the answer of the
+    fp16 dot on the same codes (products exact either way), and the reference's."""
+    torch.manual_seed(23)
+    b, s, d = 3, 32, 32  # an 8-bit dot needs K = head size >= 32
+    mask = torch.zeros(b, 1, 1, s)
+    mask[1, ..., s - 9 :] = torch.finfo(torch.float16).min
+    qkv_ = torch.randn(b, s, 3 * H * d) * 2
+    qmax = 127.0 if qtype == "int8" else 448.0
+    x_scale = torch.tensor(float(qkv_.abs().max()) / qmax)
+    v = qkv_ / x_scale
+    qdt = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}[qtype]
+    codes = (v.round().clamp(-127, 127) if qtype == "int8" else v).to(qdt)
+    xs = [codes, None, None, mask.half(), None, None, x_scale]
+    attrs = {"num_heads": H, "head_size": d, "scale": d**-0.5, "packed": 1, "x_qtype": qtype,
+             "out_dtype": "float16"}  # fmt: skip
+    base = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "TMA": tma}
+    y16 = _mha_run(xs, attrs, base, "float16", device)
+    y8 = _mha_run(xs, attrs, {**base, "DOT8": 1}, "float16", device)
+    assert y16 is not None and y8 is not None and y8.dtype == torch.float16
+    diff = float((y8.double() - y16.double()).norm() / y16.double().norm())
+    assert diff < 1e-3, diff
+    node = Node("MultiHeadAttention", ["q", "", "", "add", "", "", "xs"], ["y"], attrs,
+                domain="ecoinfer")  # fmt: skip
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    fn = get_kernel("MultiHeadAttention", "ecoinfer")
+    ref = fn(KernelContext(node, full, torch.device("cpu"), None, 21), xs)[0]  # type: ignore[arg-type, misc]
+    err = float((y8.double() - ref.double()).norm() / ref.double().norm())
+    assert err < 3e-3, err
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+@pytest.mark.parametrize("tma", [0, 1])
+def test_mha_dot8_on_codes(qtype: str, tma: int) -> None:
+    dot8_check(qtype, tma, "cpu")
+
+
+def test_mha_dot8_offered_for_codes_only() -> None:
+    build = BuildInfo(torch.device("cpu"), "float16")
+    attrs = {"num_heads": H, "head_size": D, "packed": 1, "scale": 0.25}
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, **attrs}
+    node = Node("MultiHeadAttention", ["q"], ["y"], full, domain="ecoinfer")
+    floats = [TensorInfo((2, 32, 3 * H * D), torch.float16)]
+    assert not [
+        c for c in gemm_tactics._attention_configs(node, full, floats, build) if c.get("DOT8")
+    ]
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "DOT8": 1}
+    assert _mha_run([torch.randn(2, 32, 3 * H * D).half()], attrs, cfg) is None  # declined
+    codes_attrs = {**full, "x_qtype": "fp8e4m3", "out_dtype": "float16"}
+    node2 = Node("MultiHeadAttention", ["q", "", "", "", "", "", "xs"], ["y"], codes_attrs,
+                 domain="ecoinfer")  # fmt: skip
+
+    def dot8(d: int) -> list[dict]:
+        a = {**codes_attrs, "head_size": d}
+        infos = [TensorInfo((2, 32, 3 * H * d), torch.float8_e4m3fn), None, None, None, None,
+                 None, TensorInfo((), torch.float32)]  # fmt: skip
+        cfgs = gemm_tactics._attention_configs(node2, a, infos, build)
+        return [c for c in cfgs if c.get("DOT8")]
+
+    assert len(dot8(32)) == 4 and sum(c["TMA"] for c in dot8(32)) == 2
+    assert dot8(16) == []  # an 8-bit dot needs K >= 32

@@ -50,6 +50,10 @@ class FlashConfig(KernelConfig):
     # Attention's packed or separate projections): one instruction per tile, no address
     # registers. Needs whole tiles (tma_flash_fits); see flash_mha
     TMA: int = 0
+    # 1: with 8-bit codes in (a linked QKV projection), the Q.K^T dot runs on the codes
+    # themselves (an int8 / fp8 tensor-core dot, exact products, float32 / int32 sums)
+    # instead of on their fp16 copies; P.V stays fp16
+    DOT8: int = 0
 
 
 def flash_configs(
@@ -100,7 +104,7 @@ def _qkv_operand(
     x, inv, x_scale, X_CODES: tl.constexpr, X_EXACT: tl.constexpr, SOFT_FP8: tl.constexpr
 ):
     """A Q/K/V tile as the fp16 dot operand holding its codes (see X_CODES)."""
-    if X_CODES >= 2:
+    if X_CODES == 2 or X_CODES == 3:
         x = quantize_block(x.to(tl.float32), inv, x_scale, X_CODES - 2, X_EXACT, SOFT_FP8)
     return x.to(tl.float16)
 
@@ -229,7 +233,9 @@ def _flash_tile(
         # twice to the scores (Q and K) and once to the output (V)
         x_scale = tl.load(xs_ptr).to(tl.float32)
         inv = tl.math.div_rn(1.0, x_scale)
-        q = _qkv_operand(q, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
+        # (X_CODES 4: codes as 1, with Q.K^T dotted on the codes themselves, DOT8)
+        if X_CODES != 4:
+            q = _qkv_operand(q, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
         qk_scale = scale * x_scale * x_scale
     # scores in log2 units (natural ones times log2(e), folded into the scale), so each
     # probability is one ex2; softmax is unchanged. Masks are scaled likewise, clamped to
@@ -262,9 +268,15 @@ def _flash_tile(
             )
         if UPCAST:
             k = k.to(tl.float32)
-        if X_CODES > 0:
-            k = _qkv_operand(k, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
-        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * qk_scale
+        if X_CODES == 4:  # codes dotted as codes: int8 sums in int32, fp8 in float32
+            if q.dtype == tl.int8:
+                s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32) * qk_scale
+            else:
+                s = tl.dot(q, k) * qk_scale
+        else:
+            if X_CODES > 0:
+                k = _qkv_operand(k, inv, x_scale, X_CODES, X_EXACT, SOFT_FP8)
+            s = tl.dot(q, k, input_precision=INPUT_PRECISION) * qk_scale
         # a mask that does not vary over query rows (a key-padding mask, [B, 1, 1, Sk]) is
         # loaded as one row: BLOCK_N loads instead of BLOCK_M * BLOCK_N
         if HAS_KEEP and KEEP_ROW:
@@ -637,6 +649,8 @@ def flash_attention(
         k4 = k4.transpose(-1, -2)  # a view: [B, H, Sk, D]
     sq, d = q4.shape[-2], q4.shape[-1]
     sk, dv = k4.shape[-2], v4.shape[-1]
+    if x_mode == 1 and config is not None and config.DOT8 and dot8_fits(d):
+        x_mode = 4  # Q.K^T on the codes themselves
     if k4.shape[-1] != d or v4.shape[-2] != sk:
         raise ValueError(
             f"attention shapes disagree: Q {list(q.shape)}, K {list(k.shape)}, V {list(v.shape)}"
@@ -734,6 +748,11 @@ class TmaOperands:
 
     descs: tuple
     cols: tuple[int, int, int]
+
+
+def dot8_fits(d: int) -> bool:
+    """An 8-bit tensor-core dot needs K >= 32: the head must span 32 columns or more."""
+    return _head_block(d) >= 32
 
 
 def tma_flash_fits(sq: int, sk: int, d: int, dv: int, cfg: FlashConfig) -> bool:

@@ -28,6 +28,7 @@ from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.attention import (
     MAX_HEAD_SIZE,
     FlashConfig,
+    dot8_fits,
     flash_attention,
     flash_configs,
     flash_mha,
@@ -223,6 +224,12 @@ def _attention_configs(
         # Q, K and V of [B, S, width] projections: also loaded by TMA, where tiles fit whole
         fit = [c for c in cfgs if tma_flash_fits(sq, sk, d, dv, c)]
         cfgs += [FlashConfig(**{**c.as_dict(), "TMA": 1}) for c in fit[:TMA_FLASH_CONFIGS]]
+    codes_in = inputs[0].dtype in QCODE_OF  # type: ignore[union-attr]
+    if node.op_type == "MultiHeadAttention" and codes_in and dot8_fits(d):
+        # codes in: the first two pointer-load and TMA configurations also with Q.K^T on the
+        # codes (8-bit tensor-core dot)
+        plain = [c for c in cfgs if not c.TMA][:2] + [c for c in cfgs if c.TMA][:2]
+        cfgs += [FlashConfig(**{**c.as_dict(), "DOT8": 1}) for c in plain]
     return [c.as_dict() for c in cfgs]
 
 
@@ -296,6 +303,9 @@ def triton_flash(
         if config is not None and config.TMA:
             if not tma_supported(build.device) or not tma_flash_fits(*dims, config):
                 return None  # the pointer-load configuration is the same kernel here
+        if config is not None and config.DOT8:
+            if inputs[0].dtype not in QCODE_OF or not dot8_fits(dims[2]):  # type: ignore[union-attr]
+                return None  # DOT8 dots codes (float Q, K, V have none), 32 columns or more
         h, d = int(attrs["num_heads"]), int(attrs["head_size"])
         packed = bool(int(attrs.get("packed", 0) or 0))
         ys = _info(inputs, 5)  # y_scale: Y as codes for a quantized projection (link_codes)
