@@ -768,13 +768,7 @@ def compare(
         prep: Prepared | None = None
         try:
             prep = _prepare(key, path, graph, module, feeds, dev, cuda, no_module_reason, opt_level)
-            out = prep.extra.pop("_outputs", None)
-            first = prep.fn()
-            if cuda:
-                torch.cuda.synchronize()
-            outs = out() if out is not None else flatten_outputs(first)
-            outputs[key] = [_to_f64(o) for o in outs]
-            del first, outs
+            outputs[key] = _first_outputs(prep, cuda)
             res = run_benchmark(prep.name, prep.fn, batch, cfg, dev, profile_fn=prep.profile_fn)
             if prep.after is not None:
                 prep.after(res)
@@ -847,22 +841,28 @@ def _untimed_fp32_outputs(
 ) -> list[np.ndarray] | None:
     """One call of the module in FP32 on the device, as the PyTorch eager FP32 peer runs it;
     None when it cannot run (the error column is then left out, with the warning)."""
-    import torch  # noqa: PLC0415
-
     prep: Prepared | None = None
     try:
         prep = prepare_torch_eager(module, feeds, device)
-        out = prep.extra.pop("_outputs", None)
-        first = prep.fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return [_to_f64(o) for o in (out() if out is not None else flatten_outputs(first))]
+        return _first_outputs(prep, device.startswith("cuda"))
     except Exception:  # noqa: BLE001  (no reference: the comparison still stands)
         return None
     finally:
         if prep is not None and prep.cleanup is not None:
             prep.cleanup()
         gc.collect()
+
+
+def _first_outputs(prep: Prepared, cuda: bool) -> list[np.ndarray]:
+    """A prepared peer's outputs from one call, as float64 arrays (the device copies are
+    dropped on return, before anything is timed)."""
+    import torch  # noqa: PLC0415
+
+    out = prep.extra.pop("_outputs", None)
+    first = prep.fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return [_to_f64(o) for o in (out() if out is not None else flatten_outputs(first))]
 
 
 def _attach_errors(
