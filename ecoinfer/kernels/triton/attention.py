@@ -201,6 +201,12 @@ def _flash_tile(
     comes in log2 units (_fill_log2)."""
     b = pid_bh // H
     h = pid_bh % H
+    # TMA tiles (int32 coordinates in the [B*S, width] matrices): the first row of this
+    # sequence's queries and keys, and head h's first column of Q/K and of V
+    q_row = b * SQ + pid_m * BLOCK_M
+    k_row = b * SK
+    qk_col = h * D
+    v_col_h = h * DV
     if INT64:
         b = b.to(tl.int64)
         h = h.to(tl.int64)
@@ -214,7 +220,7 @@ def _flash_tile(
     offs_dv = tl.arange(0, BLOCK_DV)
     mask_m = offs_m < SQ
     if TMA:  # rows b*SQ.. of the [B*SQ, width] matrix, head h's columns (whole tiles only)
-        q = q_desc.load([(pid_bh // H) * SQ + pid_m * BLOCK_M, q_col + (pid_bh % H) * D])
+        q = q_desc.load([q_row, q_col + qk_col])
     else:
         q = tl.load(
             q_ptr + offs_m[:, None] * sq_m + offs_d[None, :] * sq_d,
@@ -258,7 +264,7 @@ def _flash_tile(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < SK
         if TMA:  # a [BLOCK_N, D] tile, used as [D, BLOCK_N] (the K-major operand)
-            k = k_desc.load([(pid_bh // H) * SK + start_n, k_col + (pid_bh % H) * D]).T
+            k = k_desc.load([k_row + start_n, k_col + qk_col]).T
         else:
             # K tile as [D, BLOCK_N] read through the strides (k_transposed only swaps them)
             k = tl.load(
@@ -315,7 +321,7 @@ def _flash_tile(
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
         if TMA:
-            v = v_desc.load([(pid_bh // H) * SK + start_n, v_col + (pid_bh % H) * DV])
+            v = v_desc.load([k_row + start_n, v_col + v_col_h])
         else:
             v = tl.load(
                 v_ptr + offs_n[:, None] * sv_n + offs_dv[None, :] * sv_d,
