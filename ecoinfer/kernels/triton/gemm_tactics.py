@@ -220,12 +220,13 @@ def _attention_configs(
         return [FlashConfig().as_dict()]
     sq, sk, d, dv = dims
     cfgs = flash_configs(sq, sk, d, inputs[0].dtype)  # type: ignore[union-attr]
-    if node.op_type == "MultiHeadAttention" and tma_supported(build.device):
+    if node.op_type != "MultiHeadAttention":
+        return [c.as_dict() for c in cfgs]
+    if tma_supported(build.device):
         # Q, K and V of [B, S, width] projections: also loaded by TMA, where tiles fit whole
         fit = [c for c in cfgs if tma_flash_fits(sq, sk, d, dv, c)]
         cfgs += [FlashConfig(**{**c.as_dict(), "TMA": 1}) for c in fit[:TMA_FLASH_CONFIGS]]
-    codes_in = inputs[0].dtype in QCODE_OF  # type: ignore[union-attr]
-    if node.op_type == "MultiHeadAttention" and codes_in and dot8_fits(d):
+    if inputs[0].dtype in QCODE_OF and dot8_fits(d):  # type: ignore[union-attr]
         # codes in: the first two pointer-load and TMA configurations also with Q.K^T on the
         # codes (8-bit tensor-core dot)
         plain = [c for c in cfgs if not c.TMA][:2] + [c for c in cfgs if c.TMA][:2]
