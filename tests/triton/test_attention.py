@@ -68,10 +68,10 @@ def qkv(dtype: torch.dtype, sq: int = S, sk: int = S, d: int = D, dv: int = D): 
     )
 
 
-def padding_mask(dtype: torch.dtype, sk: int = S) -> torch.Tensor:
-    """BERT's [B, 1, 1, Sk] additive mask: batch 1 has its last 7 keys padded."""
-    m = torch.zeros(B, 1, 1, sk)
-    m[1, ..., sk - 7 :] = torch.finfo(dtype).min
+def padding_mask(dtype: torch.dtype, sk: int = S, b: int = B, pad: int = 7) -> torch.Tensor:
+    """BERT's [b, 1, 1, Sk] additive mask: batch 1 has its last `pad` keys padded."""
+    m = torch.zeros(b, 1, 1, sk)
+    m[1, ..., sk - pad :] = torch.finfo(dtype).min
     return m.to(dtype)
 
 
@@ -477,8 +477,7 @@ def tma_check(form: str, persistent: int, device: str) -> None:
     try:
         torch.manual_seed(21)
         b, s = 3, 32
-        mask = torch.zeros(b, 1, 1, s)
-        mask[1, ..., s - 9 :] = torch.finfo(torch.float16).min
+        mask = padding_mask(torch.float16, s, b, pad=9)
         attrs: dict = {"num_heads": H, "head_size": D, "scale": D**-0.5}
         if form == "separate":
             xs: list = [torch.randn(b, s, H * D).half() for _ in range(3)] + [mask.half()]
@@ -550,8 +549,7 @@ def dot8_check(qtype: str, tma: int, device: str) -> None:
     fp16 dot on the same codes (products exact either way), and the reference's."""
     torch.manual_seed(23)
     b, s, d = 3, 32, 32  # an 8-bit dot needs K = head size >= 32
-    mask = torch.zeros(b, 1, 1, s)
-    mask[1, ..., s - 9 :] = torch.finfo(torch.float16).min
+    mask = padding_mask(torch.float16, s, b, pad=9)
     qkv_ = torch.randn(b, s, 3 * H * d) * 2
     qmax = 127.0 if qtype == "int8" else 448.0
     x_scale = torch.tensor(float(qkv_.abs().max()) / qmax)
