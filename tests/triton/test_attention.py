@@ -477,22 +477,25 @@ def tma_check(form: str, persistent: int, device: str) -> None:
     try:
         torch.manual_seed(21)
         b, s = 3, 32
-        mask = padding_mask(torch.float16, s, b, pad=9)
-        attrs: dict = {"num_heads": H, "head_size": D, "scale": D**-0.5}
+        d = 32 if form == "fp8_codes" else D  # codes take TMA tiles only dotting them (DOT8):
+        mask = padding_mask(torch.float16, s, b, pad=9)  # a head of 32 columns or more
+        attrs: dict = {"num_heads": H, "head_size": d, "scale": d**-0.5}
         if form == "separate":
-            xs: list = [torch.randn(b, s, H * D).half() for _ in range(3)] + [mask.half()]
+            xs: list = [torch.randn(b, s, H * d).half() for _ in range(3)] + [mask.half()]
         elif form == "fp8_codes":
-            qkv_ = torch.randn(b, s, 3 * H * D) * 2
+            qkv_ = torch.randn(b, s, 3 * H * d) * 2
             x_scale = torch.tensor(float(qkv_.abs().max()) / 448.0)
             xs = [(qkv_ / x_scale).to(torch.float8_e4m3fn), None, None, mask.half(), None, None]
             xs.append(x_scale)
             attrs.update(packed=1, x_qtype="fp8e4m3", out_dtype="float16")
         else:
             dt = getattr(torch, form)
-            xs = [torch.randn(b, s, 3 * H * D).to(dt), None, None, mask.to(dt)]
+            xs = [torch.randn(b, s, 3 * H * d).to(dt), None, None, mask.to(dt)]
             attrs["packed"] = 1
         base = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2}
         base["PERSISTENT"] = persistent
+        if form == "fp8_codes":
+            base["DOT8"] = 1
         prec = "bfloat16" if form == "bfloat16" else "float16"
         y_ptr = _mha_run(xs, attrs, base, prec, device)
         y_tma = _mha_run(xs, attrs, {**base, "TMA": 1}, prec, device)
@@ -559,9 +562,9 @@ def dot8_check(qtype: str, tma: int, device: str) -> None:
     xs = [codes, None, None, mask.half(), None, None, x_scale]
     attrs = {"num_heads": H, "head_size": d, "scale": d**-0.5, "packed": 1, "x_qtype": qtype,
              "out_dtype": "float16"}  # fmt: skip
-    base = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "TMA": tma}
+    base = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2}
     y16 = _mha_run(xs, attrs, base, "float16", device)
-    y8 = _mha_run(xs, attrs, {**base, "DOT8": 1}, "float16", device)
+    y8 = _mha_run(xs, attrs, {**base, "DOT8": 1, "TMA": tma}, "float16", device)
     assert y16 is not None and y8 is not None and y8.dtype == torch.float16
     diff = float((y8.double() - y16.double()).norm() / y16.double().norm())
     assert diff < 1e-3, diff
@@ -602,5 +605,32 @@ def test_mha_dot8_offered_for_codes_only() -> None:
         cfgs = gemm_tactics._attention_configs(node2, a, infos, build)
         return [c for c in cfgs if c.get("DOT8")]
 
-    assert len(dot8(32)) == 4 and sum(c["TMA"] for c in dot8(32)) == 2
+    assert sum(not c["TMA"] for c in dot8(32)) == 2 and sum(c["TMA"] for c in dot8(32)) == 4
     assert dot8(16) == []  # an 8-bit dot needs K >= 32
+
+
+def test_mha_codes_take_tma_only_with_dot8() -> None:
+    """With codes in, TMA tiles only dotting them (tma_codes_fit: widening a TMA-loaded K tile
+    of codes miscompiles in Triton 3.6): no other TMA configuration is offered or built."""
+    build = BuildInfo(torch.device("cpu"), "float16")
+    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, "num_heads": H,
+            "packed": 1, "scale": 0.25, "x_qtype": "fp8e4m3", "out_dtype": "float16"}  # fmt: skip
+    node = Node("MultiHeadAttention", ["q", "", "", "", "", "", "xs"], ["y"], full,
+                domain="ecoinfer")  # fmt: skip
+
+    def tma(d: int) -> list[dict]:
+        a = {**full, "head_size": d}
+        infos = [TensorInfo((2, 32, 3 * H * d), torch.float8_e4m3fn), None, None, None, None,
+                 None, TensorInfo((), torch.float32)]  # fmt: skip
+        return [c for c in gemm_tactics._attention_configs(node, a, infos, build) if c["TMA"]]
+
+    assert tma(32) and all(c["DOT8"] for c in tma(32))
+    assert tma(16) == []  # no 8-bit dot on a head of 16 columns: no TMA either
+    qkv_ = torch.randn(2, 32, 3 * H * 32)
+    xs = [(qkv_ / 0.01).to(torch.float8_e4m3fn), None, None, None, None, None,
+          torch.tensor(0.01)]  # fmt: skip
+    attrs = {k: full[k] for k in ("num_heads", "packed", "scale", "x_qtype", "out_dtype")}
+    attrs["head_size"] = 32
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "TMA": 1}
+    assert _mha_run(xs, attrs, cfg) is None  # declined
+    assert _mha_run(xs, attrs, {**cfg, "DOT8": 1}) is not None

@@ -773,6 +773,14 @@ def tma_flash_fits(sq: int, sk: int, d: int, dv: int, cfg: FlashConfig) -> bool:
     )
 
 
+def tma_codes_fit(codes: bool, d: int, cfg: FlashConfig) -> bool:
+    """With 8-bit codes in, TMA tiles only where Q.K^T dots the codes (DOT8). Widening a
+    TMA-loaded, transposed 8-bit K tile to fp16 miscompiles in Triton 3.6 (H200, BLOCK_N 64
+    with 3 stages: relative error 0.57 against 0.05 for every other configuration, probe
+    attention_tma_probe_h200_2026-11-28t), and DOT8 timed faster wherever it ran."""
+    return not codes or (bool(cfg.DOT8) and dot8_fits(d))
+
+
 def _rows2d(x: Tensor) -> Tensor | None:
     """[B, S, W] as a [B*S, W] view a TMA descriptor can address, else None."""
     if x.dim() != 3 or x.numel() == 0 or x.stride(0) != x.shape[1] * x.stride(1):
@@ -790,6 +798,8 @@ def _tma_operands(
     if TensorDescriptor is None or not tma_supported(q.device):
         return None
     if not tma_flash_fits(q.shape[1], k.shape[1], d, dv, cfg):
+        return None
+    if not tma_codes_fit(q.dtype in QCODE_OF, d, cfg):
         return None
     if packed:
         base = _rows2d(q)

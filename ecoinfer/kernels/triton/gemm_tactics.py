@@ -32,6 +32,7 @@ from ecoinfer.kernels.triton.attention import (
     flash_attention,
     flash_configs,
     flash_mha,
+    tma_codes_fit,
     tma_flash_fits,
 )
 from ecoinfer.kernels.triton.conv import ConvConfig, conv_configs, conv_out_size, fused_conv
@@ -219,18 +220,22 @@ def _attention_configs(
     if dims is None:
         return [FlashConfig().as_dict()]
     sq, sk, d, dv = dims
-    cfgs = flash_configs(sq, sk, d, inputs[0].dtype)  # type: ignore[union-attr]
+    base = flash_configs(sq, sk, d, inputs[0].dtype)  # type: ignore[union-attr]
     if node.op_type != "MultiHeadAttention":
-        return [c.as_dict() for c in cfgs]
-    if tma_supported(build.device):
-        # Q, K and V of [B, S, width] projections: also loaded by TMA, where tiles fit whole
-        fit = [c for c in cfgs if tma_flash_fits(sq, sk, d, dv, c)]
-        cfgs += [FlashConfig(**{**c.as_dict(), "TMA": 1}) for c in fit[:TMA_FLASH_CONFIGS]]
-    if inputs[0].dtype in QCODE_OF and dot8_fits(d):  # type: ignore[union-attr]
-        # codes in: the first two pointer-load and TMA configurations also with Q.K^T on the
-        # codes (8-bit tensor-core dot)
-        plain = [c for c in cfgs if not c.TMA][:2] + [c for c in cfgs if c.TMA][:2]
-        cfgs += [FlashConfig(**{**c.as_dict(), "DOT8": 1}) for c in plain]
+        return [c.as_dict() for c in base]
+    cfgs = list(base)
+    codes = inputs[0].dtype in QCODE_OF  # type: ignore[union-attr]
+    dot8 = codes and dot8_fits(d)
+    if dot8:
+        # codes in: the first two configurations also with Q.K^T on the codes (an 8-bit
+        # tensor-core dot)
+        cfgs += [FlashConfig(**{**c.as_dict(), "DOT8": 1}) for c in base[:2]]
+    if tma_supported(build.device) and (dot8 or not codes):
+        # Q, K and V of [B, S, width] projections: also loaded by TMA where tiles fit whole;
+        # with codes, only dotting them (tma_codes_fit)
+        fit = [c for c in base if tma_flash_fits(sq, sk, d, dv, c)][:TMA_FLASH_CONFIGS]
+        extra = {"TMA": 1, "DOT8": 1} if codes else {"TMA": 1}
+        cfgs += [FlashConfig(**{**c.as_dict(), **extra}) for c in fit]
     return [c.as_dict() for c in cfgs]
 
 
@@ -304,6 +309,8 @@ def triton_flash(
         if config is not None and config.TMA:
             if not tma_supported(build.device) or not tma_flash_fits(*dims, config):
                 return None  # the pointer-load configuration is the same kernel here
+            if not tma_codes_fit(inputs[0].dtype in QCODE_OF, dims[2], config):  # type: ignore[union-attr]
+                return None
         if config is not None and config.DOT8:
             if inputs[0].dtype not in QCODE_OF or not dot8_fits(dims[2]):  # type: ignore[union-attr]
                 return None  # DOT8 dots codes (float Q, K, V have none), 32 columns or more
