@@ -11,7 +11,8 @@ ECOINFER_SM90_REPORT at the end of the session (test_compile_sm90.py reads it).
 
 Flags that the host code sets for the interpreter only are set as the GPU sets them, so the
 compiled variant is the one a GPU would build: SOFT_FP8 (fp8 rounding emulated in float32),
-UPCAST (bfloat16 dots widened), HW_TANH (the MUFU tanh, inline asm the interpreter lacks).
+UPCAST (bfloat16 dots widened), HW_TANH (the MUFU tanh, inline asm the interpreter lacks), PDL
+(programmatic dependent launch: griddepcontrol, also inline asm).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from triton.compiler import ASTSource, compile, make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 TARGET = GPUTarget("cuda", 90, 32)
-GPU_CONSTEXPRS = {"SOFT_FP8": False, "UPCAST": False, "HW_TANH": True}
+GPU_CONSTEXPRS = {"SOFT_FP8": False, "UPCAST": False, "HW_TANH": True, "PDL": True}
 STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin")
 
 _backend = make_backend(TARGET)

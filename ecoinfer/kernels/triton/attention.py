@@ -28,6 +28,7 @@ import triton.language as tl
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import dot_precision, needs_int64, upcast_dot
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 from ecoinfer.kernels.triton.tma_gemm import TensorDescriptor, num_sms, tma_ok, tma_supported
 
@@ -427,10 +428,12 @@ def _flash_fwd(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One program per row block of a (batch, head) (tile = pid_bh * NUM_M + pid_m), or with
     PERSISTENT, NUM_PROGS programs walking the tiles: with one key block per tile (short
     sequences: BERT's 128 tokens) the next tile's Q, K and V loads overlap this one's math."""
+    pdl_enter(PDL)
     if PERSISTENT:
         for tile in tl.range(tl.program_id(0), N_TILES, NUM_PROGS, num_stages=TILE_STAGES):
             _flash_tile(
@@ -743,6 +746,7 @@ def flash_attention(
         BLOCK_DV=_head_block(dv),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_args(q4.device),
     )
     return y
 

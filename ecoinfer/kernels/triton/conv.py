@@ -31,6 +31,7 @@ from ecoinfer.kernels.triton.gemm import (
     upcast_dot,
 )
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 
 Tensor = torch.Tensor
 
@@ -225,7 +226,9 @@ def _conv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     pid_m, pid_n = tile_ids(M, COUT, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -470,5 +473,6 @@ def fused_conv(
         GROUP_M=cfg.GROUP_M,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_args(xv.device),
     )
     return v.y

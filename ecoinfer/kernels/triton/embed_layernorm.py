@@ -41,6 +41,7 @@ from ecoinfer.kernels.triton.norms import (
     row_block,
     row_configs,
 )
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.tune.tactics import tactic
 
 Tensor = torch.Tensor
@@ -92,7 +93,9 @@ def _embed_layernorm_fwd(
     HAS_B: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     # output row -> (q, r) over the leading shape collapsed to [rows / d1, d1]
     q = r64 // d1
@@ -168,6 +171,7 @@ def embed_layer_norm(
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),
         num_warps=cfg.num_warps,
+        **pdl_args(y.device),
     )
     return y
 

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 
 Tensor = torch.Tensor
 
@@ -313,7 +314,9 @@ def _gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -440,5 +443,6 @@ def fused_gemm(
         EVEN_K=k % cfg.BLOCK_K == 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_args(a2.device),
     )
     return y

@@ -25,6 +25,7 @@ import triton.language as tl
 from ecoinfer.ir.graph import Node
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.gemm import interpreting
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.kernels.triton.qgemm import QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
@@ -166,7 +167,9 @@ def _layernorm_fwd(
     SOFT_FP8: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     x = x.to(tl.float32)
@@ -193,7 +196,9 @@ def _rmsnorm_fwd(
     eps,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     x = x.to(tl.float32)
@@ -257,6 +262,7 @@ def layer_norm(
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),
         num_warps=cfg.num_warps,
+        **pdl_args(x2.device),
     )
     return y
 
@@ -287,6 +293,7 @@ def rms_norm(
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),
         num_warps=cfg.num_warps,
+        **pdl_args(x2.device),
     )
     return y
 

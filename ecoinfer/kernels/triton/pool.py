@@ -22,6 +22,7 @@ import triton.language as tl
 from ecoinfer.ir.graph import Node
 from ecoinfer.ir.ops.nn import window_out, window_params
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo
 
 Tensor = torch.Tensor
@@ -66,7 +67,9 @@ def _maxpool_nhwc_kernel(
     KW: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat (n, oh, ow)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs_p < P
@@ -149,6 +152,7 @@ def _maxpool(x: Tensor, g: _Geom, config: PoolConfig | None) -> Tensor:
         g.strides[0], g.strides[1], g.begins[0], g.begins[1], g.dil[0], g.dil[1],
         KH=g.kernel[0], KW=g.kernel[1], BLOCK_P=cfg.BLOCK_P, BLOCK_C=cfg.BLOCK_C,
         num_warps=cfg.num_warps,
+        **pdl_args(x.device),
     )  # fmt: skip
     return y
 

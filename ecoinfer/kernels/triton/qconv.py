@@ -24,6 +24,7 @@ import triton.language as tl
 from ecoinfer.ir.ops.fused_conv import to_first, to_last
 from ecoinfer.kernels.triton.conv import conv_epilogue, conv_step_tiles, conv_views
 from ecoinfer.kernels.triton.gemm import act_code, needs_int64, tile_ids
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.kernels.triton.qgemm import (
     QCODE,
     QTYPES,
@@ -138,7 +139,9 @@ def _qconv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     pid_m, pid_n = tile_ids(M, COUT, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -327,5 +330,6 @@ def qconv(
         GROUP_M=cfg.GROUP_M,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_args(xv.device),
     )
     return v.y

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ecoinfer.kernels.triton.gemm import _as_2d, act_code, gemm_epilogue
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 
 Tensor = torch.Tensor
 
@@ -44,7 +45,9 @@ def _scaled_epilogue_kernel(
     HAS_RES: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -108,5 +111,6 @@ def scaled_epilogue(
         p0, p1,
         HAS_SCALE=s is not None, HAS_BIAS=bias is not None, ACT=code, HAS_RES=r2 is not None,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
+        **pdl_args(acc.device),
     )  # fmt: skip
     return y

@@ -48,6 +48,7 @@ from ecoinfer.kernels.triton.gemm import (
     tile_ids,
 )
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 
 Tensor = torch.Tensor
 
@@ -111,7 +112,9 @@ def _quantize_kernel(
     SOFT_FP8: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     if INT64:
         pid = pid.to(tl.int64)
@@ -152,6 +155,7 @@ def quantize(x: Tensor, x_scale: Tensor, qtype: str, exact: bool = False) -> Ten
         INT64=n >= 2**31 - block,
         BLOCK=block,
         num_warps=4,
+        **pdl_args(src.device),
     )
     return q
 
@@ -297,7 +301,9 @@ def _qgemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -448,5 +454,6 @@ def qgemm(
         EVEN_K=k % cfg.BLOCK_K == 0,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_args(x2.device),
     )
     return y

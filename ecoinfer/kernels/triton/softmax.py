@@ -28,6 +28,7 @@ from ecoinfer.kernels.triton.norms import (
     row_block,
     row_configs,
 )
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 
 Tensor = torch.Tensor
 
@@ -42,7 +43,9 @@ def _softmax_fwd(
     LOG: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
     x = tl.load(X + r64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     # the tail reads -inf (exp gives 0); rows past the end stay finite (no NaN work)
@@ -77,6 +80,7 @@ def softmax(x: Tensor, log: bool = False, cfg: RowConfig | None = None) -> Tenso
         ROWS=cfg.rows,
         BLOCK=next_pow2(n_cols),
         num_warps=cfg.num_warps,
+        **pdl_args(x2.device),
     )
     return y
 

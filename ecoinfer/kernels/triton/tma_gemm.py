@@ -44,6 +44,7 @@ from ecoinfer.kernels.triton.gemm import (
     upcast_dot,
 )
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 
 Tensor = torch.Tensor
@@ -279,7 +280,9 @@ def _tma_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     # a KH x KW convolution (stride 1, output the size of the input): K = C channels per
@@ -528,5 +531,6 @@ def tma_gemm(
         GROUP_M=cfg.GROUP_M,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_args(x.device),
     )
     return y
