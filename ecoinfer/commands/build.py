@@ -310,6 +310,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"{rep['nodes']['imported']} -> {rep['nodes']['plan']} layers"
     )
     _print_quantization(rep.get("quantization"))
+    if rep.get("pdl"):
+        pdl = rep["pdl"]
+        print(
+            f"programmatic dependent launch {'on' if pdl['enabled'] else 'off'}: the engine "
+            f"replays in {pdl['on_ms']:.3f} ms with it, {pdl['off_ms']:.3f} ms without ({pdl['timing']})"
+        )
     if rep.get("skip_layernorm"):
         print(
             f"{len(rep['skip_layernorm'])} residual add(s) moved from a GEMM into the LayerNorm "

@@ -30,6 +30,7 @@ from ecoinfer.ir.analysis import index_table_sizes
 from ecoinfer.ir.graph import Graph, Node, Value, all_inputs, last_uses
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
+from ecoinfer.kernels.triton.pdl import pdl_scope
 
 Tensor = torch.Tensor
 RunFn = Callable[[list[Tensor | None]], list[Tensor]]
@@ -176,6 +177,9 @@ class Engine:
         self.report = report or {}
         self.source = source
         self.warnings: list[str] = []
+        # programmatic dependent launch for the Triton kernels (kernels/triton/pdl.py): set by
+        # the builder where it timed faster
+        self.pdl = False
         # compiled Triton kernels the engine file carries (engine/triton_binaries.py)
         self.triton_binaries: dict[str, dict[str, str]] = {}
         self._host = _host_params(graph)
@@ -426,6 +430,14 @@ class ExecutionContext:
 
     def _execute(
         self, plan: _Plan, inputs: dict[str, Tensor], marks: list | None = None
+    ) -> dict[str, Tensor]:
+        # the engine's launch mode (chosen by timing at build): eager runs, warm-ups and CUDA
+        # graph captures alike
+        with pdl_scope(self.engine.pdl):
+            return self._execute_steps(plan, inputs, marks)
+
+    def _execute_steps(
+        self, plan: _Plan, inputs: dict[str, Tensor], marks: list | None
     ) -> dict[str, Tensor]:
         env: dict[str, Tensor] = dict(plan.consts)
         env.update(inputs)

@@ -11,13 +11,19 @@ one ahead of it. A kernel launched without PDL (cuBLAS, cuDNN, torch) waits as u
 
 `pdl_args(device)` gives the launch keywords, the same switch for both halves (a kernel
 launched early that does not wait would race): on for CUDA devices of compute capability 9.0
-or more with the compiler (not the CPU interpreter), off with ECOINFER_PDL=0.
+or more with the compiler (not the CPU interpreter). An engine runs its kernels inside
+`pdl_scope(engine.pdl)`: the builder times the whole engine both ways and keeps the faster
+(on an H200 it cut BERT-base b1 by 9% and cost FP8 b64 1-2%: bench/results/pdl_ab_*). The
+environment overrides both: ECOINFER_PDL=0 never, ECOINFER_PDL=1 always.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import triton
@@ -34,17 +40,40 @@ def pdl_enter(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+_scope = threading.local()
+
+
+@contextmanager
+def pdl_scope(on: bool) -> Iterator[None]:
+    """Launches from this thread inside the block use PDL only if `on` (an engine's choice)."""
+    prev = getattr(_scope, "on", None)
+    _scope.on = on
+    try:
+        yield
+    finally:
+        _scope.on = prev
+
+
 @functools.cache
 def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-def pdl_enabled(device: torch.device) -> bool:
+def pdl_supported(device: torch.device) -> bool:
+    """This device can launch with PDL and the environment does not forbid it."""
     from ecoinfer.kernels.triton.gemm import interpreting  # noqa: PLC0415  (gemm imports pdl)
 
-    if device.type != "cuda" or interpreting() or os.environ.get("ECOINFER_PDL", "1") == "0":
+    if device.type != "cuda" or interpreting() or os.environ.get("ECOINFER_PDL") == "0":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Launch with PDL here and now: supported, and not turned off by the enclosing scope
+    (outside any scope, as when the tuner times one layer, it is on)."""
+    if not pdl_supported(device):
+        return False
+    return os.environ.get("ECOINFER_PDL") == "1" or getattr(_scope, "on", None) is not False
 
 
 def pdl_args(device: torch.device) -> dict[str, bool]:
