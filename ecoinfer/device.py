@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import threading
 from collections.abc import Iterator
@@ -56,16 +57,21 @@ _HOST_CHECKS = threading.local()
 
 
 @contextmanager
-def host_checks_off() -> Iterator[None]:
-    """Skip the kernels' data-dependent checks that read a GPU tensor on the host (index
-    bounds): each one is a device sync. The profiler runs a checked warm-up first, then times
-    the plan with them off so the host stays ahead of the GPU, as in a CUDA-graph replay."""
-    before = getattr(_HOST_CHECKS, "off", False)
-    _HOST_CHECKS.off = True
+def thread_setting(store: threading.local, name: str, value: object) -> Iterator[None]:
+    """`store.name = value` for this thread inside the block, restored after (None if unset)."""
+    before = getattr(store, name, None)
+    setattr(store, name, value)
     try:
         yield
     finally:
-        _HOST_CHECKS.off = before
+        setattr(store, name, before)
+
+
+def host_checks_off() -> contextlib.AbstractContextManager[None]:
+    """Skip the kernels' data-dependent checks that read a GPU tensor on the host (index
+    bounds): each one is a device sync. The profiler runs a checked warm-up first, then times
+    the plan with them off so the host stays ahead of the GPU, as in a CUDA-graph replay."""
+    return thread_setting(_HOST_CHECKS, "off", True)
 
 
 def host_checks_allowed(t: object) -> bool:

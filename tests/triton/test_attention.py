@@ -594,43 +594,34 @@ def test_mha_dot8_offered_for_codes_only() -> None:
     ]
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "DOT8": 1}
     assert _mha_run([torch.randn(2, 32, 3 * H * D).half()], attrs, cfg) is None  # declined
-    codes_attrs = {**full, "x_qtype": "fp8e4m3", "out_dtype": "float16"}
-    node2 = Node("MultiHeadAttention", ["q", "", "", "", "", "", "xs"], ["y"], codes_attrs,
-                 domain="ecoinfer")  # fmt: skip
+    dot8 = [c for c in _codes_configs(32) if c["DOT8"]]
+    assert sum(not c["TMA"] for c in dot8) == 2 and sum(c["TMA"] for c in dot8) == 4
+    assert not [c for c in _codes_configs(16) if c["DOT8"]]  # an 8-bit dot needs K >= 32
 
-    def dot8(d: int) -> list[dict]:
-        a = {**codes_attrs, "head_size": d}
-        infos = [TensorInfo((2, 32, 3 * H * d), torch.float8_e4m3fn), None, None, None, None,
-                 None, TensorInfo((), torch.float32)]  # fmt: skip
-        cfgs = gemm_tactics._attention_configs(node2, a, infos, build)
-        return [c for c in cfgs if c.get("DOT8")]
 
-    assert sum(not c["TMA"] for c in dot8(32)) == 2 and sum(c["TMA"] for c in dot8(32)) == 4
-    assert dot8(16) == []  # an 8-bit dot needs K >= 32
+def _codes_configs(d: int) -> list[dict]:
+    """The flash configurations offered for packed FP8 QKV codes with heads of d columns."""
+    attrs = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, "num_heads": H, "head_size": d,
+             "packed": 1, "scale": 0.25, "x_qtype": "fp8e4m3", "out_dtype": "float16"}  # fmt: skip
+    node = Node("MultiHeadAttention", ["q", "", "", "", "", "", "xs"], ["y"], attrs,
+                domain="ecoinfer")  # fmt: skip
+    infos = [TensorInfo((2, 32, 3 * H * d), torch.float8_e4m3fn), None, None, None, None, None,
+             TensorInfo((), torch.float32)]  # fmt: skip
+    build = BuildInfo(torch.device("cpu"), "float16")
+    return gemm_tactics._attention_configs(node, attrs, infos, build)
 
 
 def test_mha_codes_take_tma_only_with_dot8() -> None:
     """With codes in, TMA tiles only dotting them (tma_codes_fit: widening a TMA-loaded K tile
     of codes miscompiles in Triton 3.6): no other TMA configuration is offered or built."""
-    build = BuildInfo(torch.device("cpu"), "float16")
-    full = {**get_schema("MultiHeadAttention", "ecoinfer").attrs, "num_heads": H,
-            "packed": 1, "scale": 0.25, "x_qtype": "fp8e4m3", "out_dtype": "float16"}  # fmt: skip
-    node = Node("MultiHeadAttention", ["q", "", "", "", "", "", "xs"], ["y"], full,
-                domain="ecoinfer")  # fmt: skip
-
-    def tma(d: int) -> list[dict]:
-        a = {**full, "head_size": d}
-        infos = [TensorInfo((2, 32, 3 * H * d), torch.float8_e4m3fn), None, None, None, None,
-                 None, TensorInfo((), torch.float32)]  # fmt: skip
-        return [c for c in gemm_tactics._attention_configs(node, a, infos, build) if c["TMA"]]
-
-    assert tma(32) and all(c["DOT8"] for c in tma(32))
-    assert tma(16) == []  # no 8-bit dot on a head of 16 columns: no TMA either
+    tma = [c for c in _codes_configs(32) if c["TMA"]]
+    assert tma and all(c["DOT8"] for c in tma)
+    assert not [c for c in _codes_configs(16) if c["TMA"]]  # no 8-bit dot on 16 columns: no TMA
     qkv_ = torch.randn(2, 32, 3 * H * 32)
     xs = [(qkv_ / 0.01).to(torch.float8_e4m3fn), None, None, None, None, None,
           torch.tensor(0.01)]  # fmt: skip
-    attrs = {k: full[k] for k in ("num_heads", "packed", "scale", "x_qtype", "out_dtype")}
-    attrs["head_size"] = 32
+    attrs = {"num_heads": H, "head_size": 32, "packed": 1, "scale": 0.25, "x_qtype": "fp8e4m3",
+             "out_dtype": "float16"}  # fmt: skip
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "TMA": 1}
     assert _mha_run(xs, attrs, cfg) is None  # declined
     assert _mha_run(xs, attrs, {**cfg, "DOT8": 1}) is not None

@@ -22,13 +22,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from ecoinfer.device import thread_setting
 
 
 @triton.jit
@@ -43,15 +44,9 @@ def pdl_enter(PDL: tl.constexpr):
 _scope = threading.local()
 
 
-@contextmanager
-def pdl_scope(on: bool) -> Iterator[None]:
+def pdl_scope(on: bool) -> AbstractContextManager[None]:
     """Launches from this thread inside the block use PDL only if `on` (an engine's choice)."""
-    prev = getattr(_scope, "on", None)
-    _scope.on = on
-    try:
-        yield
-    finally:
-        _scope.on = prev
+    return thread_setting(_scope, "on", on)
 
 
 @functools.cache
