@@ -562,3 +562,41 @@ def test_tma_qconv_linked_forms(qtype: str) -> None:
     assert float((y.float() != ref.float()).float().mean()) < 0.05
     # the float convolutions' tactics decline codes
     assert tma_tactics.triton_tma_conv(node, attrs, infos, {}, build) is None
+
+
+@pytest.mark.parametrize("epi_tma", [0, 1])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_residual_rebuilt_from_norm_statistics(epi_tma: int, has_bias: bool) -> None:
+    """A LayerNorm that writes only its codes and row statistics, and a GEMM that adds the
+    norm's Y as its residual by rebuilding it from the norm's input (residual_norm): the same
+    output bit for bit as the norm writing Y and the GEMM reading it."""
+    from ecoinfer.kernels.triton.norms import layer_norm  # noqa: PLC0415
+
+    torch.manual_seed(5)
+    m, k, n = 40, 64, 32
+    h = (torch.randn(m, n) * 3 + 1).half()  # the norm's input (a sum before LayerNorm)
+    gamma, beta = (torch.rand(n) + 0.5).half(), (torch.randn(n) * 0.1).half()
+    bias = beta if has_bias else None
+    ys = torch.tensor(0.02)
+    codes_full = torch.empty(m, n, dtype=torch.float8_e4m3fn)
+    y = layer_norm(h, gamma, bias, -1, 1e-12, None, codes_full, ys, False)
+    codes = torch.empty_like(codes_full)
+    stats = (torch.empty(m), torch.empty(m))
+    empty = layer_norm(h, gamma, bias, -1, 1e-12, None, codes, ys, False, stats=stats,
+                       write_y=False)  # fmt: skip
+    assert empty.numel() == 0 and torch.equal(codes.view(torch.uint8), codes_full.view(torch.uint8))
+    hf = h.float()
+    assert torch.allclose(stats[0], hf.mean(-1), atol=1e-5)
+    assert torch.allclose(stats[1], 1 / torch.sqrt(hf.var(-1, unbiased=False) + 1e-12), rtol=1e-5)
+
+    xs = case((m,), n, k, "fp8e4m3", torch.float16, True, False)
+    xq = quantize(xs[0], xs[2], "fp8e4m3", exact=True)  # type: ignore[arg-type]
+    cfg = TmaGemmConfig(**{**TINY.as_dict(), "EPI_TMA": epi_tma})
+    kw = {"x_scale": xs[2], "w_scale": xs[3], "config": cfg}
+    want = tma_gemm(xq, xs[1], xs[4], y, **kw)  # type: ignore[arg-type]
+    got = tma_gemm(xq, xs[1], xs[4], h, residual_norm=(*stats, gamma, bias), **kw)  # type: ignore[arg-type]
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="residual_norm needs a residual"):
+        tma_gemm(xq, xs[1], xs[4], None, residual_norm=(*stats, gamma, bias), **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="float32"):
+        tma_gemm(xq, xs[1], xs[4], h, residual_norm=(stats[0].half(), stats[1], gamma, bias), **kw)  # type: ignore[arg-type]

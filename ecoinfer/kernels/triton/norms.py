@@ -131,19 +131,37 @@ def row_block(n_rows, n_cols, ROWS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B: tl.constexpr):
-    """LayerNorm of the float32 rows x (zero past n_cols): mean, variance and 1/sqrt in
-    float32, then scale (and bias) loaded along the columns."""
+def layernorm_stats(x, mask, n_cols, eps):
+    """(x - mean, mean, 1/sqrt(var + eps)) of the float32 rows x (zero past n_cols)."""
     mean = tl.sum(x, axis=1) / n_cols
     d = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(d * d, axis=1) / n_cols
     inv = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    return d, mean, inv
+
+
+@triton.jit
+def norm_affine(d, inv, w, b, HAS_B: tl.constexpr):
+    """LayerNorm's Y from the centred rows d, their 1/std and the float32 scale (and bias)
+    along the columns. The one formula for the norm kernels and for the GEMM epilogue that
+    rebuilds Y from X and the row statistics (tma_gemm's residual_norm): the same float32
+    operations in the same order, so both round Y alike."""
     y = d * inv[:, None] * w[None, :]
     if HAS_B:
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
         y = y + b[None, :]
     return y
+
+
+@triton.jit
+def layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B: tl.constexpr):
+    """LayerNorm of the float32 rows x (zero past n_cols): mean, variance and 1/sqrt in
+    float32, then scale (and bias) loaded along the columns."""
+    d, mean, inv = layernorm_stats(x, mask, n_cols, eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    b = w
+    if HAS_B:
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+    return norm_affine(d, inv, w, b, HAS_B)
 
 
 @triton.jit
@@ -168,6 +186,10 @@ def _layernorm_fwd(
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL: tl.constexpr = False,
+    MEAN=None,
+    INV=None,
+    STATS: tl.constexpr = False,
+    WRITE_Y: tl.constexpr = True,
 ):
     pdl_enter(PDL)
     r64, cols, rmask, cmask, mask = row_block(n_rows, n_cols, ROWS, BLOCK)
@@ -176,9 +198,18 @@ def _layernorm_fwd(
     if HAS_SKIP:  # SkipLayerNorm: the residual add, in float32, before the statistics
         sk = tl.load(S + r64[:, None] * stride_s + cols[None, :], mask=mask, other=0.0)
         x = x + sk.to(tl.float32)
-    y = layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B)
+    d, mean, inv = layernorm_stats(x, mask, n_cols, eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    b = w
+    if HAS_B:
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = norm_affine(d, inv, w, b, HAS_B)
     yr = y.to(Y.dtype.element_ty)
-    tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
+    if WRITE_Y:
+        tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
+    if STATS:  # the row statistics, from which a reader rebuilds Y (tma_gemm residual_norm)
+        tl.store(MEAN + r64, mean, mask=rmask)
+        tl.store(INV + r64, inv, mask=rmask)
     if QOUT >= 0:  # codes of the stored Y for a quantized reader (LayerNormCodes)
         y_scale = tl.load(YS).to(tl.float32)
         q = quantize_block(yr.to(tl.float32), 1.0 / y_scale, y_scale, QOUT, EXACT, SOFT_FP8)
@@ -221,33 +252,45 @@ def layer_norm(
     y_scale: Tensor | None = None,
     exact: bool = True,
     skip: Tensor | None = None,
+    stats: tuple[Tensor, Tensor] | None = None,
+    write_y: bool = True,
 ) -> Tensor:
     """ONNX LayerNormalization's Y (dtype of x), normalizing axes [axis, rank); with
     `codes` (int8 / float8_e4m3fn, x's shape, dense) and y_scale, also quant(Y / y_scale)
     into `codes` in the same pass (ecoinfer.LayerNormCodes). exact: Y / y_scale divided
     exactly (the quantize pass's rounding), else multiplied by 1 / y_scale as the GEMM
     epilogues do (a code on a rounding boundary may differ by one). skip (x's shape): the
-    norm of x + skip, summed in float32 (ecoinfer.SkipLayerNorm)."""
+    norm of x + skip, summed in float32 (ecoinfer.SkipLayerNorm). stats: float32 [rows]
+    tensors (mean, inv_std) the kernel also writes, from which tma_gemm's residual_norm
+    rebuilds Y bit for bit; with write_y False (codes or stats wanted), Y itself is not
+    written and an empty tensor is returned in its place."""
     axis = norm_axis(axis, x.dim())
     norm_shape = tuple(x.shape[axis:])
     n_cols = math.prod(norm_shape)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if not write_y and codes is None and stats is None:
+        raise ValueError("layer_norm: write_y=False needs codes or stats to write")
+    y = torch.empty(x.shape if write_y else (0,), dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
     x2 = as_rows(x, n_cols)
     n_rows = x2.shape[0]
+    if stats is not None and any(
+        t.dtype != torch.float32 or t.numel() != n_rows or not t.is_contiguous() for t in stats
+    ):
+        raise ValueError(f"layer_norm: stats must be two contiguous float32 [{n_rows}] tensors")
     s2 = as_rows(skip, n_cols) if skip is not None else x2
     w = _param(scale, norm_shape, n_cols)
     b = _param(bias, norm_shape, n_cols) if bias is not None else w  # unused when no bias
     cfg = cfg or default_config(n_cols)
     grid = (triton.cdiv(n_rows, cfg.rows),)
+    y_arg = y if write_y else x2  # (not written: WRITE_Y)
     _layernorm_fwd[grid](
         x2,
         s2,
         w,
         b,
-        y,
-        codes if codes is not None else y,
+        y_arg,
+        codes if codes is not None else y_arg,
         y_scale if y_scale is not None else w,
         n_rows,
         n_cols,
@@ -263,6 +306,10 @@ def layer_norm(
         BLOCK=next_pow2(n_cols),
         num_warps=cfg.num_warps,
         **pdl_args(x2.device),
+        MEAN=stats[0] if stats is not None else w,
+        INV=stats[1] if stats is not None else w,
+        STATS=stats is not None,
+        WRITE_Y=write_y,
     )
     return y
 

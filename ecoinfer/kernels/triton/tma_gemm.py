@@ -44,6 +44,7 @@ from ecoinfer.kernels.triton.gemm import (
     upcast_dot,
 )
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
+from ecoinfer.kernels.triton.norms import norm_affine
 from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 
@@ -281,6 +282,12 @@ def _tma_gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PDL: tl.constexpr = False,
+    rmean_ptr=None,
+    rinv_ptr=None,
+    rw_ptr=None,
+    rb_ptr=None,
+    RES_NORM: tl.constexpr = False,
+    RES_NORM_B: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -366,10 +373,20 @@ def _tma_gemm_kernel(
         mask = mask_m[:, None] & mask_n[None, :]
         if HAS_RES:
             if RES_TMA:  # tiles past the edge read as zeros
-                out += r_desc.load([off_m, off_n]).to(tl.float32)
+                r = r_desc.load([off_m, off_n]).to(tl.float32)
             else:
                 r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
-                out += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+                r = tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+            if RES_NORM:  # the residual is LayerNorm(R): rebuilt from R and its row statistics
+                mu = tl.load(rmean_ptr + offs_m, mask=mask_m, other=0.0)
+                iv = tl.load(rinv_ptr + offs_m, mask=mask_m, other=0.0)
+                rw = tl.load(rw_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+                rb = rw
+                if RES_NORM_B:
+                    rb = tl.load(rb_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+                r = norm_affine(r - mu[:, None], iv, rw, rb, RES_NORM_B)
+                r = r.to(res_ptr.dtype.element_ty).to(tl.float32)  # as the norm stores its Y
+            out += r
         out = apply_act(out, POST, q0, q1)  # the activation after the residual add
         if QOUT >= 0:
             # the float result rounds once, straight to the next layer's codes
@@ -413,8 +430,16 @@ def tma_gemm(
     out_dtype: torch.dtype | None = None,
     config: TmaGemmConfig | None = None,
     conv: ConvGeometry | None = None,
+    residual_norm: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """post(act(X @ W^T [* x_scale * w_scale] + bias) + residual), optionally as codes.
+
+    residual_norm (mean, inv_std, scale, bias): the residual added is LayerNorm(residual)
+    over its last axis, rebuilt in the epilogue from the residual given (the norm's input,
+    of the output's shape), the row statistics the norm kernel wrote (float32 [rows], see
+    norms.layer_norm's stats) and its scale / bias [N], and rounded to the residual's dtype
+    as the norm rounds its Y: the same sum as with the norm's stored Y, which need not be
+    written.
 
     With `conv`, X is a channels-last image [N, H, W, C] and W [Cout, KH*KW*C] (OHWI
     flattened): the stride-1 convolution whose output has the input's size, as an implicit
@@ -473,6 +498,7 @@ def tma_gemm(
     wblock = [cfg.BLOCK_K, cfg.BLOCK_N] if w_kn else [cfg.BLOCK_N, cfg.BLOCK_K]
     w_desc = TensorDescriptor.from_tensor(w2, wblock)
     r2 = _as_2d(residual.expand(out_shape), m, n) if residual is not None else None
+    rn = _residual_norm(residual_norm, residual, out_shape, m, n)
     y_fits, r_fits = tma_epilogue(
         cfg, esz, y2.element_size(), r2.element_size() if r2 is not None else 0, xsz
     )
@@ -532,5 +558,34 @@ def tma_gemm(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **pdl_args(x.device),
+        rmean_ptr=rn[0] if rn is not None else y2,
+        rinv_ptr=rn[1] if rn is not None else y2,
+        rw_ptr=rn[2] if rn is not None else y2,
+        rb_ptr=rn[3] if rn is not None and rn[3] is not None else y2,
+        RES_NORM=rn is not None,
+        RES_NORM_B=rn is not None and rn[3] is not None,
     )
     return y
+
+
+def _residual_norm(
+    rn: tuple[Tensor, Tensor, Tensor, Tensor | None] | None,
+    residual: Tensor | None,
+    out_shape: tuple[int, ...],
+    m: int,
+    n: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+    """residual_norm's tensors, checked: float32 [m] statistics, [n] scale and bias."""
+    if rn is None:
+        return None
+    if residual is None or tuple(residual.shape) != tuple(out_shape):
+        raise ValueError("tma_gemm: residual_norm needs a residual of the output's shape")
+    mean, inv, scale, bias = rn
+    for t, what in ((mean, "mean"), (inv, "inv_std")):
+        if t.dtype != torch.float32 or t.numel() != m or not t.is_contiguous():
+            raise ValueError(f"tma_gemm: residual_norm {what} must be contiguous float32 [{m}]")
+    for t, what in ((scale, "scale"), (bias, "bias")):
+        if t is not None and t.numel() != n:
+            raise ValueError(f"tma_gemm: residual_norm {what} must have {n} elements")
+    return (mean, inv, scale.reshape(n).contiguous(),
+            bias.reshape(n).contiguous() if bias is not None else None)  # fmt: skip
