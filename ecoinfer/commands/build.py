@@ -98,6 +98,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="never let a layer write the int8/FP8 codes of the quantized layer that reads it; "
         "by default a GPU build does where the linked pair times faster",
     )
+    q.add_argument(
+        "--no-link-norm",
+        action="store_true",
+        help="keep every LayerNorm writing its float output; by default a GPU build lets a "
+        "LayerNorm whose float output only a quantized GEMM's residual reads write its row "
+        "statistics instead (the GEMM rebuilds the output) where that times faster",
+    )
     p.add_argument(
         "--no-skip-layernorm",
         action="store_true",
@@ -299,6 +306,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         quant=quant,
         quant_fallback=False if getattr(args, "obey_precision", False) else None,
         link_codes=False if getattr(args, "no_link_codes", False) else None,
+        link_norm=False if getattr(args, "no_link_norm", False) else None,
         skip_layernorm=False if args.no_skip_layernorm else None,
         exclude_tactics=tuple(t.strip() for t in args.exclude_tactics.split(",") if t.strip()),
     )
@@ -315,6 +323,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(
             f"programmatic dependent launch {'on' if pdl['enabled'] else 'off'}: the engine "
             f"replays in {pdl['on_ms']:.3f} ms with it, {pdl['off_ms']:.3f} ms without ({pdl['timing']})"
+        )
+    if rep.get("norm_residual"):
+        print(
+            f"{len(rep['norm_residual'])} LayerNorm(s) write row statistics instead of their "
+            "float output, which the quantized GEMM reading it as a residual rebuilds, where "
+            "the pair timed faster"
         )
     if rep.get("skip_layernorm"):
         print(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ecoinfer.device import pick_device
-from ecoinfer.engine import link_codes, link_skip
+from ecoinfer.engine import link_codes, link_norm, link_skip
 from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
 from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
 from ecoinfer.engine.quant_fallback import apply as apply_float_twins
@@ -89,6 +89,10 @@ class BuildConfig:
     # a FusedGemm's residual add moves into the LayerNormalization reading it
     # (ecoinfer.SkipLayerNorm, engine/link_skip) where timing says it pays; None: GPU builds
     skip_layernorm: bool | None = None
+    # a LayerNormCodes whose float Y only a QGemm's residual reads writes row statistics
+    # instead, the QGemm rebuilding Y (engine/link_norm), where timing says it pays; None:
+    # GPU builds
+    link_norm: bool | None = None
     # tactic names never tried (trtexec's --tacticSources in spirit): e.g. a kernel family
     # that misbehaves on this GPU or driver; the reference tactic always remains
     exclude_tactics: tuple[str, ...] = ()
@@ -299,6 +303,10 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         planned = link_codes.apply(planned, links)
     if skips:
         planned = link_skip.apply(planned, skips)
+    norm_links: list[link_norm.NormLink] = []
+    if links and (cfg.link_norm if cfg.link_norm is not None else device.startswith("cuda")):
+        norm_links = _tune_norm_links(planned, profiles[0], choices, cfg, cache, device)
+        planned = link_norm.apply(planned, norm_links)
     report = {
         "build_seconds": time.perf_counter() - t_start,
         "opt_level": opt_level,
@@ -322,6 +330,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         "candidates": candidates,
         "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
         "skip_layernorm": [{"gemm": sl.producer, "norm": sl.consumer} for sl in skips],
+        "norm_residual": [{"norm": nl.producer, "gemm": nl.consumer} for nl in norm_links],
     }
     if quant_report is not None:
         from ecoinfer.quant.budget import quant_tactics_report  # noqa: PLC0415
@@ -763,6 +772,69 @@ def _tune_pair(p, p2, p2_xs, c, c2, c2_inputs, env, choices, c_choice, dev, g, c
         _layer_choice(chc, c_choice.precision, _input_infos(c2_xs, c2.inputs, weights)),
         c2_xs,
     )
+
+
+def _tune_norm_links(
+    planned: Graph, prof: ShapeProfile, choices: dict, cfg: BuildConfig, cache: Any, device: str
+) -> list[link_norm.NormLink]:
+    """The norm links (engine/link_norm.py) that time faster, their choices put in `choices`.
+    The plan runs once on its reference kernels at the opt shapes for the real inputs of the
+    candidate pairs."""
+    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
+
+    cands = link_norm.candidates(planned)
+    if not cands:
+        return []
+    g = _specialise(planned, prof.opt)
+    if any(n.op_type in _CONTROL_FLOW for n in g.nodes):
+        return []
+    nodes = {n.name: n for n in g.nodes}
+    cands = [c for c in cands if c.producer in nodes and c.consumer in nodes]
+    wanted = {c.producer for c in cands} | {c.consumer for c in cands}
+    dev = torch.device(device)
+    weights = set(g.initializers)
+    env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
+    feeds = random_inputs(g, dict(prof.opt), cfg.seed)
+    env.update({n: dtypes.numpy_to_torch(np.asarray(a)).to(dev) for n, a in feeds.items()})
+    last, outs = last_uses(g.nodes), set(g.output_names)
+    seen: dict[str, list] = {}
+    with torch.no_grad():
+        for i, node in enumerate(g.nodes):
+            if wanted <= set(seen):
+                break
+            xs = [env[x] if x else None for x in node.inputs]
+            if node.name in wanted:
+                seen[node.name] = xs
+            attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
+            kernel = get_kernel(node.op_type, node.domain)
+            assert kernel is not None
+            ys = kernel(KernelContext(node, attrs, dev, _no_subgraph, g.opset), xs)
+            env.update({name: y for name, y in zip(node.outputs, ys) if name})
+            for x in all_inputs(node):
+                if x and last.get(x) == i and x not in outs and x not in weights:
+                    env.pop(x, None)
+    found = []
+    for c in cands:
+        norm, gemm = nodes[c.producer], nodes[c.consumer]
+        n_xs, q_xs = seen.get(norm.name), seen.get(gemm.name)
+        if n_xs is None or q_xs is None or gemm.name not in choices:
+            continue
+        gemm2 = link_norm.linked_gemm(gemm, norm)
+        k = len(gemm2.inputs)
+
+        def gemm_inputs(n_outs, q_xs=q_xs, n_xs=n_xs, k=k):  # noqa: ANN001, ANN202
+            xs = (list(q_xs) + [None] * 7)[:7]
+            xs[link_norm.RESIDUAL] = n_xs[0]
+            bias = n_xs[2] if len(n_xs) > 2 else None
+            return (xs + [n_outs[2], n_outs[3], n_xs[1], bias])[:k]
+
+        what = ("rebuilt-residual form", "Y rebuilt", "Y written")
+        tuned = _tune_pair(norm, link_norm.linked_norm(norm), n_xs, gemm, gemm2, gemm_inputs,
+                           env, choices, choices[gemm.name], dev, g, cache, cfg, what)  # fmt: skip
+        if tuned is not None:
+            choices[norm.name], choices[gemm.name], _ = tuned
+            found.append(c)
+    return found
 
 
 def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ecoinfer.ir.graph import Node
+from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.torch_ops.fused_quant import dequant_weight, fake_quant
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
 from ecoinfer.tune.torch_tactics import _add_residual, _conv_maker, _make_addmm, act_inplace
@@ -81,6 +82,8 @@ def _parse_gemm(
     qtype = str(attrs.get("qtype") or "")
     if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
         return None
+    if has_residual_norm(inputs):
+        return None  # the residual rebuilt from norm statistics: triton_tma_qgemm only
     if _inp(inputs, 6) is not None:
         return None  # y_scale: codes out (a linked layer), not these library GEMMs
     if x.dtype not in _FLOATS or len(w.shape) != 2 or w.dtype != _QDTYPE[qtype]:

@@ -361,7 +361,7 @@ def test_cli_no_link_codes_flag(mlp, tmp_path, monkeypatch) -> None:  # noqa: AN
     real = builder.build
 
     def spy(model, cfg):  # noqa: ANN001, ANN202
-        seen.append(cfg.link_codes)
+        seen.append((cfg.link_codes, cfg.link_norm))
         return real(model, cfg)
 
     monkeypatch.setattr(builder, "build", spy)
@@ -369,7 +369,8 @@ def test_cli_no_link_codes_flag(mlp, tmp_path, monkeypatch) -> None:  # noqa: AN
     base += ["--shapes", "x:8x16"]
     assert main([*base, "-o", str(tmp_path / "a.eng"), "--no-link-codes"]) == 0
     assert main([*base, "-o", str(tmp_path / "b.eng")]) == 0
-    assert seen == [False, None]
+    assert main([*base, "-o", str(tmp_path / "c.eng"), "--no-link-norm"]) == 0  # link_norm.py
+    assert seen == [(False, None), (None, None), (None, False)]
 
 
 def test_build_output_counts_links(capsys) -> None:  # noqa: ANN001

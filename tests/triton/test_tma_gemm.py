@@ -600,3 +600,48 @@ def test_residual_rebuilt_from_norm_statistics(epi_tma: int, has_bias: bool) -> 
         tma_gemm(xq, xs[1], xs[4], None, residual_norm=(*stats, gamma, bias), **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="float32"):
         tma_gemm(xq, xs[1], xs[4], h, residual_norm=(stats[0].half(), stats[1], gamma, bias), **kw)  # type: ignore[arg-type]
+
+
+def test_norm_link_tactics_match_their_reference_kernels() -> None:
+    """The two halves of a norm link (engine/link_norm.py) on their Triton tactics: the
+    LayerNormCodes writing codes and row statistics without Y, and the QGemm rebuilding its
+    residual from them, each against the op's reference kernel; other QGemm tactics decline."""
+    from ecoinfer.kernels.triton import norms as norm_tactics  # noqa: PLC0415
+    from ecoinfer.kernels.triton import qtactics  # noqa: PLC0415
+
+    torch.manual_seed(8)
+    m, n, k = 24, 32, 64
+    h = (torch.randn(m, n) * 2).half()
+    gamma, beta, ys = (torch.rand(n) + 0.5).half(), torch.randn(n).half(), torch.tensor(0.02)
+    ln_in = [h, gamma, beta, ys]
+    ln = Node("LayerNormCodes", ["h", "g", "b", "ys"], ["", "c", "mu", "inv"],
+              {"qtype": "fp8e4m3"}, "ln", "ecoinfer")  # fmt: skip
+    ln_attrs = {**get_schema("LayerNormCodes", "ecoinfer").attrs, "qtype": "fp8e4m3"}
+    ln_infos = [TensorInfo(tuple(t.shape), t.dtype, i in (1, 2, 3)) for i, t in enumerate(ln_in)]
+    run = norm_tactics.make_layernorm_codes(ln, ln_attrs, ln_infos, {"exact": 1}, _build({}))
+    assert run is not None
+    y, codes, mu, inv = run(ln_in)
+    ref = get_kernel("LayerNormCodes", "ecoinfer")(
+        KernelContext(ln, ln_attrs, torch.device("cpu"), None, 17), ln_in
+    )  # type: ignore[misc]
+    assert y.numel() == 0 and mu.shape == inv.shape == (m,)
+    assert (codes.float() - ref[1].float()).abs().max() <= 32  # one FP8 step at most
+    torch.testing.assert_close(mu, ref[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(inv, ref[3], rtol=1e-4, atol=1e-5)
+
+    xs = case((m,), n, k, "fp8e4m3", torch.float16, True, False)
+    q_in = [*xs[:5], h, None, mu, inv, gamma, beta]
+    node = Node("QGemm", ["x", "w", "xs", "ws", "b", "h", "", "mu", "inv", "g", "bb"], ["y"],
+                domain="ecoinfer")  # fmt: skip
+    attrs = {**get_schema("QGemm", "ecoinfer").attrs, "qtype": "fp8e4m3"}
+    infos = [None if t is None else TensorInfo(tuple(t.shape), t.dtype, i in (1, 2, 3))
+             for i, t in enumerate(q_in)]  # fmt: skip
+    build = _build({"w": xs[1], "xs": xs[2], "ws": xs[3]})
+    run = tma_tactics.triton_tma_qgemm(node, attrs, infos, TINY.as_dict(), build)
+    assert run is not None
+    (got,) = run(q_in)
+    (want,) = get_kernel("QGemm", "ecoinfer")(
+        KernelContext(node, attrs, torch.device("cpu"), None, 17), q_in
+    )  # type: ignore[misc]
+    assert rel(got, want.float()) <= 2e-3
+    assert qtactics.triton_qgemm(node, attrs, infos, {}, build) is None

@@ -1,6 +1,7 @@
 """Schemas and shape inference of the quantized fused ops (see docs/fused-ops.md).
 
-ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
+ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?,
+              res_mean?, res_inv_std?, res_scale?, res_bias?) -> Y
 
     Xq = quant(X / x_scale)       division in float32; int8: round half to even, clamp to
                                   [-128, 127]; fp8e4m3: clamp to [-448, 448], cast to
@@ -19,6 +20,12 @@ ecoinfer.QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
         quant(Y_float / y_scale) with the same rounding, Y_float in X's (or out_dtype's)
         float dtype; the next layer reads them as its X.
 
+      * res_mean, res_inv_std (float32, the residual's shape without its last axis),
+        res_scale and res_bias? ([N]): the residual added is LayerNorm(residual) over the
+        last axis, (residual - res_mean) * res_inv_std * res_scale + res_bias in float32,
+        rounded to the residual's dtype: the Y of a LayerNormCodes that wrote only its codes
+        and these statistics (engine/link_norm.py), rebuilt instead of read.
+
 ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
 
     FusedConv on (quant(X / x_scale) * x_scale, W_q * w_scale[:, None, ...]), with FusedConv's
@@ -28,11 +35,13 @@ ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
 
 Both compute exactly what the Q/DQ graph they replace computes (the fuse_quantized pass).
 
-ecoinfer.LayerNormCodes(X, Scale, B?, y_scale) -> (Y, Y_codes)
+ecoinfer.LayerNormCodes(X, Scale, B?, y_scale) -> (Y?, Y_codes, Mean?, InvStdDev?)
 
     LayerNormalization's Y (attributes axis, epsilon), plus Y_codes = quant(Y / y_scale) in
     qtype (QGemm's rounding, from Y in X's dtype): the codes a quantized layer reading Y
-    needs (engine/link_codes.py), written by the same kernel that writes Y.
+    needs (engine/link_codes.py), written by the same kernel that writes Y. Mean and
+    InvStdDev (float32, X's shape without the last axis; the last axis normalized only) are
+    the row statistics from which a QGemm rebuilds Y as its residual; Y may then be omitted.
 """
 
 from __future__ import annotations
@@ -108,7 +117,7 @@ def float_out_dtype(x_dtype: str | None, out_dtype: str) -> str | None:
 
 @op(
     "QGemm",
-    inputs=(4, 7),
+    inputs=(4, 11),
     attrs={"activation": "", "activation_params": [], "qtype": "int8", "out_dtype": ""},
     domain="ecoinfer",
     flops=lambda ctx, outs: _fused_gemm_flops(_as_float_op(ctx, {"trans_b": 1}), outs),
@@ -120,7 +129,36 @@ def _qgemm(ctx: InferContext) -> list[OutType | None]:
         raise ctx.fail(f"W_q must be 2-D [N, K], got shape {list(w)}")
     _check_common(ctx, w[0] if w is not None else None, codes_ok=True)
     (out,) = _fused_gemm(_as_float_op(ctx, {"trans_b": 1}))
+    _check_residual_norm(ctx, out)
     return [_linked_out(ctx, out)]
+
+
+RES_NORM = 7  # QGemm's first residual-norm input (res_mean)
+
+
+def has_residual_norm(inputs: list) -> bool:
+    """Whether a QGemm's inputs (values or infos) rebuild its residual from norm statistics."""
+    return len(inputs) > RES_NORM and inputs[RES_NORM] is not None
+
+
+def _check_residual_norm(ctx: InferContext, out: OutType | None) -> None:
+    """res_mean / res_inv_std / res_scale come together, with a residual of Y's shape."""
+    given = [ctx.has(i) for i in range(RES_NORM, RES_NORM + 4)]
+    if not any(given):
+        return
+    if not all(given[:3]) or not ctx.has(5):
+        raise ctx.fail("res_mean, res_inv_std and res_scale need each other and a residual")
+    r = ctx.shape(5)
+    if out is not None and r is not None and out.shape is not None and tuple(r) != tuple(out.shape):
+        raise ctx.fail(
+            f"a normalized residual must have Y's shape {list(out.shape)}, got {list(r)}"
+        )
+    for i, what in ((RES_NORM, "res_mean"), (RES_NORM + 1, "res_inv_std")):
+        if ctx.dtype(i) not in (None, "float32"):
+            raise ctx.fail(f"{what} must be float32, got {ctx.dtype(i)}")
+        st = ctx.shape(i)
+        if st is not None and r is not None and tuple(st) != tuple(r[:-1]):
+            raise ctx.fail(f"{what} must have shape {list(r[:-1])}, got {list(st)}")
 
 
 def _linked_out(ctx: InferContext, out: OutType | None) -> OutType | None:
@@ -163,7 +201,7 @@ def _qconv(ctx: InferContext) -> list[OutType | None]:
 @op(
     "LayerNormCodes",
     inputs=(4, 4),
-    outputs=(2, 2),
+    outputs=(2, 4),
     attrs={"axis": -1, "epsilon": 1e-5, "qtype": "int8"},
     domain="ecoinfer",
     doc="LayerNormalization's Y and its codes for a quantized reader (int8 / fp8e4m3)",
@@ -178,4 +216,11 @@ def _layer_norm_codes(ctx: InferContext) -> list[OutType | None]:
     xdt = ctx.dtype(0)
     if xdt is not None and xdt not in _FLOATS:
         raise ctx.fail(f"X must be float32, float16 or bfloat16, got {xdt}")
-    return [OutType(xdt, ctx.shape(0)), OutType(QTYPES[q], ctx.shape(0))]
+    x = ctx.shape(0)
+    outs = [OutType(xdt, x), OutType(QTYPES[q], x)]
+    if len(ctx.node.outputs) > 2 and any(ctx.node.outputs[2:]):
+        if x is not None and int(ctx.attr("axis")) not in (-1, len(x) - 1):
+            raise ctx.fail("Mean and InvStdDev need the last axis normalized")
+        row = tuple(x[:-1]) if x is not None else None
+        outs += [OutType("float32", row), OutType("float32", row)]
+    return outs

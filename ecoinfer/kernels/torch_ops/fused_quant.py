@@ -116,6 +116,26 @@ def _quantized_layer(
     return [y]
 
 
+def _get(xs: list[Tensor | None], i: int) -> Tensor | None:
+    return xs[i] if len(xs) > i else None
+
+
+def norm_from_stats(
+    r: Tensor | None,
+    mean: Tensor | None,
+    inv: Tensor | None,
+    scale: Tensor | None,
+    bias: Tensor | None,
+) -> Tensor:
+    """LayerNorm(r) over the last axis from its row statistics, in float32, rounded to r's
+    dtype (as a norm kernel stores its Y)."""
+    assert r is not None and mean is not None and inv is not None and scale is not None
+    y = (r.float() - mean.float()[..., None]) * inv.float()[..., None] * scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(r.dtype)
+
+
 @kernel("QGemm", domain="ecoinfer")
 def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     """Also the linked forms: X already codes (dequantized into out_dtype) and y_scale (the
@@ -123,6 +143,8 @@ def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     fctx = KernelContext(
         ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
     )
+    if len(xs) > 7 and xs[7] is not None:  # the residual's LayerNorm, rebuilt from its stats
+        xs = [*xs[:5], norm_from_stats(xs[5], xs[7], xs[8], xs[9], _get(xs, 10)), _get(xs, 6)]
     return _quantized_layer(ctx, xs, lambda ins: _fused_gemm(fctx, ins))
 
 
@@ -146,4 +168,9 @@ def _layer_norm_codes(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tenso
     lctx = KernelContext(ln, attrs, ctx.device, ctx.run_graph, ctx.opset)
     (y,) = _layer_norm(lctx, [x, scale, bias])[:1]
     q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
-    return [y, codes_of(y, y_scale, q)]
+    outs = [y, codes_of(y, y_scale, q)]
+    if len(ctx.node.outputs) > 2 and any(ctx.node.outputs[2:]):  # the row statistics
+        xf = x.float()
+        eps = float(ctx.attr("epsilon", 1e-5))
+        outs += [xf.mean(-1), torch.rsqrt(xf.var(-1, unbiased=False) + eps)]
+    return outs

@@ -426,7 +426,9 @@ def make_layernorm_codes(
         return None
     if inputs[3].dtype != torch.float32 or tuple(inputs[3].shape) not in ((), (1,)):
         return None
-    ln = Node("LayerNormalization", list(node.inputs[:3]), [node.outputs[0]], {}, node.name)
+    # (the same row kernel as LayerNormalization's; Y may be omitted: statistics instead)
+    ln = Node("LayerNormalization", list(node.inputs[:3]), [node.outputs[0] or "y"], {},
+              node.name)  # fmt: skip
     setup = _layernorm_setup(ln, attrs, list(inputs[:3]), cfg, build)
     if setup is None:
         return None
@@ -434,15 +436,24 @@ def make_layernorm_codes(
     exact = bool(cfg.get("exact", 1))
     has_bias = inputs[2] is not None
     qdt = QTYPES[qtype]
+    # Mean / InvStdDev wanted (a QGemm rebuilds Y from them), over the last axis only; Y
+    # itself may then be omitted
+    want_stats = any(node.outputs[2:4])
+    write_y = bool(node.outputs[0])
+    if want_stats and axis != len(inputs[0].shape) - 1:
+        return None
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
         xt, scale, ys = xs[0], xs[1], xs[3]
         assert xt is not None and scale is not None and ys is not None
         codes = torch.empty(xt.shape, dtype=qdt, device=xt.device)
-        y = layer_norm(
-            xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes, ys.float(), exact
-        )
-        return [y, codes]
+        rows = xt.shape[:-1]
+        stats = None
+        if want_stats:
+            stats = tuple(torch.empty(rows, dtype=torch.float32, device=xt.device) for _ in "mi")
+        y = layer_norm(xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes,
+                       ys.float(), exact, stats=stats, write_y=write_y)  # fmt: skip
+        return [y, codes, *stats] if stats is not None else [y, codes]
 
     return run
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ecoinfer.ir.graph import Node
+from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.triton.gemm_tactics import (
     _conv_params,
     _gemm_dims,
@@ -68,8 +69,8 @@ def _common(
     xs, ws = _info(inputs, 2), _info(inputs, 3)
     if qtype not in QTYPES or x is None or w is None or xs is None or ws is None:
         return None
-    if _info(inputs, 6) is not None:
-        return None  # y_scale (codes out): the linked form, triton_tma_qgemm's
+    if _info(inputs, 6) is not None or has_residual_norm(inputs):
+        return None  # y_scale (codes out), a rebuilt residual: triton_tma_qgemm's forms
     if x.dtype not in _FLOATS or w.dtype != QTYPES[qtype]:
         return None
     if qtype == "fp8e4m3" and not fp8_supported(build.device):

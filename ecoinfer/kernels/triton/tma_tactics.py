@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ecoinfer.ir.graph import Node
+from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH, act_code
 from ecoinfer.kernels.triton.gemm_tactics import (
     _gemm_dims,
@@ -211,8 +212,11 @@ def triton_tma_qgemm(
     act = act_of(attrs)
     if plan is None or act is None:
         return None
-    qtype, _, n, _, fdt, out = plan
+    qtype, m, n, _, fdt, out = plan
     if not _epilogue_ok(inputs, n, out, attrs):
+        return None
+    norm = has_residual_norm(inputs)
+    if norm and not _residual_norm_ok(inputs, m, n, out):
         return None
     w = _packed_weight(node, inputs, build)
     packed = pack_qweight(w) if w is not None else None
@@ -222,9 +226,24 @@ def triton_tma_qgemm(
         wq = xs[1]
         assert wq is not None
         wp = packed if packed is not None else pack_qweight(wq)
-        return [_run_8bit(xs, wp, qtype, fdt, act, config)]
+        rn = (xs[7], xs[8], xs[9], _get(xs, 10)) if norm else None
+        return [_run_8bit(xs, wp, qtype, fdt, act, config, residual_norm=rn)]
 
     return run
+
+
+def _residual_norm_ok(
+    inputs: list[TensorInfo | None], m: int, n: int, out: tuple[int, ...]
+) -> bool:
+    """res_mean / res_inv_std float32 [rows], res_scale (res_bias) [N], residual of Y's shape."""
+    res = _info(inputs, 5)
+    stats = [_info(inputs, i) for i in (7, 8)]
+    params = [_info(inputs, 9), _info(inputs, 10)]
+    if res is None or tuple(res.shape) != tuple(out) or params[0] is None:
+        return False
+    if any(t is None or t.dtype != torch.float32 or _numel(t.shape) != m for t in stats):
+        return False
+    return all(t is None or _numel(t.shape) == n for t in params)
 
 
 def _run_8bit(
@@ -236,6 +255,7 @@ def _run_8bit(
     config: TmaGemmConfig | None,
     post: tuple[int, float, float] | None = None,
     conv: ConvGeometry | None = None,
+    residual_norm: tuple | None = None,
 ) -> Tensor:
     """A QGemm / QConv (inputs X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) on the
     8-bit TMA kernel with W_q as wp: X read as codes, quantized in the kernel's registers
@@ -259,6 +279,7 @@ def _run_8bit(
         out_dtype=fdt,
         config=config,
         conv=conv,
+        residual_norm=residual_norm,
     )
 
 
