@@ -293,9 +293,9 @@ def test_layernorm_writes_codes_beside_y() -> None:
     assert link_codes.candidate(g2, g2.nodes[1], g2.nodes[0], "float16", 2) is None
 
 
-def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    """Through the builder (forced to keep links): LayerNorm -> fc1 -> fc2 becomes
-    LayerNormCodes -> fc1 (codes in, codes out) -> fc2 (codes in), and runs as before."""
+def ln_mlp_model(tmp_path, rng, out: int, residual: bool):  # noqa: ANN001, ANN201
+    """LayerNorm -> fc1 -> Relu -> fc2 (+ the norm's output when `residual`: an FFN block),
+    saved with three calibration batches; returns make(**BuildConfig fields) -> Engine."""
     import onnx
     from onnx import TensorProto as T
     from onnx import helper, numpy_helper
@@ -304,24 +304,25 @@ def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  #
     from ecoinfer.engine.runtime import ShapeProfile
     from ecoinfer.quant.budget import QuantizeOptions
 
-    rng = np.random.default_rng(3)
     arrays = {
         "G": (rng.random(16) + 0.5).astype(np.float32),
         "B": rng.standard_normal(16).astype(np.float32),
         "W1": rng.standard_normal((16, 32)).astype(np.float32),
-        "W2": rng.standard_normal((32, 8)).astype(np.float32),
+        "W2": (rng.standard_normal((32, out)) * (0.2 if residual else 1)).astype(np.float32),
     }
     nodes = [
         helper.make_node("LayerNormalization", ["x", "G", "B"], ["n"], name="ln", axis=-1),
         helper.make_node("MatMul", ["n", "W1"], ["h"], name="fc1"),
         helper.make_node("Relu", ["h"], ["h2"], name="relu"),
-        helper.make_node("MatMul", ["h2", "W2"], ["y"], name="fc2"),
+        helper.make_node("MatMul", ["h2", "W2"], ["f" if residual else "y"], name="fc2"),
     ]
+    if residual:
+        nodes.append(helper.make_node("Add", ["f", "n"], ["y"], name="res"))
     g = helper.make_graph(
         nodes,
         "ln_mlp",
         [helper.make_tensor_value_info("x", T.FLOAT, [8, 16])],
-        [helper.make_tensor_value_info("y", T.FLOAT, [8, 8])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [8, out])],
         [numpy_helper.from_array(a, n) for n, a in arrays.items()],
     )
     path = tmp_path / "ln_mlp.onnx"
@@ -338,6 +339,14 @@ def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  #
             path, BuildConfig(device="cpu", profiles=[ShapeProfile(shp, shp, shp)], quant=q, **kw)
         )
 
+    return make
+
+
+def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Through the builder (forced to keep links): LayerNorm -> fc1 -> fc2 becomes
+    LayerNormCodes -> fc1 (codes in, codes out) -> fc2 (codes in), and runs as before."""
+    rng = np.random.default_rng(3)
+    make = ln_mlp_model(tmp_path, rng, 8, residual=False)
     plain = make()
     monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
     eng = make(link_codes=True)

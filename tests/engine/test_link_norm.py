@@ -5,55 +5,18 @@ link (the GPU decides by timing); the engine must compute what it computed befor
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto as T
-from onnx import helper, numpy_helper
+from test_link_codes import ln_mlp_model
 
 from ecoinfer.engine import link_codes, link_norm
-from ecoinfer.engine.builder import BuildConfig, build, load_engine
-from ecoinfer.engine.runtime import ShapeProfile
+from ecoinfer.engine.builder import load_engine
 from ecoinfer.kernels.torch_ops.fused_quant import norm_from_stats
-from ecoinfer.quant.budget import QuantizeOptions
 
 
 def _block(tmp_path):  # noqa: ANN001, ANN202
     """y = fc2(relu(fc1(LayerNorm(x)))) + LayerNorm(x): an FFN block, residual included."""
     rng = np.random.default_rng(7)
-    arrays = {
-        "G": (rng.random(16) + 0.5).astype(np.float32),
-        "B": rng.standard_normal(16).astype(np.float32),
-        "W1": rng.standard_normal((16, 32)).astype(np.float32),
-        "W2": (rng.standard_normal((32, 16)) * 0.2).astype(np.float32),
-    }
-    nodes = [
-        helper.make_node("LayerNormalization", ["x", "G", "B"], ["n"], name="ln", axis=-1),
-        helper.make_node("MatMul", ["n", "W1"], ["h"], name="fc1"),
-        helper.make_node("Relu", ["h"], ["h2"], name="relu"),
-        helper.make_node("MatMul", ["h2", "W2"], ["f"], name="fc2"),
-        helper.make_node("Add", ["f", "n"], ["y"], name="res"),
-    ]
-    g = helper.make_graph(
-        nodes,
-        "ffn",
-        [helper.make_tensor_value_info("x", T.FLOAT, [8, 16])],
-        [helper.make_tensor_value_info("y", T.FLOAT, [8, 16])],
-        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
-    )
-    path = tmp_path / "ffn.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(3):
-        np.savez(calib / f"b{i}.npz", x=(rng.standard_normal((8, 16)) * 2).astype(np.float32))
-    shp = {"x": (8, 16)}
-
-    def make(**kw):  # noqa: ANN003, ANN202
-        q = QuantizeOptions(calib_data=str(calib))
-        cfg = BuildConfig(device="cpu", profiles=[ShapeProfile(shp, shp, shp)], quant=q, **kw)
-        return build(path, cfg)
-
-    return make, rng
+    return ln_mlp_model(tmp_path, rng, 16, residual=True), rng
 
 
 def test_the_norm_stops_writing_y_and_the_gemm_rebuilds_it(tmp_path, monkeypatch) -> None:  # noqa: ANN001
