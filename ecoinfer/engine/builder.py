@@ -304,9 +304,17 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     if skips:
         planned = link_skip.apply(planned, skips)
     norm_links: list[link_norm.NormLink] = []
+    late_warnings: list[str] = []
     if links and (cfg.link_norm if cfg.link_norm is not None else device.startswith("cuda")):
-        norm_links = _tune_norm_links(planned, profiles[0], choices, cfg, cache, device)
-        planned = link_norm.apply(planned, norm_links)
+        try:
+            norm_links, norm_choices = _tune_norm_links(
+                planned, profiles[0], choices, cfg, cache, device
+            )
+        except Exception as e:  # noqa: BLE001  (an optional rewrite: the plan stands without)
+            late_warnings.append(f"norm links not tried: {type(e).__name__}: {e}")
+        else:
+            choices.update(norm_choices)
+            planned = link_norm.apply(planned, norm_links)
     report = {
         "build_seconds": time.perf_counter() - t_start,
         "opt_level": opt_level,
@@ -362,6 +370,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             "--workspace applies to CUDA builds (it is measured with the GPU allocator's "
             "counters); this CPU build did not limit it"
         )
+    engine.warnings += late_warnings
     for b in report["broken_tactics"]:
         engine.warnings.append(
             f"tactic {b['tactic']} failed in every configuration on {b['layers']} layer(s) "
@@ -776,18 +785,18 @@ def _tune_pair(p, p2, p2_xs, c, c2, c2_inputs, env, choices, c_choice, dev, g, c
 
 def _tune_norm_links(
     planned: Graph, prof: ShapeProfile, choices: dict, cfg: BuildConfig, cache: Any, device: str
-) -> list[link_norm.NormLink]:
-    """The norm links (engine/link_norm.py) that time faster, their choices put in `choices`.
-    The plan runs once on its reference kernels at the opt shapes for the real inputs of the
-    candidate pairs."""
+) -> tuple[list[link_norm.NormLink], dict[str, LayerChoice]]:
+    """The norm links (engine/link_norm.py) that time faster, with the choices of their
+    rewritten nodes (`choices` itself is not changed). The plan runs once on its reference
+    kernels at the opt shapes for the real inputs of the candidate pairs."""
     from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
 
     cands = link_norm.candidates(planned)
     if not cands:
-        return []
+        return [], {}
     g = _specialise(planned, prof.opt)
     if any(n.op_type in _CONTROL_FLOW for n in g.nodes):
-        return []
+        return [], {}
     nodes = {n.name: n for n in g.nodes}
     cands = [c for c in cands if c.producer in nodes and c.consumer in nodes]
     wanted = {c.producer for c in cands} | {c.consumer for c in cands}
@@ -814,6 +823,7 @@ def _tune_norm_links(
                 if x and last.get(x) == i and x not in outs and x not in weights:
                     env.pop(x, None)
     found = []
+    picked: dict[str, LayerChoice] = {}
     for c in cands:
         norm, gemm = nodes[c.producer], nodes[c.consumer]
         n_xs, q_xs = seen.get(norm.name), seen.get(gemm.name)
@@ -832,9 +842,9 @@ def _tune_norm_links(
         tuned = _tune_pair(norm, link_norm.linked_norm(norm), n_xs, gemm, gemm2, gemm_inputs,
                            env, choices, choices[gemm.name], dev, g, cache, cfg, what)  # fmt: skip
         if tuned is not None:
-            choices[norm.name], choices[gemm.name], _ = tuned
+            picked[norm.name], picked[gemm.name], _ = tuned
             found.append(c)
-    return found
+    return found, picked
 
 
 def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202

@@ -73,3 +73,19 @@ def test_norm_from_stats_is_layernorm() -> None:
     got = norm_from_stats(r, mean, inv, w, b)
     assert got.dtype == torch.float16
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+
+
+def test_a_failure_while_trying_leaves_the_plan_as_it_was(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    make, rng = _block(tmp_path)
+    monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
+    plain = make(link_codes=True, link_norm=False)
+
+    def broken(graph):  # noqa: ANN001, ANN202
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(link_norm, "candidates", broken)
+    eng = make(link_codes=True, link_norm=True)
+    assert eng.report["norm_residual"] == []
+    assert any("norm links not tried" in w and "out of memory" in w for w in eng.warnings)
+    x = {"x": rng.standard_normal((8, 16)).astype(np.float32)}
+    np.testing.assert_allclose(eng.run(x)["y"], plain.run(x)["y"], rtol=0, atol=0)
