@@ -78,6 +78,10 @@ print("  tactics:", ", ".join(f"{t}/{p} x{n}" for (t, p), n in tac.most_common(8
 if q:
     print(f"  quantized {len(q.get('quantized_layers', []))} layers, float {len(q.get('float_layers', []))}, emulated={q.get('emulated')}")
 print(f"  carried Triton kernels: {tb.get('entries')} entries, {tb.get('bytes')} bytes, {tb.get('seconds', 0):.1f} s to collect")
+pdl = h["report"].get("pdl")
+if pdl:
+    print(f"  PDL {'on' if pdl['enabled'] else 'off'}: {pdl['on_ms']:.4f} ms with, {pdl['off_ms']:.4f} ms without ({pdl['timing']})")
+print(f"  norm links: {len(h['report'].get('norm_residual') or [])}; skip-layernorm pairs: {len(h['report'].get('skip_layernorm') or [])}")
 PY
   done
   if [ -n "${PROFILE:-}" ]; then  # per-layer GPU time of each engine: what explains a miss
