@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,13 @@ def check_optimized(
     outs = Model(optimized).run(feeds)
     assert_close(outs, refs, f"optimized (level {level})", rtol=rtol)
     return optimized, reports
+
+
+def compiled_run(argv: list[str], cwd: Path | None = None) -> str:
+    """`python argv` in a fresh process with Triton compiling (TRITON_INTERPRET=0, for the GPU
+    tests of a session that interprets): asserts it exits 0, returns its stdout."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    p = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    return p.stdout

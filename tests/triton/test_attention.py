@@ -10,6 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (con
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import compiled_run  # noqa: E402
 
 pytest.importorskip("triton")
 
@@ -299,8 +300,6 @@ def test_mha_quantized_qkv(qtype: str, form: str) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_mha_quantized_qkv_compiled() -> None:
     """The same checks with the compiled kernel (this process runs the interpreter)."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     code = (
@@ -317,11 +316,7 @@ def test_gpu_mha_quantized_qkv_compiled() -> None:
         "        t.dot8_check(q, m, 'cuda')\n"
         "print('ok')\n"
     )
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    p = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
-    assert p.returncode == 0 and "ok" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ok" in compiled_run(["-c", code], cwd=Path(__file__).resolve().parent)
 
 
 def test_mha_reads_and_writes_codes() -> None:

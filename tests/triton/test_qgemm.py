@@ -15,12 +15,11 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest too)
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import compiled_run  # noqa: E402
 
 pytest.importorskip("triton")
 
@@ -316,16 +315,7 @@ def test_qtactics_registered() -> None:
 def test_gpu_qgemm_qconv_compiled() -> None:
     """The compiled kernels (this process runs the interpreter): the self-test's correctness
     checks (rounding ties, fp8 casts, every proposed config, QConv) in a fresh process."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    script = ROOT / "bench" / "gpu_qgemm_selftest.py"
-    p = subprocess.run(
-        [sys.executable, str(script), "--check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    compiled_run([str(ROOT / "bench" / "gpu_qgemm_selftest.py"), "--check"])
 
 
 def test_qgemm_float32_x_keeps_k_steps_small() -> None:

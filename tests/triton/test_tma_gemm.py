@@ -15,6 +15,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 pytest.importorskip("triton.tools.tensor_descriptor")
 
+from helpers import compiled_run  # noqa: E402
 from test_qgemm import case, make_w, qgemm_ref, quant_ref, rel  # noqa: E402
 
 from ecoinfer.ir.graph import Node  # noqa: E402
@@ -251,20 +252,10 @@ def test_tma_tactics_registered_for_gpus_only() -> None:
 def test_gpu_tma_gemm_compiled() -> None:
     """The compiled kernel in a fresh process (this one interprets): bench/gpu_tma_probe.py's
     correctness half on small shapes."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "bench" / "gpu_tma_probe.py"
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    p = subprocess.run(
-        [sys.executable, str(script), "--check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    compiled_run([str(script), "--check"])
 
 
 def test_codes_in_bfloat16_out_with_broadcast_residual() -> None:
@@ -616,8 +607,6 @@ def test_residual_rebuilt_from_norm_statistics(epi_tma: int, has_bias: bool) -> 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_residual_rebuilt_compiled() -> None:
     """The same with the compiled kernels (this process runs the interpreter)."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     code = (
@@ -627,11 +616,7 @@ def test_gpu_residual_rebuilt_compiled() -> None:
         "        t.residual_rebuilt_check(e, b, 'cuda')\n"
         "print('ok')\n"
     )
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    p = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
-    assert p.returncode == 0 and "ok" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ok" in compiled_run(["-c", code], cwd=Path(__file__).resolve().parent)
 
 
 def test_norm_link_tactics_match_their_reference_kernels() -> None:
