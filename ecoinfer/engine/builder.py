@@ -316,7 +316,6 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             choices.update(norm_choices)
             planned = link_norm.apply(planned, norm_links)
     report = {
-        "build_seconds": time.perf_counter() - t_start,
         "opt_level": opt_level,
         "excluded_tactics": sorted(cfg.exclude_tactics),
         "passes": [
@@ -383,7 +382,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         if cache is not None and cache.dirty and cfg.timing_cache:
             cache.save(cfg.timing_cache)
         _carry_triton_binaries(engine, cfg.seed)
-        engine.report["build_seconds"] = time.perf_counter() - t_start  # both of those included
+    engine.report["build_seconds"] = time.perf_counter() - t_start
     return engine
 
 
@@ -432,6 +431,14 @@ def _workspace_report(cfg: BuildConfig, choices: dict, candidates: dict) -> dict
     }
 
 
+def _feeds_on(graph: Graph, shapes: dict, seed: int, dev: torch.device) -> dict[str, torch.Tensor]:
+    """The builder's random inputs of `graph` at `shapes`, as tensors on `dev`."""
+    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
+
+    feeds = random_inputs(graph, dict(shapes), seed)
+    return {n: dtypes.numpy_to_torch(np.asarray(a)).to(dev) for n, a in feeds.items()}
+
+
 def _choose_pdl(engine: Engine, seed: int, cache: Any = None, rounds: int = 2) -> None:
     """Programmatic dependent launch on or off for the whole engine, whichever replays its CUDA
     graphs faster at the profiles' opt shapes (alternating rounds, best of each). It overlaps
@@ -439,7 +446,6 @@ def _choose_pdl(engine: Engine, seed: int, cache: Any = None, rounds: int = 2) -
     (BERT-base b1 on an H200: -9%) and can cost a little where they are long (FP8 b64: +1-2%).
     The two times go into the timing cache under the engine's tactics, so a rebuild with the
     same choices reads them instead of timing again."""
-    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
     from ecoinfer.kernels.triton.pdl import pdl_supported  # noqa: PLC0415
     from ecoinfer.tune.autotune import device_fingerprint, measure  # noqa: PLC0415
 
@@ -462,13 +468,7 @@ def _choose_pdl(engine: Engine, seed: int, cache: Any = None, rounds: int = 2) -
         if cached[1] is not None and cached[0] is not None:
             on_ms, off_ms, timing = cached[1], cached[0], "cache"
         else:
-            feeds = [
-                {
-                    k: torch.as_tensor(v).to(dev)
-                    for k, v in random_inputs(engine.graph, dict(p.opt), seed).items()
-                }
-                for p in engine.profiles
-            ]
+            feeds = [_feeds_on(engine.graph, p.opt, seed, dev) for p in engine.profiles]
             times: dict[bool, list[float]] = {True: [], False: []}
             for _ in range(rounds):
                 for on in (True, False):
@@ -545,16 +545,14 @@ def _tune_profile(
     float_weights: dict[str, torch.Tensor] | None = None,
 ):  # noqa: ANN202
     """Run the graph layer by layer at the opt shapes, choosing a tactic for every layer."""
-    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
     from ecoinfer.tune.tactics import BuildInfo, tactics_for  # noqa: PLC0415
 
     excluded = frozenset(cfg.exclude_tactics)
 
     g = _specialise(graph, prof.opt)
-    feeds = random_inputs(g, dict(prof.opt), cfg.seed)
     dev = torch.device(device)
     env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
-    env.update({n: dtypes.numpy_to_torch(np.asarray(a)).to(dev) for n, a in feeds.items()})
+    env.update(_feeds_on(g, prof.opt, cfg.seed, dev))
     weights = set(g.initializers)
     last_use = last_uses(g.nodes)
     outputs = set(g.output_names)
@@ -789,8 +787,6 @@ def _tune_norm_links(
     """The norm links (engine/link_norm.py) that time faster, with the choices of their
     rewritten nodes (`choices` itself is not changed). The plan runs once on its reference
     kernels at the opt shapes for the real inputs of the candidate pairs."""
-    from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
-
     cands = link_norm.candidates(planned)
     if not cands:
         return [], {}
@@ -803,13 +799,12 @@ def _tune_norm_links(
     dev = torch.device(device)
     weights = set(g.initializers)
     env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
-    feeds = random_inputs(g, dict(prof.opt), cfg.seed)
-    env.update({n: dtypes.numpy_to_torch(np.asarray(a)).to(dev) for n, a in feeds.items()})
+    env.update(_feeds_on(g, prof.opt, cfg.seed, dev))
     last, outs = last_uses(g.nodes), set(g.output_names)
     seen: dict[str, list] = {}
     with torch.no_grad():
         for i, node in enumerate(g.nodes):
-            if wanted <= set(seen):
+            if len(seen) == len(wanted):
                 break
             xs = [env[x] if x else None for x in node.inputs]
             if node.name in wanted:

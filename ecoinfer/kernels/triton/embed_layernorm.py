@@ -107,7 +107,7 @@ def _embed_layernorm_fwd(
         x += _lookup(I2, T2, q, r, s20, s21, v2, cols, rmask, cmask, n_cols)
     if NUM > 3:
         x += _lookup(I3, T3, q, r, s30, s31, v3, cols, rmask, cmask, n_cols)
-    y = layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B)
+    y, _, _ = layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B)
     tl.store(Y + r64[:, None] * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 

@@ -155,13 +155,13 @@ def norm_affine(d, inv, w, b, HAS_B: tl.constexpr):
 @triton.jit
 def layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B: tl.constexpr):
     """LayerNorm of the float32 rows x (zero past n_cols): mean, variance and 1/sqrt in
-    float32, then scale (and bias) loaded along the columns."""
+    float32, then scale (and bias) loaded along the columns. Returns (Y, mean, 1/std)."""
     d, mean, inv = layernorm_stats(x, mask, n_cols, eps)
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     b = w
     if HAS_B:
         b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
-    return norm_affine(d, inv, w, b, HAS_B)
+    return norm_affine(d, inv, w, b, HAS_B), mean, inv
 
 
 @triton.jit
@@ -198,12 +198,7 @@ def _layernorm_fwd(
     if HAS_SKIP:  # SkipLayerNorm: the residual add, in float32, before the statistics
         sk = tl.load(S + r64[:, None] * stride_s + cols[None, :], mask=mask, other=0.0)
         x = x + sk.to(tl.float32)
-    d, mean, inv = layernorm_stats(x, mask, n_cols, eps)
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    b = w
-    if HAS_B:
-        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
-    y = norm_affine(d, inv, w, b, HAS_B)
+    y, mean, inv = layernorm_rows(x, mask, cols, cmask, n_cols, eps, W, B, HAS_B)
     yr = y.to(Y.dtype.element_ty)
     if WRITE_Y:
         tl.store(Y + r64[:, None] * n_cols + cols[None, :], yr, mask=mask)
@@ -449,8 +444,9 @@ def make_layernorm_codes(
         codes = torch.empty(xt.shape, dtype=qdt, device=xt.device)
         rows = xt.shape[:-1]
         stats = None
-        if want_stats:
-            stats = tuple(torch.empty(rows, dtype=torch.float32, device=xt.device) for _ in "mi")
+        if want_stats:  # (mean, 1/std)
+            stats = (torch.empty(rows, dtype=torch.float32, device=xt.device),
+                     torch.empty(rows, dtype=torch.float32, device=xt.device))  # fmt: skip
         y = layer_norm(xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes,
                        ys.float(), exact, stats=stats, write_y=write_y)  # fmt: skip
         return [y, codes, *stats] if stats is not None else [y, codes]
