@@ -83,7 +83,11 @@ def check_optimized(
 def compiled_run(argv: list[str], cwd: Path | None = None) -> str:
     """`python argv` in a fresh process with Triton compiling (TRITON_INTERPRET=0, for the GPU
     tests of a session that interprets): asserts it exits 0, returns its stdout."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    # tests/ on the path, as pytest puts it: the scripts import the test modules and helpers
+    path = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")])
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": path}
     p = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
                        timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]

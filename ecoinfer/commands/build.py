@@ -166,6 +166,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-tune", action="store_true", help="reference kernels only, no tactic timing"
     )
+    p.add_argument(
+        "--no-rotate-inputs",
+        action="store_true",
+        help="time each tactic on one set of inputs, which then sits in the GPU's L2 cache; by "
+        "default a GPU build cycles through copies of a layer's inputs larger than twice the "
+        "L2, so that each tactic reads them from memory as it will in the engine",
+    )
     p.add_argument("--verbose", action="store_true", help="log every tactic candidate")
 
 
@@ -308,6 +315,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         link_codes=False if getattr(args, "no_link_codes", False) else None,
         link_norm=False if getattr(args, "no_link_norm", False) else None,
         skip_layernorm=False if args.no_skip_layernorm else None,
+        rotate_inputs=False if args.no_rotate_inputs else None,
         exclude_tactics=tuple(t.strip() for t in args.exclude_tactics.split(",") if t.strip()),
     )
     engine = build(args.model, cfg)

@@ -93,6 +93,10 @@ class BuildConfig:
     # instead, the QGemm rebuilding Y (engine/link_norm), where timing says it pays; None:
     # GPU builds
     link_norm: bool | None = None
+    # the tuner times each candidate on rotating copies of its inputs, more bytes than twice
+    # the L2, so that it reads them from memory as in the engine (tune.autotune.input_sets);
+    # False: on one set of inputs, which then sits in the L2. None: on for GPU builds
+    rotate_inputs: bool | None = None
     # tactic names never tried (trtexec's --tacticSources in spirit): e.g. a kernel family
     # that misbehaves on this GPU or driver; the reference tactic always remains
     exclude_tactics: tuple[str, ...] = ()
@@ -336,6 +340,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         "memory": memory,
         "candidates": candidates,
         "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
+        "tuning_inputs": _tuning_inputs(cfg, device),
         "skip_layernorm": [{"gemm": sl.producer, "norm": sl.consumer} for sl in skips],
         "norm_residual": [{"norm": nl.producer, "gemm": nl.consumer} for nl in norm_links],
     }
@@ -545,9 +550,7 @@ def _tune_profile(
     float_weights: dict[str, torch.Tensor] | None = None,
 ):  # noqa: ANN202
     """Run the graph layer by layer at the opt shapes, choosing a tactic for every layer."""
-    from ecoinfer.tune.tactics import BuildInfo, tactics_for  # noqa: PLC0415
-
-    excluded = frozenset(cfg.exclude_tactics)
+    from ecoinfer.tune.tactics import tactics_for  # noqa: PLC0415
 
     g = _specialise(graph, prof.opt)
     dev = torch.device(device)
@@ -601,7 +604,7 @@ def _tune_profile(
             from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
 
             consts = {n: env[n] for n in node.inputs if n in weights}
-            build_info = BuildInfo(dev, prec, consts, excluded, _workspace(cfg))
+            build_info = _build_info(dev, prec, consts, cfg)
             ch, _fn = select_tactic(
                 node,
                 attrs,
@@ -697,6 +700,25 @@ def _workspace(cfg: BuildConfig) -> int | None:
     return None if cfg.workspace_mb is None else int(cfg.workspace_mb) * 2**20
 
 
+def _tuning_inputs(cfg: BuildConfig, device: str) -> dict[str, Any]:
+    """How the tuner fed its candidates: rotated copies (and how many bytes), or one set."""
+    from ecoinfer.tune.autotune import cold_rotate_bytes  # noqa: PLC0415
+
+    info = _build_info(torch.device(device), "float32", {}, cfg)
+    nbytes = cold_rotate_bytes(device) if info.cold_inputs and cfg.tune else 0
+    return {"rotated": bool(nbytes), "bytes": nbytes}
+
+
+def _build_info(dev: torch.device, prec: str, consts: dict, cfg: BuildConfig) -> Any:
+    """What the tactics of one layer may know about this build (tune.tactics.BuildInfo)."""
+    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
+
+    rotate = cfg.rotate_inputs if cfg.rotate_inputs is not None else dev.type == "cuda"
+    return BuildInfo(
+        dev, prec, consts, frozenset(cfg.exclude_tactics), _workspace(cfg), cold_inputs=rotate
+    )
+
+
 def _layer_choice(
     ch: Any,
     prec: str,
@@ -722,7 +744,6 @@ def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: AN
     linked form) on inputs `xs`, `consts` its constant inputs; None when no tactic could be
     timed (logged as `what` not timed)."""
     from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
-    from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
 
     attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
     kernel = get_kernel(node.op_type, node.domain)
@@ -733,7 +754,7 @@ def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: AN
 
     log = _log(cfg)
     try:
-        build = BuildInfo(dev, prec, consts, frozenset(cfg.exclude_tactics), _workspace(cfg))
+        build = _build_info(dev, prec, consts, cfg)
         ch, _ = select_tactic(node, attrs, xs, build, reference, cache, log=log)
     except Exception as e:  # noqa: BLE001  (the node stays as it was)
         if log:
@@ -812,7 +833,10 @@ def _tune_norm_links(
             attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
             kernel = get_kernel(node.op_type, node.domain)
             assert kernel is not None
-            ys = kernel(KernelContext(node, attrs, dev, _no_subgraph, g.opset), xs)
+            if any(isinstance(v, Graph) for v in node.attrs.values()):  # FusedElementwise body
+                ys = _ControlFlow(node, kernel, attrs, dev, g).with_env(xs, env)
+            else:
+                ys = kernel(KernelContext(node, attrs, dev, _no_subgraph, g.opset), xs)
             env.update({name: y for name, y in zip(node.outputs, ys) if name})
             for x in all_inputs(node):
                 if x and last.get(x) == i and x not in outs and x not in weights:

@@ -297,9 +297,10 @@ def time_fn(
     device: str | torch.device,
     target_ms: float = TARGET_MS,
     cuda_graph: bool = True,
+    rotate_bytes: int = 0,
 ) -> float:
     """Median time of one fn(xs) call in milliseconds (warm-up excluded)."""
-    return measure(fn, xs, device, target_ms, cuda_graph)[0]
+    return measure(fn, xs, device, target_ms, cuda_graph, rotate_bytes)[0]
 
 
 def measure(
@@ -308,14 +309,72 @@ def measure(
     device: str | torch.device,
     target_ms: float = TARGET_MS,
     cuda_graph: bool = True,
+    rotate_bytes: int = 0,
 ) -> tuple[float, str]:
     """(median ms per call, method). On CUDA the calls are captured in a CUDA graph and its
     replays timed with events, which is GPU time as the runtime (which replays graphs) sees it;
-    a function that cannot be captured is timed eagerly with events."""
+    a function that cannot be captured is timed eagerly with events. rotate_bytes > 0 (CUDA):
+    successive calls cycle through copies of xs that together hold at least that many bytes,
+    so each call reads its inputs from memory rather than from the cache the last one filled
+    (input_sets)."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return _time_cpu(fn, xs, target_ms), "cpu"
-    return _time_cuda(fn, xs, dev, target_ms, cuda_graph)
+    return _time_cuda(fn, input_sets(xs, rotate_bytes), dev, target_ms, cuda_graph)
+
+
+MAX_INPUT_SETS = 8
+
+
+def cold_rotate_bytes(device: str | torch.device) -> int:
+    """Input bytes a tuning run cycles through so that no call finds its inputs in the L2:
+    twice the GPU's L2 size (0 where unknown: no rotation)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return 0
+    props = torch.cuda.get_device_properties(dev)
+    return 2 * int(getattr(props, "L2_cache_size", 0) or 0)
+
+
+def input_sets(
+    xs: list[Tensor | None], rotate_bytes: int, device_type: str = "cuda"
+) -> list[list[Tensor | None]]:
+    """xs, then as many copies of its device tensors (same strides and storage offsets, so the
+    same kernels and alignment apply) as it takes to hold rotate_bytes in all, at most
+    MAX_INPUT_SETS sets. In an engine a layer's inputs come from the layers before it and its
+    weights have not been read since the last call, so they are mostly not in the L2; timing
+    one set over and over would keep them there and favour what the cache hides."""
+    dev_storages = {
+        x.untyped_storage().data_ptr(): x.untyped_storage().nbytes()
+        for x in xs
+        if x is not None and x.device.type == device_type
+    }
+    size = sum(dev_storages.values())
+    if rotate_bytes <= 0 or size <= 0 or size >= rotate_bytes:
+        return [xs]
+    k = min(MAX_INPUT_SETS, math.ceil(rotate_bytes / size))
+    return [xs] + [_copies(xs, device_type) for _ in range(k - 1)]
+
+
+def _copies(xs: list[Tensor | None], device_type: str) -> list[Tensor | None]:
+    made: dict[int, Tensor] = {}  # one new storage per storage (tensors sharing one share it)
+    out: list[Tensor | None] = []
+    for x in xs:
+        if x is None or x.device.type != device_type:
+            out.append(x)
+            continue
+        st = x.untyped_storage()
+        if st.data_ptr() not in made:
+            made[st.data_ptr()] = (
+                torch.empty(0, dtype=torch.uint8, device=x.device).set_(st).clone()
+            )
+        twin = made[st.data_ptr()].untyped_storage()
+        out.append(
+            torch.empty(0, dtype=x.dtype, device=x.device).set_(
+                twin, x.storage_offset(), x.size(), x.stride()
+            )
+        )
+    return out
 
 
 def _time_cpu(fn: RunFn, xs: list[Tensor | None], target_ms: float) -> float:
@@ -333,23 +392,29 @@ def _time_cpu(fn: RunFn, xs: list[Tensor | None], target_ms: float) -> float:
 
 
 def _time_cuda(
-    fn: RunFn, xs: list[Tensor | None], dev: torch.device, target_ms: float, cuda_graph: bool
+    fn: RunFn,
+    sets: list[list[Tensor | None]],
+    dev: torch.device,
+    target_ms: float,
+    cuda_graph: bool,
 ) -> tuple[float, str]:
+    k = len(sets)
     with torch.cuda.device(dev):
         stream = torch.cuda.Stream(dev)
         cur = torch.cuda.current_stream(dev)
         stream.wait_stream(cur)
         # warm up on the stream that captures (cuBLAS workspaces, autotuners, lazy modules)
         with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn(xs)
+            for i in range(max(3, k)):
+                fn(sets[i % k])
         cur.wait_stream(stream)
         torch.cuda.synchronize(dev)
-        est = _events(fn, xs, 3) / 3
+        est = _events(fn, sets, max(3, k)) / max(3, k)
         inner = int(min(100, max(1, math.ceil(0.5 / max(est, 1e-4)))))
+        inner = k * math.ceil(inner / k)  # every set as often
         if cuda_graph:
             try:
-                return _time_graph(fn, xs, dev, stream, inner, target_ms), "cuda_graph"
+                return _time_graph(fn, sets, dev, stream, inner, target_ms), "cuda_graph"
             except Exception as e:  # noqa: BLE001  (not capturable: time it eagerly)
                 _LOG.debug("CUDA graph capture failed, timing eagerly: %s", _short(e))
                 recover_failed_capture(dev)
@@ -358,8 +423,8 @@ def _time_cuda(
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         for s, e in zip(starts, ends):
             s.record()
-            for _ in range(inner):
-                fn(xs)
+            for i in range(inner):
+                fn(sets[i % k])
             e.record()
         torch.cuda.synchronize(dev)
         return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / inner, (
@@ -367,11 +432,11 @@ def _time_cuda(
         )
 
 
-def _events(fn: RunFn, xs: list[Tensor | None], n: int) -> float:
+def _events(fn: RunFn, sets: list[list[Tensor | None]], n: int) -> float:
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
-    for _ in range(n):
-        fn(xs)
+    for i in range(n):
+        fn(sets[i % len(sets)])
     e.record()
     e.synchronize()
     return s.elapsed_time(e)
@@ -379,7 +444,7 @@ def _events(fn: RunFn, xs: list[Tensor | None], n: int) -> float:
 
 def _time_graph(
     fn: RunFn,
-    xs: list[Tensor | None],
+    sets: list[list[Tensor | None]],
     dev: torch.device,
     stream: torch.cuda.Stream,
     inner: int,
@@ -389,8 +454,8 @@ def _time_graph(
     try:
         # `inner` calls per graph amortise the replay launch for microsecond kernels
         with torch.cuda.graph(g, stream=stream):
-            for _ in range(inner):
-                fn(xs)
+            for i in range(inner):
+                fn(sets[i % len(sets)])
         g.replay()
         torch.cuda.synchronize(dev)
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -460,7 +525,10 @@ def _select(
     sig, sig_text = op_signature(
         node.op_type, node.domain, attrs, infos, build.precision, list(node.outputs)
     )
+    rotate = cold_rotate_bytes(dev) if build.cold_inputs else 0
     fp = device_fingerprint(dev) if cache is not None else {}
+    if rotate and cache is not None:  # times from rotated inputs are not those from one set
+        fp["tuning_inputs"] = "rotated"
 
     # 1. the judge
     try:
@@ -526,7 +594,9 @@ def _select(
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    cand.time_ms, cand.timing = measure(run, inputs, dev, target_ms)
+                    cand.time_ms, cand.timing = measure(
+                        run, inputs, dev, target_ms, rotate_bytes=rotate
+                    )
             except Exception as e:  # noqa: BLE001
                 cand.reason = f"timing failed: {_short(e)}"
                 _recover(dev)

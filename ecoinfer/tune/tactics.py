@@ -54,6 +54,9 @@ class BuildInfo:
     # --workspace: the most transient GPU memory one call of a tactic may allocate beyond its
     # outputs (measured by the tuner, tune/autotune.py); None: no limit
     workspace_bytes: int | None = None
+    # time candidates on rotating copies of their inputs larger than the L2 (CUDA; see
+    # tune.autotune.input_sets) rather than on one set that stays in the cache
+    cold_inputs: bool = False
 
 
 MakeFn = Callable[

@@ -293,9 +293,10 @@ def test_layernorm_writes_codes_beside_y() -> None:
     assert link_codes.candidate(g2, g2.nodes[1], g2.nodes[0], "float16", 2) is None
 
 
-def ln_mlp_model(tmp_path, rng, out: int, residual: bool):  # noqa: ANN001, ANN201
+def ln_mlp_model(tmp_path, rng, out: int, residual: bool, pre: bool = False):  # noqa: ANN001, ANN201
     """LayerNorm -> fc1 -> Relu -> fc2 (+ the norm's output when `residual`: an FFN block),
-    saved with three calibration batches; returns make(**BuildConfig fields) -> Engine."""
+    saved with three calibration batches; returns make(**BuildConfig fields) -> Engine.
+    `pre`: x goes through tanh(x * 2) + 1 first (one fused elementwise node before the norm)."""
     import onnx
     from onnx import TensorProto as T
     from onnx import helper, numpy_helper
@@ -310,8 +311,18 @@ def ln_mlp_model(tmp_path, rng, out: int, residual: bool):  # noqa: ANN001, ANN2
         "W1": rng.standard_normal((16, 32)).astype(np.float32),
         "W2": (rng.standard_normal((32, out)) * (0.2 if residual else 1)).astype(np.float32),
     }
-    nodes = [
-        helper.make_node("LayerNormalization", ["x", "G", "B"], ["n"], name="ln", axis=-1),
+    pre_nodes = [
+        helper.make_node("Mul", ["x", "two"], ["p0"], name="pre_mul"),
+        helper.make_node("Tanh", ["p0"], ["p1"], name="pre_tanh"),
+        helper.make_node("Add", ["p1", "one"], ["x1"], name="pre_add"),
+    ]
+    if pre:
+        arrays["two"] = np.array(2.0, np.float32)
+        arrays["one"] = np.array(1.0, np.float32)
+    nodes = (pre_nodes if pre else []) + [
+        helper.make_node(
+            "LayerNormalization", ["x1" if pre else "x", "G", "B"], ["n"], name="ln", axis=-1
+        ),
         helper.make_node("MatMul", ["n", "W1"], ["h"], name="fc1"),
         helper.make_node("Relu", ["h"], ["h2"], name="relu"),
         helper.make_node("MatMul", ["h2", "W2"], ["f" if residual else "y"], name="fc2"),

@@ -37,6 +37,18 @@ def test_the_norm_stops_writing_y_and_the_gemm_rebuilds_it(tmp_path, monkeypatch
     np.testing.assert_allclose(load_engine(str(path)).run(x)["y"], eng.run(x)["y"], rtol=0, atol=0)
 
 
+def test_tried_after_a_fused_elementwise_node(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The plan runs on its reference kernels to find the pairs' inputs; a FusedElementwise
+    there runs its body (on a GPU build this failed: "norm links not tried")."""
+    rng = np.random.default_rng(5)
+    make = ln_mlp_model(tmp_path, rng, 16, residual=True, pre=True)
+    monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
+    eng = make(link_codes=True, link_norm=True)
+    assert "FusedElementwise" in [n.op_type for n in eng.graph.nodes]
+    assert not [w for w in eng.warnings if "norm links" in w]
+    assert eng.report["norm_residual"] == [{"norm": "ln", "gemm": "fc2"}]
+
+
 def test_kept_only_where_it_times_faster(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     make, _ = _block(tmp_path)
     monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)

@@ -442,3 +442,59 @@ def test_workspace_measured_on_the_gpu() -> None:
     assert ws is not None and ws >= 32 << 20
     lean = autotune.workspace_bytes(lambda xs: [xs[0] * 2], [x], dev)
     assert lean is not None and lean < 1 << 20
+
+
+# ---------------------------------------------------------------------- rotated inputs
+def test_input_sets_copy_until_the_bytes_are_reached() -> None:
+    """Copies keep values, shapes, strides and storage offsets on new storages; tensors that
+    share a storage share its copy; None and tensors on another device stay as they are."""
+    base = torch.randn(8, 16)  # 512 bytes
+    view = base[:, 4:12]  # a strided view of the same storage, offset 4
+    other = torch.arange(32, dtype=torch.int64)  # 256 bytes
+    xs = [view, None, other, base]
+    sets = autotune.input_sets(xs, 4 * 768, "cpu")
+    assert len(sets) == 4 and sets[0] is xs
+    for s in sets[1:]:
+        v, none, o, b = s
+        assert none is None
+        assert torch.equal(v, view) and v.stride() == view.stride()
+        assert v.storage_offset() == view.storage_offset() == 4
+        assert v.untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+        assert v.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()  # shared copy
+        assert torch.equal(o, other) and o.data_ptr() != other.data_ptr()
+    ptrs = {s[2].data_ptr() for s in sets}
+    assert len(ptrs) == 4  # every set its own memory
+    assert autotune.input_sets(xs, 0, "cpu") == [xs]  # no rotation asked
+    assert autotune.input_sets(xs, 768, "cpu") == [xs]  # one set already holds that much
+    assert autotune.input_sets(xs, 10**9, "cpu")[-1][0] is not view
+    assert len(autotune.input_sets(xs, 10**9, "cpu")) == autotune.MAX_INPUT_SETS
+    assert autotune.input_sets(xs, 10**9) == [xs]  # CUDA tensors only by default
+
+
+def test_rotated_timings_are_cached_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build that rotates its inputs neither reads nor overwrites times taken on one set."""
+    monkeypatch.setattr(autotune, "cold_rotate_bytes", lambda dev: 1 << 20)
+    cache = TimingCache(tmp_path / "t.json")
+    _select(cache)
+    n = cache.entries()
+    node = Node(OP, ["x"], ["y"], {}, "double0", DOMAIN)
+    build = BuildInfo(torch.device("cpu"), "float32", cold_inputs=True)
+    cache.hits = cache.misses = 0
+    select_tactic(node, {}, [torch.randn(64, 32)], build, _reference, cache, target_ms=3.0)
+    assert cache.hits == 0 and cache.misses == n and cache.entries() == 2 * n
+    records = [fp for fp, _ in cache._devices.values()]
+    assert sum(fp.get("tuning_inputs") == "rotated" for fp in records) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rotated_timing_on_cuda() -> None:
+    """Rotated inputs on the GPU: the copies are made and timed, and reading a matrix from
+    memory takes no less than reading it from the L2."""
+    x = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)  # 8 MiB: fits the L2
+    rot = autotune.cold_rotate_bytes("cuda")
+    assert rot > 0
+    assert len(autotune.input_sets([x], rot)) > 1
+    t_hot = autotune.measure(lambda xs: [xs[0] * 2], [x], "cuda")[0]
+    t_cold, how = autotune.measure(lambda xs: [xs[0] * 2], [x], "cuda", rotate_bytes=rot)
+    assert how == "cuda_graph" and t_cold >= 0.9 * t_hot
