@@ -90,9 +90,10 @@ class BuildConfig:
     # (ecoinfer.SkipLayerNorm, engine/link_skip) where timing says it pays; None: GPU builds
     skip_layernorm: bool | None = None
     # a LayerNormCodes whose float Y only a QGemm's residual reads writes row statistics
-    # instead, the QGemm rebuilding Y (engine/link_norm), where timing says it pays; None:
-    # GPU builds
-    link_norm: bool | None = None
+    # instead, the QGemm rebuilding Y (engine/link_norm), where timing says it pays. Off
+    # unless asked: on an H200 the rebuilt form timed slower in every BERT case tried (INT8
+    # FFN pair 0.0568 vs 0.0545 ms; FP8 FFN block +1.6%, bench/gpu_ln_stats_probe.py)
+    link_norm: bool = False
     # the tuner times each candidate on rotating copies of its inputs, more bytes than twice
     # the L2, so that it reads them from memory as in the engine (tune.autotune.input_sets);
     # False: on one set of inputs, which then sits in the L2. None: on for GPU builds
@@ -309,7 +310,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         planned = link_skip.apply(planned, skips)
     norm_links: list[link_norm.NormLink] = []
     late_warnings: list[str] = []
-    if links and (cfg.link_norm if cfg.link_norm is not None else device.startswith("cuda")):
+    if links and cfg.link_norm:
         try:
             norm_links, norm_choices = _tune_norm_links(
                 planned, profiles[0], choices, cfg, cache, device

@@ -372,7 +372,8 @@ def test_builder_links_a_layernorm_and_a_pair(tmp_path, monkeypatch) -> None:  #
 
 def test_cli_no_link_codes_flag(mlp, tmp_path, monkeypatch) -> None:  # noqa: ANN001, F811
     """`ecoinfer build --int8 --no-link-codes` builds with linking off (BuildConfig.link_codes
-    False); without the flag the builder's default (on for GPU builds) applies."""
+    False); without the flag the builder's default (on for GPU builds) applies. `--link-norm`
+    asks for the norm links, which are off by default."""
     from ecoinfer.cli import main
     from ecoinfer.engine import builder
 
@@ -389,8 +390,8 @@ def test_cli_no_link_codes_flag(mlp, tmp_path, monkeypatch) -> None:  # noqa: AN
     base += ["--shapes", "x:8x16"]
     assert main([*base, "-o", str(tmp_path / "a.eng"), "--no-link-codes"]) == 0
     assert main([*base, "-o", str(tmp_path / "b.eng")]) == 0
-    assert main([*base, "-o", str(tmp_path / "c.eng"), "--no-link-norm"]) == 0  # link_norm.py
-    assert seen == [(False, None), (None, None), (None, False)]
+    assert main([*base, "-o", str(tmp_path / "c.eng"), "--link-norm"]) == 0  # link_norm.py
+    assert seen == [(False, False), (None, False), (None, True)]
 
 
 def test_build_output_counts_links(capsys) -> None:  # noqa: ANN001

@@ -23,7 +23,7 @@ def test_the_norm_stops_writing_y_and_the_gemm_rebuilds_it(tmp_path, monkeypatch
     make, rng = _block(tmp_path)
     monkeypatch.setattr(link_codes, "link_pays", lambda before, after: True)
     linked = make(link_codes=True)
-    assert linked.report["norm_residual"] == []  # off on the CPU unless asked
+    assert linked.report["norm_residual"] == []  # off unless asked
     eng = make(link_codes=True, link_norm=True)
     assert eng.report["norm_residual"] == [{"norm": "ln", "gemm": "fc2"}]
     norm = next(n for n in eng.graph.nodes if n.op_type == "LayerNormCodes")
