@@ -42,3 +42,18 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path: Path) -> None:
     # the kernel tests launch a few hundred variants (352 with Triton 3.6); far fewer would mean
     # that the launches were not reached (a host-side gate, or the plugin not loaded)
     assert r["compiled"] >= 200, r
+
+
+def test_fp8_gemm_keeps_a_wgmma_in_flight() -> None:
+    """Compiled for sm_90, the FP8 TMA GEMM's K loop waits with one wgmma group still in flight
+    (pendings = 1): its tensor-core work overlaps the next step's loads. A change that adds an
+    unconditional use of the accumulator inside the loop would make Triton wait for each
+    wgmma (pendings = 0) and cost the FP8 engines their speed without failing any other test.
+    The INT8 kernel's waits are printed for the record: Triton 3.6 pipelines float32
+    accumulators only, so there every wait is 0 (sm90_ir.py)."""
+    from helpers import compiled_run
+
+    out = compiled_run([str(HERE / "sm90_ir.py"), "fp8e4m3", "int8"], cwd=HERE)
+    waits = json.loads(out.strip().splitlines()[-1])
+    print(waits)
+    assert 1 in waits["fp8e4m3"], waits
