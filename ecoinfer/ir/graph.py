@@ -6,11 +6,20 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ecoinfer.errors import GraphError
+
+_T = TypeVar("_T")
+
+
+def optional_input(items: list[_T | None], i: int) -> _T | None:
+    """A node's i-th input (a tensor, or what a tactic knows of it), None where the list is
+    shorter: ONNX leaves trailing optional inputs out."""
+    return items[i] if i < len(items) else None
+
 
 # A dimension is a known size (int), a symbol shared by every place it appears ("batch",
 # "seq"), or None when nothing is known about it.

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ecoinfer.ir.graph import Node
+from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.torch_ops.fused_quant import dequant_weight, fake_quant
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
@@ -46,13 +46,9 @@ _FP8_MAX = 448.0
 _INT_MM_MIN_M = 17  # cuBLASLt int8 GEMM: M > 16
 
 
-def _inp(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
-    return inputs[i] if i < len(inputs) else None
-
-
 def _const(node: Node, i: int, inputs: list[TensorInfo | None], build: BuildInfo) -> Tensor | None:
     """Input i's constant value on the device, as stored (no dtype change), if it is a weight."""
-    info = _inp(inputs, i)
+    info = optional_input(inputs, i)
     if info is None or not info.is_weight or i >= len(node.inputs):
         return None
     t = build.weights.get(node.inputs[i])
@@ -77,14 +73,14 @@ class _QG:
 def _parse_gemm(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> _QG | None:
-    x, w, xs, ws = (_inp(inputs, i) for i in range(4))
-    bias, res = _inp(inputs, 4), _inp(inputs, 5)
+    x, w, xs, ws = (optional_input(inputs, i) for i in range(4))
+    bias, res = optional_input(inputs, 4), optional_input(inputs, 5)
     qtype = str(attrs.get("qtype") or "")
     if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
         return None
     if has_residual_norm(inputs):
         return None  # the residual rebuilt from norm statistics: triton_tma_qgemm only
-    if _inp(inputs, 6) is not None:
+    if optional_input(inputs, 6) is not None:
         return None  # y_scale: codes out (a linked layer), not these library GEMMs
     if x.dtype not in _FLOATS or len(w.shape) != 2 or w.dtype != _QDTYPE[qtype]:
         return None
@@ -111,10 +107,6 @@ def _parse_gemm(
         str(attrs.get("activation") or ""),
         [float(v) for v in attrs.get("activation_params") or []],
     )
-
-
-def _opt(xs: list[Tensor | None], i: int) -> Tensor | None:
-    return xs[i] if i < len(xs) else None
 
 
 def _scales(q: _QG, xs: list[Tensor | None]) -> tuple[Tensor, Tensor]:
@@ -211,9 +203,11 @@ def _make_int_mm(
         acc = torch._int_mm(xq, wt)[:m]
         scale = pre if pre is not None else s * ws
         if triton_on:
-            return [_triton_epilogue(acc, scale, q, _opt(xs, 4), _opt(xs, 5), lead)]
+            return [
+                _triton_epilogue(acc, scale, q, optional_input(xs, 4), optional_input(xs, 5), lead)
+            ]
         y = acc.float().mul_(scale)
-        return [_epilogue(y, q, _opt(xs, 4), _opt(xs, 5), lead)]
+        return [_epilogue(y, q, optional_input(xs, 4), optional_input(xs, 5), lead)]
 
     return run
 
@@ -222,7 +216,7 @@ def _make_int_mm(
 def _fp8_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
-    x, ws = _inp(inputs, 0), _inp(inputs, 3)
+    x, ws = optional_input(inputs, 0), optional_input(inputs, 3)
     out: list[dict[str, Any]] = [{"scales": "tensor"}, {"scales": "tensor", "triton": 1}]
     # rowwise scaling (CUTLASS, sm89/sm90+) computes bf16 outputs only
     if x is not None and ws is not None and x.dtype == torch.bfloat16 and ws.shape != (1,):
@@ -240,7 +234,7 @@ def _make_scaled_mm(
     if q.k % 16 or q.n % 16:
         return None  # cuBLASLt FP8: K and N multiples of 16
     mode = str(cfg.get("scales", "tensor"))
-    ws_info = _inp(inputs, 3)
+    ws_info = optional_input(inputs, 3)
     per_tensor_w = ws_info is not None and ws_info.shape == (1,)
     if mode == "rowwise" and (q.xdtype != torch.bfloat16 or per_tensor_w):
         return None
@@ -257,7 +251,7 @@ def _make_scaled_mm(
         x = xs[0]
         assert x is not None
         lead = tuple(x.shape[:-1])
-        bias, res = _opt(xs, 4), _opt(xs, 5)
+        bias, res = optional_input(xs, 4), optional_input(xs, 5)
         s, ws = _scales(q, xs)
         xq = _quantize_x(x.reshape(-1, q.k), s, "fp8e4m3", triton_on)
         if mode == "rowwise":
@@ -296,7 +290,12 @@ def _float_infos(inputs: list[TensorInfo | None], xdtype: torch.dtype) -> list[T
     """The equivalent float node's inputs: (X, W in X's dtype, bias, residual)."""
     w = inputs[1]
     assert w is not None
-    return [inputs[0], TensorInfo(w.shape, xdtype, True), _inp(inputs, 4), _inp(inputs, 5)]
+    return [
+        inputs[0],
+        TensorInfo(w.shape, xdtype, True),
+        optional_input(inputs, 4),
+        optional_input(inputs, 5),
+    ]
 
 
 def _make_dequant_gemm(
@@ -317,7 +316,7 @@ def _make_dequant_gemm(
         x = xs[0]
         assert x is not None
         s, _ = _scales(q, xs)
-        return inner([fake_quant(x, s, qdtype), wd, _opt(xs, 4), _opt(xs, 5)])
+        return inner([fake_quant(x, s, qdtype), wd, optional_input(xs, 4), optional_input(xs, 5)])
 
     return run
 
@@ -326,11 +325,11 @@ def _make_dequant_conv(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
 ) -> RunFn | None:
     """The same for QConv: FusedConv's F.conv tactic on the dequantized weight."""
-    x, w, xs, ws = (_inp(inputs, i) for i in range(4))
+    x, w, xs, ws = (optional_input(inputs, i) for i in range(4))
     qtype = str(attrs.get("qtype") or "")
     if x is None or w is None or xs is None or ws is None or qtype not in _QDTYPE:
         return None
-    if _inp(inputs, 6) is not None:
+    if optional_input(inputs, 6) is not None:
         return None  # y_scale: codes out (a linked layer), not these library GEMMs
     if x.dtype not in _FLOATS or w.dtype != _QDTYPE[qtype]:
         return None
@@ -349,7 +348,9 @@ def _make_dequant_conv(
         assert xv is not None
         s = x_scale if x_scale is not None else xs_[2]
         assert s is not None
-        return inner([fake_quant(xv, s, qdtype), wd, _opt(xs_, 4), _opt(xs_, 5)])
+        return inner(
+            [fake_quant(xv, s, qdtype), wd, optional_input(xs_, 4), optional_input(xs_, 5)]
+        )
 
     return run
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ecoinfer.ir.graph import Node
+from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.ir.ops.fused_conv import to_first, to_last
 from ecoinfer.ir.ops.nn import window_params
 from ecoinfer.kernels.broadcast import broadcast_shape
@@ -74,13 +74,11 @@ _FLAGS = threading.RLock()
 
 
 # ---------------------------------------------------------------------- common helpers
-def _inp(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
-    return inputs[i] if i < len(inputs) else None
 
 
 def _weight(node: Node, i: int, inputs: list[TensorInfo | None], build: BuildInfo) -> Tensor | None:
     """Input i's constant value on the device in its compute dtype, if it is a weight."""
-    info = _inp(inputs, i)
+    info = optional_input(inputs, i)
     if info is None or not info.is_weight or i >= len(node.inputs):
         return None
     w = build.weights.get(node.inputs[i])
@@ -153,7 +151,7 @@ def _add_residual(y: Tensor, res: Tensor) -> Tensor:
 
 def _float_inputs(inputs: list[TensorInfo | None], *idx: int) -> torch.dtype | None:
     """The common float dtype of the given (present) inputs, None if they differ."""
-    dts = {x.dtype for i in idx if (x := _inp(inputs, i)) is not None}
+    dts = {x.dtype for i in idx if (x := optional_input(inputs, i)) is not None}
     if len(dts) != 1:
         return None
     dt = dts.pop()
@@ -171,7 +169,7 @@ class _Gemm:
 
 
 def _gemm_parse(attrs: dict[str, Any], inputs: list[TensorInfo | None]) -> _Gemm | None:
-    a, b, bias = _inp(inputs, 0), _inp(inputs, 1), _inp(inputs, 2)
+    a, b, bias = optional_input(inputs, 0), optional_input(inputs, 1), optional_input(inputs, 2)
     if a is None or b is None or len(b.shape) != 2 or len(a.shape) < 1:
         return None
     if _float_inputs(inputs, 0, 1, 2, 3) is None:
@@ -238,7 +236,7 @@ def _make_addmm_act(
     its largest deviation (4.7e-4 absolute, at x = 2.7) is below half the format's unit in the
     last place there; the tuner's tolerance check applies to it as to every tactic."""
     g = _gemm_parse(attrs, inputs)
-    if g is None or _inp(inputs, 2) is None:
+    if g is None or optional_input(inputs, 2) is None:
         return None
     if g.act == "Relu":
         gelu = False
@@ -287,7 +285,7 @@ class _Conv:
 
 
 def _conv_parse(attrs: dict[str, Any], inputs: list[TensorInfo | None]) -> _Conv | None:
-    x, w = _inp(inputs, 0), _inp(inputs, 1)
+    x, w = optional_input(inputs, 0), optional_input(inputs, 1)
     if x is None or w is None or len(x.shape) != len(w.shape) or len(x.shape) < 3:
         return None
     if _float_inputs(inputs, 0, 1, 2, 3) is None:
@@ -341,7 +339,7 @@ def _conv_maker(variant: str) -> Callable[..., RunFn | None]:
         if c is None:
             return None
         rank = c.nd + 2
-        z_info = _inp(inputs, 3)
+        z_info = optional_input(inputs, 3)
         if variant == "channels_last" and (c.nhwc or c.nd != 2):
             return None  # an NHWC node already runs channels-last in the plain variant
         fused = ""
@@ -454,7 +452,7 @@ def _make_conv_s2d(
     w = _weight(node, 1, inputs, build)
     if c is None or w is None or c.nd != 2 or c.group != 1 or list(c.strides) != [2, 2]:
         return None
-    if list(c.dil) != [1, 1] or _inp(inputs, 3) is not None:
+    if list(c.dil) != [1, 1] or optional_input(inputs, 3) is not None:
         return None
     wn = w.permute(to_first(4)) if c.nhwc else w  # [M, C, kh, kw]
     m, cin, kh, kw = (int(d) for d in wn.shape)
@@ -506,7 +504,7 @@ def conv_as_gemm(attrs: dict[str, Any], inputs: list[TensorInfo | None]) -> _Con
     """The parsed convolution when it is a GEMM on [N*H*W, C]: channels-last, 2-D, 1x1,
     stride 1, no padding, one group (W [Cout, 1, 1, Cin]); else None."""
     c = _conv_parse(attrs, inputs)
-    w = _inp(inputs, 1)
+    w = optional_input(inputs, 1)
     if c is None or w is None or not c.nhwc or c.nd != 2 or c.group != 1:
         return None
     if tuple(w.shape[1:-1]) != (1, 1) or c.pre_pad is not None:
@@ -522,11 +520,11 @@ def _make_conv1x1_gemm(
     """A channels-last 1x1 convolution with stride 1 and no padding is a GEMM on [N*H*W, C]:
     cuBLAS(Lt) with its bias+ReLU epilogue where the node has one, the output already NHWC."""
     c = conv_as_gemm(attrs, inputs)
-    w_info = _inp(inputs, 1)
+    w_info = optional_input(inputs, 1)
     if c is None or w_info is None:
         return None
     m, cin = int(w_info.shape[0]), int(w_info.shape[-1])
-    lt_relu = _HAS_ADDMM_ACT and c.act == "Relu" and _inp(inputs, 2) is not None
+    lt_relu = _HAS_ADDMM_ACT and c.act == "Relu" and optional_input(inputs, 2) is not None
     lt_relu = lt_relu and torch.device(build.device).type == "cuda"
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
@@ -601,7 +599,7 @@ def _mask_plan(
     add_idx: int = 3,
     keep_idx: int = 4,
 ) -> _MaskPlan | None:
-    add, keep = _inp(inputs, add_idx), _inp(inputs, keep_idx)
+    add, keep = optional_input(inputs, add_idx), optional_input(inputs, keep_idx)
     causal = bool(int(attrs.get("is_causal", 0) or 0))
     fill = float(attrs.get("mask_fill", float("-inf")))
     if keep is not None and keep.dtype != torch.bool:
@@ -683,7 +681,7 @@ def _attention_maker(backend_name: str) -> Callable[..., RunFn | None]:
         build: BuildInfo,
     ) -> RunFn | None:
         backend = getattr(SDPBackend, backend_name, None)
-        q, k, v = _inp(inputs, 0), _inp(inputs, 1), _inp(inputs, 2)
+        q, k, v = optional_input(inputs, 0), optional_input(inputs, 1), optional_input(inputs, 2)
         if backend is None or q is None or k is None or v is None:
             return None
         if _float_inputs(inputs, 0, 1, 2, 3) is None:
@@ -729,12 +727,12 @@ def _mha_maker(backend_name: str) -> Callable[..., RunFn | None]:
         backend = getattr(SDPBackend, backend_name, None)
         h, d = int(attrs.get("num_heads", 0) or 0), int(attrs.get("head_size", 0) or 0)
         packed = bool(int(attrs.get("packed", 0) or 0))
-        q = _inp(inputs, 0)
+        q = optional_input(inputs, 0)
         if backend is None or q is None or h <= 0 or d <= 0 or len(q.shape) != 3:
             return None
-        if _float_inputs(inputs, 0, 1, 2, 3) is None or _inp(inputs, 5) is not None:
+        if _float_inputs(inputs, 0, 1, 2, 3) is None or optional_input(inputs, 5) is not None:
             return None  # y_scale (codes out, link_codes): triton_flash's
-        if _inp(inputs, 6) is not None:
+        if optional_input(inputs, 6) is not None:
             return None  # x_scale (quantized QKV): triton_flash's
         if packed:
             dv_total = q.shape[2] - 2 * h * d
@@ -742,7 +740,7 @@ def _mha_maker(backend_name: str) -> Callable[..., RunFn | None]:
                 return None
             sk, dv = q.shape[1], dv_total // h
         else:
-            k, v = _inp(inputs, 1), _inp(inputs, 2)
+            k, v = optional_input(inputs, 1), optional_input(inputs, 2)
             if k is None or v is None or len(k.shape) != 3 or len(v.shape) != 3:
                 return None
             if q.shape[2] != h * d or k.shape[2] != h * d or v.shape[2] % h:
@@ -814,7 +812,7 @@ def _norm_parse(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], n_params: int
 ) -> list[int] | None:
     """The normalized shape when F.layer_norm / F.rms_norm computes the node exactly."""
-    x = _inp(inputs, 0)
+    x = optional_input(inputs, 0)
     if x is None or x.dtype not in _FLOATS or len(x.shape) == 0:
         return None
     if any(node.outputs[1:]):
@@ -828,7 +826,7 @@ def _norm_parse(
         return None
     norm = list(x.shape[axis:])
     for i in range(1, 1 + n_params):
-        p = _inp(inputs, i)
+        p = optional_input(inputs, i)
         if p is None:
             if i == 1:
                 return None

@@ -16,10 +16,11 @@ import torch
 
 from ecoinfer.errors import ExecutionError
 from ecoinfer.ir import dtypes
+from ecoinfer.ir.graph import optional_input
 from ecoinfer.ir.ops.fused_quant import QTYPES
 from ecoinfer.kernels.torch_ops.fused_conv import _fused_conv
 from ecoinfer.kernels.torch_ops.fused_gemm import _fused_gemm
-from ecoinfer.kernels.torch_ops.quant import _opt, dequantize, quantize
+from ecoinfer.kernels.torch_ops.quant import dequantize, quantize
 from ecoinfer.kernels.torch_ops.registry import KernelContext, kernel
 
 Tensor = torch.Tensor
@@ -140,7 +141,11 @@ def _qgemm(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
         ctx.node, {**ctx.attrs, "trans_b": 1}, ctx.device, ctx.run_graph, ctx.opset
     )
     if len(xs) > 7 and xs[7] is not None:  # the residual's LayerNorm, rebuilt from its stats
-        xs = [*xs[:5], norm_from_stats(xs[5], xs[7], xs[8], xs[9], _opt(xs, 10)), _opt(xs, 6)]
+        xs = [
+            *xs[:5],
+            norm_from_stats(xs[5], xs[7], xs[8], xs[9], optional_input(xs, 10)),
+            optional_input(xs, 6),
+        ]
     return _quantized_layer(ctx, xs, lambda ins: _fused_gemm(fctx, ins))
 
 

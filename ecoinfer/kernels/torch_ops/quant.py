@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ecoinfer.errors import ExecutionError
 from ecoinfer.ir import dtypes
+from ecoinfer.ir.graph import optional_input
 from ecoinfer.ir.ops.nn import resolve_pads, window_params
 from ecoinfer.ir.ops.quant import INT_RANGES
 from ecoinfer.kernels.torch_ops.elementwise import cast
@@ -26,10 +27,6 @@ _FLOAT8 = {
     for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
     if hasattr(torch, n)
 }
-
-
-def _opt(xs: list[Tensor | None], i: int) -> Tensor | None:
-    return xs[i] if i < len(xs) else None
 
 
 def _dtype_attr(ctx: KernelContext, name: str) -> torch.dtype | None:
@@ -86,7 +83,7 @@ def dequantize(x: Tensor, scale: Tensor, zp: Tensor | None, out: torch.dtype) ->
 
 @kernel("QuantizeLinear")
 def _quantize(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
-    x, scale, zp = xs[0], xs[1], _opt(xs, 2)
+    x, scale, zp = xs[0], xs[1], optional_input(xs, 2)
     assert x is not None and scale is not None
     axis, block = int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0) or 0)
     out = zp.dtype if zp is not None else (_dtype_attr(ctx, "output_dtype") or torch.uint8)
@@ -104,7 +101,7 @@ def _quantize(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
 
 @kernel("DequantizeLinear")
 def _dequantize(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
-    x, scale, zp = xs[0], xs[1], _opt(xs, 2)
+    x, scale, zp = xs[0], xs[1], optional_input(xs, 2)
     assert x is not None and scale is not None
     axis, block = int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0) or 0)
     out = _dtype_attr(ctx, "output_dtype") or scale.dtype
@@ -156,7 +153,7 @@ def _centered_b(b: Tensor, zp: Tensor | None) -> Tensor:
 def _matmul_integer(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     a, b = xs[0], xs[1]
     assert a is not None and b is not None
-    a64, b64 = _centered_a(a, _opt(xs, 2)), _centered_b(b, _opt(xs, 3))
+    a64, b64 = _centered_a(a, optional_input(xs, 2)), _centered_b(b, optional_input(xs, 3))
     return [_imatmul(a64, b64).to(torch.int32)]
 
 
@@ -204,9 +201,9 @@ def _w_centered(w: Tensor, zp: Tensor | None) -> Tensor:
 def _conv_integer(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     x, w = xs[0], xs[1]
     assert x is not None and w is not None
-    xzp = _opt(xs, 2)
+    xzp = optional_input(xs, 2)
     xc = x.long() if xzp is None else x.long() - xzp.long().reshape(())
-    return [_iconv(ctx, xc, _w_centered(w, _opt(xs, 3))).to(torch.int32)]
+    return [_iconv(ctx, xc, _w_centered(w, optional_input(xs, 3))).to(torch.int32)]
 
 
 def _requantize(acc: Tensor, mult: Tensor, yzp: Tensor | None, out: torch.dtype) -> Tensor:
@@ -233,7 +230,7 @@ def _qlinear_matmul(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]
 @kernel("QLinearConv")
 def _qlinear_conv(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
     x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp = (list(xs) + [None] * 8)[:8]
-    bias = _opt(xs, 8)
+    bias = optional_input(xs, 8)
     assert x is not None and w is not None and x_s is not None and w_s is not None
     assert y_s is not None
     xc = x.long() if x_zp is None else x.long() - x_zp.long().reshape(())

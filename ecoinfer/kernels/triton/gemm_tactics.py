@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ecoinfer.ir import dtypes
-from ecoinfer.ir.graph import Node
+from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.kernels.broadcast import broadcast_shape
 from ecoinfer.kernels.triton.attention import (
     MAX_HEAD_SIZE,
@@ -59,14 +59,6 @@ def _runs_here(build: BuildInfo) -> bool:
     return torch.device(build.device).type == "cuda" or interpreting()
 
 
-def _get(xs: list[Tensor | None], i: int) -> Tensor | None:
-    return xs[i] if i < len(xs) else None
-
-
-def _info(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
-    return inputs[i] if i < len(inputs) else None
-
-
 def _grows(extra: tuple[int, ...], target: tuple[int, ...]) -> bool:
     """Whether broadcasting `extra` against `target` changes target's shape (or fails)."""
     try:
@@ -84,7 +76,7 @@ def _gemm_dims(
     attrs: dict[str, Any], inputs: list[TensorInfo | None]
 ) -> tuple[int, int, int, tuple[int, ...]] | None:
     """(M, N, K, output shape) at the opt shapes, None when the kernel does not apply."""
-    a, b = _info(inputs, 0), _info(inputs, 1)
+    a, b = optional_input(inputs, 0), optional_input(inputs, 1)
     if a is None or b is None or len(b.shape) != 2 or len(a.shape) < 1:
         return None
     if a.dtype not in _FLOATS or b.dtype != a.dtype:
@@ -109,7 +101,7 @@ def act_of(attrs: dict[str, Any]) -> tuple[int, float, float] | None:
 def gemm_epilogue_ok(inputs: list[TensorInfo | None], n: int, out: tuple[int, ...]) -> bool:
     """FusedGemm's bias (input 2, float [N]) and residual (input 3, float, not growing Y) as
     the Triton GEMM epilogues take them (shared with tma_tactics)."""
-    bias, res = _info(inputs, 2), _info(inputs, 3)
+    bias, res = optional_input(inputs, 2), optional_input(inputs, 3)
     if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOATS):
         return False
     return res is None or (res.dtype in _FLOATS and not _grows(res.shape, out))
@@ -163,8 +155,8 @@ def triton_gemm(
             fused_gemm(
                 a,
                 b,
-                _get(xs, 2),
-                _get(xs, 3),
+                optional_input(xs, 2),
+                optional_input(xs, 3),
                 trans_b=trans_b,
                 act=act,
                 precision=precision,
@@ -177,7 +169,7 @@ def triton_gemm(
 
 # ---------------------------------------------------------------------- attention
 def _masks_ok(inputs: list[TensorInfo | None], scores: tuple[int, ...]) -> bool:
-    add, keep = _info(inputs, 3), _info(inputs, 4)
+    add, keep = optional_input(inputs, 3), optional_input(inputs, 4)
     if add is not None and (add.dtype not in _FLOATS or len(add.shape) > 4):
         return False
     if keep is not None and (keep.dtype != torch.bool or len(keep.shape) > 4):
@@ -189,7 +181,7 @@ def _attention_dims(
     attrs: dict[str, Any], inputs: list[TensorInfo | None]
 ) -> tuple[int, int, int, int] | None:
     """(Sq, Sk, D, Dv) of ecoinfer.Attention, None when the kernel does not apply."""
-    q, k, v = _info(inputs, 0), _info(inputs, 1), _info(inputs, 2)
+    q, k, v = optional_input(inputs, 0), optional_input(inputs, 1), optional_input(inputs, 2)
     if q is None or k is None or v is None or q.dtype not in _FLOATS:
         return None
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -244,10 +236,10 @@ def _mha_dims(
 ) -> tuple[int, int, int, int] | None:
     """(Sq, Sk, D, Dv) of ecoinfer.MultiHeadAttention, None when the kernel does not apply."""
     h, d = int(attrs.get("num_heads", 0) or 0), int(attrs.get("head_size", 0) or 0)
-    q = _info(inputs, 0)
+    q = optional_input(inputs, 0)
     if h <= 0 or d <= 0 or q is None or len(q.shape) != 3:
         return None
-    codes = q.dtype in QCODE_OF and _info(inputs, 6) is not None  # a linked QKV's codes
+    codes = q.dtype in QCODE_OF and optional_input(inputs, 6) is not None  # a linked QKV's codes
     if q.dtype not in _FLOATS and not codes:
         return None
     bsz, sq, width = q.shape
@@ -257,7 +249,7 @@ def _mha_dims(
             return None
         sk, dv = sq, rest // h
     else:
-        k, v = _info(inputs, 1), _info(inputs, 2)
+        k, v = optional_input(inputs, 1), optional_input(inputs, 2)
         if k is None or v is None or k.dtype != q.dtype or v.dtype != q.dtype:
             return None
         if len(k.shape) != 3 or len(v.shape) != 3 or v.shape[-1] % h:
@@ -316,11 +308,13 @@ def triton_flash(
                 return None  # DOT8 dots codes (float Q, K, V have none), 32 columns or more
         h, d = int(attrs["num_heads"]), int(attrs["head_size"])
         packed = bool(int(attrs.get("packed", 0) or 0))
-        ys = _info(inputs, 5)  # y_scale: Y as codes for a quantized projection (link_codes)
+        ys = optional_input(
+            inputs, 5
+        )  # y_scale: Y as codes for a quantized projection (link_codes)
         y_qtype = str(attrs.get("y_qtype") or "")
         if ys is not None and (ys.dtype != torch.float32 or y_qtype not in QTYPES):
             return None
-        xsc = _info(inputs, 6)  # x_scale: attention on the quantized QKV (fuse_quantized)
+        xsc = optional_input(inputs, 6)  # x_scale: attention on the quantized QKV (fuse_quantized)
         x_qtype = str(attrs.get("x_qtype") or "")
         out_dtype = None
         if xsc is not None:
@@ -340,18 +334,18 @@ def triton_flash(
             return [
                 flash_mha(
                     q,
-                    _get(xs, 1),
-                    _get(xs, 2),
-                    _get(xs, 3),
-                    _get(xs, 4),
+                    optional_input(xs, 1),
+                    optional_input(xs, 2),
+                    optional_input(xs, 3),
+                    optional_input(xs, 4),
                     num_heads=h,
                     head_size=d,
                     packed=packed,
                     precision=precision,
                     config=config,
-                    y_scale=_get(xs, 5),
+                    y_scale=optional_input(xs, 5),
                     y_qtype=y_qtype,
-                    x_scale=_get(xs, 6),
+                    x_scale=optional_input(xs, 6),
                     x_qtype=x_qtype,
                     out_dtype=out_dtype,
                     **common,
@@ -372,8 +366,8 @@ def triton_flash(
                 q,
                 k,
                 v,
-                _get(xs, 3),
-                _get(xs, 4),
+                optional_input(xs, 3),
+                optional_input(xs, 4),
                 k_transposed=k_transposed,
                 precision=precision,
                 config=config,
@@ -389,7 +383,7 @@ def _conv_params(
     attrs: dict[str, Any], inputs: list[TensorInfo | None]
 ) -> tuple[dict[str, Any], tuple[int, ...], int, int, int] | None:
     """(kernel kwargs, output shape, M, Cout, Cin) at the opt shapes, or None."""
-    x, w = _info(inputs, 0), _info(inputs, 1)
+    x, w = optional_input(inputs, 0), optional_input(inputs, 1)
     if x is None or w is None or x.dtype not in _FLOATS or w.dtype != x.dtype:
         return None
     nd = len(x.shape) - 2
@@ -467,7 +461,7 @@ def triton_conv(
     if p is None:
         return None
     kwargs, out, _, cout, _ = p
-    bias, z = _info(inputs, 2), _info(inputs, 3)
+    bias, z = optional_input(inputs, 2), optional_input(inputs, 3)
     if bias is not None and (bias.shape != (cout,) or bias.dtype not in _FLOATS):
         return None
     if z is not None and (z.dtype not in _FLOATS or _grows(z.shape, out)):
@@ -478,7 +472,15 @@ def triton_conv(
     def run(xs: list[Tensor | None]) -> list[Tensor]:
         x, w = xs[0], xs[1]
         assert x is not None and w is not None
-        y = fused_conv(x, w, _get(xs, 2), _get(xs, 3), precision=precision, config=config, **kwargs)
+        y = fused_conv(
+            x,
+            w,
+            optional_input(xs, 2),
+            optional_input(xs, 3),
+            precision=precision,
+            config=config,
+            **kwargs,
+        )
         return [y]
 
     return run

@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 
-from ecoinfer.ir.graph import Node
+from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.triton.gemm_tactics import (
     _conv_params,
     _gemm_dims,
-    _get,
     _grows,
     _runs_here,
     act_of,
@@ -44,10 +43,6 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = ("float16", "bfloat16", "float32")
 
 
-def _info(inputs: list[TensorInfo | None], i: int) -> TensorInfo | None:
-    return inputs[i] if i < len(inputs) else None
-
-
 def fp8_supported(device: torch.device | str) -> bool:
     """fp8 tensor-core dots need compute capability 8.9 (Ada) or 9.0 (Hopper); the CPU
     interpreter emulates them."""
@@ -65,11 +60,11 @@ def _common(
 ) -> tuple[str, TensorInfo] | None:
     """(qtype, X info) when X, W_q and the scales are what the kernels take, else None."""
     qtype = str(attrs.get("qtype") or "int8")
-    x, w = _info(inputs, 0), _info(inputs, 1)
-    xs, ws = _info(inputs, 2), _info(inputs, 3)
+    x, w = optional_input(inputs, 0), optional_input(inputs, 1)
+    xs, ws = optional_input(inputs, 2), optional_input(inputs, 3)
     if qtype not in QTYPES or x is None or w is None or xs is None or ws is None:
         return None
-    if _info(inputs, 6) is not None or has_residual_norm(inputs):
+    if optional_input(inputs, 6) is not None or has_residual_norm(inputs):
         return None  # y_scale (codes out), a rebuilt residual: triton_tma_qgemm's forms
     if x.dtype not in _FLOATS or w.dtype != QTYPES[qtype]:
         return None
@@ -85,7 +80,7 @@ def _common(
 def _epilogue_ok(
     inputs: list[TensorInfo | None], n: int, out: tuple[int, ...], attrs: dict[str, Any]
 ) -> bool:
-    bias, res = _info(inputs, 4), _info(inputs, 5)
+    bias, res = optional_input(inputs, 4), optional_input(inputs, 5)
     if bias is not None and (tuple(bias.shape) != (n,) or bias.dtype not in _FLOATS):
         return False
     return res is None or (res.dtype in _FLOATS and not _grows(tuple(res.shape), out))
@@ -93,7 +88,7 @@ def _epilogue_ok(
 
 def _as_float(inputs: list[TensorInfo | None]) -> list[TensorInfo | None]:
     """(X, W) with W seen as X's dtype: the float tactics' shape checks apply unchanged."""
-    x, w = _info(inputs, 0), _info(inputs, 1)
+    x, w = optional_input(inputs, 0), optional_input(inputs, 1)
     if x is None or w is None:
         return [x, w]
     return [x, TensorInfo(tuple(w.shape), x.dtype, w.is_weight)]
@@ -101,7 +96,7 @@ def _as_float(inputs: list[TensorInfo | None]) -> list[TensorInfo | None]:
 
 def _packed_weight(node: Node, inputs: list[TensorInfo | None], build: BuildInfo) -> Tensor | None:
     """The constant W_q on the build device, when the engine has it (packed by the caller)."""
-    info = _info(inputs, 1)
+    info = optional_input(inputs, 1)
     if info is None or not info.is_weight or len(node.inputs) < 2:
         return None
     w = build.weights.get(node.inputs[1])
@@ -122,7 +117,7 @@ def _qgemm_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
     dims = _qgemm_dims(attrs, inputs)
-    x = _info(inputs, 0)
+    x = optional_input(inputs, 0)
     if dims is None or x is None:
         return [QGemmConfig().as_dict()]
     m, n, k, _ = dims
@@ -170,9 +165,8 @@ def triton_qgemm(
         x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
         assert x is not None and wq is not None and x_scale is not None and w_scale is not None
         wp = packed if packed is not None else wq  # read through its strides
-        y = qgemm(
-            x, wp, x_scale, w_scale, _get(xs, 4), _get(xs, 5), qtype=qtype, config=config, act=act
-        )
+        bias, res = optional_input(xs, 4), optional_input(xs, 5)
+        y = qgemm(x, wp, x_scale, w_scale, bias, res, qtype=qtype, config=config, act=act)
         return [y]
 
     return run
@@ -188,7 +182,7 @@ def _qconv_configs(
     node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
 ) -> list[dict[str, Any]]:
     p = _qconv_params(attrs, inputs)
-    x = _info(inputs, 0)
+    x = optional_input(inputs, 0)
     if p is None or x is None:
         return [QGemmConfig().as_dict()]
     _, _, m, cout, cin = p
@@ -233,9 +227,8 @@ def triton_qconv(
         x, wq, x_scale, w_scale = xs[0], xs[1], xs[2], xs[3]
         assert x is not None and wq is not None and x_scale is not None and w_scale is not None
         wp = packed if packed is not None else wq  # read through its strides
-        y = qconv(
-            x, wp, x_scale, w_scale, _get(xs, 4), _get(xs, 5), qtype=qtype, config=config, **kwargs
-        )
+        bias, res = optional_input(xs, 4), optional_input(xs, 5)
+        y = qconv(x, wp, x_scale, w_scale, bias, res, qtype=qtype, config=config, **kwargs)
         return [y]
 
     return run

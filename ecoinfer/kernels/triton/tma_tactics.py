@@ -28,13 +28,11 @@ from typing import Any
 
 import torch
 
-from ecoinfer.ir.graph import Node
+from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF, ACT_GELU_TANH, act_code
 from ecoinfer.kernels.triton.gemm_tactics import (
     _gemm_dims,
-    _get,
-    _info,
     _numel,
     _runs_here,
     act_of,
@@ -74,7 +72,7 @@ def _configs(m: int, n: int, k: int, in_bytes: int, act: tuple[int, float, float
 def _half_gemm(attrs: dict[str, Any], inputs: list[TensorInfo | None]):  # noqa: ANN202
     """(M, N, K, out shape) when the TMA kernel takes this FusedGemm, else None."""
     dims = _gemm_dims(attrs, inputs)
-    a = _info(inputs, 0)
+    a = optional_input(inputs, 0)
     if dims is None or a is None or a.dtype not in _HALF:
         return None
     _, n, k, _ = dims
@@ -125,7 +123,8 @@ def triton_tma_gemm(
     def run(xs: list[Tensor | None]) -> list[Tensor]:
         a, b = xs[0], xs[1]
         assert a is not None and b is not None
-        y = tma_gemm(a, b, _get(xs, 2), _get(xs, 3), w_kn=not trans_b, act=act, config=config)
+        bias, res = optional_input(xs, 2), optional_input(xs, 3)
+        y = tma_gemm(a, b, bias, res, w_kn=not trans_b, act=act, config=config)
         return [y]
 
     return run
@@ -138,7 +137,7 @@ _HALF_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 def _qgemm_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo):  # noqa: ANN202
     """(qtype, M, N, K, float dtype of Y, output shape) when the TMA kernel takes this QGemm
     (X float or already codes, Y float or codes for the next layer), else None."""
-    w, x = _info(inputs, 1), _info(inputs, 0)
+    w, x = optional_input(inputs, 1), optional_input(inputs, 0)
     if w is None or x is None or len(w.shape) != 2 or not x.shape:
         return None
     n, k = w.shape
@@ -159,7 +158,7 @@ def _quantized_io(
     names Y's float dtype), float32 scalar x_scale and y_scale (codes out), float32 w_scale
     [N] or [1]; FP8 only where the GPU has it."""
     qtype = str(attrs.get("qtype") or "int8")
-    x, w, xs, ws, ys = (_info(inputs, i) for i in (0, 1, 2, 3, 6))
+    x, w, xs, ws, ys = (optional_input(inputs, i) for i in (0, 1, 2, 3, 6))
     if qtype not in QTYPES or x is None or w is None or xs is None or ws is None:
         return None
     if w.dtype != QTYPES[qtype]:
@@ -226,7 +225,7 @@ def triton_tma_qgemm(
         wq = xs[1]
         assert wq is not None
         wp = packed if packed is not None else pack_qweight(wq)
-        rn = (xs[7], xs[8], xs[9], _get(xs, 10)) if norm else None
+        rn = (xs[7], xs[8], xs[9], optional_input(xs, 10)) if norm else None
         return [_run_8bit(xs, wp, qtype, fdt, act, config, residual_norm=rn)]
 
     return run
@@ -236,9 +235,9 @@ def _residual_norm_ok(
     inputs: list[TensorInfo | None], m: int, n: int, out: tuple[int, ...]
 ) -> bool:
     """res_mean / res_inv_std float32 [rows], res_scale (res_bias) [N], residual of Y's shape."""
-    res = _info(inputs, 5)
-    stats = [_info(inputs, i) for i in (7, 8)]
-    params = [_info(inputs, 9), _info(inputs, 10)]
+    res = optional_input(inputs, 5)
+    stats = [optional_input(inputs, i) for i in (7, 8)]
+    params = [optional_input(inputs, 9), optional_input(inputs, 10)]
     if res is None or tuple(res.shape) != tuple(out) or params[0] is None:
         return False
     if any(t is None or t.dtype != torch.float32 or _numel(t.shape) != m for t in stats):
@@ -264,12 +263,13 @@ def _run_8bit(
     assert x is not None and x_scale is not None and w_scale is not None
     s = x_scale.reshape(()).float()
     in_kernel = x.dtype == QTYPES[qtype] or (config is not None and config.QUANT_X)
-    ys = _get(xs, 6)
+    ys = optional_input(xs, 6)
+    bias, res = optional_input(xs, 4), optional_input(xs, 5)
     return tma_gemm(
         x if in_kernel else quantize(x, s, qtype, exact=True),
         wp,
-        _get(xs, 4),
-        _get(xs, 5),
+        bias,
+        res,
         act=act,
         post=post,
         x_scale=s,
@@ -294,7 +294,7 @@ def _conv_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: in
     from ecoinfer.ir.ops.nn import window_params  # noqa: PLC0415
     from ecoinfer.tune.torch_tactics import _conv_parse, conv_as_gemm  # noqa: PLC0415
 
-    x, w = _info(inputs, 0), _info(inputs, 1)
+    x, w = optional_input(inputs, 0), optional_input(inputs, 1)
     if x is None or w is None:
         return None
     geo = None
@@ -328,7 +328,7 @@ def _conv_plan(attrs: dict[str, Any], inputs: list[TensorInfo | None], align: in
 def _as_half(inputs: list[TensorInfo | None]) -> list[TensorInfo | None]:
     """A QConv's (X, W) seen as the float convolution's: X's codes (a linked layer) and W_q
     as float16 (the shape checks are the same)."""
-    x, w = _info(inputs, 0), _info(inputs, 1)
+    x, w = optional_input(inputs, 0), optional_input(inputs, 1)
     if x is None or w is None:
         return [x, w]
     dt = x.dtype if x.dtype in _HALF else torch.float16
@@ -364,7 +364,7 @@ def _conv_tactic(kxk: bool):  # noqa: ANN202
     ) -> RunFn | None:
         if not _runs_here(build) or not tma_supported(build.device):
             return None
-        x = _info(inputs, 0)
+        x = optional_input(inputs, 0)
         p = _conv_plan(attrs, inputs, 8, kxk)
         if p is None or x is None or x.dtype not in _HALF:
             return None
@@ -377,9 +377,8 @@ def _conv_tactic(kxk: bool):  # noqa: ANN202
             a, w = xs[0], xs[1]
             assert a is not None and w is not None
             wk = w.reshape(cout, -1)  # [Cout, KH*KW*Cin]: OHWI rows
-            y = tma_gemm(
-                a, wk, _get(xs, 2), _get(xs, 3), act=act, post=post, config=config, conv=geo
-            )
+            bias, res = optional_input(xs, 2), optional_input(xs, 3)
+            y = tma_gemm(a, wk, bias, res, act=act, post=post, config=config, conv=geo)
             return [y]
 
         return run
