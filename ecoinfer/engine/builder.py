@@ -43,7 +43,7 @@ from ecoinfer.engine.runtime import (
 from ecoinfer.engine.serialize import graph_from_dict, graph_to_dict
 from ecoinfer.errors import EcoinferError, InputError
 from ecoinfer.ir import dtypes
-from ecoinfer.ir.graph import Graph, all_inputs, last_uses
+from ecoinfer.ir.graph import Graph, Node, all_inputs, last_uses
 from ecoinfer.ir.ops import get_schema
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
 
@@ -586,15 +586,9 @@ def _tune_profile(
     consumers = g.consumers() if skip_on else {}
     for i, node in enumerate(g.nodes):
         attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
-        kernel = get_kernel(node.op_type, node.domain)
-        assert kernel is not None
         xs = [env[x] if x else None for x in node.inputs]
         prec = _layer_precision(node.name, per_layer.get(node.name, precision), cfg.layer_precision)
-
-        def reference(ins, _n=node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
-            if any(isinstance(v, Graph) for v in _n.attrs.values()):  # bodies see the env
-                return _ControlFlow(_n, _k, _a, dev, g).with_env(ins, env)
-            return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
+        reference = _reference_fn(node, attrs, dev, g, env)
 
         choice = LayerChoice(precision=prec, inputs=_input_infos(xs, node.inputs, weights))
         has_tactics = cfg.tune and bool(tactics_for(node.op_type, node.domain, device, prec))
@@ -701,12 +695,18 @@ def _workspace(cfg: BuildConfig) -> int | None:
     return None if cfg.workspace_mb is None else int(cfg.workspace_mb) * 2**20
 
 
+def _rotates_inputs(cfg: BuildConfig, device: str | torch.device) -> bool:
+    """Whether the tuner times on rotating input copies (BuildConfig.rotate_inputs)."""
+    if cfg.rotate_inputs is not None:
+        return cfg.rotate_inputs
+    return torch.device(device).type == "cuda"
+
+
 def _tuning_inputs(cfg: BuildConfig, device: str) -> dict[str, Any]:
     """How the tuner fed its candidates: rotated copies (and how many bytes), or one set."""
     from ecoinfer.tune.autotune import cold_rotate_bytes  # noqa: PLC0415
 
-    info = _build_info(torch.device(device), "float32", {}, cfg)
-    nbytes = cold_rotate_bytes(device) if info.cold_inputs and cfg.tune else 0
+    nbytes = cold_rotate_bytes(device) if cfg.tune and _rotates_inputs(cfg, device) else 0
     return {"rotated": bool(nbytes), "bytes": nbytes}
 
 
@@ -714,10 +714,25 @@ def _build_info(dev: torch.device, prec: str, consts: dict, cfg: BuildConfig) ->
     """What the tactics of one layer may know about this build (tune.tactics.BuildInfo)."""
     from ecoinfer.tune.tactics import BuildInfo  # noqa: PLC0415
 
-    rotate = cfg.rotate_inputs if cfg.rotate_inputs is not None else dev.type == "cuda"
     return BuildInfo(
-        dev, prec, consts, frozenset(cfg.exclude_tactics), _workspace(cfg), cold_inputs=rotate
+        dev,
+        prec,
+        consts,
+        frozenset(cfg.exclude_tactics),
+        _workspace(cfg),
+        cold_inputs=_rotates_inputs(cfg, dev),
     )
+
+
+def _reference_fn(node: Node, attrs: dict, dev: torch.device, g: Graph, env: dict) -> Any:
+    """The node's reference kernel as a run function (the tuner's judge, the plan's reference
+    run). A node with a body graph (control flow, FusedElementwise) runs it against `env`, the
+    values computed so far."""
+    kernel = get_kernel(node.op_type, node.domain)
+    assert kernel is not None
+    if any(isinstance(v, Graph) for v in node.attrs.values()):
+        return lambda ins: _ControlFlow(node, kernel, attrs, dev, g).with_env(ins, env)
+    return lambda ins: kernel(KernelContext(node, attrs, dev, _no_subgraph, g.opset), ins)
 
 
 def _layer_choice(
@@ -747,12 +762,7 @@ def _select_aside(node, xs, consts, prec, dev, g, cache, cfg, what):  # noqa: AN
     from ecoinfer.tune.autotune import select_tactic  # noqa: PLC0415
 
     attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
-    kernel = get_kernel(node.op_type, node.domain)
-    assert kernel is not None
-
-    def reference(ins, _n=node, _k=kernel, _a=attrs):  # noqa: ANN001, ANN202
-        return _k(KernelContext(_n, _a, dev, _no_subgraph, g.opset), ins)
-
+    reference = _reference_fn(node, attrs, dev, g, {})
     log = _log(cfg)
     try:
         build = _build_info(dev, prec, consts, cfg)
@@ -832,12 +842,7 @@ def _tune_norm_links(
             if node.name in wanted:
                 seen[node.name] = xs
             attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
-            kernel = get_kernel(node.op_type, node.domain)
-            assert kernel is not None
-            if any(isinstance(v, Graph) for v in node.attrs.values()):  # FusedElementwise body
-                ys = _ControlFlow(node, kernel, attrs, dev, g).with_env(xs, env)
-            else:
-                ys = kernel(KernelContext(node, attrs, dev, _no_subgraph, g.opset), xs)
+            ys = _reference_fn(node, attrs, dev, g, env)(xs)
             env.update({name: y for name, y in zip(node.outputs, ys) if name})
             for x in all_inputs(node):
                 if x and last.get(x) == i and x not in outs and x not in weights:

@@ -297,10 +297,9 @@ def time_fn(
     device: str | torch.device,
     target_ms: float = TARGET_MS,
     cuda_graph: bool = True,
-    rotate_bytes: int = 0,
 ) -> float:
     """Median time of one fn(xs) call in milliseconds (warm-up excluded)."""
-    return measure(fn, xs, device, target_ms, cuda_graph, rotate_bytes)[0]
+    return measure(fn, xs, device, target_ms, cuda_graph)[0]
 
 
 def measure(
@@ -309,18 +308,17 @@ def measure(
     device: str | torch.device,
     target_ms: float = TARGET_MS,
     cuda_graph: bool = True,
-    rotate_bytes: int = 0,
+    sets: list[list[Tensor | None]] | None = None,
 ) -> tuple[float, str]:
     """(median ms per call, method). On CUDA the calls are captured in a CUDA graph and its
     replays timed with events, which is GPU time as the runtime (which replays graphs) sees it;
-    a function that cannot be captured is timed eagerly with events. rotate_bytes > 0 (CUDA):
-    successive calls cycle through copies of xs that together hold at least that many bytes,
-    so each call reads its inputs from memory rather than from the cache the last one filled
-    (input_sets)."""
+    a function that cannot be captured is timed eagerly with events. sets (CUDA): successive
+    calls cycle through these input sets (input_sets: xs and copies of it), so each call reads
+    its inputs from memory rather than from the cache the last one filled."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return _time_cpu(fn, xs, target_ms), "cpu"
-    return _time_cuda(fn, input_sets(xs, rotate_bytes), dev, target_ms, cuda_graph)
+    return _time_cuda(fn, sets or [xs], dev, target_ms, cuda_graph)
 
 
 MAX_INPUT_SETS = 8
@@ -526,6 +524,7 @@ def _select(
         node.op_type, node.domain, attrs, infos, build.precision, list(node.outputs)
     )
     rotate = cold_rotate_bytes(dev) if build.cold_inputs else 0
+    sets: list[list[Tensor | None]] | None = None  # made once, when a first candidate is timed
     fp = device_fingerprint(dev) if cache is not None else {}
     if rotate and cache is not None:  # times from rotated inputs are not those from one set
         fp["tuning_inputs"] = "rotated"
@@ -592,11 +591,11 @@ def _select(
             cand.time_ms, cand.timing = t, "cache"
         else:
             try:
+                if sets is None:
+                    sets = input_sets(inputs, rotate)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    cand.time_ms, cand.timing = measure(
-                        run, inputs, dev, target_ms, rotate_bytes=rotate
-                    )
+                    cand.time_ms, cand.timing = measure(run, inputs, dev, target_ms, sets=sets)
             except Exception as e:  # noqa: BLE001
                 cand.reason = f"timing failed: {_short(e)}"
                 _recover(dev)

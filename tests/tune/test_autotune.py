@@ -494,7 +494,8 @@ def test_rotated_timing_on_cuda() -> None:
     x = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)  # 8 MiB: fits the L2
     rot = autotune.cold_rotate_bytes("cuda")
     assert rot > 0
-    assert len(autotune.input_sets([x], rot)) > 1
     t_hot = autotune.measure(lambda xs: [xs[0] * 2], [x], "cuda")[0]
-    t_cold, how = autotune.measure(lambda xs: [xs[0] * 2], [x], "cuda", rotate_bytes=rot)
+    sets = autotune.input_sets([x], rot)
+    t_cold, how = autotune.measure(lambda xs: [xs[0] * 2], [x], "cuda", sets=sets)
+    assert len(sets) > 1
     assert how == "cuda_graph" and t_cold >= 0.9 * t_hot
