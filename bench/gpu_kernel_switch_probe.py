@@ -22,23 +22,16 @@ rotating input sets (so inputs come from memory), in CUDA graphs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import triton
+from ffn_probe import ffn_block, probe_args
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ecoinfer.kernels.triton.norms import RowConfig, layer_norm  # noqa: E402
-from ecoinfer.kernels.triton.pdl import pdl_scope  # noqa: E402
-from ecoinfer.kernels.triton.tma_gemm import TmaGemmConfig, tma_gemm  # noqa: E402
+from ecoinfer.kernels.triton.norms import RowConfig
+from ecoinfer.kernels.triton.pdl import pdl_scope
+from ecoinfer.kernels.triton.tma_gemm import TmaGemmConfig
 
-F8 = torch.float8_e4m3fn
-DRY = [False]  # --dry-run: tiny shapes on the CPU interpreter, to check the script itself
 # the tuner's picks in session 13's FP8 BERT-base build (run x)
 UP = TmaGemmConfig(BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8,
                    num_stages=3, PERSISTENT=1, FAST_GELU=1)  # fmt: skip
@@ -47,71 +40,39 @@ DOWN = TmaGemmConfig(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps
 SMALL = TmaGemmConfig(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2)
 
 
-def us(fn: Callable[[], object]) -> float:
-    if DRY[0]:
-        t0 = time.perf_counter()
-        fn()
-        return 1e6 * (time.perf_counter() - t0)
-    return 1e3 * float(triton.testing.do_bench_cudagraph(fn, rep=80, return_mode="median"))
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", type=int, default=4)
-    ap.add_argument("--out")
-    ap.add_argument("--dry-run", action="store_true", help="tiny shapes, CPU interpreter")
-    a = ap.parse_args()
-    DRY[0] = a.dry_run
-    M, H, F = (64, 64, 128) if a.dry_run else (64 * 128, 768, 3072)  # noqa: N806
-    up_cfg, down_cfg = (SMALL, SMALL) if a.dry_run else (UP, DOWN)
-    dev = torch.device("cpu" if a.dry_run else "cuda")
-    torch.manual_seed(0)
-    gpu = "cpu (dry run)" if a.dry_run else torch.cuda.get_device_name(dev)
+    a = probe_args(__doc__)
     s = max(2, a.sets)
-    gamma = (torch.rand(H, device=dev) + 0.5).half()
-    beta = (torch.randn(H, device=dev) * 0.1).half()
-    ys = torch.tensor(0.01, device=dev)
-    mid_scale = torch.tensor(0.02, device=dev)
-    w_up = (torch.randn(F, H, device=dev) * 8).to(F8)
-    w_dn = (torch.randn(H, F, device=dev) * 8).to(F8)
-    ws_up = torch.full((F,), 1e-3, device=dev)
-    ws_dn = torch.full((H,), 1e-3, device=dev)
-    b_up = torch.zeros(F, device=dev).half()
-    b_dn = torch.zeros(H, device=dev).half()
-    rc = RowConfig(2, 2)
-    hs = [(torch.randn(M, H, device=dev) * 2).half() for _ in range(s)]  # the norms' inputs
-    codes = [torch.empty(M, H, device=dev, dtype=F8) for _ in range(s)]
+    b = ffn_block(s, a.dry_run, RowConfig(2, 2))
+    up_cfg, down_cfg = (SMALL, SMALL) if a.dry_run else (UP, DOWN)
+    us, codes = b.us, b.codes
 
-    def ln(i: int) -> torch.Tensor:
-        return layer_norm(hs[i], gamma, beta, -1, 1e-12, rc, codes[i], ys, False)
+    def up(c):  # noqa: ANN001, ANN202
+        return b.up(c, up_cfg)
 
-    def up(c: torch.Tensor) -> torch.Tensor:
-        return tma_gemm(c, w_up, b_up, activation="Gelu", x_scale=ys, w_scale=ws_up,
-                        out_scale=mid_scale, config=up_cfg)  # fmt: skip
-
-    def down(mid: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-        return tma_gemm(mid, w_dn, b_dn, res, x_scale=mid_scale, w_scale=ws_dn, config=down_cfg)
+    def down(mid, res):  # noqa: ANN001, ANN202
+        return b.down(mid, res, down_cfg)
 
     # each set's data made once: the alternating runs read these, never a fresh output
-    ys_ = [ln(i) for i in range(s)]
+    ys_ = [b.ln(i) for i in range(s)]
     mids = [up(codes[i]) for i in range(s)]
 
     def alone() -> dict[str, float]:
         return {
-            "ln": us(lambda: [ln(i) for i in range(s)]) / s,
+            "ln": us(lambda: [b.ln(i) for i in range(s)]) / s,
             "up": us(lambda: [up(codes[i]) for i in range(s)]) / s,
             "down": us(lambda: [down(mids[i], ys_[i]) for i in range(s)]) / s,
         }
 
     def alternating() -> None:
         for i in range(s):  # set i for the norm, the next sets for the GEMMs: no reader
-            ln(i)  # of a fresh output, but a different kernel at every launch
+            b.ln(i)  # of a fresh output, but a different kernel at every launch
             up(codes[(i + 1) % s])
             down(mids[(i + 2) % s], ys_[(i + 2) % s])
 
     def chained() -> None:
         for i in range(s):
-            y = ln(i)
+            y = b.ln(i)
             down(up(codes[i]), y)
 
     rows = {}
@@ -123,12 +84,12 @@ def main() -> int:
             r["chained_us"] = us(chained) / s
         rows["pdl_on" if pdl else "pdl_off"] = r
         print(json.dumps({"pdl": pdl, **r}), flush=True)
-    out = {"gpu": gpu, "sets": s, "up_cfg": up_cfg.as_dict(), "down_cfg": down_cfg.as_dict(),
+    out = {"gpu": b.gpu, "sets": s, "up_cfg": up_cfg.as_dict(), "down_cfg": down_cfg.as_dict(),
            **rows}  # fmt: skip
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1))
     print(
-        f"Kernel switch probe on {gpu}, BERT-base b64 FP8 FFN block, {s} input sets (us per block)"
+        f"Kernel switch probe on {b.gpu}, BERT-base b64 FP8 FFN block, {s} input sets (us per block)"
     )
     print(
         f"  {'PDL':<5} {'alone (sum)':>12} {'alternating':>12} {'chained':>10} {'switch':>8} {'fresh data':>11}"
