@@ -78,8 +78,12 @@ def _compile_only(self: JITFunction, *args: Any, grid: Any, warmup: bool, **kwar
 def pytest_configure(config: pytest.Config) -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") in ("0", ""), "needs TRITON_INTERPRET=0"
     JITFunction.run = _compile_only  # type: ignore[method-assign]
-    # the host code offers the Triton tactics on CPU tensors only to the interpreter: say it
-    # is on (the kernels are JITFunctions all the same, compiled by _compile_only)
+    open_interpreter_gates()
+
+
+def open_interpreter_gates() -> None:
+    """The host code offers the Triton tactics on CPU tensors only to the interpreter: say it
+    is on (the kernels are JITFunctions all the same, compiled instead of run)."""
     import ecoinfer.kernels.triton as pkg  # noqa: PLC0415
 
     for info in pkgutil.iter_modules(pkg.__path__):

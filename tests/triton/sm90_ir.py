@@ -11,9 +11,7 @@ accumulators, so the INT8 kernel (int32 accumulator) runs its wgmmas one at a ti
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import re
 import sys
 from typing import Any
@@ -35,12 +33,7 @@ def tma_gemm_ttgir(qtype: str) -> str:
     """TTGIR of tma_gemm for a BERT-sized FFN-down tile (8-bit codes in, float16 out, a
     residual), 128 x 128 x 128 tiles, 8 warps, 4 stages, persistent: the tuner's usual pick."""
     JITFunction.run = _grab  # type: ignore[method-assign]
-    import ecoinfer.kernels.triton as pkg  # noqa: PLC0415
-
-    for info in pkgutil.iter_modules(pkg.__path__):  # the host code's interpreter gates
-        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        if hasattr(mod, "interpreting"):
-            mod.interpreting = lambda: True  # type: ignore[attr-defined]
+    sm90_compile.open_interpreter_gates()
     from ecoinfer.kernels.triton.qgemm import quantize  # noqa: PLC0415
     from ecoinfer.kernels.triton.tma_gemm import TmaGemmConfig, tma_gemm  # noqa: PLC0415
 
