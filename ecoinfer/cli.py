@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", metavar="OUT.npz", help="save all outputs to an .npz file")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    r.add_argument(
+        "--lean",
+        action="store_true",
+        help="run an engine file built with --lean through the torch-free runtime "
+        "(ecoinfer.lean; random inputs at a recorded shape, or --input files)",
+    )
 
     bu = sub.add_parser(
         "build", help="build an engine file from an ONNX model, like trtexec --saveEngine"
@@ -146,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.inspect import cmd_inspect  # noqa: PLC0415
 
             return cmd_inspect(args)
+        if args.command == "run" and args.lean:
+            from ecoinfer.commands.run_lean import cmd_run_lean  # noqa: PLC0415  (no torch)
+
+            return cmd_run_lean(args)
         if args.command == "run":
             from ecoinfer.commands.run import cmd_run  # noqa: PLC0415
 

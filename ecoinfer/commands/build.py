@@ -173,6 +173,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default a GPU build cycles through copies of a layer's inputs larger than twice the "
         "L2, so that each tactic reads them from memory as it will in the engine",
     )
+    p.add_argument(
+        "--lean",
+        action="store_true",
+        help="(CUDA) prefer Triton tactics in every layer and record the engine's kernel "
+        "launches into the file, so that ecoinfer.lean (and `ecoinfer run --lean`) runs it "
+        "without importing torch; checked by replaying them at build time",
+    )
     p.add_argument("--verbose", action="store_true", help="log every tactic candidate")
 
 
@@ -317,6 +324,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         skip_layernorm=False if args.no_skip_layernorm else None,
         rotate_inputs=False if args.no_rotate_inputs else None,
         exclude_tactics=tuple(t.strip() for t in args.exclude_tactics.split(",") if t.strip()),
+        lean=args.lean,
     )
     engine = build(args.model, cfg)
     path = engine.save(args.output)
@@ -331,6 +339,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(
             f"programmatic dependent launch {'on' if pdl['enabled'] else 'off'}: the engine "
             f"replays in {pdl['on_ms']:.3f} ms with it, {pdl['off_ms']:.3f} ms without ({pdl['timing']})"
+        )
+    lean = rep.get("lean")
+    if lean and "error" not in lean:
+        same = (
+            "bit-identical to" if lean["bit_identical"] else f"within {lean['max_rel_l2']:.1e} of"
+        )
+        print(
+            f"lean section: {sum(lean['launches'])} kernel launches recorded for "
+            f"{len(lean['launches'])} shape(s); replayed without torch, {same} the engine's "
+            f"outputs ({lean['seconds']:.1f} s)"
         )
     if rep.get("norm_residual"):
         print(

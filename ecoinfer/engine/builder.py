@@ -101,6 +101,9 @@ class BuildConfig:
     # tactic names never tried (trtexec's --tacticSources in spirit): e.g. a kernel family
     # that misbehaves on this GPU or driver; the reference tactic always remains
     exclude_tactics: tuple[str, ...] = ()
+    # --lean (CUDA): prefer Triton tactics everywhere and record the engine's launches into
+    # the file, for the torch-free runtime (ecoinfer.lean; engine/lean_record.py)
+    lean: bool = False
 
 
 def default_opt_level(device: str) -> int:
@@ -277,6 +280,10 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         layer_report = [dict(vars(lp)) for lp in layers]
     else:
         planned = optimized
+    if cfg.lean:
+        from ecoinfer.passes.fuse_elementwise import wrap_single_elementwise  # noqa: PLC0415
+
+        wrap_single_elementwise(planned)  # a lone Cast gets the Triton tactic too
     per_layer = {r.get("node", r.get("name")): r.get("precision", precision) for r in layer_report}
 
     cache = None
@@ -388,6 +395,10 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         if cache is not None and cache.dirty and cfg.timing_cache:
             cache.save(cfg.timing_cache)
         _carry_triton_binaries(engine, cfg.seed)
+        if cfg.lean:
+            _record_lean(engine, cfg.seed)
+    elif cfg.lean:
+        engine.warnings.append("--lean applies to CUDA builds; this CPU build has no lean section")
     engine.report["build_seconds"] = time.perf_counter() - t_start
     return engine
 
@@ -520,6 +531,26 @@ def _carry_triton_binaries(engine: Engine, seed: int) -> None:
         }
     except Exception as e:  # noqa: BLE001  (the engine works without; its first run compiles)
         engine.warnings.append(f"compiled Triton kernels not carried in the engine file: {e}")
+
+
+def _record_lean(engine: Engine, seed: int) -> None:
+    """The launches of the engine at each profile's opt shapes, for the torch-free runtime;
+    checked by replaying them (ecoinfer.lean) against the recorded run's outputs."""
+    import tempfile  # noqa: PLC0415
+
+    from ecoinfer.engine.lean_record import LeanRecordError, record, replay_check  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    try:
+        engine.lean_section, engine.lean_tensors, programs = record(engine, seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            check = replay_check(engine, programs, save_engine(engine, Path(tmp) / "e.eng"))
+        launches = [len(p["launches"]) for p in engine.lean_section["programs"]]
+        engine.report["lean"] = {"launches": launches, **check, "seconds": time.perf_counter() - t0}
+    except LeanRecordError as e:
+        engine.lean_section, engine.lean_tensors = None, {}
+        engine.report["lean"] = {"error": str(e)}
+        engine.warnings.append(f"no lean section: {e}")
 
 
 _CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
@@ -721,6 +752,7 @@ def _build_info(dev: torch.device, prec: str, consts: dict, cfg: BuildConfig) ->
         frozenset(cfg.exclude_tactics),
         _workspace(cfg),
         cold_inputs=_rotates_inputs(cfg, dev),
+        prefer_triton=cfg.lean,
     )
 
 
@@ -929,6 +961,9 @@ def save_engine(engine: Engine, path: str | os.PathLike) -> Path:
         "triton_binaries": engine.triton_binaries,
         "pdl": engine.pdl,
     }
+    if engine.lean_section:
+        header["lean"] = engine.lean_section
+        tensors.update(engine.lean_tensors)
     return write_engine(path, header, tensors)
 
 
@@ -971,6 +1006,8 @@ def load_engine(
     )
     engine.triton_binaries = carried
     engine.pdl = bool(header.get("pdl", False))  # files from before the choice: off
+    engine.lean_section = header.get("lean")
+    engine.lean_tensors = {k: v for k, v in tensors.items() if k.startswith("lean/")}
     if isinstance(installed, str):
         engine.warnings.append(installed)
     if diff:

@@ -12,7 +12,6 @@ safetensors only, no pickle.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from pathlib import Path
@@ -20,23 +19,17 @@ from typing import Any
 
 import torch
 
-from ecoinfer.errors import EcoinferError
+from ecoinfer.engine.container import (  # noqa: F401  (EngineMismatchError: re-exported)
+    FORMAT_VERSION,
+    MAGIC,
+    EngineFileError,
+    EngineMismatchError,
+    read_container,
+    tensor_table,
+)
+from ecoinfer.engine.container import canonical as _canonical
 
-MAGIC = b"ECOINFER-ENGINE\n"
-FORMAT_VERSION = 1
 _ALIGN = 64  # the weights section's alignment in the file (read_engine accepts any)
-
-
-class EngineFileError(EcoinferError):
-    """The engine file is missing, truncated, altered, or of another format or version."""
-
-
-class EngineMismatchError(EcoinferError):
-    """The engine was built for another GPU or software stack than this machine's."""
-
-
-def _canonical(header: dict) -> bytes:
-    return json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def write_engine(
@@ -77,56 +70,12 @@ def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
 
     The file is read once into one buffer; the checksum runs over views of it and the weights
     are views into it too (no copy of the weights before they move to the device)."""
-    path = Path(path)
-    label = str(path)
-    if not path.is_file():
-        raise EngineFileError(
-            f"{label}: no such engine file; build one with `ecoinfer build MODEL.onnx -o {label}`"
-        )
-    raw = bytearray(path.stat().st_size)
-    with open(path, "rb") as f:
-        got_n = f.readinto(raw)
-    del raw[got_n:]
-    if not raw.startswith(MAGIC):
-        raise EngineFileError(
-            f"{label}: not an ecoinfer engine file (wrong magic bytes); build one with `ecoinfer build`"
-        )
-    if len(raw) < len(MAGIC) + 8:
-        raise EngineFileError(
-            f"{label}: the engine file is truncated; rebuild it with `ecoinfer build`"
-        )
-    (n,) = struct.unpack_from("<Q", raw, len(MAGIC))
-    start = len(MAGIC) + 8
-    if start + n > len(raw):
-        raise EngineFileError(
-            f"{label}: the engine file is truncated (header cut off); rebuild it with `ecoinfer build`"
-        )
+    header, raw, offset = read_container(path)
     try:
-        header = json.loads(bytes(raw[start : start + n]))
-    except ValueError:
-        raise EngineFileError(
-            f"{label}: the engine header is corrupted; rebuild it with `ecoinfer build`"
-        ) from None
-    blob = memoryview(raw)[start + n :]
-    version = header.get("format_version")
-    if version != FORMAT_VERSION:
-        raise EngineFileError(
-            f"{label}: engine format version {version}, this ecoinfer reads version {FORMAT_VERSION}; "
-            "rebuild it with this ecoinfer (`ecoinfer build`)"
-        )
-    want = header.pop("sha256", None)
-    digest = hashlib.sha256(_canonical(header))
-    digest.update(blob)
-    if want != digest.hexdigest():
-        raise EngineFileError(
-            f"{label}: checksum mismatch: the engine file is truncated or was modified after it was "
-            "built; rebuild it with `ecoinfer build`"
-        )
-    try:
-        tensors = _safetensors_views(raw, start + n) if len(blob) else {}
+        tensors = _safetensors_views(raw, offset)
     except Exception as e:  # noqa: BLE001
         raise EngineFileError(
-            f"{label}: the weights section cannot be read ({type(e).__name__}: {e}); rebuild it"
+            f"{path}: the weights section cannot be read ({type(e).__name__}: {e}); rebuild it"
         ) from None
     return header, tensors
 
@@ -149,39 +98,20 @@ _ST_DTYPES = {
 
 
 def _safetensors_views(buf: bytearray, offset: int) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors section at buf[offset:], as views into buf. Every entry
-    is checked against the section's bounds: a file can carry a valid checksum and still be
-    hostile (the checksum guards against damage, not against a forger)."""
-    (hn,) = struct.unpack_from("<Q", buf, offset)
-    data0 = offset + 8 + hn
-    if data0 > len(buf):
-        raise ValueError("safetensors header runs past the end of the file")
-    meta = json.loads(bytes(buf[offset + 8 : data0]))
-    size = len(buf) - data0
+    """The tensors of the safetensors section at buf[offset:], as views into buf (entries
+    checked by container.tensor_table)."""
     out: dict[str, torch.Tensor] = {}
-    for name, info in meta.items():
-        if name == "__metadata__":
-            continue
-        dtype = _ST_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ValueError(f"tensor {name}: unknown dtype {info.get('dtype')}")
-        shape = [int(d) for d in info["shape"]]
-        begin, end = (int(v) for v in info["data_offsets"])
-        count = 1
-        for d in shape:
-            if d < 0:
-                raise ValueError(f"tensor {name}: negative dimension")
-            count *= d
+    for name, (dt, shape, begin, end) in tensor_table(buf, offset).items():
+        dtype = _ST_DTYPES[dt]
         itemsize = torch.empty((), dtype=dtype).element_size()
-        if not 0 <= begin <= end <= size or end - begin != count * itemsize:
-            raise ValueError(f"tensor {name}: data offsets out of bounds")
+        count = (end - begin) // itemsize
         if count == 0:
             out[name] = torch.empty(shape, dtype=dtype)
             continue
-        if (data0 + begin) % itemsize:  # unaligned: copy (torch views need aligned storage)
-            t = torch.frombuffer(bytearray(buf[data0 + begin : data0 + end]), dtype=dtype)
+        if begin % itemsize:  # unaligned: copy (torch views need aligned storage)
+            t = torch.frombuffer(bytearray(buf[begin:end]), dtype=dtype)
         else:
-            t = torch.frombuffer(buf, dtype=dtype, count=count, offset=data0 + begin)
+            t = torch.frombuffer(buf, dtype=dtype, count=count, offset=begin)
         out[name] = t.reshape(shape)
     return out
 

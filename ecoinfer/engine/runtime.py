@@ -182,6 +182,9 @@ class Engine:
         self.pdl = False
         # compiled Triton kernels the engine file carries (engine/triton_binaries.py)
         self.triton_binaries: dict[str, dict[str, str]] = {}
+        # the recorded launches for the torch-free runtime (engine/lean_record.py; --lean)
+        self.lean_section: dict | None = None
+        self.lean_tensors: dict[str, torch.Tensor] = {}
         self._host = _host_params(graph)
         self.weights = {
             k: (t if k in self._host else t.to(self.device)) for k, t in graph.initializers.items()

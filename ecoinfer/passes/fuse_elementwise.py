@@ -201,3 +201,19 @@ def fuse_elementwise(graph: Graph) -> Counter[str]:
     # scalar weights now copied into bodies and read nowhere else
     remove_dead(graph)
     return counts
+
+
+def wrap_single_elementwise(graph: Graph) -> Counter[str]:
+    """Every elementwise op left alone by fuse_elementwise becomes a FusedElementwise of one
+    op, under its own name: its Triton tactic then applies. For lean builds, whose engines
+    must launch nothing but Triton kernels (a lone Cast otherwise runs torch's kernel)."""
+    counts: Counter[str] = Counter()
+    out = []
+    for n in graph.nodes:
+        fused = _build(graph, [n], n.name) if _fusible(graph, n) else None
+        out.append(fused if fused is not None else n)
+        if fused is not None:
+            counts["wrapped"] += 1
+    graph.nodes = out
+    remove_dead(graph)
+    return counts

@@ -605,8 +605,9 @@ def _select(
             if cache is not None:
                 cache.put(fp, sig, name, cfg, cand.time_ms, sig_text)
         _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.time_ms:.4f} ms ({cand.timing})")
-        if best is None or cand.time_ms < best[0]:
-            best = (cand.time_ms, len(cands) - 1, run)
+        rank = (build.prefer_triton and not name.startswith("triton_"), cand.time_ms)
+        if best is None or rank < best[0]:
+            best = (rank, len(cands) - 1, run)
 
     if best is None:  # only if the reference itself failed to time
         raise ExecutionError(

@@ -57,6 +57,9 @@ class BuildInfo:
     # time candidates on rotating copies of their inputs larger than the L2 (CUDA; see
     # tune.autotune.input_sets) rather than on one set that stays in the cache
     cold_inputs: bool = False
+    # a lean build (--lean): a Triton tactic that passes is chosen over a faster non-Triton
+    # one, so the engine launches only kernels the torch-free runtime can replay
+    prefer_triton: bool = False
 
 
 MakeFn = Callable[

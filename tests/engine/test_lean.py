@@ -1,0 +1,272 @@
+"""The torch-free runtime (ecoinfer/lean) and the launch recorder (engine/lean_record.py).
+
+On the CPU: the runtime imports neither torch nor Triton, parameters are packed as Triton's
+launcher packs them, the file checks and errors, and the build side (--lean on a CPU build,
+single elementwise ops wrapped for their Triton tactic, the Triton preference). On a GPU: an
+engine built with --lean replays in a fresh process without torch, bit-identical."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_link_skip import _block
+
+from ecoinfer.engine.builder import BuildConfig, build
+from ecoinfer.engine.container import EngineFileError, read_container, tensor_table
+from ecoinfer.engine.format import write_engine
+from ecoinfer.engine.runtime import ShapeProfile
+from ecoinfer.lean.params import pack, pack_float
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA = torch.cuda.is_available()
+SHAPE = {"x": (8, 16)}
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_lean_runtime_imports_neither_torch_nor_triton() -> None:
+    r = _python(
+        "import sys, ecoinfer.lean, ecoinfer.commands.run_lean, ecoinfer.cli\n"
+        "ecoinfer.cli.build_parser()\n"
+        "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_parameters_packed_as_tritons_launcher_packs_them() -> None:
+    args = [
+        ["p", 1, 48],
+        ["i32", -7],
+        ["fp32", 0.1],
+        ["i64", 2**40 + 3],
+        ["fp16", 1.5],
+        ["bf16", -2.0],
+        ["i1", 1],
+        ["tma", 0, 16, {"tag": 5}],
+        ["i32", 64],
+        ["p0"],
+        ["scratch", "global"],
+        ["scratch", "profile"],
+    ]
+    tma_calls = []
+
+    def encode(out: int, address: int, spec: dict) -> None:
+        tma_calls.append((out, address, spec))
+        ctypes.memmove(out, bytes([spec["tag"]]) * 128, 128)
+
+    p = pack(args, lambda r, o: 0x1000 * (r + 1) + o, {"global": 0xABC, "profile": 0}.get, encode)
+    # natural alignment per type, 64 for the CUtensorMap
+    assert p.offsets == [0, 8, 12, 16, 24, 26, 28, 64, 192, 200, 208, 216]
+    assert p.base % 64 == 0
+
+    def at(k: int, n: int) -> bytes:
+        return ctypes.string_at(p.pointers[k], n)
+
+    assert struct.unpack("<Q", at(0, 8))[0] == 0x2000 + 48
+    assert struct.unpack("<i", at(1, 4))[0] == -7
+    assert at(2, 4) == struct.pack("<f", 0.1)
+    assert struct.unpack("<q", at(3, 8))[0] == 2**40 + 3
+    assert at(4, 2) == struct.pack("<e", 1.5)
+    assert at(5, 2) == struct.pack("<f", -2.0)[2:]  # bf16: float32's upper half, as Triton
+    assert at(6, 1) == b"\x01"
+    assert at(7, 128) == bytes([5]) * 128 and tma_calls[0][1] == 0x1000 + 16
+    assert struct.unpack("<Q", at(9, 8))[0] == 0
+    assert struct.unpack("<Q", at(10, 8))[0] == 0xABC and struct.unpack("<Q", at(11, 8))[0] == 0
+    with pytest.raises(ValueError, match="unknown float"):
+        pack_float("fp8", 1.0)
+
+
+def test_container_tensor_table_matches_the_written_tensors(tmp_path: Path) -> None:
+    ts = {
+        "a": torch.arange(6, dtype=torch.float16).reshape(2, 3),
+        "b": torch.tensor([1, -2, 3], dtype=torch.int64),
+        "c": torch.zeros(0, dtype=torch.float32),
+    }
+    path = write_engine(tmp_path / "e.eng", {"x": 1}, ts)
+    header, raw, offset = read_container(path)
+    assert header["x"] == 1
+    table = tensor_table(raw, offset)
+    for name, t in ts.items():
+        dt, shape, begin, end = table[name]
+        assert shape == list(t.shape)
+        assert bytes(raw[begin:end]) == t.numpy().tobytes()
+
+
+def test_lean_load_errors_name_the_file(tmp_path: Path) -> None:
+    from ecoinfer.lean import load
+
+    with pytest.raises(EngineFileError, match="no such engine file"):
+        load(tmp_path / "missing.eng")
+    bad = tmp_path / "bad.eng"
+    bad.write_bytes(b"not an engine")
+    with pytest.raises(EngineFileError, match="bad.eng: not an ecoinfer engine file"):
+        load(bad)
+
+
+def test_cli_run_lean_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ecoinfer.cli", "run", str(tmp_path / "none.eng"), "--lean"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert "none.eng: no such engine file" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message on a machine without a CUDA driver")
+def test_lean_without_a_cuda_driver_says_so(tmp_path: Path) -> None:
+    from ecoinfer.lean import LeanCudaError, load
+
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this machine has an NVIDIA driver")
+    eng = build(
+        _block(tmp_path / "b.onnx"),
+        BuildConfig(device="cpu", profiles=[ShapeProfile(SHAPE, SHAPE, SHAPE)]),
+    )
+    path = eng.save(str(tmp_path / "b.eng"))
+    with pytest.raises(LeanCudaError, match="needs the NVIDIA driver"):
+        load(path)
+
+
+def test_lean_cpu_build_warns_and_keeps_the_engine(tmp_path: Path) -> None:
+    eng = build(
+        _block(tmp_path / "b.onnx"),
+        BuildConfig(device="cpu", profiles=[ShapeProfile(SHAPE, SHAPE, SHAPE)], lean=True),
+    )
+    assert any("--lean applies to CUDA builds" in w for w in eng.warnings)
+    assert eng.lean_section is None
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    assert np.isfinite(eng.run({"x": x})["y"]).all()
+
+
+def test_single_elementwise_ops_are_wrapped_under_their_own_names() -> None:
+    from ecoinfer.ir.graph import Graph, Node, Value
+    from ecoinfer.passes.fuse_elementwise import wrap_single_elementwise
+
+    g = Graph(name="g")
+    g.inputs = [Value("x", "float16", (4, 8))]
+    g.values["x"] = g.inputs[0]
+    g.nodes = [Node("Cast", ["x"], ["y"], {"to": 1}, "out_cast", "")]
+    g.values["y"] = Value("y", "float32", (4, 8))
+    g.outputs = [Value("y", "float32", (4, 8))]
+    counts = wrap_single_elementwise(g)
+    assert counts["wrapped"] == 1
+    (n,) = g.nodes
+    assert (n.domain, n.op_type, n.name, n.outputs) == (
+        "ecoinfer",
+        "FusedElementwise",
+        "out_cast",
+        ["y"],
+    )
+    assert [m.op_type for m in n.attrs["body"].nodes] == ["Cast"]
+
+
+def test_prefer_triton_ranks_a_passing_triton_tactic_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build info with prefer_triton picks a (slower) triton_* candidate over the reference."""
+    import time
+
+    from ecoinfer.ir.graph import Node
+    from ecoinfer.tune import autotune
+    from ecoinfer.tune.tactics import BuildInfo, TacticSpec
+
+    def make(node, attrs, infos, cfg, build):  # noqa: ANN001, ANN202
+        def run(xs):  # noqa: ANN001, ANN202
+            time.sleep(0.002)
+            return [torch.relu(xs[0])]
+
+        return run
+
+    spec = TacticSpec("triton_slow", "Relu", "", make, devices=("cpu",), dtypes=("float32",))
+    node = Node("Relu", ["x"], ["y"], {}, "r", "")
+    x = torch.randn(64)
+
+    def choose(prefer: bool) -> str:
+        info = BuildInfo(torch.device("cpu"), "float32", {}, prefer_triton=prefer)
+        ch, _ = autotune._select(
+            node, {}, [x], info, lambda xs: [torch.relu(xs[0])], None, None, 1.0, [spec]
+        )
+        return ch.tactic
+
+    assert choose(False) == "reference"
+    assert choose(True) == "triton_slow"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["float16", "float32"])
+def test_lean_engine_replays_bit_identical_without_torch(tmp_path: Path, precision: str) -> None:
+    eng = build(
+        _block(tmp_path / "b.onnx"),
+        BuildConfig(
+            device="cuda",
+            precision=precision,
+            profiles=[ShapeProfile(SHAPE, SHAPE, SHAPE)],
+            lean=True,
+        ),
+    )
+    rep = eng.report["lean"]
+    assert "error" not in rep, rep
+    assert rep["bit_identical"] and rep["cuda_graphs"], rep
+    path = eng.save(str(tmp_path / "b.eng"))
+    x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    want = eng.run({"x": x})["y"]
+    np.save(tmp_path / "x.npy", x)
+    r = _python(
+        "import sys, json, numpy as np\n"
+        "from ecoinfer.lean import load\n"
+        f"e = load({str(path)!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "ys = [e.run({'x': x})['y'] for _ in range(3)]\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, ys[0])\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'triton': 'triton' in sys.modules,"
+        " 'same': all((y == ys[0]).all() for y in ys)}))"
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info == {"torch": False, "triton": False, "same": True}
+    got = np.load(tmp_path / "y.npy")
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_lean_rejects_other_shapes_dtypes_and_a_plain_engine(tmp_path: Path) -> None:
+    from ecoinfer.errors import InputDTypeError, InputShapeError
+    from ecoinfer.lean import LeanEngineError, load
+
+    cfg = {
+        "device": "cuda",
+        "precision": "float16",
+        "profiles": [ShapeProfile(SHAPE, SHAPE, SHAPE)],
+    }
+    plain = build(_block(tmp_path / "b.onnx"), BuildConfig(**cfg)).save(str(tmp_path / "p.eng"))
+    with pytest.raises(LeanEngineError, match="no lean section"):
+        load(plain)
+    lean = load(
+        build(_block(tmp_path / "b.onnx"), BuildConfig(**cfg, lean=True)).save(
+            str(tmp_path / "l.eng")
+        )
+    )
+    with pytest.raises(InputShapeError, match="recorded"):
+        lean.run({"x": np.zeros((4, 16), np.float32)})
+    with pytest.raises(InputDTypeError, match="never casts"):
+        lean.run({"x": np.zeros((8, 16), np.float64)})
+    lean.close()
