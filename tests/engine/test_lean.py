@@ -270,3 +270,13 @@ def test_lean_rejects_other_shapes_dtypes_and_a_plain_engine(tmp_path: Path) -> 
     with pytest.raises(InputDTypeError, match="never casts"):
         lean.run({"x": np.zeros((8, 16), np.float64)})
     lean.close()
+
+
+def test_non_finite_float_parameters_travel_as_text() -> None:
+    """Strict JSON has no inf/nan: the recorder writes them as text, the packer reads both."""
+    p = pack(
+        [["fp32", "-inf"], ["fp16", "nan"], ["fp64", "inf"]], lambda r, o: 0, lambda k: 0, None
+    )
+    assert ctypes.string_at(p.pointers[0], 4) == struct.pack("<f", float("-inf"))
+    assert np.isnan(np.frombuffer(ctypes.string_at(p.pointers[1], 2), np.float16)[0])
+    assert ctypes.string_at(p.pointers[2], 8) == struct.pack("<d", float("inf"))
