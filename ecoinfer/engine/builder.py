@@ -104,6 +104,10 @@ class BuildConfig:
     # --lean (CUDA): prefer Triton tactics everywhere and record the engine's launches into
     # the file, for the torch-free runtime (ecoinfer.lean; engine/lean_record.py)
     lean: bool = False
+    # --sustained-tuning S (CUDA): each layer's fastest candidates are timed again over S
+    # seconds of back-to-back calls, at the clock the power limit then allows, and the
+    # fastest under that load wins (0: burst timings decide, as before)
+    sustained_tuning_s: float = 0.0
 
 
 def default_opt_level(device: str) -> int:
@@ -753,6 +757,7 @@ def _build_info(dev: torch.device, prec: str, consts: dict, cfg: BuildConfig) ->
         _workspace(cfg),
         cold_inputs=_rotates_inputs(cfg, dev),
         prefer_triton=cfg.lean,
+        sustained_s=cfg.sustained_tuning_s if dev.type == "cuda" else 0.0,
     )
 
 

@@ -44,6 +44,12 @@ Log = logging.Logger | Callable[[str], None] | None
 _LOG = logging.getLogger("ecoinfer.tune")
 REFERENCE = "reference"
 TARGET_MS = 25.0  # timing budget per candidate (the issue asks ~20-50 ms)
+# sustained timing (BuildInfo.sustained_s): the candidates within this fraction of the
+# fastest burst time, at most SUSTAINED_FINALISTS of them, in layers whose fastest candidate
+# takes at least SUSTAINED_MIN_MS (shorter kernels are cheap wherever they run)
+SUSTAINED_MARGIN = 0.08
+SUSTAINED_FINALISTS = 4
+SUSTAINED_MIN_MS = 0.015
 INF = math.inf
 
 
@@ -60,6 +66,8 @@ class Candidate:
     timing: str = ""  # how time_ms was obtained: "cuda_graph", "cuda_events", "cpu", "cache"
     # transient GPU memory one call allocates beyond its outputs (None: not measured, CPU)
     workspace_bytes: int | None = None
+    # ms per call under sustained load (BuildInfo.sustained_s; None: not measured so)
+    sustained_ms: float | None = None
 
     @property
     def name(self) -> str:
@@ -76,6 +84,8 @@ class Candidate:
         }
         if self.workspace_bytes is not None:
             d["workspace_bytes"] = self.workspace_bytes
+        if self.sustained_ms is not None:
+            d["sustained_ms"] = self.sustained_ms
         return d
 
     @classmethod
@@ -89,6 +99,7 @@ class Candidate:
             d.get("error"),
             d.get("timing", ""),
             d.get("workspace_bytes"),
+            d.get("sustained_ms"),
         )
 
 
@@ -475,6 +486,104 @@ def _time_graph(
         del g  # frees the graph's private memory pool
 
 
+def time_sustained(
+    fn: RunFn, sets: list[list[Tensor | None]], dev: torch.device, seconds: float
+) -> float:
+    """ms per call over `seconds` of back-to-back CUDA-graph replays (calls cycling through
+    the input sets), after a third as long of the same: the GPU then runs at the clock its
+    power limit allows under this kernel, as it does when an engine of such kernels is
+    replayed at full load, not at the boost clock of a short burst."""
+    k = len(sets)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.Stream(dev)
+        cur = torch.cuda.current_stream(dev)
+        stream.wait_stream(cur)
+        with torch.cuda.stream(stream):
+            for i in range(max(3, k)):
+                fn(sets[i % k])
+        cur.wait_stream(stream)
+        torch.cuda.synchronize(dev)
+        est = _events(fn, sets, max(3, k)) / max(3, k)
+        inner = k * math.ceil(min(200, max(1, math.ceil(2.0 / max(est, 1e-4)))) / k)
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g, stream=stream):
+                for i in range(inner):
+                    fn(sets[i % k])
+            _replay_for(g, seconds / 3, inner)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            n = _replay_for(g, seconds, inner)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / n
+        finally:
+            del g
+
+
+def _replay_for(g: torch.cuda.CUDAGraph, seconds: float, inner: int) -> int:
+    """Replay g back to back for about `seconds`; the number of calls it holds, replayed."""
+    rounds: list[torch.cuda.Event] = []
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(4):
+            g.replay()
+        ev = torch.cuda.Event()
+        ev.record()
+        rounds.append(ev)
+        if len(rounds) > 2:  # two rounds queued: the GPU never waits for the host
+            rounds.pop(0).synchronize()
+        n += 4 * inner
+    return n
+
+
+def _refine_sustained(
+    cands: list[Candidate],
+    runs: dict[int, RunFn],
+    rank: Callable[[Candidate], tuple],
+    build: BuildInfo,
+    sets: list[list[Tensor | None]],
+    cache: TimingCache | None,
+    fp: dict,
+    sig: str,
+    sig_text: str,
+    label: str,
+    log: Log,
+) -> None:
+    """Time the finalists (the fastest candidates by burst time) under sustained load; sets
+    their sustained_ms. Called only on CUDA with build.sustained_s > 0."""
+    dev = torch.device(build.device)
+    ok = sorted((k for k in runs if math.isfinite(cands[k].time_ms)), key=lambda k: rank(cands[k]))
+    if len(ok) < 2 or cands[ok[0]].time_ms < SUSTAINED_MIN_MS:
+        return
+    best = rank(cands[ok[0]])
+    finalists = [
+        k
+        for k in ok
+        if rank(cands[k])[:-1] == best[:-1]
+        and cands[k].time_ms <= cands[ok[0]].time_ms * (1 + SUSTAINED_MARGIN)
+    ][:SUSTAINED_FINALISTS]
+    if len(finalists) < 2:
+        return
+    fp_s = {**fp, "timing": f"sustained {build.sustained_s:g} s"}
+    for k in finalists:
+        c = cands[k]
+        t = cache.get(fp_s, sig, c.tactic, c.config) if cache is not None else None
+        if t is None:
+            try:
+                t = time_sustained(runs[k], sets, dev, build.sustained_s)
+            except Exception as e:  # noqa: BLE001  (keeps its burst time only)
+                _recover(dev)
+                _emit(log, logging.INFO, f"{label}: {c.name}: sustained timing failed: {_short(e)}")
+                continue
+            if cache is not None:
+                cache.put(fp_s, sig, c.tactic, c.config, t, sig_text)
+        c.sustained_ms = t
+        _emit(
+            log, logging.DEBUG, f"{label}: {c.name}: {t:.4f} ms sustained ({c.time_ms:.4f} burst)"
+        )
+
+
 # ---------------------------------------------------------------------- selection
 def select_tactic(
     node: Node,
@@ -493,6 +602,11 @@ def select_tactic(
     inputs named in build.weights are weights. `tactics` overrides the registry (tests)."""
     with torch.no_grad():
         return _select(node, attrs, inputs, build, reference, cache, log, target_ms, tactics)
+
+
+def _rank(build: BuildInfo, c: Candidate) -> tuple:
+    """Sort key of a timed candidate: a lean build's Triton tactics first, then time."""
+    return (build.prefer_triton and not c.tactic.startswith("triton_"), c.time_ms)
 
 
 def _select(
@@ -559,7 +673,8 @@ def _select(
             continue
         todo += [(spec.name, dict(c), spec) for c in cfgs]
 
-    best: tuple[float, int, RunFn] | None = None
+    best: tuple[Any, int, RunFn] | None = None
+    runs: dict[int, RunFn] = {}  # candidate index -> run, for the sustained timing
     for name, cfg, spec in todo:
         cand = Candidate(name, cfg)
         cands.append(cand)
@@ -605,19 +720,39 @@ def _select(
             if cache is not None:
                 cache.put(fp, sig, name, cfg, cand.time_ms, sig_text)
         _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.time_ms:.4f} ms ({cand.timing})")
-        rank = (build.prefer_triton and not name.startswith("triton_"), cand.time_ms)
-        if best is None or rank < best[0]:
-            best = (rank, len(cands) - 1, run)
+        if build.sustained_s > 0:
+            runs[len(cands) - 1] = run
+        key = _rank(build, cand)
+        if best is None or key < best[0]:
+            best = (key, len(cands) - 1, run)
 
     if best is None:  # only if the reference itself failed to time
         raise ExecutionError(
             f"{node.label()}: no tactic could run, not even the reference: "
             + "; ".join(f"{c.name}: {c.reason}" for c in cands)
         )
+    if build.sustained_s > 0 and dev.type == "cuda" and len(runs) > 1:
+        if sets is None:  # every time came from the cache
+            sets = input_sets(inputs, rotate)
+        _refine_sustained(
+            cands, runs, lambda c: _rank(build, c), build, sets, cache, fp, sig, sig_text,
+            label, log,
+        )  # fmt: skip
+        timed = [k for k in runs if cands[k].sustained_ms is not None]
+        if timed:
+            k = min(timed, key=lambda k: (_rank(build, cands[k])[:-1], cands[k].sustained_ms))
+            best = (_rank(build, cands[k]), k, runs[k])
+        runs.clear()
     win = cands[best[1]]
-    ranked = sorted(
-        (c for c in cands if math.isfinite(c.time_ms) and c is not win), key=lambda c: c.time_ms
-    )
+
+    def when(c: Candidate) -> float:  # sustained times, where measured, rank the finalists
+        return (
+            c.sustained_ms
+            if c.sustained_ms is not None and win.sustained_ms is not None
+            else c.time_ms
+        )
+
+    ranked = sorted((c for c in cands if math.isfinite(c.time_ms) and c is not win), key=when)
     up = ranked[0] if ranked else None
     choice = Choice(
         label,

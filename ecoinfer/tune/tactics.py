@@ -60,6 +60,10 @@ class BuildInfo:
     # a lean build (--lean): a Triton tactic that passes is chosen over a faster non-Triton
     # one, so the engine launches only kernels the torch-free runtime can replay
     prefer_triton: bool = False
+    # > 0 (CUDA): the fastest candidates of a layer are timed again over this many seconds of
+    # back-to-back calls, at the clock the power limit allows, and the fastest then wins
+    # (tune/autotune.py time_sustained; --sustained-tuning)
+    sustained_s: float = 0.0
 
 
 MakeFn = Callable[

@@ -499,3 +499,39 @@ def test_rotated_timing_on_cuda() -> None:
     t_cold, how = autotune.measure(lambda xs: [xs[0] * 2], [x], "cuda", sets=sets)
     assert len(sets) > 1
     assert how == "cuda_graph" and t_cold >= 0.9 * t_hot
+
+
+def test_sustained_timing_reorders_only_the_finalists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidates within SUSTAINED_MARGIN of the fastest burst time (at most
+    SUSTAINED_FINALISTS) are timed under sustained load, and their sustained times decide."""
+    from ecoinfer.tune import autotune
+    from ecoinfer.tune.autotune import Candidate
+    from ecoinfer.tune.tactics import BuildInfo
+
+    burst = {"a": 0.100, "b": 0.104, "c": 0.107, "d": 0.109, "e": 0.120}
+    under_load = {"a": 0.130, "b": 0.121, "c": 0.125, "d": 0.110}
+    cands = [Candidate(n, {}, t) for n, t in burst.items()]
+    runs = {k: (lambda xs, _n=c.tactic: _n) for k, c in enumerate(cands)}
+    timed: list[str] = []
+
+    def fake(run, sets, dev, seconds):  # noqa: ANN001, ANN202
+        timed.append(run(None))
+        return under_load[run(None)]
+
+    monkeypatch.setattr(autotune, "time_sustained", fake)
+    build = BuildInfo(torch.device("cuda"), "float16", sustained_s=1.0)
+    autotune._refine_sustained(
+        cands, runs, lambda c: autotune._rank(build, c), build, [[None]], None, {}, "sig", "",
+        "layer", None,
+    )  # fmt: skip
+    # a, b and c are within 8% of a's 0.100 ms; d (9%) and e are not
+    assert timed == ["a", "b", "c"]
+    assert [c.sustained_ms for c in cands] == [0.130, 0.121, 0.125, None, None]
+    # too short a kernel: no sustained timing at all
+    short = [Candidate("x", {}, 0.010), Candidate("y", {}, 0.0101)]
+    timed.clear()
+    autotune._refine_sustained(
+        short, {0: runs[0], 1: runs[1]}, lambda c: autotune._rank(build, c), build, [[None]],
+        None, {}, "sig", "", "layer", None,
+    )  # fmt: skip
+    assert timed == [] and all(c.sustained_ms is None for c in short)
