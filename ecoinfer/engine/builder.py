@@ -295,6 +295,12 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         from ecoinfer.tune.timing_cache import TimingCache  # noqa: PLC0415
 
         cache = TimingCache.load(cfg.timing_cache)
+    elif cfg.sustained_tuning_s > 0 and device.startswith("cuda"):
+        from ecoinfer.tune.timing_cache import TimingCache  # noqa: PLC0415
+
+        # in memory: identical layers (BERT's 12 blocks) share their timings instead of each
+        # spending seconds per finalist under sustained load
+        cache = TimingCache()
     choices: dict[str, LayerChoice] = {}
     candidates: dict[str, list] = {}
     memory = {}
@@ -351,7 +357,9 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         "layer_precision": layer_report,
         "memory": memory,
         "candidates": candidates,
-        "timing_cache": None if cache is None else {"path": cfg.timing_cache, **cache.stats()},
+        "timing_cache": None
+        if cache is None or not cfg.timing_cache
+        else {"path": cfg.timing_cache, **cache.stats()},
         "tuning_inputs": _tuning_inputs(cfg, device),
         "skip_layernorm": [{"gemm": sl.producer, "norm": sl.consumer} for sl in skips],
         "norm_residual": [{"norm": nl.producer, "gemm": nl.consumer} for nl in norm_links],

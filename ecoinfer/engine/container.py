@@ -34,8 +34,11 @@ def canonical(header: dict) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def read_container(path: str | os.PathLike) -> tuple[dict[str, Any], bytearray, int]:
-    """(header without its sha256, the whole file, offset of the weights section) of a
+Table = dict[str, tuple[str, list[int], int, int]]  # name -> (dtype, shape, begin, end)
+
+
+def read_container(path: str | os.PathLike) -> tuple[dict[str, Any], bytearray, Table]:
+    """(header without its sha256, the whole file, its tensor table: tensor_table) of a
     verified engine file. The file is read once into one buffer; the checksum runs over a
     view of it (hashlib releases the GIL, so another thread can set up the GPU meanwhile)."""
     path = Path(path)
@@ -84,7 +87,13 @@ def read_container(path: str | os.PathLike) -> tuple[dict[str, Any], bytearray, 
             f"{label}: checksum mismatch: the engine file is truncated or was modified after it was "
             "built; rebuild it with `ecoinfer build`"
         )
-    return header, raw, start + n
+    try:
+        table = tensor_table(raw, start + n)
+    except Exception as e:  # noqa: BLE001
+        raise EngineFileError(
+            f"{label}: the weights section cannot be read ({type(e).__name__}: {e}); rebuild it"
+        ) from None
+    return header, raw, table
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format section) and
@@ -105,7 +114,7 @@ ST_ITEMSIZE = {
 }
 
 
-def tensor_table(buf: bytearray, offset: int) -> dict[str, tuple[str, list[int], int, int]]:
+def tensor_table(buf: bytearray, offset: int) -> Table:
     """name -> (dtype, shape, begin, end) of the safetensors section at buf[offset:], begin
     and end absolute in buf. Every entry is checked against the section's bounds: a file can
     carry a valid checksum and still be hostile (the checksum guards against damage, not
@@ -118,7 +127,7 @@ def tensor_table(buf: bytearray, offset: int) -> dict[str, tuple[str, list[int],
         raise ValueError("safetensors header runs past the end of the file")
     meta = json.loads(bytes(buf[offset + 8 : data0]))
     size = len(buf) - data0
-    out: dict[str, tuple[str, list[int], int, int]] = {}
+    out: Table = {}
     for name, info in meta.items():
         if name == "__metadata__":
             continue

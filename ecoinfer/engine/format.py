@@ -24,8 +24,8 @@ from ecoinfer.engine.container import (  # noqa: F401  (EngineMismatchError: re-
     MAGIC,
     EngineFileError,
     EngineMismatchError,
+    Table,
     read_container,
-    tensor_table,
 )
 from ecoinfer.engine.container import canonical as _canonical
 
@@ -70,14 +70,8 @@ def read_engine(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
 
     The file is read once into one buffer; the checksum runs over views of it and the weights
     are views into it too (no copy of the weights before they move to the device)."""
-    header, raw, offset = read_container(path)
-    try:
-        tensors = _safetensors_views(raw, offset)
-    except Exception as e:  # noqa: BLE001
-        raise EngineFileError(
-            f"{path}: the weights section cannot be read ({type(e).__name__}: {e}); rebuild it"
-        ) from None
-    return header, tensors
+    header, raw, table = read_container(path)
+    return header, _safetensors_views(raw, table)
 
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, format section)
@@ -97,11 +91,11 @@ _ST_DTYPES = {
 }
 
 
-def _safetensors_views(buf: bytearray, offset: int) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors section at buf[offset:], as views into buf (entries
-    checked by container.tensor_table)."""
+def _safetensors_views(buf: bytearray, table: Table) -> dict[str, torch.Tensor]:
+    """The tensors of the weights section (container.tensor_table checked their bounds), as
+    views into buf."""
     out: dict[str, torch.Tensor] = {}
-    for name, (dt, shape, begin, end) in tensor_table(buf, offset).items():
+    for name, (dt, shape, begin, end) in table.items():
         dtype = _ST_DTYPES[dt]
         itemsize = torch.empty((), dtype=dtype).element_size()
         count = (end - begin) // itemsize

@@ -28,7 +28,6 @@ from ecoinfer.engine.container import (
     EngineFileError,
     EngineMismatchError,
     read_container,
-    tensor_table,
 )
 from ecoinfer.errors import (
     EcoinferError,
@@ -109,7 +108,7 @@ class LeanEngine:
         t = threading.Thread(target=start_gpu, name="ecoinfer-lean-init")
         t.start()
         try:
-            header, raw, offset = read_container(path)
+            header, raw, table = read_container(path)
         finally:
             t.join()
         if "error" in box:
@@ -130,12 +129,6 @@ class LeanEngine:
                 f"{LEAN_VERSION}; rebuild the engine with this ecoinfer"
             )
         self._check_fingerprint(header.get("fingerprint") or {})
-        try:
-            table = tensor_table(raw, offset)
-        except Exception as e:  # noqa: BLE001
-            raise EngineFileError(
-                f"{path}: the weights section cannot be read ({e}); rebuild it"
-            ) from None
         self.index_inputs: dict[str, int] = dict(lean.get("index_inputs") or {})
         self._functions = self._load_kernels(lean["kernels"], header.get("triton_binaries") or {})
         self._bases = self._allocate(lean, table)

@@ -21,7 +21,7 @@ import torch
 from test_link_skip import _block
 
 from ecoinfer.engine.builder import BuildConfig, build
-from ecoinfer.engine.container import EngineFileError, read_container, tensor_table
+from ecoinfer.engine.container import EngineFileError, read_container
 from ecoinfer.engine.format import write_engine
 from ecoinfer.engine.runtime import ShapeProfile
 from ecoinfer.lean.params import pack, pack_float
@@ -98,9 +98,8 @@ def test_container_tensor_table_matches_the_written_tensors(tmp_path: Path) -> N
         "c": torch.zeros(0, dtype=torch.float32),
     }
     path = write_engine(tmp_path / "e.eng", {"x": 1}, ts)
-    header, raw, offset = read_container(path)
+    header, raw, table = read_container(path)
     assert header["x"] == 1
-    table = tensor_table(raw, offset)
     for name, t in ts.items():
         dt, shape, begin, end = table[name]
         assert shape == list(t.shape)
