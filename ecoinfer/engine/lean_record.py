@@ -302,7 +302,7 @@ def assemble(
     # weights the file carries, by the device storage they were uploaded to
     by_storage: dict[tuple[int, int], str] = {}
     for name, t in engine.weights.items():
-        if t.device.type == "cuda" and t.is_contiguous() and t.storage_offset() == 0:
+        if t.is_contiguous() and t.storage_offset() == 0:
             st = t.untyped_storage()
             if st.nbytes() == t.numel() * t.element_size():
                 by_storage[(st.data_ptr(), st.data_ptr() + st.nbytes())] = f"w/{name}"

@@ -409,16 +409,7 @@ def _time_cuda(
 ) -> tuple[float, str]:
     k = len(sets)
     with torch.cuda.device(dev):
-        stream = torch.cuda.Stream(dev)
-        cur = torch.cuda.current_stream(dev)
-        stream.wait_stream(cur)
-        # warm up on the stream that captures (cuBLAS workspaces, autotuners, lazy modules)
-        with torch.cuda.stream(stream):
-            for i in range(max(3, k)):
-                fn(sets[i % k])
-        cur.wait_stream(stream)
-        torch.cuda.synchronize(dev)
-        est = _events(fn, sets, max(3, k)) / max(3, k)
+        stream, est = _warm_up(fn, sets, dev)
         inner = int(min(100, max(1, math.ceil(0.5 / max(est, 1e-4)))))
         inner = k * math.ceil(inner / k)  # every set as often
         if cuda_graph:
@@ -439,6 +430,23 @@ def _time_cuda(
         return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / inner, (
             "cuda_events"
         )
+
+
+def _warm_up(
+    fn: RunFn, sets: list[list[Tensor | None]], dev: torch.device
+) -> tuple[torch.cuda.Stream, float]:
+    """A side stream to capture on, after warm-up calls on it (cuBLAS workspaces, autotuners,
+    lazy modules), and the ms per call that a few eager calls take."""
+    k = len(sets)
+    stream = torch.cuda.Stream(dev)
+    cur = torch.cuda.current_stream(dev)
+    stream.wait_stream(cur)
+    with torch.cuda.stream(stream):
+        for i in range(max(3, k)):
+            fn(sets[i % k])
+    cur.wait_stream(stream)
+    torch.cuda.synchronize(dev)
+    return stream, _events(fn, sets, max(3, k)) / max(3, k)
 
 
 def _events(fn: RunFn, sets: list[list[Tensor | None]], n: int) -> float:
@@ -495,15 +503,7 @@ def time_sustained(
     replayed at full load, not at the boost clock of a short burst."""
     k = len(sets)
     with torch.cuda.device(dev):
-        stream = torch.cuda.Stream(dev)
-        cur = torch.cuda.current_stream(dev)
-        stream.wait_stream(cur)
-        with torch.cuda.stream(stream):
-            for i in range(max(3, k)):
-                fn(sets[i % k])
-        cur.wait_stream(stream)
-        torch.cuda.synchronize(dev)
-        est = _events(fn, sets, max(3, k)) / max(3, k)
+        stream, est = _warm_up(fn, sets, dev)
         inner = k * math.ceil(min(200, max(1, math.ceil(2.0 / max(est, 1e-4)))) / k)
         g = torch.cuda.CUDAGraph()
         try:

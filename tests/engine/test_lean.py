@@ -279,3 +279,75 @@ def test_non_finite_float_parameters_travel_as_text() -> None:
     assert ctypes.string_at(p.pointers[0], 4) == struct.pack("<f", float("-inf"))
     assert np.isnan(np.frombuffer(ctypes.string_at(p.pointers[1], 2), np.float16)[0])
     assert ctypes.string_at(p.pointers[2], 8) == struct.pack("<d", float("inf"))
+
+
+def test_recorder_places_every_pointer_in_a_region() -> None:
+    """assemble() turns recorded pointers into (region, offset): a weight the file carries by
+    name, a tactic-made constant copied into the blob, the input, an activation; an output
+    view keeps its offset and strides; a cubin the carried binaries lack goes inline."""
+    import base64
+    from types import SimpleNamespace
+
+    from ecoinfer.engine.lean_record import LeanProgram, LeanRecordError, _Recorder, assemble
+    from ecoinfer.ir.graph import Graph
+
+    w = torch.arange(16, dtype=torch.float32)  # a weight of the engine
+    packed = torch.full((8,), 2.0, dtype=torch.float16)  # a copy a tactic made at load
+    x = torch.zeros(4, dtype=torch.int64)  # the input buffer
+    act = torch.empty(32, dtype=torch.float32)  # allocated during the run
+
+    def extent(t: torch.Tensor) -> tuple[int, int]:
+        st = t.untyped_storage()
+        return st.data_ptr(), st.data_ptr() + st.nbytes()
+
+    rec = _Recorder(sorted(extent(t) for t in (w, packed, x)))
+    md = SimpleNamespace(num_warps=4, num_ctas=1, shared=0, launch_pdl=True)
+    sig = {
+        "W": "*fp32",
+        "P": "*fp16",
+        "X": "*i64",
+        "Y": "*fp32",
+        "n": "i32",
+        "f": "fp32",
+        "B": "constexpr",
+    }
+    kernel = SimpleNamespace(hash="h0", name="k", kernel=b"CUBIN", metadata=md,
+                             src=SimpleNamespace(signature=sig))  # fmt: skip
+    rec.layer = "layer_1"
+    rec.launch(kernel, (3, 1, 1), (w, packed, x, act[8:], 5, float("-inf"), 64))
+    out = act[4:12]
+    rec.note_tensor(out)
+    engine = SimpleNamespace(weights={"w": w}, graph=Graph(name="g"))
+    prog = LeanProgram({"x": [4]}, rec, {"x": x}, {"y": out}, {})
+    section, tensors = assemble(engine, [prog], {})
+
+    kinds = [r["kind"] for r in section["regions"]]
+    r_w, r_p, r_x = (kinds.index(k) for k in ("weight", "const", "input"))
+    r_a = kinds.index("activation")
+    assert section["regions"][r_w]["tensor"] == "w/w"
+    blob = tensors["lean/blob"]
+    off = section["regions"][r_p]["blob_offset"]
+    assert bytes(blob[off : off + 16].numpy()) == packed.numpy().tobytes()
+    assert section["regions"][r_x]["name"] == "x" and section["regions"][r_a]["bytes"] == 128
+    (launch,) = section["programs"][0]["launches"]
+    assert launch["grid"] == [3, 1, 1] and launch["layer"] == "layer_1"
+    assert launch["params"] == [
+        ["p", r_w, 0], ["p", r_p, 0], ["p", r_x, 0], ["p", r_a, 32], ["i32", 5], ["fp32", "-inf"],
+        ["scratch", "global"], ["scratch", "profile"],
+    ]  # fmt: skip
+    y = section["programs"][0]["outputs"]["y"]
+    assert (y["region"], y["offset"], y["shape"], y["strides"], y["dtype"]) == (
+        r_a,
+        16,
+        [8],
+        [1],
+        "float32",
+    )
+    k = section["kernels"]["h0"]
+    assert base64.b64decode(k["cubin_b64"]) == b"CUBIN" and k["launch_pdl"] is True
+    # a pointer into memory the recorder never saw cannot be replayed
+    rec.launches.append(
+        {"kernel": "h0", "grid": [1, 1, 1], "params": [["ptr", 16]], "layer": "bad"}
+    )
+    with pytest.raises(LeanRecordError, match="bad: a kernel argument points at GPU memory"):
+        assemble(engine, [prog], {})
