@@ -24,6 +24,7 @@ import base64
 import bisect
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,9 +268,11 @@ def record_program(engine: Any, shapes: dict[str, tuple[int, ...]], seed: int = 
         traced = _Plan(
             plan.graph, [(n, named(n, f)) for n, f in plan.steps], plan.consts, plan.last_use
         )
-        with profile(activities=[ProfilerActivity.CUDA]) as prof, _intercept(rec):
-            outputs = ctx._execute(traced, inputs)
-            torch.cuda.synchronize(dev)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the profiler's notes on its own event cycles
+            with profile(activities=[ProfilerActivity.CUDA]) as prof, _intercept(rec):
+                outputs = ctx._execute(traced, inputs)
+                torch.cuda.synchronize(dev)
         for t in outputs.values():
             rec.note_tensor(t)
         for t in inputs.values():

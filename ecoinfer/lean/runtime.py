@@ -281,6 +281,12 @@ class LeanEngine:
             {k: tuple(v) for k, v in p["shapes"].items()}, p["inputs"], p["outputs"], launches
         )
 
+    def __enter__(self) -> LeanEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Free the GPU memory (the engine cannot run afterwards)."""
         for ptr in (self._arena, *self._scratch.values()):

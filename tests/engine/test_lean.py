@@ -351,3 +351,30 @@ def test_recorder_places_every_pointer_in_a_region() -> None:
     )
     with pytest.raises(LeanRecordError, match="bad: a kernel argument points at GPU memory"):
         assemble(engine, [prog], {})
+
+
+def test_run_lean_draws_inputs_as_ecoinfer_run_does(tmp_path: Path) -> None:
+    """Ids inside the table they index, masks ones, type ids zeros; given files kept as given."""
+    from types import SimpleNamespace
+
+    from ecoinfer.commands.run_lean import _given, lean_inputs
+    from ecoinfer.errors import InputError
+
+    specs = {
+        "input_ids": {"shape": [2, 8], "dtype": "int64"},
+        "attention_mask": {"shape": [2, 8], "dtype": "int64"},
+        "token_type_ids": {"shape": [2, 8], "dtype": "int64"},
+        "x": {"shape": [3], "dtype": "float16"},
+    }
+    eng = SimpleNamespace(programs=[SimpleNamespace(inputs=specs)], index_inputs={"input_ids": 5})
+    given = np.array([7.0, 8.0, 9.0], np.float16)
+    np.save(tmp_path / "x.npy", given)
+    feeds = lean_inputs(eng, 0, _given([f"x={tmp_path / 'x.npy'}"]))
+    assert (
+        feeds["input_ids"].dtype == np.int64
+        and 0 <= feeds["input_ids"].min() <= feeds["input_ids"].max() < 5
+    )
+    assert (feeds["attention_mask"] == 1).all() and (feeds["token_type_ids"] == 0).all()
+    assert np.array_equal(feeds["x"], given) and feeds["x"].dtype == np.float16
+    with pytest.raises(InputError, match="no such file"):
+        _given([f"x={tmp_path / 'missing.npy'}"])
