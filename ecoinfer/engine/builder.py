@@ -559,6 +559,25 @@ def _record_lean(engine: Engine, seed: int) -> None:
             check = replay_check(engine, programs, save_engine(engine, Path(tmp) / "e.eng"))
         launches = [len(p["launches"]) for p in engine.lean_section["programs"]]
         engine.report["lean"] = {"launches": launches, **check, "seconds": time.perf_counter() - t0}
+        missing = [k for k in engine.lean_section["kernels"].values() if "cubin_b64" in k]
+        if missing:
+            # kernel variants the recorded run launched that the carried binaries lack (seen
+            # once on BERT's embedding kernel; the lean section carries their cubins): listed
+            # with the carried variants of the same kernel, to tell what specialised them apart
+            carried = {
+                h: [f for f in files if f.endswith(".cubin")]
+                for h, files in engine.triton_binaries.items()
+            }
+            engine.report["lean"]["not_carried"] = [
+                {
+                    "kernel": k["name"],
+                    "hash": k["hash"],
+                    "carried_hashes_of_that_kernel": sorted(
+                        h for h, cubins in carried.items() if f"{k['name']}.cubin" in cubins
+                    ),
+                }
+                for k in missing
+            ]
     except LeanRecordError as e:
         engine.lean_section, engine.lean_tensors = None, {}
         engine.report["lean"] = {"error": str(e)}
