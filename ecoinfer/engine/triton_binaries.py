@@ -7,14 +7,20 @@ machine whose cache is empty, an engine's first inference would spend seconds co
 
 collect() runs an engine once per profile while recording which cache entries Triton reads:
 every kernel the engine launches is looked up afresh (the in-memory kernel caches are set
-aside for the run), so the record holds exactly the kernels and launchers of the chosen
-tactics, nothing the tuner merely tried. Only the files needed to launch are kept (the cubin
-and its metadata JSON, the launcher library), not the intermediate IRs.
+aside for the run), so the record holds exactly the kernels of the chosen tactics, nothing
+the tuner merely tried. Only the files needed to launch are kept (the cubin and its metadata
+JSON), not the intermediate IRs. Triton's launchers are not carried: they are host shared
+libraries, and loading an engine file must never run host code from it (a file with a valid
+checksum can still be a forger's). A fresh machine compiles them, a fraction of a second per
+kernel signature, once.
 
 install() writes them back through Triton's own cache manager before the engine's tactics are
 instantiated. The entries are content-addressed (same hash: same kernel, same compiler, same
 GPU), and the engine fingerprint already guarantees the same GPU model and Triton version, so
-an entry that exists is left alone and a new one can never shadow a different kernel.
+an entry that exists is left alone and a new one can never shadow a different kernel. Every
+entry's key and file names are checked first: a name that could leave the cache folder, or a
+file of another kind (a launcher library from an engine built before they were dropped) is
+not written.
 """
 
 from __future__ import annotations
@@ -22,14 +28,19 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("ecoinfer.engine")
 
-# the files a launch needs: kernel binaries and metadata, compiled launchers
-_KEEP_SUFFIXES = (".json", ".cubin", ".hsaco", ".so")
+# the files a launch needs from the engine file: kernel binaries and their metadata (GPU code
+# and data; never a host library)
+_KEEP_SUFFIXES = (".json", ".cubin", ".hsaco")
+# a cache key (a hash) and a file name of one cache entry: no path separators, no "..", so
+# nothing written can land outside Triton's cache folder
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 Binaries = dict[str, dict[str, str]]  # cache key -> file name -> base64 content
 
@@ -101,8 +112,17 @@ def install(binaries: Binaries) -> int:
         return 0
     from triton.runtime.cache import FileCacheManager  # noqa: PLC0415
 
-    written = 0
     for key, files in binaries.items():
+        for name in [key, *files]:
+            if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+                raise ValueError(
+                    f"the engine file's compiled-kernel entry {name!r} is not a plain file name"
+                )
+    written = 0
+    for key, all_files in binaries.items():
+        files = {n: d for n, d in all_files.items() if _keep(n)}
+        if not files:
+            continue
         mgr = FileCacheManager(key)
         kernels = [n for n in files if n.endswith(".json")]
         if all(mgr.has_file(n) for n in files) and all(

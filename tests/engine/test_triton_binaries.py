@@ -44,8 +44,8 @@ def test_collect_records_what_the_run_reads_and_install_restores_it(
         assert get_cache_manager("cc03").get_file("__triton_launcher.cpython-312.so")
 
     got = collect(run_once)
-    keys = {get_cache_manager("aa01").key, get_cache_manager("cc03").key}
-    assert set(got) == keys  # the unused kernel is not carried
+    # the unused kernel is not carried, nor is the launcher (a host library)
+    assert set(got) == {get_cache_manager("aa01").key}
     k1 = got[get_cache_manager("aa01").key]
     assert set(k1) == {"gemm.cubin", "gemm.json"}  # no intermediate IR
     assert base64.b64decode(k1["gemm.cubin"]) == b"\x7fELF-gemm"
@@ -56,10 +56,24 @@ def test_collect_records_what_the_run_reads_and_install_restores_it(
     # a fresh machine: an empty cache gets the entries, in the layout Triton reads back
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "fresh"))
     assert get_cache_manager("aa01").get_group("gemm.json") is None
-    assert install(got) == 2
+    assert install(got) == 1
     group = get_cache_manager("aa01").get_group("gemm.json")
     assert group is not None and set(group) == {"gemm.cubin", "gemm.json"}
     with open(group["gemm.cubin"], "rb") as f:
         assert f.read() == b"\x7fELF-gemm"
-    assert get_cache_manager("cc03").get_file("__triton_launcher.cpython-312.so")
     assert install(got) == 0  # already there: left alone
+
+
+def test_install_never_writes_a_host_library_or_outside_the_cache(cache_dir, tmp_path) -> None:  # noqa: ANN001
+    """An engine file is not trusted code: a launcher library it carries (engines built before
+    launchers were dropped) is not installed, and a key or file name that could leave the
+    cache folder is refused before anything is written."""
+    so = {"cc03": {"__triton_launcher.cpython-312.so": base64.b64encode(b"evil").decode()}}
+    assert install(so) == 0
+    assert get_cache_manager("cc03").get_file("__triton_launcher.cpython-312.so") is None
+    data = base64.b64encode(b"x").decode()
+    for bad in ({"../../escape": {"k.json": data}}, {"aa01": {"../k.cubin": data}},
+                {"aa01": {"sub/k.cubin": data}}, {"..": {"k.json": data}}):  # fmt: skip
+        with pytest.raises(ValueError, match="not a plain file name"):
+            install(bad)
+    assert not (tmp_path / "escape").exists() and not any(cache_dir.rglob("k.*"))
