@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import math
 import os
 import re
 import threading
@@ -183,6 +184,7 @@ class LeanEngine:
             end += int(r["bytes"])
         self._arena = self.driver.alloc(end)
         self.arena_bytes = end
+        self._sizes = [int(r["bytes"]) for r in regions]
         bases = [self._arena + o for o in offsets]
         host = ctypes.addressof((ctypes.c_char * len(self._raw)).from_buffer(self._raw))
         blob = table.get(lean["blob"]) if lean.get("blob") else None
@@ -214,10 +216,17 @@ class LeanEngine:
         return {kind: self.driver.alloc(n) if n else 0 for kind, n in need.items()}
 
     def _program(self, p: dict, kernels: dict) -> _Program:
-        regions = self._bases
+        bases, extents = self._bases, self._sizes
 
         def pointer(region: int, offset: int) -> int:
-            return regions[region] + offset
+            # a pointer outside its region: a damaged or crafted file (the checksum guards
+            # against damage only); refused before any kernel is launched
+            if not (0 <= region < len(bases) and 0 <= offset <= extents[region]):
+                raise EngineFileError(
+                    f"{self.path}: the lean section points outside its memory regions "
+                    f"(region {region}, offset {offset}); rebuild the engine"
+                )
+            return bases[region] + offset
 
         def encode(out: int, address: int, spec: dict) -> None:
             self.driver.encode_tma(
@@ -239,6 +248,21 @@ class LeanEngine:
                         f"{self.path}: {what} '{name}' is {spec['dtype']}, which numpy cannot "
                         "hold; run this engine with ecoinfer.load_engine"
                     )
+                # the bytes each call copies in or out lie inside the region
+                item = np.dtype(_NUMPY[spec["dtype"]]).itemsize
+                shape = spec["shape"]
+                strides = spec.get("strides") or [0] * len(shape)
+                if what == "input":
+                    span = item * math.prod(shape)
+                else:
+                    span = (
+                        0
+                        if 0 in shape
+                        else item * (1 + sum((d - 1) * st for d, st in zip(shape, strides)))
+                    )
+                pointer(spec["region"], spec.get("offset", 0) + span)
+                if min(strides, default=0) < 0:
+                    pointer(-1, 0)  # negative strides: refused as out of bounds
         launches = []
         for ln in p["launches"]:
             k = kernels[ln["kernel"]]
@@ -247,6 +271,11 @@ class LeanEngine:
             def scratch(kind: str, _s=sizes) -> int:  # noqa: ANN001
                 return self._scratch[kind] if _s[kind] else 0
 
+            for prm in ln["params"]:
+                if prm[0] == "tma":  # the whole tensor a TMA descriptor covers lies in its region
+                    sp = prm[3]
+                    extent = 1 + sum((d - 1) * st for d, st in zip(sp["shape"], sp["strides"]))
+                    pointer(prm[1], prm[2] + sp["elem_size"] * extent)
             params = pack(ln["params"], pointer, scratch, encode)
             attrs = []
             if k["launch_pdl"]:

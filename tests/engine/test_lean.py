@@ -345,6 +345,24 @@ def test_recorder_places_every_pointer_in_a_region() -> None:
     )
     k = section["kernels"]["h0"]
     assert base64.b64decode(k["cubin_b64"]) == b"CUBIN" and k["launch_pdl"] is True
+    # the runtime's load-time checks accept this section and refuse pointers past a region
+    from ecoinfer.lean.runtime import LeanEngine
+
+    lean = LeanEngine.__new__(LeanEngine)
+    lean.path, lean.stream, lean._scratch = "e.eng", ctypes.c_void_p(0), {"global": 0, "profile": 0}
+    lean._functions = {"h0": ctypes.c_void_p(0)}
+    sizes = [r["bytes"] for r in section["regions"]]
+    lean._sizes, lean._bases = sizes, [0x10000 * (k + 1) for k in range(len(sizes))]
+    compiled = lean._program(section["programs"][0], section["kernels"])
+    assert len(compiled.launches) == 1 and compiled.launches[0].config.blockDimX == 128
+    bad = json.loads(json.dumps(section["programs"][0]))
+    bad["launches"][0]["params"][3][2] = 129  # past the 128-byte activation
+    with pytest.raises(EngineFileError, match="points outside its memory regions"):
+        lean._program(bad, section["kernels"])
+    bad = json.loads(json.dumps(section["programs"][0]))
+    bad["outputs"]["y"]["offset"] = 100  # 8 floats from byte 100 overrun the region
+    with pytest.raises(EngineFileError, match="points outside"):
+        lean._program(bad, section["kernels"])
     # a pointer into memory the recorder never saw cannot be replayed
     rec.launches.append(
         {"kernel": "h0", "grid": [1, 1, 1], "params": [["ptr", 16]], "layer": "bad"}
