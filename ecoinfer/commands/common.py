@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecoinfer.commands.random_feed import random_array
 from ecoinfer.errors import InputError, MissingInputError
 from ecoinfer.ir.analysis import index_table_sizes
 from ecoinfer.ir.graph import Graph, Value
@@ -79,25 +80,7 @@ def random_inputs(
         if v.name in feeds:
             continue
         shape = _concrete_shape(v, shapes)
-        dt = v.dtype or "float32"
-        lname = v.name.lower()
-        if dt == "bool":
-            feeds[v.name] = np.ones(shape, dtype=bool)
-        elif dt.startswith(("int", "uint")):
-            if "mask" in lname:
-                feeds[v.name] = np.ones(shape, dtype=dt)
-            elif "type" in lname or "segment" in lname:
-                feeds[v.name] = np.zeros(shape, dtype=dt)
-            else:
-                high = tables.get(v.name) or 2
-                feeds[v.name] = rng.integers(0, high, size=shape).astype(dt)
-        elif dt in ("float32", "float16", "float64"):
-            feeds[v.name] = rng.standard_normal(shape).astype(dt)
-        else:
-            raise MissingInputError(
-                f"input '{v.name}' is {dt}; ecoinfer cannot make random data of that type, "
-                "give it with --input"
-            )
+        feeds[v.name] = random_array(v.name, v.dtype or "float32", shape, tables.get(v.name), rng)
     return feeds
 
 

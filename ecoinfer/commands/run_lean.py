@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecoinfer.commands.random_feed import random_array
 from ecoinfer.errors import InputError
 
 
@@ -21,26 +22,13 @@ def _checksum(a: np.ndarray) -> str:
 
 
 def lean_inputs(engine, seed: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """Inputs of the first recorded shape not given: floats ~ N(0,1), masks all ones, type and
-    segment ids zero, other ids within the table they index (as `ecoinfer run` draws them)."""
+    """Inputs of the first recorded shape not given, drawn as `ecoinfer run` draws them."""
     rng = np.random.default_rng(seed)
     feeds = dict(given)
     for name, spec in engine.programs[0].inputs.items():
-        if name in feeds:
-            continue
-        shape, dt, low = tuple(spec["shape"]), spec["dtype"], name.lower()
-        if dt == "bool":
-            feeds[name] = np.ones(shape, dtype=bool)
-        elif dt.startswith(("int", "uint")):
-            if "mask" in low:
-                feeds[name] = np.ones(shape, dtype=dt)
-            elif "type" in low or "segment" in low:
-                feeds[name] = np.zeros(shape, dtype=dt)
-            else:
-                high = engine.index_inputs.get(name) or 2
-                feeds[name] = rng.integers(0, high, size=shape).astype(dt)
-        else:
-            feeds[name] = rng.standard_normal(shape).astype(dt)
+        if name not in feeds:
+            table = engine.index_inputs.get(name)
+            feeds[name] = random_array(name, spec["dtype"], tuple(spec["shape"]), table, rng)
     return feeds
 
 
