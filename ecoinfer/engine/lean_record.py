@@ -32,9 +32,7 @@ from typing import Any
 import torch
 
 from ecoinfer.errors import EcoinferError
-
-LEAN_VERSION = 1
-_ALIGN = 256  # region alignment in the lean runtime's arena (cudaMalloc gives 256)
+from ecoinfer.lean.runtime import ARENA_ALIGN, LEAN_VERSION, LeanEngine
 
 
 class LeanRecordError(EcoinferError):
@@ -56,7 +54,6 @@ class _Recorder:
     launches: list[dict[str, Any]] = field(default_factory=list)
     kernels: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> description
     storages: dict[int, _Storage] = field(default_factory=dict)  # start -> storage
-    kernel_layers: dict[str, list[str]] = field(default_factory=dict)  # kernel name -> layers
     binaries: dict[str, bytes] = field(default_factory=dict)  # hash -> cubin
 
     def _persistent(self, ptr: int) -> bool:
@@ -102,7 +99,6 @@ class _Recorder:
                 "global_scratch_size": int(getattr(md, "global_scratch_size", 0) or 0),
                 "profile_scratch_size": int(getattr(md, "profile_scratch_size", 0) or 0),
             }
-        self.kernel_layers.setdefault(kernel.name, []).append(self.layer)
         sig = list(kernel.src.signature.values())
         descs = list(getattr(md, "tensordesc_meta", None) or [])
         params: list[list[Any]] = []
@@ -203,12 +199,9 @@ def _live_blocks(device: torch.device) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def _foreign_kernels(prof: Any, triton_names: set[str]) -> list[str]:
-    names = []
-    for e in prof.events():
-        if str(getattr(e, "device_type", "")).endswith("CUDA") and e.name not in triton_names:
-            names.append(e.name)
-    return names
+def _gpu_events(prof: Any) -> list[str]:
+    """Names of the GPU operations (kernels, copies, memsets) the profiler saw."""
+    return [e.name for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
 
 
 def _regions(storages: list[_Storage]) -> list[tuple[int, int, list[_Storage]]]:
@@ -278,7 +271,8 @@ def record_program(engine: Any, shapes: dict[str, tuple[int, ...]], seed: int = 
         for t in inputs.values():
             rec.note_tensor(t)
     names = {k["name"] for k in rec.kernels.values()}
-    foreign = _foreign_kernels(prof, names)
+    seen = _gpu_events(prof)
+    foreign = [n for n in seen if n not in names]
     if foreign:
         raise LeanRecordError(
             f"the engine launches {len(foreign)} GPU operation(s) that are not Triton kernels "
@@ -286,9 +280,7 @@ def record_program(engine: Any, shapes: dict[str, tuple[int, ...]], seed: int = 
             "with --lean so that every layer prefers a Triton tactic, or run this engine with "
             "ecoinfer.load_engine"
         )
-    if rec.launches and not any(
-        str(getattr(e, "device_type", "")).endswith("CUDA") for e in prof.events()
-    ):
+    if rec.launches and not seen:
         raise LeanRecordError(
             "the profiler saw no GPU activity while the engine ran, so it cannot be checked that "
             "every kernel was recorded; the lean section was not written"
@@ -337,7 +329,7 @@ def assemble(
                         content = torch.zeros(end - start, dtype=torch.uint8, device="cpu")
                         for m in members:
                             content[m.start - start : m.end - start] = m.tensor.cpu()
-                        pad = -blob_size % _ALIGN
+                        pad = -blob_size % ARENA_ALIGN
                         if pad:
                             blob.append(torch.zeros(pad, dtype=torch.uint8))
                             blob_size += pad
@@ -453,8 +445,6 @@ def replay_check(engine: Any, programs: list[LeanProgram], path: Any) -> dict[st
     kernels on the same data in the same order); a relative L2 error above 1e-3 anywhere
     means the replay is wrong, and raises."""
     import numpy as np  # noqa: PLC0415
-
-    from ecoinfer.lean.runtime import LeanEngine  # noqa: PLC0415
 
     lean = LeanEngine(path, engine.device.index or 0)
     worst, identical = 0.0, True

@@ -41,8 +41,8 @@ from ecoinfer.errors import (
 from ecoinfer.lean import cuda
 from ecoinfer.lean.params import PackedParams, pack
 
-LEAN_VERSION = 1  # engine/lean_record.LEAN_VERSION (that module imports torch)
-_ALIGN = 256
+LEAN_VERSION = 1  # the lean section's format (engine/lean_record.py writes it)
+ARENA_ALIGN = 256  # region alignment in the arena (cuMemAlloc gives 256)
 
 _NUMPY = {
     "float32": np.float32,
@@ -179,7 +179,7 @@ class LeanEngine:
         regions = lean["regions"]
         offsets, end = [], 0
         for r in regions:
-            end = -(-end // _ALIGN) * _ALIGN
+            end = -(-end // ARENA_ALIGN) * ARENA_ALIGN
             offsets.append(end)
             end += int(r["bytes"])
         self._arena = self.driver.alloc(end)

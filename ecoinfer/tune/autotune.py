@@ -470,9 +470,7 @@ def _time_graph(
     g = torch.cuda.CUDAGraph()
     try:
         # `inner` calls per graph amortise the replay launch for microsecond kernels
-        with torch.cuda.graph(g, stream=stream):
-            for i in range(inner):
-                fn(sets[i % len(sets)])
+        _capture(g, fn, sets, stream, inner)
         g.replay()
         torch.cuda.synchronize(dev)
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -507,9 +505,7 @@ def time_sustained(
         inner = k * math.ceil(min(200, max(1, math.ceil(2.0 / max(est, 1e-4)))) / k)
         g = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(g, stream=stream):
-                for i in range(inner):
-                    fn(sets[i % k])
+            _capture(g, fn, sets, stream, inner)
             _replay_for(g, seconds / 3, inner)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -519,6 +515,19 @@ def time_sustained(
             return start.elapsed_time(end) / n
         finally:
             del g
+
+
+def _capture(
+    g: torch.cuda.CUDAGraph,
+    fn: RunFn,
+    sets: list[list[Tensor | None]],
+    stream: torch.cuda.Stream,
+    inner: int,
+) -> None:
+    """Capture `inner` calls of fn into g, cycling through the input sets."""
+    with torch.cuda.graph(g, stream=stream):
+        for i in range(inner):
+            fn(sets[i % len(sets)])
 
 
 def _replay_for(g: torch.cuda.CUDAGraph, seconds: float, inner: int) -> int:
@@ -540,7 +549,6 @@ def _replay_for(g: torch.cuda.CUDAGraph, seconds: float, inner: int) -> int:
 def _refine_sustained(
     cands: list[Candidate],
     runs: dict[int, RunFn],
-    rank: Callable[[Candidate], tuple],
     build: BuildInfo,
     sets: list[list[Tensor | None]],
     cache: TimingCache | None,
@@ -553,14 +561,16 @@ def _refine_sustained(
     """Time the finalists (the fastest candidates by burst time) under sustained load; sets
     their sustained_ms. Called only on CUDA with build.sustained_s > 0."""
     dev = torch.device(build.device)
-    ok = sorted((k for k in runs if math.isfinite(cands[k].time_ms)), key=lambda k: rank(cands[k]))
+    ok = sorted(
+        (k for k in runs if math.isfinite(cands[k].time_ms)), key=lambda k: _rank(build, cands[k])
+    )
     if len(ok) < 2 or cands[ok[0]].time_ms < SUSTAINED_MIN_MS:
         return
-    best = rank(cands[ok[0]])
+    best = _rank(build, cands[ok[0]])
     finalists = [
         k
         for k in ok
-        if rank(cands[k])[:-1] == best[:-1]
+        if _rank(build, cands[k])[:-1] == best[:-1]
         and cands[k].time_ms <= cands[ok[0]].time_ms * (1 + SUSTAINED_MARGIN)
     ][:SUSTAINED_FINALISTS]
     if len(finalists) < 2:
@@ -734,10 +744,7 @@ def _select(
     if build.sustained_s > 0 and dev.type == "cuda" and len(runs) > 1:
         if sets is None:  # every time came from the cache
             sets = input_sets(inputs, rotate)
-        _refine_sustained(
-            cands, runs, lambda c: _rank(build, c), build, sets, cache, fp, sig, sig_text,
-            label, log,
-        )  # fmt: skip
+        _refine_sustained(cands, runs, build, sets, cache, fp, sig, sig_text, label, log)
         timed = [k for k in runs if cands[k].sustained_ms is not None]
         if timed:
             k = min(timed, key=lambda k: (_rank(build, cands[k])[:-1], cands[k].sustained_ms))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import compiled_run
 from test_link_skip import _block
 
 from ecoinfer.engine.builder import BuildConfig, build
@@ -31,21 +32,14 @@ CUDA = torch.cuda.is_available()
 SHAPE = {"x": (8, 16)}
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
-
-
 def test_lean_runtime_imports_neither_torch_nor_triton() -> None:
-    r = _python(
+    out = compiled_run([
+        "-c",
         "import sys, ecoinfer.lean, ecoinfer.commands.run_lean, ecoinfer.cli\n"
         "ecoinfer.cli.build_parser()\n"
-        "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))"
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+        "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))",
+    ])  # fmt: skip
+    assert out.strip() == "[]"
 
 
 def test_parameters_packed_as_tritons_launcher_packs_them() -> None:
@@ -228,7 +222,8 @@ def test_lean_engine_replays_bit_identical_without_torch(tmp_path: Path, precisi
     x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
     want = eng.run({"x": x})["y"]
     np.save(tmp_path / "x.npy", x)
-    r = _python(
+    out = compiled_run([
+        "-c",
         "import sys, json, numpy as np\n"
         "from ecoinfer.lean import load\n"
         f"e = load({str(path)!r})\n"
@@ -236,10 +231,9 @@ def test_lean_engine_replays_bit_identical_without_torch(tmp_path: Path, precisi
         "ys = [e.run({'x': x})['y'] for _ in range(3)]\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, ys[0])\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'triton': 'triton' in sys.modules,"
-        " 'same': all((y == ys[0]).all() for y in ys)}))"
-    )
-    assert r.returncode == 0, r.stderr
-    info = json.loads(r.stdout.strip().splitlines()[-1])
+        " 'same': all((y == ys[0]).all() for y in ys)}))",
+    ])  # fmt: skip
+    info = json.loads(out.strip().splitlines()[-1])
     assert info == {"torch": False, "triton": False, "same": True}
     got = np.load(tmp_path / "y.npy")
     assert got.dtype == want.dtype and np.array_equal(got, want)

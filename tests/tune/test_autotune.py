@@ -520,10 +520,7 @@ def test_sustained_timing_reorders_only_the_finalists(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(autotune, "time_sustained", fake)
     build = BuildInfo(torch.device("cuda"), "float16", sustained_s=1.0)
-    autotune._refine_sustained(
-        cands, runs, lambda c: autotune._rank(build, c), build, [[None]], None, {}, "sig", "",
-        "layer", None,
-    )  # fmt: skip
+    autotune._refine_sustained(cands, runs, build, [[None]], None, {}, "sig", "", "layer", None)
     # a, b and c are within 8% of a's 0.100 ms; d (9%) and e are not
     assert timed == ["a", "b", "c"]
     assert [c.sustained_ms for c in cands] == [0.130, 0.121, 0.125, None, None]
@@ -531,7 +528,6 @@ def test_sustained_timing_reorders_only_the_finalists(monkeypatch: pytest.Monkey
     short = [Candidate("x", {}, 0.010), Candidate("y", {}, 0.0101)]
     timed.clear()
     autotune._refine_sustained(
-        short, {0: runs[0], 1: runs[1]}, lambda c: autotune._rank(build, c), build, [[None]],
-        None, {}, "sig", "", "layer", None,
-    )  # fmt: skip
+        short, {0: runs[0], 1: runs[1]}, build, [[None]], None, {}, "sig", "", "layer", None
+    )
     assert timed == [] and all(c.sustained_ms is None for c in short)
