@@ -44,7 +44,7 @@ from ecoinfer.kernels.triton.gemm import (
     upcast_dot,
 )
 from ecoinfer.kernels.triton.kernel_config import KernelConfig
-from ecoinfer.kernels.triton.norms import layernorm_rows, next_pow2, norm_affine
+from ecoinfer.kernels.triton.norms import norm_affine
 from ecoinfer.kernels.triton.pdl import pdl_args, pdl_enter
 from ecoinfer.kernels.triton.qgemm import QCODE, QCODE_OF, QTYPES, quantize_block, soft_fp8
 
@@ -288,17 +288,6 @@ def _tma_gemm_kernel(
     rb_ptr=None,
     RES_NORM: tl.constexpr = False,
     RES_NORM_B: tl.constexpr = False,
-    cnt_ptr=None,
-    nw_ptr=None,
-    nb_ptr=None,
-    nys_ptr=None,
-    nc_ptr=None,
-    eps=None,
-    NORM: tl.constexpr = False,
-    NORM_B: tl.constexpr = False,
-    NORM_Q: tl.constexpr = -1,
-    NPAD: tl.constexpr = 1,
-    ROWS: tl.constexpr = 1,
 ):
     pdl_enter(PDL)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -409,70 +398,9 @@ def _tma_gemm_kernel(
         else:
             y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
             tl.store(y_ptrs, out, mask=mask)
-        if NORM:
-            _norm_fixup(y_ptr, cnt_ptr, nw_ptr, nb_ptr, nys_ptr, nc_ptr, eps, pid_m, num_n, off_m,
-                        M, N, NORM_B, NORM_Q, SOFT_FP8, BLOCK_M, NPAD, ROWS)  # fmt: skip
-
-
-@triton.jit
-def _norm_fixup(
-    y_ptr, cnt_ptr, nw_ptr, nb_ptr, nys_ptr, nc_ptr, eps, pid_m, num_n, off_m, M, N,
-    NORM_B: tl.constexpr, NORM_Q: tl.constexpr, SOFT_FP8: tl.constexpr, BLOCK_M: tl.constexpr,
-    NPAD: tl.constexpr, ROWS: tl.constexpr,
-):  # fmt: skip
-    """The LayerNorm epilogue (tma_gemm's `norm`): the program that stores the last of a row
-    block's tiles normalizes the block's rows in place (from L2: the tiles were just
-    written), with the row kernel's formula, and writes their codes. The counter says which
-    program is last: each adds one after its stores (release), the last one reads the others'
-    tiles after its add (acquire), then sets the counter back to zero for the next launch."""
-    tl.debug_barrier()  # every thread's stores of this tile come before the add
-    done = tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel", scope="gpu")
-    tl.debug_barrier()
-    cols = tl.arange(0, NPAD)
-    cmask = cols < N
-    if NORM_Q >= 0:
-        q_scale = tl.load(nys_ptr).to(tl.float32)
-        q_inv = 1.0 / q_scale
-    # (a loop of no steps for the other programs: an `if` around a loop does not compile
-    # inside the flattened tile loop in Triton 3.6)
-    last = done == num_n - 1
-    for r0 in range(0, tl.where(last, BLOCK_M, 0), ROWS):
-        r = off_m + r0 + tl.arange(0, ROWS)
-        r64 = r.to(tl.int64)
-        rmask = (r < M)[:, None] & cmask[None, :]
-        ptrs = y_ptr + r64[:, None] * N + cols[None, :]
-        x = tl.load(ptrs, mask=rmask, other=0.0, cache_modifier=".cg").to(tl.float32)
-        y, mean, inv = layernorm_rows(x, rmask, cols, cmask, N, eps, nw_ptr, nb_ptr, NORM_B)
-        yr = y.to(y_ptr.dtype.element_ty)
-        tl.store(ptrs, yr, mask=rmask)
-        if NORM_Q >= 0:  # the codes of the stored Y, as LayerNormCodes writes them
-            q = quantize_block(yr.to(tl.float32), q_inv, q_scale, NORM_Q, False, SOFT_FP8)
-            tl.store(nc_ptr + r64[:, None] * N + cols[None, :], q, mask=rmask)
-    tl.atomic_xchg(cnt_ptr + pid_m, 0, sem="relaxed", scope="gpu", mask=last)
 
 
 # ---------------------------------------------------------------------- host side
-@dataclass
-class NormEpilogue:
-    """tma_gemm's `norm`: Y = LayerNorm(the GEMM's result) over all N columns, in place, with
-    scale / bias [N] and eps; with y_scale (float32 scalar) and `codes` (Y's shape, int8 or
-    float8_e4m3fn) also the codes of Y / y_scale (multiplied by 1 / y_scale), as
-    LayerNormCodes writes them. `counters`: int32 zeros, one per BLOCK_M rows, which the
-    kernel leaves zero (made per call when not given)."""
-
-    scale: Tensor
-    bias: Tensor | None
-    eps: float
-    y_scale: Tensor | None = None
-    codes: Tensor | None = None
-    counters: Tensor | None = None
-
-
-def norm_rows(n: int) -> int:
-    """Rows per step of the norm epilogue: about 8K elements in registers."""
-    return max(1, min(16, 8192 // next_pow2(n)))
-
-
 def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few programs, so persistence is exercised
@@ -503,7 +431,6 @@ def tma_gemm(
     config: TmaGemmConfig | None = None,
     conv: ConvGeometry | None = None,
     residual_norm: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None,
-    norm: NormEpilogue | None = None,
 ) -> Tensor:
     """post(act(X @ W^T [* x_scale * w_scale] + bias) + residual), optionally as codes.
 
@@ -524,11 +451,7 @@ def tma_gemm(
     rounded once; by multiplication with 1/x_scale, so a tie may round the other way).
     W: [N, K], or [K, N] with w_kn (half W only; 8-bit W must be [N, K], K contiguous).
     The float result has out_dtype (X's dtype for half X; float16 unless given for codes);
-    with out_scale (float32 scalar) it is written as out_qtype codes of Y / out_scale.
-
-    norm (NormEpilogue): the float Y is then LayerNorm'd over its N columns, in place, by the
-    program that finishes the last tile of each BLOCK_M rows (and written as codes too where
-    norm.codes is given): the rounding of this GEMM followed by a LayerNorm kernel."""
+    with out_scale (float32 scalar) it is written as out_qtype codes of Y / out_scale."""
     code, p0, p1 = act if act is not None else act_code(activation, activation_params)
     pcode, q0, q1 = post if post is not None else act_code("")
     k = x.shape[-1]
@@ -579,9 +502,7 @@ def tma_gemm(
     y_fits, r_fits = tma_epilogue(
         cfg, esz, y2.element_size(), r2.element_size() if r2 is not None else 0, xsz
     )
-    if norm is not None:
-        _check_norm(norm, out_scale, y, cfg, m, n)
-    y_tma = y_fits and tma_ok(y2) and norm is None  # the norm reads Y back: plain stores
+    y_tma = y_fits and tma_ok(y2)
     res_tma = r_fits and r2 is not None and tma_ok(r2)
     y_desc = TensorDescriptor.from_tensor(y2, [cfg.BLOCK_M, cfg.BLOCK_N]) if y_tma else x_desc
     r_desc = TensorDescriptor.from_tensor(r2, [cfg.BLOCK_M, cfg.BLOCK_N]) if res_tma else x_desc
@@ -643,49 +564,8 @@ def tma_gemm(
         rb_ptr=rn[3] if rn is not None and rn[3] is not None else y2,
         RES_NORM=rn is not None,
         RES_NORM_B=rn is not None and rn[3] is not None,
-        **_norm_args(norm, n, y2),
     )
     return y
-
-
-def _check_norm(
-    norm: NormEpilogue, out_scale: Tensor | None, y: Tensor, cfg: TmaGemmConfig, m: int, n: int
-) -> None:
-    if out_scale is not None or y.dtype not in (*_HALF, torch.float32):
-        raise ValueError("tma_gemm: the norm epilogue writes a float Y (no out_scale)")
-    if norm.scale.numel() != n or (norm.bias is not None and norm.bias.numel() != n):
-        raise ValueError(f"tma_gemm: the norm's scale and bias must have {n} elements")
-    if (norm.codes is None) != (norm.y_scale is None):
-        raise ValueError("tma_gemm: the norm's codes need y_scale, and y_scale codes")
-    if norm.codes is not None and (
-        tuple(norm.codes.shape) != tuple(y.shape) or norm.codes.dtype not in QCODE_OF
-        or not norm.codes.is_contiguous()
-    ):  # fmt: skip
-        raise ValueError("tma_gemm: the norm's codes must be a dense 8-bit tensor of Y's shape")
-    rows = triton.cdiv(m, cfg.BLOCK_M)
-    if norm.counters is None:
-        norm.counters = torch.zeros(rows, dtype=torch.int32, device=y.device)
-    elif norm.counters.dtype != torch.int32 or norm.counters.numel() < rows:
-        raise ValueError(f"tma_gemm: the norm's counters must be int32 [{rows}] zeros")
-
-
-def _norm_args(norm: NormEpilogue | None, n: int, y2: Tensor) -> dict:
-    if norm is None:
-        return {}
-    scale = norm.scale.reshape(n).contiguous()
-    return {
-        "cnt_ptr": norm.counters,
-        "nw_ptr": scale,
-        "nb_ptr": norm.bias.reshape(n).contiguous() if norm.bias is not None else scale,
-        "nys_ptr": norm.y_scale if norm.y_scale is not None else scale,
-        "nc_ptr": norm.codes if norm.codes is not None else y2,
-        "eps": float(norm.eps),
-        "NORM": True,
-        "NORM_B": norm.bias is not None,
-        "NORM_Q": QCODE_OF[norm.codes.dtype] if norm.codes is not None else -1,
-        "NPAD": next_pow2(n),
-        "ROWS": norm_rows(n),
-    }
 
 
 def _residual_norm(
