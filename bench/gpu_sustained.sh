@@ -7,6 +7,8 @@
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; W=/tmp/ecoinfer-sustained; mkdir -p "$W"
+# TC=FILE starts from an earlier run's timing cache (used only where its fingerprint matches)
+[ -n "${TC:-}" ] && [ -f "$TC" ] && cp "$TC" "$W/tc.json"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader | tee "$OUT/gpu.txt"
 onnx=$(python -c "from ecoinfer.bench.peers import export_torch_model as e; print(e('bert-base'))" 2>/dev/null | tail -1)
 S=(--shapes input_ids:64x128 attention_mask:64x128 token_type_ids:64x128)
@@ -21,3 +23,4 @@ done
 timeout 300 python -m ecoinfer.cli compare --torch-model bert-base --batch 64 --seq 128 --device cuda --duration 4 \
   --warmup 1 --peers "torch-compile-fp16,engine:$W/default.eng,engine:$W/sustained.eng" \
   --json "$OUT/compare_sustained.json" 2>&1 | grep -vE "\[#|^\s*$" | tail -7 | tee -a "$OUT/summary.txt"
+cp "$W/tc.json" "$OUT/timing_cache.json" 2>/dev/null
