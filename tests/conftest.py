@@ -72,3 +72,27 @@ def minilm_export(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 def minilm(minilm_export):  # noqa: ANN001, ANN201
     """(path, feeds) of the dynamo export of all-MiniLM-L6-v2."""
     return minilm_export(True)
+
+
+_TRITON_TESTS = Path(_TESTS) / "triton"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A GPU test outside tests/triton builds and runs engines in this process, so it needs
+    Triton compiling. A session that also collects tests/triton interprets (its modules set
+    TRITON_INTERPRET=1 before Triton is imported, for their CPU tests); there such a test would
+    run its kernels through the CPU interpreter, fail where the engine is recorded (the
+    interpreter's copies are not kernels) or pass without testing the compiled kernels. Skip
+    it there, saying how to run it."""
+    from ecoinfer.kernels.triton.gemm import interpreting  # noqa: PLC0415
+
+    if not interpreting():
+        return
+    skip = pytest.mark.skip(
+        reason="a GPU test that needs Triton compiling, in a session that interprets: run the "
+        "GPU tests of tests/triton in a pytest run of their own (pytest -m gpu tests "
+        "--ignore=tests/triton, then pytest -m gpu tests/triton)"
+    )
+    for item in items:
+        if "gpu" in item.keywords and _TRITON_TESTS not in Path(str(item.fspath)).parents:
+            item.add_marker(skip)

@@ -189,7 +189,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="(CUDA) time each layer's fastest candidates (within 8%% of the best) again over "
         "SECONDS (default 1) of back-to-back calls, at the clock the GPU's power limit then "
-        "allows, and keep the fastest under that load: the engine replays at that limit",
+        "allows, and keep the fastest under that load: the engine replays at that limit (on "
+        "an H200 it did not speed up BERT-base FP16: BENCHMARKS.md, session 15)",
     )
     p.add_argument("--verbose", action="store_true", help="log every tactic candidate")
 
