@@ -12,8 +12,7 @@ nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader | t
 bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
 if [ "${1:-}" = "tests" ]; then
   shift
-  # tests/triton in a run of its own (it makes the session interpret; tests/conftest.py)
-  timeout 300 bash -c "python -m pytest -q -m gpu -p no:cacheprovider tests/tune tests/engine tests/ir; python -m pytest -q -m gpu -p no:cacheprovider tests/triton" \
+  timeout 300 bash bench/gpu_tests.sh tests/tune tests/engine tests/ir \
     2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 fi
 [ $# -gt 0 ] || set -- "bert-base 64" "bert-base 1" "minilm 64"

@@ -15,8 +15,7 @@ shapes_bert() { echo "input_ids:${1}x128 attention_mask:${1}x128 token_type_ids:
 export_model() { python -c "from ecoinfer.bench.peers import export_torch_model as e; print(e('$1'))" 2>/dev/null | tail -1; }
 
 if [[ $args == *" tests "* ]]; then
-  # tests/triton in a run of its own (it makes the session interpret; tests/conftest.py)
-  timeout 300 bash -c "python -m pytest -q -m gpu -p no:cacheprovider tests/tune tests/engine tests/ir tests/quant; python -m pytest -q -m gpu -p no:cacheprovider tests/triton" \
+  timeout 300 bash bench/gpu_tests.sh tests/tune tests/engine tests/ir tests/quant \
     2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 fi
 if [[ $args == *" cold "* || $args == *" profile "* ]]; then

@@ -25,9 +25,7 @@ trap pack EXIT
 
 if [ "${1:-}" = "tests" ]; then
   shift
-  # tests/triton in a run of its own: its modules make the session interpret, and the GPU
-  # tests elsewhere need Triton compiling (tests/conftest.py skips them in such a session)
-  timeout ${GPU_TEST_TIMEOUT:-240} bash -c "python -m pytest -q -m gpu -p no:cacheprovider ${GPU_TESTS:-tests/tune tests/engine tests/quant tests/ir}; python -m pytest -q -m gpu -p no:cacheprovider tests/triton" \
+  timeout ${GPU_TEST_TIMEOUT:-240} bash bench/gpu_tests.sh ${GPU_TESTS:-} \
     > "$RES/gpu_tests.txt" 2>&1; grep -E "passed|failed" "$RES/gpu_tests.txt" | tee -a "$S"
   grep -E "^FAILED|^ERROR" "$RES/gpu_tests.txt" | head -10 | tee -a "$S"
   timeout ${SELFTEST_TIMEOUT:-120} python bench/gpu_qgemm_selftest.py --json "$RES/qgemm_selftest.json" > "$RES/qgemm_selftest.txt" 2>&1

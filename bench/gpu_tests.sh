@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU tests (marker `gpu`) of the given test folders, then those of tests/triton in a pytest
+# process of its own: its modules switch a session to Triton's CPU interpreter, and the GPU tests
+# elsewhere, which need the compiled kernels, skip themselves in such a session
+# (tests/conftest.py). Exits non-zero if either run fails.
+#   bash bench/gpu_tests.sh [DIR...]   (default: every folder of tests/ but tests/triton)
+set -u
+[ $# -gt 0 ] || set -- tests --ignore=tests/triton
+python -m pytest -q -m gpu -p no:cacheprovider "$@"; rc=$?
+python -m pytest -q -m gpu -p no:cacheprovider tests/triton || rc=1
+exit $rc
