@@ -10,7 +10,9 @@ from safetensors.torch import load_file, save_file
 src, dst = Path(".carry/minilm"), Path("/tmp/minilm")
 dst.mkdir(exist_ok=True)
 for f in src.iterdir():
-    if f.name != "model_fp16.safetensors":
+    if f.is_dir():  # e.g. 1_Pooling
+        shutil.copytree(f, dst / f.name, dirs_exist_ok=True)
+    elif f.name != "model_fp16.safetensors":
         shutil.copy(f, dst / f.name)
 sd = load_file(src / "model_fp16.safetensors")
 save_file({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, dst / "model.safetensors")

@@ -30,15 +30,41 @@ from ecoinfer.kernels.triton.attention import (  # noqa: E402
     flash_mha,
     tma_flash_fits,
 )
+from ecoinfer.tune.autotune import cold_rotate_bytes, input_sets, measure  # noqa: E402
 
 B, S, H, D = 64, 128, 12, 64
+
+
+def _extra() -> list[FlashConfig]:
+    """Persistent one-key-block tiles beyond flash_configs' own: BLOCK_M 128 on two warp
+    groups, deeper tile pipelines, fewer programs per SM."""
+    return [
+        FlashConfig(bm, 128, w, st, 1, p)
+        for bm, w in ((128, 8), (64, 4))
+        for st in (2, 3)
+        for p in (1, 2)
+        if not (bm == 64 and st == 2)  # flash_configs offers these
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
+    ap.add_argument(
+        "--extra",
+        action="store_true",
+        help="instead of the tuner's tiles: its usual picks and persistent whole-sequence "
+        "tiles it does not offer (8 warps, more tile stages, 1-2 programs per SM)",
+    )
+    ap.add_argument(
+        "--rotate",
+        action="store_true",
+        help="also time each configuration as the tuner does: inputs cycled through copies "
+        "that exceed twice the L2, so they come from memory (column us_rotated)",
+    )
     args = ap.parse_args()
     dev = torch.device("cuda")
+    rotate = cold_rotate_bytes(dev) if args.rotate else 0
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name(dev)
     qkv = torch.randn(B, S, 3 * H * D, device=dev, dtype=torch.float16)
@@ -52,10 +78,15 @@ def main() -> None:
     codes = (qkv.float() / xs).to(torch.float8_e4m3fn)
     rows = []
     for fp8 in (False, True):
-        for base in flash_configs(S, S, D, torch.float16):
+        bases = flash_configs(S, S, D, torch.float16)
+        if args.extra:  # the engines' usual picks, then the new tiles
+            bases = [FlashConfig(64, 128, 4, 2), FlashConfig(64, 64, 4, 3), *_extra()]
+        for base in bases:
             for tma, dot8 in ((0, 0), (1, 0), (0, 1), (1, 1)):
                 if dot8 and not fp8:
                     continue  # DOT8 dots codes
+                if args.extra and fp8 and not dot8:
+                    continue  # the FP8 engines dot codes
                 cfg = FlashConfig(**{**base.as_dict(), "TMA": tma, "DOT8": dot8})
                 if tma and not tma_flash_fits(S, S, D, D, cfg):
                     continue  # flash_mha would load through pointers: not a TMA row
@@ -74,6 +105,14 @@ def main() -> None:
                     y = run().float() * (ys if fp8 else 1.0)
                     torch.cuda.synchronize()
                     row.update(err=rel(y, ref), us=bench(run) * 1e3)
+                    if rotate:
+
+                        def run_xs(xs, kw=kw):  # noqa: ANN001, ANN202
+                            return flash_mha(xs[0], None, None, xs[1], None, **kw)
+
+                        sets = input_sets([src, mask], rotate)
+                        ms, _ = measure(run_xs, [src, mask], dev, sets=sets)
+                        row["us_rotated"] = ms * 1e3
                 except Exception as e:  # noqa: BLE001
                     row["failed"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)

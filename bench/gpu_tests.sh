@@ -5,7 +5,9 @@
 # (tests/conftest.py). Exits non-zero if either run fails.
 #   bash bench/gpu_tests.sh [DIR...]   (default: every folder of tests/ but tests/triton)
 set -u
+# MiniLM's real weights, where carried (.carry/minilm, bench/carry_minilm.sh), for its tests
+[ -d .carry/minilm ] && bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
 [ $# -gt 0 ] || set -- tests --ignore=tests/triton
-python -m pytest -q -m gpu -p no:cacheprovider "$@"; rc=$?
-python -m pytest -q -m gpu -p no:cacheprovider tests/triton || rc=1
+python -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 "$@"; rc=$?
+python -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 tests/triton || rc=1
 exit $rc

@@ -589,8 +589,15 @@ def test_mha_dot8_offered_for_codes_only() -> None:
     ]
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2, "DOT8": 1}
     assert _mha_run([torch.randn(2, 32, 3 * H * D).half()], attrs, cfg) is None  # declined
-    dot8 = [c for c in _codes_configs(32) if c["DOT8"]]
-    assert sum(not c["TMA"] for c in dot8) == 2 and sum(c["TMA"] for c in dot8) == 4
+    codes = _codes_configs(32)
+    dot8 = [c for c in codes if c["DOT8"]]
+    plain = [c for c in codes if not c["DOT8"] and not c["TMA"]]
+    # the first DOT8_FLASH_CONFIGS tiles are offered dotting the codes too (pointer loads),
+    # and up to four with TMA
+    n = gemm_tactics.DOT8_FLASH_CONFIGS
+    assert len(plain) > n and n == 4
+    assert [{**c, "DOT8": 1} for c in plain[:n]] == [c for c in dot8 if not c["TMA"]]
+    assert sum(c["TMA"] for c in dot8) == 4
     assert not [c for c in _codes_configs(16) if c["DOT8"]]  # an 8-bit dot needs K >= 32
 
 

@@ -52,6 +52,11 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPES = ("float16", "bfloat16", "float32")
 # flash configurations also tried with TMA loads (MultiHeadAttention whose tiles fit whole)
 TMA_FLASH_CONFIGS = 4
+# flash tiles also tried dotting 8-bit codes: four, not two, since an H200 probe (BERT-base
+# b64, rotated inputs; bench/gpu_attention_tma_probe.py --extra --rotate) timed the fourth's
+# DOT8 twin (64 x 128 tiles) at 17.0 us against 18.3 us for the tile FP8 builds had picked.
+# The persistent tiles further down lost there by 20-97%; the 32-column ones were not probed
+DOT8_FLASH_CONFIGS = 4
 
 
 def _runs_here(build: BuildInfo) -> bool:
@@ -219,9 +224,9 @@ def _attention_configs(
     codes = inputs[0].dtype in QCODE_OF  # type: ignore[union-attr]
     dot8 = codes and dot8_fits(d)
     if dot8:
-        # codes in: the first two configurations also with Q.K^T on the codes (an 8-bit
-        # tensor-core dot)
-        cfgs += [FlashConfig(**{**c.as_dict(), "DOT8": 1}) for c in base[:2]]
+        # codes in: the first DOT8_FLASH_CONFIGS configurations also with Q.K^T on the codes
+        # (an 8-bit tensor-core dot)
+        cfgs += [FlashConfig(**{**c.as_dict(), "DOT8": 1}) for c in base[:DOT8_FLASH_CONFIGS]]
     if tma_supported(build.device) and (dot8 or not codes):
         # Q, K and V of [B, S, width] projections: also loaded by TMA where tiles fit whole;
         # with codes, only dotting them (tma_codes_fit)
