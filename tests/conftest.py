@@ -83,7 +83,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     TRITON_INTERPRET=1 before Triton is imported, for their CPU tests); there such a test would
     run its kernels through the CPU interpreter, fail where the engine is recorded (the
     interpreter's copies are not kernels) or pass without testing the compiled kernels. Skip
-    it there, saying how to run it."""
+    it there, saying how to run it. (One process cannot do both: Triton decides when
+    @triton.jit decorates a kernel, at import, whether it will be interpreted.)"""
     from ecoinfer.kernels.triton.gemm import interpreting  # noqa: PLC0415
 
     if not interpreting():
