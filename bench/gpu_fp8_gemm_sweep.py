@@ -2,13 +2,15 @@
 wider configuration space than the tuner's (tma_gemm_configs), timed as the tuner times
 (CUDA-graph replay, inputs cycled through copies that exceed twice the L2).
 
-    python bench/gpu_fp8_gemm_sweep.py [--out results.json] [--seconds 100]
+    python bench/gpu_fp8_gemm_sweep.py [--out results.json] [--seconds 100] [--narrow]
 
 The engine's forms: codes in everywhere; QKV writes codes (the attention reads them), the
 attention output adds the float16 residual, FFN-up applies GELU (tanh form, hardware tanh)
-and writes codes, FFN-down adds the residual. Swept: the tuner's tiles with K steps of 64,
-128 and 256 codes, 2-5 stages where they fit, GROUP_M 4/8/16 (one stage count), persistent. Each
-configuration is checked against the tuner's first one (relative L2 of the outputs).
+and writes codes, FFN-down adds the residual. Swept, after the tuner's own configurations:
+two programs per SM (PERSISTENT=2) for tiles small enough to let two blocks share an SM;
+then (unless --narrow) the tuner's tiles with K steps of 64, 128 and 256 codes, 2-5 stages
+where they fit, GROUP_M 4/8/16 (one stage count), persistent. Each configuration is checked
+against the tuner's first one (relative L2 of the outputs).
 """
 
 from __future__ import annotations
@@ -39,12 +41,34 @@ SHAPES = [  # (name, K, N, activation, residual, codes out)
 TILES = ((128, 256, 8), (128, 128, 8), (256, 128, 8), (128, 128, 4), (64, 256, 4))
 
 
-def sweep_configs(n: int, k: int, gelu: bool) -> tuple[list[TmaGemmConfig], int]:
-    """(configurations, how many of them lead the list as the tuner's own)."""
+# two programs per SM (PERSISTENT=2): tiles whose registers and shared memory let two blocks
+# share an SM (sm_90 compile: 128x128x128 with 4 warps, 2-3 stages and pointer epilogue needs
+# 255 registers and 74-107 KB), so one program's epilogue overlaps the other's K loop
+TWO_PER_SM = (
+    (128, 128, 128, 4, 2, 0),
+    (128, 128, 128, 4, 3, 0),
+    (128, 64, 128, 4, 3, 0),
+    (128, 64, 128, 4, 4, 0),
+    (64, 128, 128, 4, 3, 0),
+    (64, 128, 128, 4, 3, 1),
+)
+
+
+def sweep_configs(n: int, k: int, gelu: bool, wide: bool = True) -> tuple[list[TmaGemmConfig], int]:
+    """(configurations, how many of them lead the list as the tuner's own): the tuner's,
+    the two-programs-per-SM ones (each also with one program per SM), then with `wide` the
+    tile / K step / stage / GROUP_M grid."""
     act = (ACT_GELU_ERF, 0.0, 0.0) if gelu else None
     out = [TmaGemmConfig(**c) for c in _configs(M, n, k, 1, act)]
     n_tuner = len(out)
     fast = {"FAST_GELU": 1} if gelu else {}
+    for bm, bn, bk, w, st, epi in TWO_PER_SM:
+        for per_sm in (2, 1):
+            c = TmaGemmConfig(bm, bn, bk, 8, w, st, per_sm, EPI_TMA=epi, **fast)
+            if c not in out:
+                out.append(c)
+    if not wide:
+        return out, n_tuner
     for bm, bn, w in TILES:
         for bk in (64, 128, 256):
             if bk > k:
@@ -65,6 +89,11 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument(
         "--seconds", type=float, default=100.0, help="per GEMM: stop starting new configurations"
+    )
+    ap.add_argument(
+        "--narrow",
+        action="store_true",
+        help="only the tuner's configurations and the two-programs-per-SM ones",
     )
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -91,7 +120,7 @@ def main() -> None:
         rows = []
         ref = None
         t_end = time.time() + args.seconds
-        cfgs, n_tuner = sweep_configs(n, k, act == "Gelu")
+        cfgs, n_tuner = sweep_configs(n, k, act == "Gelu", wide=not args.narrow)
         for c in cfgs:
             if time.time() > t_end:
                 break
@@ -115,7 +144,7 @@ def main() -> None:
             c = r_["cfg"]
             print(f"   {r_['us']:7.2f} us  err {r_['err_vs_first']:.1e}  {c['BLOCK_M']}x"
                   f"{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']} "
-                  f"g{c['GROUP_M']} p{c['PERSISTENT']}", flush=True)  # fmt: skip
+                  f"g{c['GROUP_M']} p{c['PERSISTENT']} epi{c['EPI_TMA']}", flush=True)  # fmt: skip
         tuned = {TmaGemmConfig(**r_["cfg"]) for r_ in rows[:n_tuner]}
         best_tuned = min((r_["us"] for r_ in ok if TmaGemmConfig(**r_["cfg"]) in tuned),
                          default=math.inf)  # fmt: skip

@@ -48,7 +48,7 @@ def half_ref(x, w, bias, res, act: str, params=(), w_kn: bool = False) -> torch.
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("w_kn", [False, True])
-@pytest.mark.parametrize("persistent", [0, 1])
+@pytest.mark.parametrize("persistent", [0, 1, 2])  # programs per SM (0: one per tile)
 @pytest.mark.parametrize("epi", ["plain", "bias_gelu", "bias_relu_res"])
 @pytest.mark.parametrize("epi_tma", [0, 1])
 def test_half_gemm(dtype: torch.dtype, w_kn: bool, persistent: int, epi: str, epi_tma: int) -> None:

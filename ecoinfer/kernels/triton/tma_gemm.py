@@ -19,8 +19,10 @@ Why a second GEMM kernel beside gemm.py: gemm.py loads tiles through pointer ari
 which Triton pipelines with cp.async; TMA moves a whole tile per instruction, frees the
 registers that held the addresses and lets the warps run the epilogue math instead. Tiles
 past the matrix edge are zero-filled by the TMA unit, so there are no masks in the K loop.
-The kernel is persistent when `PERSISTENT`: one program per SM walks the tiles (grouped
-order, GROUP_M row-blocks at a time), so one tile's epilogue overlaps the next one's loads.
+The kernel is persistent when `PERSISTENT`: that many programs per SM walk the tiles
+(grouped order, GROUP_M row-blocks at a time), so one tile's epilogue overlaps the next one's
+loads; with two per SM (where registers and shared memory let two blocks share an SM), one
+program's epilogue can also overlap the other's K loop.
 
 TMA needs compute capability 9.0 on the GPU (`tma_supported`); it needs 16-byte aligned
 row strides and base addresses (`tma_ok`). The CPU interpreter runs it (the CI tests).
@@ -112,6 +114,7 @@ class TmaGemmConfig(KernelConfig):
     GROUP_M: int = 8
     num_warps: int = 8
     num_stages: int = 3
+    # programs per SM walking the tiles (persistent kernel); 0: one program per tile
     PERSISTENT: int = 1
     FAST_GELU: int = 0  # 1: exact GELU computed by the tanh formula with the hardware tanh
     # 1: Y stored (and the residual loaded) a whole tile at a time by TMA descriptors, where
@@ -508,7 +511,7 @@ def tma_gemm(
     r_desc = TensorDescriptor.from_tensor(r2, [cfg.BLOCK_M, cfg.BLOCK_N]) if res_tma else x_desc
     ws = w_scale.reshape(-1) if w_scale is not None else None
     tiles = triton.cdiv(m, cfg.BLOCK_M) * triton.cdiv(n, cfg.BLOCK_N)
-    progs = min(tiles, num_sms(x.device)) if cfg.PERSISTENT else tiles
+    progs = min(tiles, cfg.PERSISTENT * num_sms(x.device)) if cfg.PERSISTENT else tiles
     _tma_gemm_kernel[(progs,)](
         x_desc,
         w_desc,
