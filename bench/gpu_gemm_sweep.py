@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gpu_tma_probe import fp8_case  # noqa: E402
+
 from ecoinfer.kernels.triton.gemm import ACT_GELU_ERF  # noqa: E402
-from ecoinfer.kernels.triton.qgemm import quantize  # noqa: E402
 from ecoinfer.kernels.triton.tma_gemm import _SMEM_LIMIT, TmaGemmConfig, tma_gemm  # noqa: E402
 from ecoinfer.kernels.triton.tma_tactics import _configs  # noqa: E402
 from ecoinfer.tune.autotune import cold_rotate_bytes, input_sets, measure  # noqa: E402
@@ -121,7 +123,7 @@ def main() -> None:
         b = torch.randn(n, device=dev, dtype=torch.float16) * 0.1
         r = torch.randn(m, n, device=dev, dtype=torch.float16) if has_res else None
         if args.fp16:
-            xin, codes_out = x, False
+            xin = x
 
             def run(xs_, c, act=act, b=b, w=w):  # noqa: ANN001, ANN202
                 return tma_gemm(xs_[0], w, b, xs_[1], activation=act, config=c)
@@ -134,10 +136,7 @@ def main() -> None:
                 return y + xs_[1] if xs_[1] is not None else y
 
         else:
-            xs = (x.float().abs().amax() / 448.0).reshape(())
-            ws = w.float().abs().amax(dim=1) / 448.0
-            xin = quantize(x, xs, "fp8e4m3", exact=True)
-            wq = (w.float() / ws[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+            xs, ws, xin, wq, _ = fp8_case(x, w, b, r, lambda t: t)  # codes, as the probe makes
             os_ = torch.tensor(0.02, device=dev) if codes_out else None
             cublas = None
 
@@ -181,7 +180,7 @@ def main() -> None:
             print(f"   {r_['us']:7.2f} us  err {r_['err_vs_first']:.1e}  {c['BLOCK_M']}x"
                   f"{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']} "
                   f"g{c['GROUP_M']} p{c['PERSISTENT']} epi{c['EPI_TMA']}", flush=True)  # fmt: skip
-        tuned = {TmaGemmConfig(**r_["cfg"]) for r_ in rows[:n_tuner]}
+        tuned = set(cfgs[:n_tuner])
         best_tuned = min((r_["us"] for r_ in ok if TmaGemmConfig(**r_["cfg"]) in tuned),
                          default=math.inf)  # fmt: skip
         print(f"   best of the tuner's own: {best_tuned:.2f} us")

@@ -5,8 +5,10 @@
 # (tests/conftest.py). Exits non-zero if either run fails.
 #   bash bench/gpu_tests.sh [DIR...]   (default: every folder of tests/ but tests/triton)
 set -u
-# MiniLM's real weights, where carried (.carry/minilm, bench/carry_minilm.sh), for its tests
-[ -d .carry/minilm ] && bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
+# MiniLM's real weights, where carried (.carry/minilm, bench/carry_minilm.sh), for its tests;
+# a caller that set them up already (gpu_engine.sh, gpu_quant.sh) is not repeated
+[ -z "${ECOINFER_MINILM_DIR:-}" ] && [ -d .carry/minilm ] && bash bench/carry_minilm.sh \
+  && export ECOINFER_MINILM_DIR=/tmp/minilm
 [ $# -gt 0 ] || set -- tests --ignore=tests/triton
 python -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 "$@"; rc=$?
 python -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 tests/triton || rc=1
