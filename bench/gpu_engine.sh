@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Issue 4 on an H100/H200 (device tool): GPU tests, then per model an FP16 engine built cold and
 # with a warm timing cache, its accuracy against onnxruntime FP32, its cold start in a fresh
-# process, and `ecoinfer compare` against PyTorch eager FP32/FP16 and torch.compile FP16.
+# process, and `ecoinfer compare` of that engine file against PyTorch eager FP32/FP16 and
+# torch.compile FP16.
 #   bash bench/gpu_engine.sh [tests] ["bert-base 64" "bert-base 1" "minilm 64" "resnet50 128" ...]
 #   (carry .carry: MiniLM's files with fp16-stored weights)
+# Environment: OUT, WORK (scratch, default /tmp/ecoinfer-bench), ECOINFER_MINILM_DIR (set: the
+# MiniLM carry is already unpacked there). bench/gpu_engine_parallel.sh runs groups of specs
+# on several GPUs at once.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; WORK=/tmp/ecoinfer-bench; mkdir -p "$WORK"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; WORK=${WORK:-/tmp/ecoinfer-bench}; mkdir -p "$WORK"
 export ECOINFER_TIMING_CACHE=$WORK/timing_cache.json
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader | tee "$OUT/gpu.txt"
-bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
+[ -n "${ECOINFER_MINILM_DIR:-}" ] || { bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm; }
 if [ "${1:-}" = "tests" ]; then
   shift
   timeout 300 bash bench/gpu_tests.sh tests/tune tests/engine tests/ir \
@@ -48,7 +52,9 @@ t2 = time.perf_counter()
 print(f"cold start {path.split('/')[-1]}: import {t1-t0:.2f} s, load + first inference {t2-t1:.2f} s, total {t2-t0:.2f} s")
 PY
   cp "$WORK/build_warm_$tag.log" "$OUT/build_$tag.log" 2>/dev/null
-  timeout 300 python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
-    --peers torch-fp32,torch-fp16,torch-compile-fp16,ecoinfer-engine --json "$OUT/compare_$tag.json" \
-    2>&1 | grep -E "^(PyTorch|torch|ecoinfer) " | tee -a "$OUT/summary.txt"
+  # torch.compile max-autotune alone takes about 4 minutes on ResNet-50
+  if [ "$m" = "resnet50" ]; then ct=450; else ct=300; fi
+  timeout $ct python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
+    --peers torch-fp32,torch-fp16,torch-compile-fp16 "engine:$WORK/$tag.eng" --json "$OUT/compare_$tag.json" \
+    2>&1 | grep -E "^(PyTorch|torch\.compile|ecoinfer) " | tee -a "$OUT/summary.txt"
 done
