@@ -47,6 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "outliers entropy would clip)",
     )
     q.add_argument(
+        "--calib-percentile",
+        type=float,
+        default=None,
+        metavar="P",
+        help="level of --calib-method percentile: 99.9, 99.99 (default) or 99.999, or any in "
+        "(0, 100]",
+    )
+    q.add_argument(
         "--smooth",
         type=float,
         default=None,
@@ -239,6 +247,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         for k in (
             "calib_data",
             "calib_batches",
+            "calib_percentile",
             "calib_cache",
             "accuracy_budget",
             "budget_margin",
@@ -258,6 +267,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         calib_data=args.calib_data,
         calib_batches=args.calib_batches,
         calib_method=args.calib_method,
+        calib_percentile=args.calib_percentile,
         calib_cache=args.calib_cache,
         accuracy_budget=args.accuracy_budget,
         budget_metric=args.budget_metric,

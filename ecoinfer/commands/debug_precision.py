@@ -35,12 +35,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="int8",
         help="compare INT8 with FP32 (default)",
     )
+    prec.add_argument(
+        "--fp8",
+        dest="precision",
+        action="store_const",
+        const="fp8",
+        help="compare FP8 E4M3 with FP32 (emulated exactly on the CPU, so no FP8 GPU is needed)",
+    )
     p.add_argument("--calib-batches", type=int, metavar="N", help="use the first N batches")
     p.add_argument(
         "--calib-method",
         default=None,
         choices=["entropy", "percentile", "minmax", "mse"],
         help="calibrator (default: entropy for --int8, minmax for --fp8)",
+    )
+    p.add_argument(
+        "--calib-percentile",
+        type=float,
+        default=None,
+        metavar="P",
+        help="level of --calib-method percentile (default 99.99)",
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="smooth activation outliers into the weights first, as `build --smooth` does (the "
+        "float side is the smoothed graph too: exact in float)",
     )
     p.add_argument("--calib-cache", metavar="FILE", help="thresholds from this cache file")
     p.add_argument(
@@ -116,7 +138,12 @@ def layer_errors(
 def cmd_debug_precision(args: argparse.Namespace) -> int:
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
     from ecoinfer.passes.manager import OptimizeConfig, optimize  # noqa: PLC0415
-    from ecoinfer.quant.budget import QuantizeOptions, load_batches, thresholds  # noqa: PLC0415
+    from ecoinfer.quant.budget import (  # noqa: PLC0415
+        QuantizeOptions,
+        load_batches,
+        smoothed,
+        thresholds,
+    )
     from ecoinfer.quant.quantize import quantize_graph  # noqa: PLC0415
 
     if args.calib_data is None and args.calib_cache is None:
@@ -130,8 +157,12 @@ def cmd_debug_precision(args: argparse.Namespace) -> int:
         calib_data=args.calib_data,
         calib_batches=args.calib_batches,
         calib_method=args.calib_method,
+        calib_percentile=args.calib_percentile,
         calib_cache=args.calib_cache,
+        smooth_alpha=args.smooth,
+        opt_level=args.opt_level,
     )
+    graph = smoothed(graph, opts, print)
     amax = thresholds(graph, opts, print)
     qgraph = quantize_graph(graph, amax, args.precision)
     source = args.val_data or args.calib_data

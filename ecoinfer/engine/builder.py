@@ -11,6 +11,7 @@ each layer, lets the autotuner try every tactic on that layer's inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -251,7 +252,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     if cfg.quant is not None:
         from ecoinfer.quant.budget import quantize_for_build  # noqa: PLC0415
 
-        optimized, quant_report = quantize_for_build(optimized, cfg.quant, _log(cfg), float_weights)
+        qopts = dataclasses.replace(cfg.quant, opt_level=opt_level)  # for the cache's record
+        optimized, quant_report = quantize_for_build(optimized, qopts, _log(cfg), float_weights)
     if cfg.quant is not None or from_model:
         from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
 

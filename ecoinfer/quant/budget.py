@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ecoinfer.errors import EcoinferError
+from ecoinfer.errors import EcoinferError, InputError
 
 Batch = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -228,6 +228,12 @@ class BudgetResult:
                 f"  kept in float: {n} ({self.metric} {self.sensitivity[n]:.6g} with only this"
                 " layer quantized)"
             )
+        if self.ranked and not self.quantized:
+            out.append(
+                "warning: only the all-float mix meets this budget, so no layer is quantized; "
+                "loosen the budget, try --smooth or another --calib-method, or build without "
+                "--int8/--fp8"
+            )
         return out
 
 
@@ -341,6 +347,8 @@ class QuantizeOptions:
     calib_batches: int | None = None
     # None: default_calib_method(precision): min-max for FP8, entropy for INT8
     calib_method: str | None = None
+    # the percentile calibrator's level (e.g. 99.9, 99.99, 99.999); None: 99.99
+    calib_percentile: float | None = None
     calib_cache: str | None = None  # read if it exists and no data is given; written after
     accuracy_budget: float | None = None
     budget_metric: str = "cosine"
@@ -350,6 +358,9 @@ class QuantizeOptions:
     smooth_alpha: float | None = None
     # FP8: attention reads its packed QKV quantized too (quantize_graph's attention targets)
     quantize_attention: bool = True
+    # the optimization level of the graph being calibrated (set by the build): recorded in the
+    # calibration cache, whose thresholds belong to that level's graph
+    opt_level: int | None = None
 
 
 def default_calib_method(precision: str) -> str:
@@ -364,6 +375,23 @@ def default_calib_method(precision: str) -> str:
 
 def calib_method_of(opts: QuantizeOptions) -> str:
     return opts.calib_method or default_calib_method(opts.precision)
+
+
+def calib_options(opts: QuantizeOptions) -> dict[str, Any]:
+    """The calibrator's settings beyond its method (the percentile level), checked."""
+    if opts.calib_percentile is None:
+        return {}
+    method = calib_method_of(opts)
+    if method != "percentile":
+        raise InputError(
+            f"--calib-percentile sets the percentile calibrator's level; this build calibrates "
+            f"with {method}: add --calib-method percentile"
+        )
+    if not 0.0 < opts.calib_percentile <= 100.0:
+        raise InputError(
+            f"--calib-percentile {opts.calib_percentile:g}: give a level in (0, 100], e.g. 99.99"
+        )
+    return {"percentile": float(opts.calib_percentile)}
 
 
 def load_batches(path: str, graph: Any, limit: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -382,7 +410,7 @@ def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) ->
         model_fingerprint,
         model_signature,
     )
-    from ecoinfer.quant.calibrators import int_scale  # noqa: PLC0415
+    from ecoinfer.quant.calibrators import FP8_E4M3_MAX, int_scale  # noqa: PLC0415
     from ecoinfer.quant.data import (  # noqa: PLC0415
         CalibrationDataError,
         ValidatedReader,
@@ -396,31 +424,54 @@ def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) ->
                 "--int8 needs calibration data: give --calib-data DIR_OR_SCRIPT, or --calib-cache"
                 " FILE written by an earlier build of this model"
             )
-        cache = CalibrationCache.load_for(opts.calib_cache, graph)
+        cache = CalibrationCache.load_for(opts.calib_cache, graph, opts.opt_level)
         log(
             f"calibration: {len(cache.tensors)} thresholds ({cache.calibrator}) from cache "
             f"{opts.calib_cache}, no data needed"
         )
         return {n: t.amax for n, t in cache.tensors.items()}
-    reader = ValidatedReader(open_calibration_data(opts.calib_data, opts.calib_batches), graph)
     method = calib_method_of(opts)
-    amax = calibrate(graph, reader, method=method)
-    log(f"calibration: {len(amax)} activations, {method}, data {opts.calib_data}")
+    options = calib_options(opts)
+    reader = ValidatedReader(open_calibration_data(opts.calib_data, opts.calib_batches), graph)
+    amax = calibrate(graph, reader, method=method, **options)
+    what = f"{method} {options['percentile']:g}" if options else method
+    log(f"calibration: {len(amax)} activations, {what}, data {opts.calib_data}")
     if opts.calib_cache and amax:
         sig = model_signature(graph)
+        # scale: amax over the largest code of the precision the build quantizes to
+        qmax = FP8_E4M3_MAX if opts.precision == "fp8" else 127.0
+        model = {"inputs": sig["inputs"], "outputs": sig["outputs"], "num_nodes": len(sig["nodes"])}
+        if opts.opt_level is not None:
+            model["opt_level"] = opts.opt_level
         CalibrationCache(
             calibrator=method,
-            settings={"method": method},
+            settings={"method": method, "precision": opts.precision, **options},
             fingerprint=model_fingerprint(graph),
-            tensors={n: TensorCalibration(a, int_scale(a)) for n, a in amax.items()},
-            model={
-                "inputs": sig["inputs"],
-                "outputs": sig["outputs"],
-                "num_nodes": len(sig["nodes"]),
+            tensors={
+                n: TensorCalibration(a, a / qmax if a > 0 else int_scale(a))
+                for n, a in amax.items()
             },
+            model=model,
         ).save(opts.calib_cache)
         log(f"calibration cache written to {opts.calib_cache}")
     return amax
+
+
+def smoothed(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) -> Any:
+    """`graph` with opts.smooth_alpha's SmoothQuant smoothing applied (exact in float:
+    activation outliers move into the weights before calibration); `graph` itself when off."""
+    if opts.smooth_alpha is None:
+        return graph
+    from ecoinfer.quant.smooth import channel_absmax, smooth_graph  # noqa: PLC0415
+
+    if opts.calib_data is None:
+        raise AccuracyBudgetError(
+            "--smooth needs calibration data (--calib-data) to measure activation ranges"
+        )
+    stats = channel_absmax(graph, load_batches(opts.calib_data, graph, opts.calib_batches))
+    graph, done = smooth_graph(graph, stats, opts.smooth_alpha, explicit=True)
+    log(f"smoothed {len(done)} activation tensors (alpha {opts.smooth_alpha:g})")
+    return graph
 
 
 def quantize_for_build(
@@ -441,17 +492,7 @@ def quantize_for_build(
         if log:
             log(s)
 
-    if opts.smooth_alpha is not None:
-        from ecoinfer.quant.smooth import channel_absmax, smooth_graph  # noqa: PLC0415
-
-        if opts.calib_data is None:
-            raise AccuracyBudgetError(
-                "--smooth needs calibration data (--calib-data) to measure activation ranges"
-            )
-        stats = channel_absmax(graph, load_batches(opts.calib_data, graph, opts.calib_batches))
-        # exact in float: activation outliers move into the weights before calibration
-        graph, smoothed = smooth_graph(graph, stats, opts.smooth_alpha, explicit=True)
-        say(f"smoothed {len(smoothed)} activation tensors (alpha {opts.smooth_alpha:g})")
+    graph = smoothed(graph, opts, say)
     amax = thresholds(graph, opts, say)
     keep: list[str] = []
     result = None

@@ -133,11 +133,23 @@ class CalibrationCache:
             ) from e
 
     # ------------------------------------------------------------------ reuse
-    def check(self, graph: Any, where: str = "calibration cache") -> None:
-        """Raise if this cache was made for a different model than `graph`."""
+    def check(
+        self, graph: Any, where: str = "calibration cache", opt_level: int | None = None
+    ) -> None:
+        """Raise if this cache was made for a different model than `graph` (the graph that
+        optimization level `opt_level` made, where given)."""
         if self.fingerprint == model_fingerprint(graph):
             return
         sig = model_signature(graph)
+        made_at = self.model.get("opt_level")
+        if made_at is not None and opt_level is not None and made_at != opt_level:
+            # the same model optimizes to another graph at another level (a GPU build's
+            # default 3 adds the channels-last layout to a CPU build's 2)
+            raise CalibrationCacheError(
+                f"{where} was made for this model's graph at optimization level {made_at}; "
+                f"this build optimizes at level {opt_level}: pass --opt-level {made_at}, or "
+                "calibrate again with --calib-data"
+            )
         if self.model.get("inputs") not in (None, sig["inputs"]):
             what = f"inputs {self.model['inputs']}, this model has {sig['inputs']}"
         elif self.model.get("outputs") not in (None, sig["outputs"]):
@@ -152,8 +164,10 @@ class CalibrationCache:
         )
 
     @classmethod
-    def load_for(cls, path: str | Path, graph: Any) -> CalibrationCache:
-        """Load a cache and check that it belongs to `graph`."""
+    def load_for(
+        cls, path: str | Path, graph: Any, opt_level: int | None = None
+    ) -> CalibrationCache:
+        """Load a cache and check that it belongs to `graph` (see check)."""
         cache = cls.load(path)
-        cache.check(graph, where=f"calibration cache '{path}'")
+        cache.check(graph, where=f"calibration cache '{path}'", opt_level=opt_level)
         return cache

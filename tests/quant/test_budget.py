@@ -171,10 +171,28 @@ def test_user_metric_file(setup, tmp_path: Path) -> None:  # noqa: ANN001
         get_metric(str(bad))
 
 
-def test_fp8_needs_a_gpu_and_says_use_int8() -> None:
+def test_fp8_needs_a_gpu_and_says_use_int8(monkeypatch: pytest.MonkeyPatch) -> None:
     check_quant_precision("int8", "cpu")
     with pytest.raises(Exception, match="--fp8 needs .* 8.9.*use --int8"):
         check_quant_precision("fp8", "cpu")
+    # a GPU without FP8 tensor cores (an A100 reports 8.0), and one with them (an H100)
+    import torch  # noqa: PLC0415
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    with pytest.raises(Exception, match="NVIDIA A100-SXM4-80GB has 8.0; use --int8 instead"):
+        check_quant_precision("fp8", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    check_quant_precision("fp8", "cuda:0")
+
+
+def test_budget_met_only_in_float_warns(setup) -> None:  # noqa: ANN001
+    graph, amax, data = setup
+    r = fit_budget(graph, amax, data, 1.0, "cosine")  # only the exact float graph scores 1
+    assert sorted(r.kept) == ["fc1", "fc2", "fc3"] and not r.quantized
+    assert "only the all-float mix meets this budget" in r.lines()[-1]
+    ok = fit_budget(graph, amax, data, 0.999, "cosine")
+    assert not any("all-float" in line for line in ok.lines())
 
 
 @pytest.mark.parametrize(

@@ -182,3 +182,68 @@ def test_build_int8_with_smoothing(
     assert errs["smooth"] < errs["plain"], errs
     assert main(["build", str(model), "-o", str(tmp_path / "n.eng"), "--smooth", "0.8"]) == 2
     assert "only applies to quantized builds" in _error_line(capsys)
+
+
+def test_percentile_level_and_cache_record(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model, calib = files
+    cache = tmp_path / "calib.json"
+    base = ["build", str(model), "-o", str(tmp_path / "m.eng"), "--int8", "--device", "cpu",
+            "--no-tune", "--calib-data", str(calib)]  # fmt: skip
+    assert main([*base, "--calib-method", "percentile", "--calib-percentile", "99.9",
+                 "--calib-cache", str(cache)]) == 0  # fmt: skip
+    assert "percentile 99.9," in capsys.readouterr().out
+    c = CalibrationCache.load(cache)
+    assert c.settings == {"method": "percentile", "precision": "int8", "percentile": 99.9}
+    assert c.model["opt_level"] == 2  # the CPU build's default level
+    t = next(iter(c.tensors.values()))
+    assert t.scale == pytest.approx(t.amax / 127)
+    # a lower level clips harder: some threshold is smaller, none larger
+    cache2 = tmp_path / "calib2.json"
+    assert main([*base, "--calib-method", "percentile", "--calib-percentile", "50",
+                 "--calib-cache", str(cache2)]) == 0  # fmt: skip
+    capsys.readouterr()
+    lo = CalibrationCache.load(cache2).tensors
+    assert all(lo[n].amax <= c.tensors[n].amax for n in lo)
+    assert any(lo[n].amax < c.tensors[n].amax for n in lo)
+
+    assert main([*base, "--calib-percentile", "99.9"]) == 2  # entropy is the INT8 default
+    assert "--calib-method percentile" in _error_line(capsys)
+    assert main([*base, "--calib-method", "percentile", "--calib-percentile", "0"]) == 2
+    assert "(0, 100]" in _error_line(capsys)
+    assert main(["build", str(model), "-o", str(tmp_path / "f.eng"), "--device", "cpu",
+                 "--calib-percentile", "99.9"]) == 2  # fmt: skip
+    assert "only applies to quantized builds" in _error_line(capsys)
+
+
+def test_cache_from_another_optimization_level_says_which(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model, calib = files
+    cache = tmp_path / "calib.json"
+    base = ["build", str(model), "--int8", "--device", "cpu", "--no-tune"]
+    assert main([*base, "-o", str(tmp_path / "a.eng"), "--calib-data", str(calib),
+                 "--calib-cache", str(cache), "--opt-level", "0"]) == 0  # fmt: skip
+    capsys.readouterr()
+    # level 2 fuses the MLP's MatMul + Add: another graph, which the cache does not fit
+    assert main([*base, "-o", str(tmp_path / "b.eng"), "--calib-cache", str(cache)]) == 2
+    err = _error_line(capsys)
+    assert "optimization level 0" in err and "level 2" in err and "--opt-level 0" in err
+    assert main([*base, "-o", str(tmp_path / "b.eng"), "--calib-cache", str(cache),
+                 "--opt-level", "0"]) == 0  # fmt: skip
+    assert "from cache" in capsys.readouterr().out
+
+
+def test_debug_precision_fp8_and_smoothing(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    model, calib = files
+    assert main(["debug-precision", str(model), "--fp8", "--calib-data", str(calib)]) == 0
+    out = capsys.readouterr().out
+    assert "fp8 vs fp32" in out and "3 quantized layer(s)" in out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("fc")]
+    assert rows and {r[2] for r in rows} == {"fp8"}
+    assert main(["debug-precision", str(model), "--calib-data", str(calib), "--smooth", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "smoothed" in out and "int8 vs fp32" in out
