@@ -344,8 +344,9 @@ def _largest_remainder(
 def allocate_strata(counts: dict[Hashable, int], n: int, tail_fraction: float = 0.1) -> dict:
     """How many samples to draw from each stratum.
 
-    round(tail_fraction * n) slots are reserved for the long tail, the strata rarer than
-    average (frequency below 1 / number of strata), split evenly among them with the
+    round(tail_fraction * n) slots (at least one when a share is asked and n > 1, so a
+    small sample still holds a tail case) are reserved for the long tail, the strata rarer
+    than average (frequency below 1 / number of strata), split evenly among them with the
     rarest first; the rest follows the traffic, proportional to each stratum's count, by
     largest-remainder rounding. Nobody gets more than it has; dict order gives the ties.
     """
@@ -359,6 +360,8 @@ def allocate_strata(counts: dict[Hashable, int], n: int, tail_fraction: float = 
     rarest_first = sorted(range(len(keys)), key=lambda s: (c[s], s))
     tail = [s for s in rarest_first if c[s] * len(keys) < total]
     reserve = round(tail_fraction * n) if tail else 0
+    if tail and tail_fraction > 0 and n > 1:
+        reserve = max(reserve, 1)
     tail_alloc = [0] * len(keys)
     if reserve:
         even = [1.0 if s in tail else 0.0 for s in range(len(keys))]

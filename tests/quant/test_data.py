@@ -210,6 +210,14 @@ def test_allocation_by_hand() -> None:
     assert allocate_strata(counts, 100, tail_fraction=0.1) == {"short": 81, "medium": 13, "long": 6}
 
 
+def test_small_sample_keeps_a_tail_case() -> None:
+    counts = {"short": 900, "long": 10}
+    # 0.1 * 4 rounds to no slot; a share was asked, so the tail still gets one
+    assert allocate_strata(counts, 4, tail_fraction=0.1) == {"short": 3, "long": 1}
+    assert allocate_strata(counts, 4, tail_fraction=0.0) == {"short": 4, "long": 0}
+    assert allocate_strata(counts, 1, tail_fraction=0.1) == {"short": 1, "long": 0}
+
+
 def test_largest_remainder_rounding() -> None:
     # quotas .67 each with n = 2: floors 0, the two spare slots go by order (a, b)
     assert allocate_strata({"a": 1, "b": 1, "c": 1}, 2, 0.0) == {"a": 1, "b": 1, "c": 0}
