@@ -502,7 +502,8 @@ def quantize_for_build(
             raise AccuracyBudgetError(
                 "--accuracy-budget needs validation data: give --val-data DIR (or --calib-data)"
             )
-        val = load_batches(source, graph)
+        # the calibration data stands in for validation data within --calib-batches too
+        val = load_batches(source, graph, None if opts.val_data else opts.calib_batches)
         result = fit_budget(
             graph, amax, val, opts.accuracy_budget, opts.budget_metric, opts.precision,
             margin=opts.budget_margin, attention=opts.quantize_attention,

@@ -247,3 +247,36 @@ def test_debug_precision_fp8_and_smoothing(
     assert main(["debug-precision", str(model), "--calib-data", str(calib), "--smooth", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "smoothed" in out and "int8 vs fp32" in out
+
+
+def test_calib_batches_limits_calibration_and_budget_data(
+    files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ecoinfer.quant import budget  # noqa: PLC0415
+
+    seen: list[int] = []  # validation batches the budget was fitted on, per build
+    fit = budget.fit_budget
+
+    def counting(graph, amax, val, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(len(val))
+        return fit(graph, amax, val, *a, **kw)
+
+    monkeypatch.setattr(budget, "fit_budget", counting)
+    model, calib = files
+    base = ["build", str(model), "--int8", "--device", "cpu", "--no-tune", "--calib-data",
+            str(calib), "--calib-method", "minmax"]  # fmt: skip
+    caches = {}
+    for limit in (None, 1):
+        cache = tmp_path / f"c{limit}.json"
+        more = ["--calib-batches", str(limit)] if limit else []
+        assert main([*base, "-o", str(tmp_path / "m.eng"), "--calib-cache", str(cache),
+                     "--accuracy-budget", "0.9", *more]) == 0  # fmt: skip
+        capsys.readouterr()
+        caches[limit] = CalibrationCache.load(cache).tensors
+    # min-max over the first batch only: no threshold above the whole set's, some below
+    assert seen == [3, 1]  # without --val-data the budget sees the same batches
+    assert all(caches[1][n].amax <= caches[None][n].amax for n in caches[1])
+    assert any(caches[1][n].amax < caches[None][n].amax for n in caches[1])
