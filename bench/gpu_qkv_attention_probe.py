@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gpu_tma_probe import rel  # noqa: E402
 from qkv_attention_kernel import (  # noqa: E402
     QkvAttentionConfig,
     pack_heads,
@@ -51,10 +52,6 @@ def sweep(esz: int) -> list[QkvAttentionConfig]:
                 if c not in out:
                     out.append(c)
     return out
-
-
-def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.float() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def main() -> None:
