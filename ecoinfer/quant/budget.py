@@ -408,9 +408,9 @@ def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) ->
         CalibrationCache,
         TensorCalibration,
         model_fingerprint,
-        model_signature,
+        model_summary,
     )
-    from ecoinfer.quant.calibrators import FP8_E4M3_MAX, int_scale  # noqa: PLC0415
+    from ecoinfer.quant.calibrators import fp8_scale, int_scale  # noqa: PLC0415
     from ecoinfer.quant.data import (  # noqa: PLC0415
         CalibrationDataError,
         ValidatedReader,
@@ -437,21 +437,14 @@ def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) ->
     what = f"{method} {options['percentile']:g}" if options else method
     log(f"calibration: {len(amax)} activations, {what}, data {opts.calib_data}")
     if opts.calib_cache and amax:
-        sig = model_signature(graph)
-        # scale: amax over the largest code of the precision the build quantizes to
-        qmax = FP8_E4M3_MAX if opts.precision == "fp8" else 127.0
-        model = {"inputs": sig["inputs"], "outputs": sig["outputs"], "num_nodes": len(sig["nodes"])}
-        if opts.opt_level is not None:
-            model["opt_level"] = opts.opt_level
+        # the scale of the precision the build quantizes to (amax over its largest code)
+        scale = fp8_scale if opts.precision == "fp8" else int_scale
         CalibrationCache(
             calibrator=method,
             settings={"method": method, "precision": opts.precision, **options},
             fingerprint=model_fingerprint(graph),
-            tensors={
-                n: TensorCalibration(a, a / qmax if a > 0 else int_scale(a))
-                for n, a in amax.items()
-            },
-            model=model,
+            tensors={n: TensorCalibration(a, scale(a)) for n, a in amax.items()},
+            model=model_summary(graph, opts.opt_level),
         ).save(opts.calib_cache)
         log(f"calibration cache written to {opts.calib_cache}")
     return amax

@@ -45,6 +45,20 @@ def model_fingerprint(graph: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def model_summary(graph: Any, opt_level: int | None = None) -> dict[str, Any]:
+    """What a cache records of its model beside the fingerprint, so that a mismatch can say
+    what differs: inputs, outputs, node count and (where known) the optimization level."""
+    sig = model_signature(graph)
+    out: dict[str, Any] = {
+        "inputs": sig["inputs"],
+        "outputs": sig["outputs"],
+        "num_nodes": len(sig["nodes"]),
+    }
+    if opt_level is not None:
+        out["opt_level"] = opt_level
+    return out
+
+
 @dataclass
 class TensorCalibration:
     amax: float
@@ -69,7 +83,6 @@ class CalibrationCache:
         if not calibrators:
             raise CalibrationCacheError("no calibrated tensors to put in the calibration cache")
         first = next(iter(calibrators.values()))
-        sig = model_signature(graph)
         return cls(
             calibrator=first.method,
             settings=first.settings(),
@@ -79,11 +92,7 @@ class CalibrationCache:
                 for name, c in calibrators.items()
             },
             num_bits=num_bits,
-            model={
-                "inputs": sig["inputs"],
-                "outputs": sig["outputs"],
-                "num_nodes": len(sig["nodes"]),
-            },
+            model=model_summary(graph),
         )
 
     # ------------------------------------------------------------------ file
@@ -140,7 +149,6 @@ class CalibrationCache:
         optimization level `opt_level` made, where given)."""
         if self.fingerprint == model_fingerprint(graph):
             return
-        sig = model_signature(graph)
         made_at = self.model.get("opt_level")
         if made_at is not None and opt_level is not None and made_at != opt_level:
             # the same model optimizes to another graph at another level (a GPU build's
@@ -150,6 +158,7 @@ class CalibrationCache:
                 f"this build optimizes at level {opt_level}: pass --opt-level {made_at}, or "
                 "calibrate again with --calib-data"
             )
+        sig = model_signature(graph)
         if self.model.get("inputs") not in (None, sig["inputs"]):
             what = f"inputs {self.model['inputs']}, this model has {sig['inputs']}"
         elif self.model.get("outputs") not in (None, sig["outputs"]):
