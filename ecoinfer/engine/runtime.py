@@ -29,6 +29,7 @@ from ecoinfer.ir import dtypes
 from ecoinfer.ir.analysis import index_table_sizes
 from ecoinfer.ir.graph import Graph, Node, Value, all_inputs, last_uses
 from ecoinfer.ir.ops import get_schema
+from ecoinfer.kernels.torch_flags import tf32
 from ecoinfer.kernels.torch_ops.registry import KernelContext, get_kernel
 from ecoinfer.kernels.triton.pdl import pdl_scope
 
@@ -225,7 +226,7 @@ class Engine:
                         f"{n.name}: tactic {ch.tactic} is not available here; using the reference kernel"
                     )
                 continue
-            fns[n.name] = _with_precision(fn, ch.precision)
+            fns[n.name] = _with_precision(fn, ch.precision, self.device)
         return fns
 
     # ------------------------------------------------------------------ API
@@ -268,17 +269,15 @@ def _clock_hz(dev: torch.device) -> float:
     return khz * 1e3
 
 
-def _with_precision(fn: RunFn, precision: str) -> RunFn:
-    if precision != "tf32":
+def _with_precision(fn: RunFn, precision: str, device: torch.device) -> RunFn:
+    """A TF32 layer on CUDA runs with TF32 switched on; the switch is process-wide, so it is
+    set and restored under torch_flags' lock (other threads' FP32 layers pin it off there)."""
+    if precision != "tf32" or device.type != "cuda":
         return fn
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
-        m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
+        with tf32(True):
             return fn(xs)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
 
     return run
 

@@ -31,7 +31,6 @@ TF32 on for matmuls and convolutions; the flags are restored after each call.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.ir.ops.fused_conv import to_first, to_last
 from ecoinfer.ir.ops.nn import window_params
 from ecoinfer.kernels.broadcast import broadcast_shape
+from ecoinfer.kernels.torch_flags import FLAGS_LOCK, pinned
 from ecoinfer.kernels.torch_ops.activation import apply_activation
 from ecoinfer.kernels.torch_ops.nn import _torch_pads
 from ecoinfer.tune.tactics import BuildInfo, RunFn, TensorInfo, tactic
@@ -67,10 +67,9 @@ _HAS_CUDNN_ADD_RELU = hasattr(torch.ops.aten, "cudnn_convolution_add_relu")
 _HAS_ADDMM_ACT = hasattr(torch, "_addmm_activation")
 _HAS_RMS_NORM = hasattr(F, "rms_norm")
 
-# TF32 switches and the SDPA backend choice are process-wide torch flags: a tactic sets them,
-# dispatches its kernels (asynchronous: microseconds) and restores them under this lock, so
-# contexts running on several threads do not see each other's settings
-_FLAGS = threading.RLock()
+# process-wide torch flags (TF32, cuDNN benchmark, SDPA backend) are set per call under
+# this lock (kernels/torch_flags.py)
+_FLAGS = FLAGS_LOCK
 
 
 # ---------------------------------------------------------------------- common helpers
@@ -88,19 +87,11 @@ def _weight(node: Node, i: int, inputs: list[TensorInfo | None], build: BuildInf
 
 
 def _pinned(run: RunFn, flags: list[tuple[Any, str, bool]]) -> RunFn:
-    """run with each (module, attribute) torch flag set to its value for the call, under
-    _FLAGS, and restored after."""
+    """run with each (module, attribute) torch flag set to its value for the call."""
 
     def wrapped(xs: list[Tensor | None]) -> list[Tensor]:
-        with _FLAGS:
-            old = [getattr(mod, name) for mod, name, _ in flags]
-            for mod, name, value in flags:
-                setattr(mod, name, value)
-            try:
-                return run(xs)
-            finally:
-                for (mod, name, _), value in zip(flags, old):
-                    setattr(mod, name, value)
+        with pinned(flags):
+            return run(xs)
 
     return wrapped
 

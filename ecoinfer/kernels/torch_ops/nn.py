@@ -24,6 +24,7 @@ from ecoinfer.ir.ops.nn import (
     window_out,
     window_params,
 )
+from ecoinfer.kernels.torch_flags import tf32
 from ecoinfer.kernels.torch_ops.registry import KernelContext, kernel
 
 Tensor = torch.Tensor
@@ -37,14 +38,8 @@ def exact_fp32(t: Tensor) -> Iterator[None]:
     if not t.is_cuda:
         yield
         return
-    mm, cd = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with tf32(False):
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = mm
-        torch.backends.cudnn.allow_tf32 = cd
 
 
 def _acc_dtype(t: Tensor) -> torch.dtype:
