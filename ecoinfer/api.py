@@ -78,6 +78,55 @@ def load(
     return Model(import_onnx(src), label)
 
 
+def build(
+    model: str | os.PathLike | Model | Graph,
+    output: str | os.PathLike | None = None,
+    config: Any = None,
+    **options: Any,
+) -> Any:
+    """Build an engine (ecoinfer.engine.runtime.Engine), as `ecoinfer build` does, and save it
+    to `output` when given. Options are BuildConfig's fields, e.g.
+    ``ecoinfer.build("bert.onnx", "bert.eng", precision="fp16", device="cuda",
+    shapes={"input_ids": (64, 128), "attention_mask": (64, 128)})``; `shapes` pins one
+    profile (min = opt = max), `profiles` takes ShapeProfile or (min, opt, max) dicts."""
+    import dataclasses  # noqa: PLC0415
+
+    from ecoinfer.engine.builder import BuildConfig  # noqa: PLC0415
+    from ecoinfer.engine.builder import build as build_engine  # noqa: PLC0415
+    from ecoinfer.engine.runtime import ShapeProfile  # noqa: PLC0415
+    from ecoinfer.errors import InputError  # noqa: PLC0415
+
+    if config is not None and not isinstance(config, BuildConfig):
+        raise InputError("ecoinfer.build: config must be an ecoinfer.BuildConfig")
+    shapes = options.pop("shapes", None)
+    if shapes is not None:
+        if options.get("profiles"):
+            raise InputError("ecoinfer.build: give shapes or profiles, not both")
+        fixed = {k: tuple(v) for k, v in shapes.items()}
+        options["profiles"] = [ShapeProfile(fixed, dict(fixed), dict(fixed))]
+    if "profiles" in options:
+        options["profiles"] = [
+            p if isinstance(p, ShapeProfile) else ShapeProfile(*p) for p in options["profiles"]
+        ]
+    fields = {f.name for f in dataclasses.fields(BuildConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise InputError(
+            f"ecoinfer.build: unknown option {unknown[0]!r} (options: shapes, "
+            f"{', '.join(sorted(fields))})"
+        )
+    cfg = dataclasses.replace(config or BuildConfig(), **options)
+    src = model.graph if isinstance(model, Model) else model
+    engine = build_engine(src, cfg)
+    if output is not None:
+        if isinstance(model, str | os.PathLike) and os.path.abspath(output) == os.path.abspath(
+            model
+        ):
+            raise InputError(f"ecoinfer.build: output {output} is the input model")
+        engine.save(str(output))
+    return engine
+
+
 def validate_inputs(
     graph: Graph, feeds: Mapping[str, np.ndarray | torch.Tensor], source: str = "<model>"
 ) -> dict[str, torch.Tensor]:

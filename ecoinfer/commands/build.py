@@ -169,7 +169,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--check-accuracy",
         action="store_true",
-        help="compare the engine with onnxruntime FP32 on random inputs; fail beyond tolerance",
+        help="compare the engine with onnxruntime FP32 on random inputs (or --check-input); "
+        "fail beyond tolerance",
+    )
+    p.add_argument(
+        "--check-input",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=FILE.npy|FILE.npz",
+        help="inputs for --check-accuracy instead of random ones (as `ecoinfer run --input`; "
+        "inputs not given are random)",
     )
     p.add_argument(
         "--no-tune", action="store_true", help="reference kernels only, no tactic timing"
@@ -313,12 +323,19 @@ def _print_quantization(q: dict | None) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from ecoinfer.commands.common import load_input_files  # noqa: PLC0415
     from ecoinfer.engine.builder import BuildConfig, build, check_accuracy  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
 
     if args.output == args.model:
         raise InputError(f"-o {args.output}: refusing to overwrite the input model")
+    if args.check_input and not args.check_accuracy:
+        raise InputError("--check-input gives --check-accuracy its inputs: add --check-accuracy")
     graph = import_onnx(args.model)
+    # read before the build, so a bad file fails in a second, not after minutes of tuning
+    check_given = (
+        load_input_files(args.check_input, graph, "--check-input") if args.check_input else None
+    )
     layer_precision = []
     for item in args.layer_precision:
         pattern, sep, prec = item.rpartition(":")
@@ -422,7 +439,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     for w in engine.warnings:
         print(f"warning: {w}")
     if args.check_accuracy:
-        rows = check_accuracy(engine, args.model)
+        rows = check_accuracy(engine, args.model, given=check_given)
         bad = [r for r in rows if not r["ok"]]
         for r in rows:
             shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())

@@ -33,8 +33,11 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def load_input_files(items: list[str], graph: Graph) -> dict[str, np.ndarray]:
-    """--input name=file.npy / --input file.npz -> arrays, exactly as stored."""
+def load_input_files(
+    items: list[str], graph: Graph, flag: str = "--input"
+) -> dict[str, np.ndarray]:
+    """--input name=file.npy / --input file.npz -> arrays, exactly as stored (flag: the
+    option's name in errors)."""
     feeds: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -42,18 +45,18 @@ def load_input_files(items: list[str], graph: Graph) -> dict[str, np.ndarray]:
             name, path = "", item
         p = Path(path)
         if not p.exists():
-            raise InputError(f"--input {item}: file '{path}' does not exist")
+            raise InputError(f"{flag} {item}: file '{path}' does not exist")
         try:
             data = np.load(p, allow_pickle=False)
         except Exception as e:  # noqa: BLE001
             raise InputError(
-                f"--input {item}: '{path}' is not a readable .npy/.npz file ({type(e).__name__})"
+                f"{flag} {item}: '{path}' is not a readable .npy/.npz file ({type(e).__name__})"
             ) from None
         if isinstance(data, np.lib.npyio.NpzFile):
             if name:
                 if name not in data.files:
                     raise InputError(
-                        f"--input {item}: '{path}' has no array '{name}' (it has {', '.join(data.files)})"
+                        f"{flag} {item}: '{path}' has no array '{name}' (it has {', '.join(data.files)})"
                     )
                 feeds[name] = data[name]
             else:
@@ -62,7 +65,7 @@ def load_input_files(items: list[str], graph: Graph) -> dict[str, np.ndarray]:
             if not name:
                 if len(graph.inputs) != 1:
                     raise InputError(
-                        f"--input {item}: the model has several inputs; write NAME=FILE.npy"
+                        f"{flag} {item}: the model has several inputs; write NAME=FILE.npy"
                     )
                 name = graph.inputs[0].name
             feeds[name] = data

@@ -39,12 +39,21 @@ def _given(specs: list[str]) -> dict[str, np.ndarray]:
         if not sep:
             if not s.endswith(".npz"):
                 raise InputError(f"--input {s}: expected NAME=FILE.npy or FILE.npz")
-            with np.load(s) as z:
-                out.update({k: z[k] for k in z.files})
-            continue
+            path = s
         if not Path(path).is_file():
             raise InputError(f"--input {s}: no such file {path}")
-        out[name] = np.load(path)
+        try:  # never unpickle: an .npy/.npz of objects could run code
+            data = np.load(path, allow_pickle=False)
+            if sep:
+                out[name] = np.asarray(data)
+            else:
+                with data as z:
+                    out.update({k: z[k] for k in z.files})
+        except Exception as e:  # noqa: BLE001
+            raise InputError(
+                f"--input {s}: '{path}' is not a readable .npy/.npz file of plain arrays "
+                f"({type(e).__name__})"
+            ) from None
     return out
 
 

@@ -30,7 +30,7 @@ import torch
 from ecoinfer.device import pick_device
 from ecoinfer.engine import link_codes, link_norm, link_skip
 from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
-from ecoinfer.engine.format import EngineMismatchError, read_engine, write_engine
+from ecoinfer.engine.format import EngineFileError, EngineMismatchError, read_engine, write_engine
 from ecoinfer.engine.quant_fallback import apply as apply_float_twins
 from ecoinfer.engine.quant_fallback import float_twin, is_quantized, prefer_float
 from ecoinfer.engine.runtime import (
@@ -309,14 +309,16 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     twins: dict = {}
     links: list[link_codes.Link] = []
     skips: list[link_skip.SkipLink] = []
+    later: list[tuple[dict[str, LayerChoice], dict]] = []  # profiles 1.., with their twins
     for k, prof in enumerate(profiles):
         c, cand, mem, tw, lk, sk = _tune_profile(
             planned, prof, device, precision, per_layer, cfg, cache, k, len(profiles), float_weights
         )
-        if k == 0:  # the first profile's opt shapes decide, as for the tactics
+        if k == 0:  # the graph rewrites (twins, links, skips) follow the first profile
             twins, links, skips = tw, lk, sk
-        for name, ch in c.items():
-            choices.setdefault(name, ch)  # the first profile's opt shapes decide
+            choices = c
+        else:
+            later.append((c, tw))
         candidates.update({n: v for n, v in cand.items() if n not in candidates})
         memory[f"profile {k}"] = mem
     if cache is not None and cfg.timing_cache:
@@ -339,6 +341,19 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         else:
             choices.update(norm_choices)
             planned = link_norm.apply(planned, norm_links)
+    # every later profile keeps the tactics tuned at its own opt shapes, except on the layers
+    # a rewrite changed (their op or inputs are the first profile's choice)
+    rewritten = set(twins) | {x for lk in links for x in (lk.producer, lk.consumer)}
+    rewritten |= {x for sl in skips for x in (sl.producer, sl.consumer)}
+    rewritten |= {x for nl in norm_links for x in (nl.producer, nl.consumer)}
+    profile_choices = [
+        {
+            n: ch
+            for n, ch in c.items()
+            if n not in rewritten | set(tw) and n in choices and _differs(ch, choices[n])
+        }
+        for c, tw in later
+    ]
     report = {
         "opt_level": opt_level,
         "excluded_tactics": sorted(cfg.exclude_tactics),
@@ -388,8 +403,19 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         report["quantization"] = quant_report
     report["workspace"] = _workspace_report(cfg, choices, candidates)
     report["broken_tactics"] = broken_tactics(candidates)
+    report["profile_tactics"] = [
+        {"profile": k + 1, "layers_differing": len(pc)} for k, pc in enumerate(profile_choices)
+    ]
     engine = Engine(
-        planned, choices, profiles, device, precision, fingerprint(device), _finite(report), source
+        planned,
+        choices,
+        profiles,
+        device,
+        precision,
+        fingerprint(device),
+        _finite(report),
+        source,
+        profile_choices,
     )
     if cfg.workspace_mb is not None and not device.startswith("cuda"):
         engine.warnings.append(
@@ -415,6 +441,10 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         engine.warnings.append("--lean applies to CUDA builds; this CPU build has no lean section")
     engine.report["build_seconds"] = time.perf_counter() - t_start
     return engine
+
+
+def _differs(a: LayerChoice, b: LayerChoice) -> bool:
+    return (a.tactic, a.config, a.precision) != (b.tactic, b.config, b.precision)
 
 
 # a candidate that raised, not one that declined or disagreed: a broken kernel
@@ -991,6 +1021,9 @@ def save_engine(engine: Engine, path: str | os.PathLike) -> Path:
         "source": engine.source,
         "plan": plan,
         "choices": {n: _finite(vars(c)) for n, c in engine.choices.items()},
+        "profile_choices": [
+            {n: _finite(vars(c)) for n, c in pc.items()} for pc in engine.profile_choices
+        ],
         "report": _finite(engine.report),
         "triton_binaries": engine.triton_binaries,
         "pdl": engine.pdl,
@@ -1008,25 +1041,47 @@ def load_engine(
     warm = _start_warm_up(device)  # CUDA and Triton set-up overlap reading and hashing the file
     header, tensors = read_engine(path)
     warm.join()
+    try:
+        return _engine_from(path, header, tensors, device, allow_mismatch)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # the checksum guards against damage, not a forger re-hashing an edited header
+        raise EngineFileError(
+            f"{path}: the engine header is malformed ({type(e).__name__}: {e}); the file was "
+            "not written by this ecoinfer or was edited: rebuild it with ecoinfer build"
+        ) from None
+
+
+def _engine_from(
+    path: str | os.PathLike,
+    header: dict,
+    tensors: dict[str, torch.Tensor],
+    device: str | None,
+    allow_mismatch: bool,
+) -> Engine:
+    if not isinstance(header, dict) or not isinstance(header.get("fingerprint"), dict):
+        raise ValueError("no fingerprint")
     built = header["fingerprint"]
     dev = device or ("cuda" if built.get("device_type") == "cuda" else "cpu")
     dev = pick_device(dev)
     here = fingerprint(dev)
     diff = differences(built, here)
     if diff and not allow_mismatch:
-        src = header.get("source") or "MODEL.onnx"
         raise EngineMismatchError(
             f"{path}: this engine was built for another machine or software stack ({'; '.join(diff)}); "
-            f"rebuild it here: ecoinfer build {src} -o {path} --{header.get('precision', 'fp32').replace('float', 'fp').replace('bfp16', 'bf16')} "
+            f"rebuild it here: {rebuild_command(header, path)} "
             "(a --timing-cache file makes the rebuild fast)"
         )
     carried = header.get("triton_binaries") or {}
     installed = _install_triton_binaries(carried, dev)
     graph = graph_from_dict(header["plan"], tensors)
-    choices = {
-        n: LayerChoice(**{k: v for k, v in c.items() if k in LayerChoice.__dataclass_fields__})
-        for n, c in header["choices"].items()
-    }
+
+    def as_choices(d: dict) -> dict[str, LayerChoice]:
+        fields = LayerChoice.__dataclass_fields__
+        return {n: LayerChoice(**{k: v for k, v in c.items() if k in fields}) for n, c in d.items()}
+
+    choices = as_choices(header["choices"])
+    # files from before per-profile tactics: every profile runs the first one's
+    profile_choices = [as_choices(d) for d in header.get("profile_choices") or []]
     profiles = [ShapeProfile.from_dict(p) for p in header["profiles"]]
     engine = Engine(
         graph,
@@ -1037,7 +1092,9 @@ def load_engine(
         built,
         header.get("report"),
         header.get("source", ""),
+        profile_choices,
     )
+    engine.name = str(path)
     engine.triton_binaries = carried
     engine.pdl = bool(header.get("pdl", False))  # files from before the choice: off
     engine.lean_section = header.get("lean")
@@ -1047,6 +1104,32 @@ def load_engine(
     if diff:
         engine.warnings.append("loaded despite a fingerprint mismatch: " + "; ".join(diff))
     return engine
+
+
+_FLAGS = {"float32": "fp32", "tf32": "tf32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def rebuild_command(header: dict, path: str | os.PathLike) -> str:
+    """The `ecoinfer build` command line that makes this engine again: its source, precision,
+    quantization and shape profiles (calibration data is the user's to give again)."""
+    prec = header.get("precision", "float32")
+    parts = ["ecoinfer build", header.get("source") or "MODEL.onnx", "-o", str(path)]
+    parts.append("--" + _FLAGS.get(prec, prec))
+    quant = ((header.get("report") or {}).get("quantization") or {}).get("precision")
+    if quant in ("int8", "fp8"):
+        parts.append(f"--{quant} --calib-data DIR")
+
+    def shapes(d: dict) -> str:
+        return " ".join(f"{n}:{'x'.join(map(str, s))}" for n, s in d.items())
+
+    profiles = header.get("profiles") or []
+    if len(profiles) == 1 and profiles[0]["min"] == profiles[0]["opt"] == profiles[0]["max"]:
+        parts.append("--shapes " + shapes(profiles[0]["opt"]))
+    else:
+        for p in profiles:
+            for k in ("min", "opt", "max"):
+                parts.append(f"--{k}-shapes {shapes(p[k])}")
+    return " ".join(parts)
 
 
 def _start_warm_up(device: str | None) -> threading.Thread:
@@ -1083,9 +1166,17 @@ def _install_triton_binaries(carried: dict, device: str) -> int | str:
         return f"carried Triton kernels not installed ({e}); the first inference compiles them"
 
 
-def check_accuracy(engine: Engine, onnx_path: str, n_sets: int = 2, seed: int = 1) -> list[dict]:
-    """Engine vs onnxruntime FP32 on random inputs at each profile's opt shapes: per output,
-    relative L2 and max abs error and whether it is within the precision's tolerance."""
+def check_accuracy(
+    engine: Engine,
+    onnx_path: str,
+    n_sets: int = 2,
+    seed: int = 1,
+    given: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
+    """Engine vs onnxruntime FP32: per output, relative L2 and max abs error and whether it is
+    within the precision's tolerance. On `given` inputs (any input not given is random, at
+    the first profile's opt shape), else on n_sets random inputs at each profile's opt
+    shapes."""
     try:
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError:
@@ -1097,24 +1188,31 @@ def check_accuracy(engine: Engine, onnx_path: str, n_sets: int = 2, seed: int = 
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     tol = TOLERANCE[engine.precision]
     rows = []
-    for p in engine.profiles:
-        for s in range(n_sets):
-            feeds = random_inputs(engine.graph, dict(p.opt), seed + s)
-            ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-            out = engine.run(feeds)
-            for name, r in ref.items():
-                o = np.asarray(out[name], np.float64)
-                r64 = np.asarray(r, np.float64)
-                denom = np.linalg.norm(r64) or 1.0
-                rel = float(np.linalg.norm(o - r64) / denom)
-                rows.append(
-                    {
-                        "output": name,
-                        "shapes": {k: list(v.shape) for k, v in feeds.items()},
-                        "rel_error": rel,
-                        "max_abs_error": float(np.max(np.abs(o - r64))) if o.size else 0.0,
-                        "tolerance": tol,
-                        "ok": bool(np.isfinite(rel) and rel <= tol),
-                    }
-                )
+    if given:
+        opt = dict(engine.profiles[0].opt) if engine.profiles else {}
+        sets = [random_inputs(engine.graph, opt, seed, given)]
+    else:
+        sets = [
+            random_inputs(engine.graph, dict(p.opt), seed + s)
+            for p in engine.profiles
+            for s in range(n_sets)
+        ]
+    for feeds in sets:
+        out = engine.run(feeds)  # first: its input checks give the clear errors
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        for name, r in ref.items():
+            o = np.asarray(out[name], np.float64)
+            r64 = np.asarray(r, np.float64)
+            denom = np.linalg.norm(r64) or 1.0
+            rel = float(np.linalg.norm(o - r64) / denom)
+            rows.append(
+                {
+                    "output": name,
+                    "shapes": {k: list(v.shape) for k, v in feeds.items()},
+                    "rel_error": rel,
+                    "max_abs_error": float(np.max(np.abs(o - r64))) if o.size else 0.0,
+                    "tolerance": tol,
+                    "ok": bool(np.isfinite(rel) and rel <= tol),
+                }
+            )
     return rows

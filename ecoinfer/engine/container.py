@@ -51,6 +51,10 @@ def read_container(path: str | os.PathLike) -> tuple[dict[str, Any], bytearray, 
     with open(path, "rb") as f:
         got_n = f.readinto(raw)
     del raw[got_n:]
+    if len(raw) < len(MAGIC) and len(raw) >= 4 and MAGIC.startswith(bytes(raw)):
+        raise EngineFileError(
+            f"{label}: the engine file is truncated; rebuild it with `ecoinfer build`"
+        )
     if not raw.startswith(MAGIC):
         raise EngineFileError(
             f"{label}: not an ecoinfer engine file (wrong magic bytes); build one with `ecoinfer build`"

@@ -111,8 +111,11 @@ def _safetensors_views(buf: bytearray, table: Table) -> dict[str, torch.Tensor]:
 
 
 def is_engine_file(path: str | os.PathLike) -> bool:
+    """Starts with the engine magic; a file cut inside the magic counts too, so that loading
+    it reports a truncated engine rather than, say, a malformed ONNX model."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
+            head = f.read(len(MAGIC))
     except OSError:
         return False
+    return head == MAGIC or (len(head) >= 4 and MAGIC.startswith(head))

@@ -168,15 +168,22 @@ class Engine:
         fingerprint: dict,
         report: dict | None = None,
         source: str = "",
+        profile_choices: list[dict[str, LayerChoice]] | None = None,
     ):
         self.graph = graph
-        self.choices = choices
+        self.choices = choices  # the first profile's (and every layer's precision)
+        # profile k >= 1: the layers whose tactic at that profile's opt shapes differs from
+        # the first profile's (index k - 1); a call runs the tactics of the first profile
+        # that admits its shapes, as TensorRT selects an optimization profile
+        self.profile_choices: list[dict[str, LayerChoice]] = list(profile_choices or [])
         self.profiles = profiles
         self.device = torch.device(device)
         self.precision = precision
         self.fingerprint = fingerprint
         self.report = report or {}
         self.source = source
+        # how errors name the engine: its file once loaded (load_engine), else its model
+        self.name = source or "engine"
         self.warnings: list[str] = []
         # programmatic dependent launch for the Triton kernels (kernels/triton/pdl.py): set by
         # the builder where it timed faster
@@ -190,17 +197,27 @@ class Engine:
         self.weights = {
             k: (t if k in self._host else t.to(self.device)) for k, t in graph.initializers.items()
         }
-        self._tuned: dict[str, RunFn] = self._make_tuned()
+        self._tuned: dict[str, RunFn] = self._make_tuned(choices)
+        self._tuned_by_profile = [self._tuned] + [
+            self._overridden(over) for over in self.profile_choices
+        ]
         self._index_inputs = index_table_sizes(graph)
         self._local = threading.local()
 
     # ------------------------------------------------------------------ tactics
-    def _make_tuned(self) -> dict[str, RunFn]:
+    def _overridden(self, over: dict[str, LayerChoice]) -> dict[str, RunFn]:
+        """The first profile's tactics with another profile's differing choices in place (a
+        layer whose choice there is the reference kernel runs that)."""
+        fns = {k: f for k, f in self._tuned.items() if k not in over}
+        fns.update(self._make_tuned(over))
+        return fns
+
+    def _make_tuned(self, choices: dict[str, LayerChoice]) -> dict[str, RunFn]:
         from ecoinfer.tune.tactics import BuildInfo, TensorInfo, tactics_for  # noqa: PLC0415
 
         fns: dict[str, RunFn] = {}
         for n in self.graph.nodes:
-            ch = self.choices.get(n.name)
+            ch = choices.get(n.name)
             if ch is None or ch.tactic == "reference":
                 continue
             specs = {
@@ -341,9 +358,7 @@ class ExecutionContext:
         # clamps them inside the plan (and its CUDA graph) and flags the calls that needed it
         self._index: DeferredIndexCheck | None = None
         if engine.device.type == "cuda" and engine._index_inputs:
-            self._index = DeferredIndexCheck(
-                engine._index_inputs, engine.device, engine.source or "engine"
-            )
+            self._index = DeferredIndexCheck(engine._index_inputs, engine.device, engine.name)
 
     # ------------------------------------------------------------------ checks
     def _check(
@@ -352,7 +367,7 @@ class ExecutionContext:
         """on_device: leave index inputs that are already on the GPU to the device-side guard
         (a host check of a GPU tensor waits for the GPU)."""
         eng = self.engine
-        tensors = validate_inputs(eng.graph, feeds, eng.source or "engine")
+        tensors = validate_inputs(eng.graph, feeds, eng.name)
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         if eng.profiles and not any(p.admits(shapes) for p in eng.profiles):
             for name, s in shapes.items():
@@ -361,11 +376,11 @@ class ExecutionContext:
                         f"profile {k}: {p.describe(name)}" for k, p in enumerate(eng.profiles)
                     )
                     raise InputShapeError(
-                        f"{eng.source or 'engine'}: input '{name}' has shape {list(s)}, outside every "
+                        f"{eng.name}: input '{name}' has shape {list(s)}, outside every "
                         f"shape profile of the engine ({allowed}); rebuild with --max-shapes covering it"
                     )
             raise InputShapeError(
-                f"{eng.source or 'engine'}: the input shapes {shapes} fit no single profile together"
+                f"{eng.name}: the input shapes {shapes} fit no single profile together"
             )
         checked = [
             (k, n)
@@ -385,7 +400,7 @@ class ExecutionContext:
                 if lo < -n or hi >= n:
                     bad = hi if hi >= n else lo
                     raise IndexOutOfRangeError(
-                        f"{eng.source or 'engine'}: input '{name}' holds index {bad}, outside the "
+                        f"{eng.name}: input '{name}' holds index {bad}, outside the "
                         f"table it indexes (valid: [{-n}, {n - 1}])"
                     )
         return tensors
@@ -398,6 +413,8 @@ class ExecutionContext:
             self._plans.move_to_end(key)
             return plan
         eng = self.engine
+        k = next((k for k, p in enumerate(eng.profiles) if p.admits(shapes)), 0)
+        tuned = eng._tuned_by_profile[k] if k < len(eng._tuned_by_profile) else eng._tuned
         g = _specialise(eng.graph, shapes)
         host = _host_params(g)
         consts = {}
@@ -406,17 +423,17 @@ class ExecutionContext:
                 consts[k] = eng.weights[k]  # shared with every context
             else:
                 consts[k] = t if k in host else t.to(eng.device)
-        steps = [(n, self._step_fn(g, n)) for n in g.nodes]
+        steps = [(n, self._step_fn(g, n, tuned)) for n in g.nodes]
         plan = _Plan(g, steps, consts, last_uses(g.nodes))
         self._plans[key] = plan
         if len(self._plans) > _MAX_SPECIALISATIONS:
             self._plans.popitem(last=False)
         return plan
 
-    def _step_fn(self, g: Graph, node: Node) -> RunFn:
-        tuned = self.engine._tuned.get(node.name)
-        if tuned is not None:
-            return tuned
+    def _step_fn(self, g: Graph, node: Node, tuned: dict[str, RunFn]) -> RunFn:
+        fn = tuned.get(node.name)
+        if fn is not None:
+            return fn
         fn = get_kernel(node.op_type, node.domain)
         if fn is None:
             raise EcoinferError(f"{node.label()}: no kernel for op {node.op_type}")
@@ -485,7 +502,10 @@ class ExecutionContext:
                     self._execute_guarded(plan, plan.static_in)
                 torch.cuda.current_stream().wait_stream(stream)
                 cg = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(cg):
+                # thread-local: another thread's context may be running eagerly (its warm-up,
+                # a host-synchronising check) or capturing at the same time; in CUDA's
+                # default global mode its calls would fail while this capture is open
+                with torch.cuda.graph(cg, capture_error_mode="thread_local"):
                     plan.static_out = self._execute_guarded(plan, plan.static_in)
                 plan.cuda_graph = cg
             except Exception as e:  # noqa: BLE001  (some plan cannot be captured: run it eagerly)

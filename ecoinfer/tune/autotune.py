@@ -228,7 +228,7 @@ def _emit(log: Log, level: int, msg: str) -> None:
         _LOG.log(level, msg)
     elif isinstance(log, logging.Logger):
         log.log(level, msg)
-    elif level >= logging.INFO:
+    else:  # a function (the builder's --verbose): every candidate's time and the choice
         log(msg)
 
 

@@ -184,10 +184,13 @@ def test_picks_fastest_right_tactic() -> None:
     assert ranked[0].name == "fast"
     assert choice.runner_up == ranked[1].name and choice.runner_up_ms == ranked[1].time_ms
 
-    # failures are logged (INFO) through a plain callable; not-applicable only at DEBUG
+    # a plain callable (the builder's --verbose) gets every candidate: failures, the ones
+    # not applicable, each time, and the choice
     text = "\n".join(lines)
     assert "raising" in text and "wrong result" in text and "bad_make" in text
-    assert "not_here" not in text
+    assert "not_here: not applicable" in text
+    assert f"fast: {by['fast'].time_ms:.4f} ms (" in text
+    assert "chose fast" in text
 
 
 def test_inputs_restored_after_a_mutating_candidate() -> None:

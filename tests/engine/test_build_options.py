@@ -1,0 +1,287 @@
+"""The builder's options end to end on the CPU: ecoinfer.build(), several shape profiles each
+with its own tactics, the timing cache, --layer-precision, --verbose, --check-input, the
+build report's runner-up column, and the CLI's one-line errors on bad engine files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from helpers import assert_close, run_onnxruntime
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+import ecoinfer
+from ecoinfer.engine.builder import BuildConfig, build, load_engine
+from ecoinfer.engine.format import MAGIC, EngineFileError, read_engine, write_engine
+from ecoinfer.engine.runtime import ShapeProfile
+from ecoinfer.errors import InputError, InputShapeError
+from ecoinfer.tune import tactics as registry
+
+
+def _mlp(path) -> None:  # noqa: ANN001
+    """x[n, 16] -> Gemm + Relu -> Gemm -> LayerNorm: two FusedGemm layers and a norm."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32) * 0.3, "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32) * 0.3, "w2")
+    b2 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b2")
+    g = numpy_helper.from_array(np.ones(8, np.float32), "g")
+    be = numpy_helper.from_array(np.zeros(8, np.float32), "be")
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="act1"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["o"], name="fc2"),
+        helper.make_node("LayerNormalization", ["o", "g", "be"], ["y"], name="ln", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["n", 8])],
+        initializer=[w1, b1, w2, b2, g, be],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):  # noqa: ANN001, ANN201
+    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
+    _mlp(path)
+    return path
+
+
+def _x(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+
+
+def _profile(lo: int, opt: int, hi: int) -> ShapeProfile:
+    return ShapeProfile({"x": (lo, 16)}, {"x": (opt, 16)}, {"x": (hi, 16)})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ecoinfer.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+# ---------------------------------------------------------------------- Python API
+def test_ecoinfer_build_saves_an_engine_that_matches_onnxruntime(mlp, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "mlp.eng"
+    eng = ecoinfer.build(mlp, out, device="cpu", shapes={"x": (4, 16)})
+    assert out.is_file() and eng.profiles[0].opt == {"x": (4, 16)}
+    loaded = ecoinfer.load_engine(out)
+    x = _x(4)
+    assert_close(loaded.run({"x": x}), run_onnxruntime(mlp, {"x": x}), "ecoinfer.build engine")
+    cfg = ecoinfer.BuildConfig(device="cpu", tune=False)  # a config, then options on top
+    eng = ecoinfer.build(ecoinfer.load(mlp), config=cfg, profiles=[({"x": (1, 16)},) * 3])
+    assert all(ch.tactic == "reference" for ch in eng.choices.values())
+    with pytest.raises(InputError, match="unknown option 'precison'"):
+        ecoinfer.build(mlp, precison="fp16")
+    with pytest.raises(InputError, match="is the input model"):
+        ecoinfer.build(mlp, mlp, device="cpu")
+
+
+# ---------------------------------------------------------------------- shape profiles
+def _sized_tactics(monkeypatch, calls: list[str]) -> None:  # noqa: ANN001
+    """Two FusedGemm tactics, one offered only for batches up to 4, one only above, and a
+    slow reference: the tuner picks the one its profile's opt shape allows."""
+    from ecoinfer.engine import builder as builder_mod  # noqa: PLC0415
+    from ecoinfer.tune.autotune import reference_runfn  # noqa: PLC0415
+
+    def sized(tag: str, small: bool):  # noqa: ANN202
+        def make(node, attrs, inputs, cfg, build):  # noqa: ANN001, ANN202
+            if (inputs[0].shape[0] <= 4) != small:
+                return None  # declined at this shape
+            ref = reference_runfn(node, attrs, build.device)
+
+            def run(xs):  # noqa: ANN001, ANN202
+                calls.append(tag)
+                return ref(xs)
+
+            return run
+
+        return make
+
+    key = ("ecoinfer", "FusedGemm")
+    monkeypatch.setitem(registry._TACTICS, key, list(registry._TACTICS.get(key, [])))
+    registry.tactic("FusedGemm", "test_small", "ecoinfer", devices=("cpu",))(sized("small", True))
+    registry.tactic("FusedGemm", "test_big", "ecoinfer", devices=("cpu",))(sized("big", False))
+    real = builder_mod._reference_fn
+
+    def slow_reference(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        fn = real(*a, **k)
+
+        def run(xs):  # noqa: ANN001, ANN202
+            for _ in range(200):  # a reference that always times slowest
+                fn(xs)
+            return fn(xs)
+
+        return run
+
+    monkeypatch.setattr(builder_mod, "_reference_fn", slow_reference)
+
+
+def test_each_profile_runs_the_tactics_tuned_at_its_opt_shapes(mlp, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    calls: list[str] = []
+    _sized_tactics(monkeypatch, calls)
+    cfg = BuildConfig(
+        device="cpu",
+        profiles=[_profile(1, 2, 4), _profile(5, 32, 64)],
+        exclude_tactics=("addmm", "linear"),
+    )
+    eng = build(mlp, cfg)
+    gemms = [n.name for n in eng.graph.nodes if n.op_type == "FusedGemm"]
+    assert len(gemms) == 2
+    assert {eng.choices[g].tactic for g in gemms} == {"test_small"}
+    (over,) = eng.profile_choices
+    assert {over[g].tactic for g in gemms} == {"test_big"}
+    assert eng.report["profile_tactics"] == [{"profile": 1, "layers_differing": len(over)}]
+    eng.save(tmp_path / "two.eng")
+    for e in (eng, load_engine(tmp_path / "two.eng")):
+        for n, want in ((3, "small"), (40, "big"), (4, "small"), (5, "big")):
+            calls.clear()
+            x = _x(n, seed=n)
+            got = e.run({"x": x})
+            assert set(calls) == {want}, (n, calls)
+            assert_close(got, run_onnxruntime(mlp, {"x": x}), f"batch {n}")
+        with pytest.raises(InputShapeError, match=r"profile 0: \[1\.\.4\]x16; profile 1"):
+            e.run({"x": _x(65)})
+
+
+def test_profile_needs_min_opt_max_in_order(mlp) -> None:  # noqa: ANN001
+    with pytest.raises(InputError, match=r"min <= opt <= max.*\[1, 16\] / \[8, 16\] / \[4, 16\]"):
+        build(mlp, BuildConfig(device="cpu", profiles=[_profile(1, 8, 4)]))
+
+
+# ---------------------------------------------------------------------- timing cache
+def test_a_rebuild_with_the_timing_cache_times_nothing(mlp, tmp_path) -> None:  # noqa: ANN001
+    cache = tmp_path / "timing.json"
+    cfg = BuildConfig(device="cpu", profiles=[_profile(1, 8, 16)], timing_cache=str(cache))
+    first = build(mlp, cfg)
+    assert cache.is_file() and first.report["timing_cache"]["misses"] > 0
+    again = build(mlp, cfg)
+    stats = again.report["timing_cache"]
+    assert stats["misses"] == 0 and stats["hits"] >= first.report["timing_cache"]["misses"]
+    assert {n: c.tactic for n, c in again.choices.items()} == {
+        n: c.tactic for n, c in first.choices.items()
+    }
+
+
+# ---------------------------------------------------------------------- precision
+def test_layer_precision_overrides_one_layer(mlp) -> None:  # noqa: ANN001
+    cfg = BuildConfig(
+        precision="bf16",
+        device="cpu",
+        profiles=[_profile(1, 8, 16)],
+        layer_precision=[("fc2.*", "fp32")],
+    )
+    eng = build(mlp, cfg)
+    rows = {r["layer"]: r for r in eng.layer_table()}
+    gemms = [n for n in rows if rows[n]["op"].endswith("FusedGemm")]
+    fc2 = [n for n in gemms if n.startswith("fc2")]
+    assert fc2 and all(rows[n]["precision"] == "float32" for n in fc2)
+    assert [rows[n]["precision"] for n in gemms if n not in fc2] == ["bfloat16"]
+    x = _x(8)
+    assert_close(eng.run({"x": x}), run_onnxruntime(mlp, {"x": x}), "bf16 + fp32 fc2", rtol=3e-2)
+
+
+# ---------------------------------------------------------------------- the build command
+def test_build_cli_verbose_runner_up_and_check_input(mlp, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "m.eng"
+    x = _x(3, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    proc = _cli(
+        "build", str(mlp), "-o", str(out), "--device", "cpu", "--min-shapes", "x:1x16",
+        "--opt-shapes", "x:8x16", "--max-shapes", "x:16x16", "--verbose", "--check-accuracy",
+        "--check-input", f"x={tmp_path / 'x.npy'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # --verbose: every candidate's time, then the choice, per tuned layer
+    assert any(": addmm: " in ln and " ms (" in ln for ln in proc.stderr.splitlines())
+    assert any(": linear: " in ln and " ms (" in ln for ln in proc.stderr.splitlines())
+    assert sum(": chose " in ln for ln in proc.stderr.splitlines()) >= 2
+    # the layer table's runner-up column names another tactic and its time
+    rows = [ln for ln in proc.stdout.splitlines() if ln.split()[1:2] == ["ecoinfer.FusedGemm"]]
+    assert len(rows) == 2 and all(ln.rstrip().endswith(" ms") for ln in rows), proc.stdout
+    # --check-input: the accuracy check ran once, on the given batch of 3
+    acc = [ln for ln in proc.stdout.splitlines() if ln.startswith("accuracy ")]
+    assert len(acc) == 1 and "at x:3x16" in acc[0] and acc[0].endswith("ok"), acc
+    bad = _cli("build", str(mlp), "-o", str(out), "--check-accuracy", "--check-input",
+               str(tmp_path / "none.npy"), "--device", "cpu")  # fmt: skip
+    assert bad.returncode == 2 and "--check-input" in bad.stderr and "does not exist" in bad.stderr
+    bad = _cli("build", str(mlp), "-o", str(out), "--check-input", f"x={tmp_path / 'x.npy'}")
+    assert bad.returncode == 2 and "add --check-accuracy" in bad.stderr
+
+
+# ---------------------------------------------------------------------- bad engine files
+@pytest.fixture(scope="module")
+def mlp_engine(mlp, tmp_path_factory):  # noqa: ANN001, ANN201
+    out = tmp_path_factory.mktemp("eng") / "mlp.eng"
+    build(mlp, BuildConfig(device="cpu", profiles=[_profile(1, 4, 8)])).save(out)
+    return out
+
+
+def _forge(src, dst, edit) -> None:  # noqa: ANN001
+    """dst: src's file with its header edited and the checksum recomputed, as a forger would."""
+    from ecoinfer.engine.format import _canonical  # noqa: PLC0415
+
+    raw = src.read_bytes()
+    (n,) = struct.unpack_from("<Q", raw, len(MAGIC))
+    header = json.loads(raw[len(MAGIC) + 8 : len(MAGIC) + 8 + n])
+    blob = raw[len(MAGIC) + 8 + n :]
+    header.pop("sha256")
+    edit(header)
+    header["sha256"] = hashlib.sha256(_canonical(header) + blob).hexdigest()
+    data = _canonical(header)
+    dst.write_bytes(MAGIC + struct.pack("<Q", len(data)) + data + blob)
+
+
+def test_cli_refuses_bad_engine_files_in_one_line(mlp_engine, tmp_path) -> None:  # noqa: ANN001
+    data = mlp_engine.read_bytes()
+    cases = {}
+    cases["short"] = data[:10]  # cut inside the magic bytes
+    cases["truncated"] = data[: len(data) - 100]  # cut in the weights
+    flipped = bytearray(data)
+    flipped[-3] ^= 0x01
+    cases["tampered"] = bytes(flipped)
+    for name, blob in cases.items():
+        (tmp_path / f"{name}.eng").write_bytes(blob)
+    header, tensors = read_engine(mlp_engine)
+    header["fingerprint"] = dict(header["fingerprint"], torch="0.0.1")
+    write_engine(tmp_path / "mismatch.eng", header, tensors)
+    _forge(mlp_engine, tmp_path / "forged.eng", lambda h: h.pop("choices"))
+    want = {
+        "short": "truncated",
+        "truncated": "truncated or was modified",
+        "tampered": "checksum mismatch",
+        "mismatch": "torch: engine '0.0.1'",
+        "forged": "engine header is malformed",
+    }
+    for name, text in want.items():
+        path = tmp_path / f"{name}.eng"
+        for cmd in (["run", str(path)], ["bench", str(path), "--iterations", "2", "--no-energy"]):
+            proc = _cli(*cmd)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2, (name, cmd[0], proc.stderr)
+            assert len(lines) == 1 and text in lines[0] and str(path) in lines[0], (name, lines)
+            assert "Traceback" not in proc.stderr
+    # the mismatch names the command that rebuilds it, profile and precision included
+    proc = _cli("run", str(tmp_path / "mismatch.eng"))
+    assert "--fp32 --min-shapes x:1x16 --opt-shapes x:4x16 --max-shapes x:8x16" in proc.stderr
+    with pytest.raises(EngineFileError, match="malformed"):
+        load_engine(tmp_path / "forged.eng")
+
+
+def test_cli_run_outside_every_profile_names_the_engine_file(mlp_engine) -> None:  # noqa: ANN001
+    proc = _cli("run", str(mlp_engine), "--shapes", "x:9x16")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"{mlp_engine}: input 'x' has shape [9, 16]" in lines[0]
+    assert "profile 0: [1..8]x16" in lines[0] and "--max-shapes" in lines[0]
