@@ -5,7 +5,8 @@
 # torch.compile FP16.
 #   bash bench/gpu_engine.sh [tests] ["bert-base 64" "bert-base 1" "minilm 64" "resnet50 128" ...]
 #   (carry .carry: MiniLM's files with fp16-stored weights)
-# Environment: OUT, WORK (scratch, default /tmp/ecoinfer-bench), ECOINFER_MINILM_DIR (set: the
+# Environment: OUT, WORK (scratch, default /tmp/ecoinfer-bench), COMPARE=0 (builds, accuracy
+# and cold start only, no `ecoinfer compare`), ECOINFER_MINILM_DIR (set: the
 # MiniLM carry is already unpacked there). bench/gpu_engine_parallel.sh runs groups of specs
 # on several GPUs at once.
 set -uo pipefail
@@ -55,7 +56,8 @@ t2 = time.perf_counter()
 print(f"cold start {path.split('/')[-1]}: import {t1-t0:.2f} s, load + first inference {t2-t1:.2f} s, total {t2-t0:.2f} s")
 PY
   cp "$WORK/build_check_$tag.log" "$OUT/build_$tag.log" 2>/dev/null
-  # torch.compile max-autotune alone takes about 4 minutes on ResNet-50
+  # torch.compile max-autotune alone takes about 4 minutes on ResNet-50; COMPARE=0: builds only
+  [ "${COMPARE:-1}" = "0" ] && continue
   if [ "$m" = "resnet50" ]; then ct=450; else ct=300; fi
   timeout $ct python -m ecoinfer.cli compare --torch-model "$m" --batch "$b" --seq 128 --device cuda --duration 3 --warmup 1 \
     --peers torch-fp32,torch-fp16,torch-compile-fp16 "engine:$WORK/$tag.eng" --json "$OUT/compare_$tag.json" \
