@@ -11,10 +11,11 @@ afterwards. Contexts are independent (one lock each); Engine.run keeps one per t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,6 +346,53 @@ class _Plan:
     done: Any = None
 
 
+class _CaptureGate:
+    """Process-wide: a CUDA-graph capture runs while no other context of the process touches
+    the GPU; everything else (replays, eager runs, copies) may overlap everything but a
+    capture. On an H200, four threads capturing and running at once aborted the process in
+    torch's host-to-device copy. Writers go first, so a capture is not starved.
+
+    Lock order: a context's own lock, then the gate; never the gate twice in one thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+_GATE = _CaptureGate()
+
+
 class ExecutionContext:
     """Runs an engine; specialised plans (and CUDA graphs) are cached per input shape."""
 
@@ -353,12 +401,17 @@ class ExecutionContext:
         self.use_graphs = cuda_graphs and engine.device.type == "cuda"
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._lock = threading.Lock()
+        self._cuda = engine.device.type == "cuda"
         self.graph_replays = 0
         # on CUDA, index inputs are also checked on the device, with no host sync: the guard
         # clamps them inside the plan (and its CUDA graph) and flags the calls that needed it
         self._index: DeferredIndexCheck | None = None
         if engine.device.type == "cuda" and engine._index_inputs:
             self._index = DeferredIndexCheck(engine._index_inputs, engine.device, engine.name)
+
+    def _shared(self) -> contextlib.AbstractContextManager[None]:
+        """Shared use of the GPU (_CaptureGate); nothing to order on the CPU."""
+        return _GATE.shared() if self._cuda else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checks
     def _check(
@@ -538,10 +591,11 @@ class ExecutionContext:
         eagerly (no CUDA graph) with a CUDA event pair around every layer, queued behind a spin
         kernel so that the host is ahead of the GPU: the times are GPU time per layer, as a
         graph replay sees it (host wall time on the CPU)."""
-        tensors = self._check(feeds)
+        with self._shared():
+            tensors = self._check(feeds)
         dev = self.engine.device
         times: dict[str, list[float]] = {}
-        with self._lock, torch.inference_mode():
+        with self._lock, self._shared(), torch.inference_mode():
             inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
             plan = self._plan({k: tuple(v.shape) for k, v in inputs.items()})
             self._execute(plan, inputs)  # warm-up, with the kernels' index checks
@@ -573,24 +627,30 @@ class ExecutionContext:
         CUDA are still being computed when this returns. An index input already on the GPU
         is then checked on the GPU: a bad one raises IndexOutOfRangeError from a later call
         or from synchronize(). With numpy outputs every check raises in the call itself."""
-        tensors = self._check(feeds, on_device=as_torch)
+        with self._shared():
+            tensors = self._check(feeds, on_device=as_torch)
         dev = self.engine.device
         with self._lock, torch.inference_mode():
-            if self._index is not None:
-                self._index.poll()  # earlier calls whose flags have come back
-            inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
-            plan = self._plan({k: tuple(v.shape) for k, v in inputs.items()})
-            if self.use_graphs:
-                out = self._run_graph(plan, inputs)
-            else:
-                out = self._execute_guarded(plan, inputs)
-            if self._index is not None:
-                self._index.after_call(torch.cuda.current_stream(dev))
+            with self._shared():
+                if self._index is not None:
+                    self._index.poll()  # earlier calls whose flags have come back
+                plan = self._plan({k: tuple(v.shape) for k, v in tensors.items()})
+            # the first call at a shape captures its CUDA graph: alone on the GPU
+            capture = self.use_graphs and plan.cuda_graph is None and plan.graph_error is None
+            with _GATE.exclusive() if capture else self._shared():
+                inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
+                if self.use_graphs:
+                    out = self._run_graph(plan, inputs)
+                else:
+                    out = self._execute_guarded(plan, inputs)
+                if self._index is not None:
+                    self._index.after_call(torch.cuda.current_stream(dev))
         if as_torch:
             return out
-        arrays = {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
+        with self._shared():
+            arrays = {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
         if self._index is not None:
-            with self._lock:
+            with self._lock, self._shared():
                 self._index.poll(wait=True)
         return arrays
 
@@ -598,7 +658,8 @@ class ExecutionContext:
         """Wait for this context's calls on the current stream and raise the index errors
         they found (see run)."""
         if self.engine.device.type == "cuda":
-            torch.cuda.current_stream(self.engine.device).synchronize()
+            with self._shared():
+                torch.cuda.current_stream(self.engine.device).synchronize()
         if self._index is not None:
-            with self._lock:
+            with self._lock, self._shared():
                 self._index.poll(wait=True)
