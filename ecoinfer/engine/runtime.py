@@ -627,17 +627,22 @@ class ExecutionContext:
         CUDA are still being computed when this returns. An index input already on the GPU
         is then checked on the GPU: a bad one raises IndexOutOfRangeError from a later call
         or from synchronize(). With numpy outputs every check raises in the call itself."""
-        with self._shared():
+        on_gpu = self._cuda and any(isinstance(v, Tensor) and v.is_cuda for v in feeds.values())
+        with self._shared() if on_gpu else contextlib.nullcontext():  # checks may read the GPU
             tensors = self._check(feeds, on_device=as_torch)
         dev = self.engine.device
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         with self._lock, torch.inference_mode():
-            with self._shared():
+            # the first call at a shape captures its CUDA graph: alone on the GPU (a plan not
+            # made yet is made in there too, so each call takes the gate once)
+            known = self._plans.get(tuple(sorted(shapes.items())))
+            capture = self.use_graphs and (
+                known is None or (known.cuda_graph is None and known.graph_error is None)
+            )
+            with _GATE.exclusive() if capture else self._shared():
                 if self._index is not None:
                     self._index.poll()  # earlier calls whose flags have come back
-                plan = self._plan({k: tuple(v.shape) for k, v in tensors.items()})
-            # the first call at a shape captures its CUDA graph: alone on the GPU
-            capture = self.use_graphs and plan.cuda_graph is None and plan.graph_error is None
-            with _GATE.exclusive() if capture else self._shared():
+                plan = self._plan(shapes)
                 inputs = {k: v.to(dev, non_blocking=True) for k, v in tensors.items()}
                 if self.use_graphs:
                     out = self._run_graph(plan, inputs)
@@ -647,11 +652,12 @@ class ExecutionContext:
                     self._index.after_call(torch.cuda.current_stream(dev))
         if as_torch:
             return out
-        with self._shared():
+        if self._index is None:
+            with self._shared():
+                return {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
+        with self._lock, self._shared():
             arrays = {k: dtypes.torch_to_numpy(v) for k, v in out.items()}
-        if self._index is not None:
-            with self._lock, self._shared():
-                self._index.poll(wait=True)
+            self._index.poll(wait=True)
         return arrays
 
     def synchronize(self) -> None:
