@@ -410,6 +410,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             f"profile {k}: {desc}; activations at opt: peak {mem.get('peak_activation_bytes', 0) / 2**20:.1f} MiB "
             f"planned vs {mem.get('naive_activation_bytes', 0) / 2**20:.1f} MiB without reuse"
         )
+    for pt in rep.get("profile_tactics") or []:
+        print(
+            f"profile {pt['profile']}: {pt['layers_differing']} layer(s) run other tactics than "
+            "profile 0's, tuned at its own opt shapes"
+        )
     ws = rep.get("workspace") or {}
     if ws.get("largest_chosen") or ws.get("limit_bytes") is not None:
         big = ws.get("largest_chosen")
