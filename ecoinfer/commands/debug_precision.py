@@ -162,8 +162,8 @@ def cmd_debug_precision(args: argparse.Namespace) -> int:
         smooth_alpha=args.smooth,
         opt_level=args.opt_level,
     )
-    graph = smoothed(graph, opts, print)
-    amax = thresholds(graph, opts, print)
+    graph, smoothing = smoothed(graph, opts, print)
+    amax = thresholds(graph, opts, print, smoothing)
     qgraph = quantize_graph(graph, amax, args.precision)
     source = args.val_data or args.calib_data
     batches = load_batches(source, graph, None if args.val_data else args.calib_batches)

@@ -401,9 +401,15 @@ def load_batches(path: str, graph: Any, limit: int | None = None) -> list[dict[s
     return list(ValidatedReader(open_calibration_data(path, limit), graph))
 
 
-def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) -> dict[str, float]:
-    """Calibrate `graph` on opts.calib_data (then write opts.calib_cache if given), or read
-    the thresholds from opts.calib_cache when no data is given."""
+def thresholds(
+    graph: Any,
+    opts: QuantizeOptions,
+    log: Callable[[str], None],
+    smoothing: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Calibrate `graph` on opts.calib_data (then write opts.calib_cache if given, with the
+    `smoothing` record of smoothed()), or read the thresholds from opts.calib_cache when no
+    data is given."""
     from ecoinfer.quant.cache import (  # noqa: PLC0415
         CalibrationCache,
         TensorCalibration,
@@ -445,26 +451,55 @@ def thresholds(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) ->
             fingerprint=model_fingerprint(graph),
             tensors={n: TensorCalibration(a, scale(a)) for n, a in amax.items()},
             model=model_summary(graph, opts.opt_level),
+            smoothing=smoothing or {},
         ).save(opts.calib_cache)
         log(f"calibration cache written to {opts.calib_cache}")
     return amax
 
 
-def smoothed(graph: Any, opts: QuantizeOptions, log: Callable[[str], None]) -> Any:
+def smoothed(
+    graph: Any, opts: QuantizeOptions, log: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
     """`graph` with opts.smooth_alpha's SmoothQuant smoothing applied (exact in float:
-    activation outliers move into the weights before calibration); `graph` itself when off."""
+    activation outliers move into the weights before calibration), and the record that a
+    calibration cache keeps of it; `graph` itself and {} when off. Without calibration data
+    the statistics come from the calibration cache (a cache made with --smooth)."""
+    from ecoinfer.quant.cache import CalibrationCache  # noqa: PLC0415
+
+    cached = None
+    if opts.calib_data is None and opts.calib_cache and Path(opts.calib_cache).exists():
+        cached = CalibrationCache.load(opts.calib_cache)
+        made = cached.smoothing.get("alpha")
+        if made is not None and opts.smooth_alpha != made:
+            raise AccuracyBudgetError(
+                f"calibration cache '{opts.calib_cache}' was made with --smooth {made:g}: pass "
+                f"--smooth {made:g} to reuse it (its thresholds belong to the smoothed model), "
+                "or calibrate again with --calib-data"
+            )
     if opts.smooth_alpha is None:
-        return graph
+        return graph, {}
     from ecoinfer.quant.smooth import channel_absmax, smooth_graph  # noqa: PLC0415
 
-    if opts.calib_data is None:
+    if opts.calib_data is not None:
+        stats = channel_absmax(graph, load_batches(opts.calib_data, graph, opts.calib_batches))
+        where = "measured on the calibration data"
+    elif cached is not None and cached.smoothing:
+        stats = cached.smoothing_stats()
+        where = f"from cache {opts.calib_cache}"
+    else:
         raise AccuracyBudgetError(
-            "--smooth needs calibration data (--calib-data) to measure activation ranges"
+            "--smooth needs calibration data (--calib-data) to measure activation ranges, or a "
+            "--calib-cache written by a build with --smooth"
         )
-    stats = channel_absmax(graph, load_batches(opts.calib_data, graph, opts.calib_batches))
     graph, done = smooth_graph(graph, stats, opts.smooth_alpha, explicit=True)
-    log(f"smoothed {len(done)} activation tensors (alpha {opts.smooth_alpha:g})")
-    return graph
+    log(
+        f"smoothed {len(done)} activation tensors (alpha {opts.smooth_alpha:g}), statistics {where}"
+    )
+    record = {
+        "alpha": float(opts.smooth_alpha),
+        "act_absmax": {k: [float(x) for x in v] for k, v in stats.items()},
+    }
+    return graph, record
 
 
 def quantize_for_build(
@@ -485,8 +520,8 @@ def quantize_for_build(
         if log:
             log(s)
 
-    graph = smoothed(graph, opts, say)
-    amax = thresholds(graph, opts, say)
+    graph, smoothing = smoothed(graph, opts, say)
+    amax = thresholds(graph, opts, say, smoothing)
     keep: list[str] = []
     result = None
     if opts.accuracy_budget is not None:

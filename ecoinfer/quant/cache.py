@@ -74,6 +74,10 @@ class CalibrationCache:
     num_bits: int = 8
     # short description of the model it was made for, so a mismatch can say what differs
     model: dict[str, Any] = field(default_factory=dict)
+    # a cache made with --smooth: {"alpha": a, "act_absmax": {tensor: [max |x| per channel]}},
+    # the statistics smoothing needs, so a later build smooths (and then reuses the
+    # thresholds measured on the smoothed graph) without the data
+    smoothing: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_calibrators(
@@ -135,11 +139,20 @@ class CalibrationCache:
                 tensors=tensors,
                 num_bits=int(doc["num_bits"]),
                 model=dict(doc.get("model", {})),
+                smoothing=_checked_smoothing(doc.get("smoothing") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CalibrationCacheError(
                 f"{p}: malformed calibration cache ({type(e).__name__}: {e}); calibrate again"
             ) from e
+
+    def smoothing_stats(self) -> dict[str, Any]:
+        """The per-channel activation maxima smoothing needs (numpy arrays by tensor)."""
+        import numpy as np  # noqa: PLC0415
+
+        return {
+            k: np.asarray(v, np.float64) for k, v in self.smoothing.get("act_absmax", {}).items()
+        }
 
     # ------------------------------------------------------------------ reuse
     def check(
@@ -180,3 +193,19 @@ class CalibrationCache:
         cache = cls.load(path)
         cache.check(graph, where=f"calibration cache '{path}'", opt_level=opt_level)
         return cache
+
+
+def _checked_smoothing(sm: Any) -> dict[str, Any]:
+    """The cache's smoothing record, validated (ValueError/TypeError when malformed)."""
+    if not sm:
+        return {}
+    alpha = float(sm["alpha"])
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smoothing alpha {alpha} outside [0, 1]")
+    stats = {}
+    for name, values in dict(sm["act_absmax"]).items():
+        vals = [float(v) for v in values]
+        if not all(math.isfinite(v) and v >= 0 for v in vals):
+            raise ValueError(f"smoothing statistics of '{name}' are not finite and >= 0")
+        stats[str(name)] = vals
+    return {"alpha": alpha, "act_absmax": stats}

@@ -184,6 +184,45 @@ def test_build_int8_with_smoothing(
     assert "only applies to quantized builds" in _error_line(capsys)
 
 
+def test_smoothed_cache_is_reused_without_data(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A calibration cache written by a --smooth build keeps the smoothing statistics: a later
+    build with --smooth and the cache, and no data, makes the same engine."""
+    model, calib = files
+    cache = tmp_path / "calib.json"
+    base = ["build", str(model), "--int8", "--device", "cpu", "--no-tune", "--smooth", "0.8",
+            "--calib-method", "minmax", "--calib-cache", str(cache)]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "a.eng"), "--calib-data", str(calib)]) == 0
+    assert "statistics measured on the calibration data" in capsys.readouterr().out
+    c = CalibrationCache.load(cache)
+    assert c.smoothing["alpha"] == 0.8 and c.smoothing["act_absmax"]
+    assert main([*base, "-o", str(tmp_path / "b.eng")]) == 0  # no --calib-data
+    out = capsys.readouterr().out
+    assert f"statistics from cache {cache}" in out and "from cache" in out
+    x = {"x": np.random.default_rng(3).normal(size=(5, 8)).astype(np.float32)}
+    a = load_engine(tmp_path / "a.eng", device="cpu").run(x)["y"]
+    b = load_engine(tmp_path / "b.eng", device="cpu").run(x)["y"]
+    assert np.array_equal(a, b)
+    # without --smooth, or with another strength, the cache says which to pass
+    plain = [a for a in base if a not in ("--smooth", "0.8")]
+    assert main([*plain, "-o", str(tmp_path / "c.eng")]) == 2
+    assert "made with --smooth 0.8: pass --smooth 0.8" in _error_line(capsys)
+    other = [*plain, "--smooth", "0.5", "-o", str(tmp_path / "c.eng")]
+    assert main(other) == 2
+    assert "made with --smooth 0.8" in _error_line(capsys)
+    # a cache made without smoothing cannot smooth
+    plain_cache = tmp_path / "plain.json"
+    assert main(["build", str(model), "--int8", "--device", "cpu", "--no-tune", "-o",
+                 str(tmp_path / "d.eng"), "--calib-data", str(calib), "--calib-cache",
+                 str(plain_cache)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["build", str(model), "--int8", "--device", "cpu", "--no-tune", "-o",
+                 str(tmp_path / "e.eng"), "--calib-cache", str(plain_cache), "--smooth",
+                 "0.8"]) == 2  # fmt: skip
+    assert "a --calib-cache written by a build with --smooth" in _error_line(capsys)
+
+
 def test_percentile_level_and_cache_record(
     files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
