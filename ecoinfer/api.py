@@ -118,6 +118,8 @@ def build(
     cfg = dataclasses.replace(config or BuildConfig(), **options)
     src = model.graph if isinstance(model, Model) else model
     engine = build_engine(src, cfg)
+    if isinstance(model, Model) and os.path.isfile(model.source):
+        engine.source = engine.name = model.source  # the file a rebuild hint names
     if output is not None:
         if isinstance(model, str | os.PathLike) and os.path.abspath(output) == os.path.abspath(
             model

@@ -82,6 +82,7 @@ def test_ecoinfer_build_saves_an_engine_that_matches_onnxruntime(mlp, tmp_path) 
     cfg = ecoinfer.BuildConfig(device="cpu", tune=False)  # a config, then options on top
     eng = ecoinfer.build(ecoinfer.load(mlp), config=cfg, profiles=[({"x": (1, 16)},) * 3])
     assert all(ch.tactic == "reference" for ch in eng.choices.values())
+    assert eng.source == str(mlp)  # the model's file, for errors and rebuild hints
     with pytest.raises(InputError, match="unknown option 'precison'"):
         ecoinfer.build(mlp, precison="fp16")
     with pytest.raises(InputError, match="is the input model"):
