@@ -373,6 +373,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"built {path}: {_precision_label(engine)} on {engine.fingerprint['device_name']} in {rep['build_seconds']:.1f} s; "
         f"{rep['nodes']['imported']} -> {rep['nodes']['plan']} layers"
     )
+    if rep.get("phases_s"):
+        print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in rep["phases_s"].items()))
     _print_quantization(rep.get("quantization"))
     if rep.get("pdl"):
         pdl = rep["pdl"]

@@ -237,14 +237,24 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
 
     check_tactic_names(cfg.exclude_tactics)
     t_start = time.perf_counter()
+    phases: dict[str, float] = {}  # seconds per build phase, for the report
+    last = [t_start]
+
+    def phase(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - last[0]
+        last[0] = now
+
     source = str(model) if not isinstance(model, Graph) else model.name
     graph = import_onnx(model) if not isinstance(model, Graph) else model
+    phase("import")
     if cfg.quant is not None:
         from ecoinfer.quant.budget import check_quant_precision  # noqa: PLC0415
 
         check_quant_precision(cfg.quant.precision, device)
     opt_level = default_opt_level(device) if cfg.opt_level is None else cfg.opt_level
     optimized, pass_reports = optimize(graph, OptimizeConfig(level=opt_level))
+    phase("optimize")
     # a model quantized by another tool (onnxruntime, ModelOpt) brings its own Q/DQ layers
     from_model = any(n.op_type == "QuantizeLinear" and not n.domain for n in optimized.nodes)
     quant_report = None
@@ -254,6 +264,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
 
         qopts = dataclasses.replace(cfg.quant, opt_level=opt_level)  # for the cache's record
         optimized, quant_report = quantize_for_build(optimized, qopts, _log(cfg), float_weights)
+        phase("calibrate and quantize")
     if cfg.quant is not None or from_model:
         from ecoinfer.passes.fuse_quantized import fuse_for_build  # noqa: PLC0415
 
@@ -323,6 +334,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         memory[f"profile {k}"] = mem
     if cache is not None and cfg.timing_cache:
         cache.save(cfg.timing_cache)
+    phase("tune")
     if twins:
         planned = apply_float_twins(planned, twins)
     if links:
@@ -430,16 +442,21 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             "may be slower than it could be. This is a bug in the tactic: please report it "
             "(--verbose lists every failure)"
         )
+    phase("plan")
     if device.startswith("cuda"):
         _choose_pdl(engine, cfg.seed, cache)  # first: the carried kernels are its mode's
         if cache is not None and cache.dirty and cfg.timing_cache:
             cache.save(cfg.timing_cache)
+        phase("launch mode (PDL)")
         _carry_triton_binaries(engine, cfg.seed)
+        phase("carry kernels")
         if cfg.lean:
             _record_lean(engine, cfg.seed)
+            phase("lean record")
     elif cfg.lean:
         engine.warnings.append("--lean applies to CUDA builds; this CPU build has no lean section")
     engine.report["build_seconds"] = time.perf_counter() - t_start
+    engine.report["phases_s"] = {k: round(v, 3) for k, v in phases.items()}
     return engine
 
 

@@ -76,6 +76,9 @@ def test_ecoinfer_build_saves_an_engine_that_matches_onnxruntime(mlp, tmp_path) 
     out = tmp_path / "mlp.eng"
     eng = ecoinfer.build(mlp, out, device="cpu", shapes={"x": (4, 16)})
     assert out.is_file() and eng.profiles[0].opt == {"x": (4, 16)}
+    phases = eng.report["phases_s"]  # where the build's time went
+    assert {"import", "optimize", "tune", "plan"} <= set(phases)
+    assert sum(phases.values()) <= eng.report["build_seconds"] + 0.01
     loaded = ecoinfer.load_engine(out)
     x = _x(4)
     assert_close(loaded.run({"x": x}), run_onnxruntime(mlp, {"x": x}), "ecoinfer.build engine")
@@ -204,6 +207,7 @@ def test_build_cli_verbose_runner_up_and_check_input(mlp, tmp_path) -> None:  # 
         "--check-input", f"x={tmp_path / 'x.npy'}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert any(ln.startswith("phases: import ") for ln in proc.stdout.splitlines())
     # --verbose: every candidate's time, then the choice, per tuned layer
     assert any(": addmm: " in ln and " ms (" in ln for ln in proc.stderr.splitlines())
     assert any(": linear: " in ln and " ms (" in ln for ln in proc.stderr.splitlines())
