@@ -173,6 +173,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "fail beyond tolerance",
     )
     p.add_argument(
+        "--check-tolerance",
+        type=float,
+        default=None,
+        metavar="REL_L2",
+        help="relative L2 error --check-accuracy allows per output (default: 1e-5 fp32, 1e-3 "
+        "tf32, 1e-2 fp16/bf16, 0.1 for --int8/--fp8 engines, a sanity bound)",
+    )
+    p.add_argument(
         "--check-input",
         nargs="+",
         action="extend",
@@ -329,8 +337,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if args.output == args.model:
         raise InputError(f"-o {args.output}: refusing to overwrite the input model")
-    if args.check_input and not args.check_accuracy:
-        raise InputError("--check-input gives --check-accuracy its inputs: add --check-accuracy")
+    if (args.check_input or args.check_tolerance is not None) and not args.check_accuracy:
+        flag = "--check-input" if args.check_input else "--check-tolerance"
+        raise InputError(f"{flag} is an option of --check-accuracy: add --check-accuracy")
+    if args.check_tolerance is not None and not args.check_tolerance > 0:
+        raise InputError(f"--check-tolerance {args.check_tolerance:g}: give a positive number")
     graph = import_onnx(args.model)
     # read before the build, so a bad file fails in a second, not after minutes of tuning
     check_given = (
@@ -446,7 +457,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     for w in engine.warnings:
         print(f"warning: {w}")
     if args.check_accuracy:
-        rows = check_accuracy(engine, args.model, given=check_given)
+        rows = check_accuracy(engine, args.model, given=check_given, tolerance=args.check_tolerance)
         bad = [r for r in rows if not r["ok"]]
         for r in rows:
             shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())
@@ -456,7 +467,12 @@ def cmd_build(args: argparse.Namespace) -> int:
             )
         if bad:
             raise EcoinferError(
-                f"--check-accuracy: {len(bad)} output(s) beyond the {engine.precision} tolerance; "
-                "keep sensitive layers in fp32 with --layer-precision, or build --fp32"
+                f"--check-accuracy: {len(bad)} output(s) beyond the tolerance "
+                f"{bad[0]['tolerance']:g}; keep sensitive layers in fp32 with --layer-precision"
+                + (
+                    " or --accuracy-budget, or build without quantization"
+                    if rep.get("quantization")
+                    else ", or build --fp32"
+                )
             )
     return 0

@@ -29,7 +29,12 @@ import torch
 
 from ecoinfer.device import pick_device
 from ecoinfer.engine import link_codes, link_norm, link_skip
-from ecoinfer.engine.fingerprint import TOLERANCE, differences, fingerprint
+from ecoinfer.engine.fingerprint import (
+    QUANT_CHECK_TOLERANCE,
+    TOLERANCE,
+    differences,
+    fingerprint,
+)
 from ecoinfer.engine.format import EngineFileError, EngineMismatchError, read_engine, write_engine
 from ecoinfer.engine.quant_fallback import apply as apply_float_twins
 from ecoinfer.engine.quant_fallback import float_twin, is_quantized, prefer_float
@@ -1189,11 +1194,13 @@ def check_accuracy(
     n_sets: int = 2,
     seed: int = 1,
     given: dict[str, np.ndarray] | None = None,
+    tolerance: float | None = None,
 ) -> list[dict]:
     """Engine vs onnxruntime FP32: per output, relative L2 and max abs error and whether it is
     within the precision's tolerance. On `given` inputs (any input not given is random, at
     the first profile's opt shape), else on n_sets random inputs at each profile's opt
-    shapes."""
+    shapes. tolerance (relative L2) defaults to the precision's, or QUANT_CHECK_TOLERANCE for
+    a quantized engine."""
     try:
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError:
@@ -1203,7 +1210,12 @@ def check_accuracy(
     from ecoinfer.commands.common import random_inputs  # noqa: PLC0415
 
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    tol = TOLERANCE[engine.precision]
+    if tolerance is not None:
+        tol = tolerance
+    elif (engine.report or {}).get("quantization"):
+        tol = QUANT_CHECK_TOLERANCE
+    else:
+        tol = TOLERANCE[engine.precision]
     rows = []
     if given:
         opt = dict(engine.profiles[0].opt) if engine.profiles else {}

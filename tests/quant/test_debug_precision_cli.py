@@ -184,6 +184,29 @@ def test_build_int8_with_smoothing(
     assert "only applies to quantized builds" in _error_line(capsys)
 
 
+def test_check_accuracy_of_a_quantized_engine(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--check-accuracy on an INT8 engine compares with onnxruntime FP32 under the quantized
+    sanity bound (0.1), not the fp32 engine's 1e-5; --check-tolerance sets another. The
+    inputs are data like the calibration's (--check-input): random N(0, 1) inputs leave
+    this model's calibrated ranges, which a quantized engine cannot follow."""
+    model, calib = files
+    base = ["build", str(model), "-o", str(tmp_path / "q.eng"), "--int8", "--device", "cpu",
+            "--no-tune", "--calib-data", str(calib), "--smooth", "0.8", "--check-accuracy",
+            "--check-input", str(calib / "batch000.npz")]  # fmt: skip
+    assert main(base) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("accuracy ")]
+    assert rows and all("(tolerance 0.1) ok" in r for r in rows), rows
+    errs = [float(r.split("rel error ")[1].split(",")[0]) for r in rows]
+    assert all(1e-5 < e < 0.1 for e in errs), errs  # quantized: above fp32's bound
+    assert main([*base, "--check-tolerance", "1e-6"]) == 2
+    assert "beyond the tolerance 1e-06" in _error_line(capsys)
+    assert main(["build", str(model), "-o", str(tmp_path / "f.eng"), "--device", "cpu",
+                 "--check-tolerance", "0.1"]) == 2  # fmt: skip
+    assert "add --check-accuracy" in _error_line(capsys)
+
+
 def test_smoothed_cache_is_reused_without_data(
     files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
