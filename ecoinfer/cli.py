@@ -29,8 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ecoinfer {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    q = sub.add_parser("inspect", help="show a model's inputs, outputs, ops, parameters and FLOPs")
-    q.add_argument("model", help="path to an .onnx file")
+    q = sub.add_parser(
+        "inspect",
+        help="show a model's inputs, outputs, ops, parameters and FLOPs, or what an engine "
+        "file holds (target, precision, profiles, per-layer tactics)",
+    )
+    q.add_argument("model", help="path to an .onnx or .eng file")
     _add_shapes(q)
     q.add_argument("--dump", action="store_true", help="print every node of the graph")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -1,4 +1,5 @@
-"""`ecoinfer inspect`: inputs/outputs with symbolic shapes, op histogram, parameters, FLOPs."""
+"""`ecoinfer inspect`: inputs/outputs with symbolic shapes, op histogram, parameters, FLOPs;
+for an engine file, what it holds (commands/inspect_engine.py)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def _human(n: float, unit: str = "") -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
+
+    if is_engine_file(args.model):
+        from ecoinfer.commands.inspect_engine import engine_summary, print_engine  # noqa: PLC0415
+
+        print_engine(engine_summary(args.model), args.json)
+        return 0
     graph = import_onnx(args.model)
     info = summarize(graph, parse_shapes(args.shapes))
     if args.json:

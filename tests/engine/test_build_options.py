@@ -277,6 +277,18 @@ def test_cli_refuses_bad_engine_files_in_one_line(mlp_engine, tmp_path) -> None:
             assert proc.returncode == 2, (name, cmd[0], proc.stderr)
             assert len(lines) == 1 and text in lines[0] and str(path) in lines[0], (name, lines)
             assert "Traceback" not in proc.stderr
+    # inspect reads any verified engine file without loading it, and says whether it would
+    proc = _cli("inspect", str(mlp_engine))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert (
+        "here    loads on this machine" in out and "profile 0: x: min 1x16 opt 4x16 max 8x16" in out
+    )
+    assert sum(" ecoinfer.FusedGemm " in ln for ln in out.splitlines()) == 2
+    proc = _cli("inspect", str(tmp_path / "mismatch.eng"))
+    assert proc.returncode == 0 and "would be refused: torch: engine '0.0.1'" in proc.stdout
+    proc = _cli("inspect", str(tmp_path / "tampered.eng"))
+    assert proc.returncode == 2 and "checksum mismatch" in proc.stderr
     # the mismatch names the command that rebuilds it, profile and precision included
     proc = _cli("run", str(tmp_path / "mismatch.eng"))
     assert "--fp32 --min-shapes x:1x16 --opt-shapes x:4x16 --max-shapes x:8x16" in proc.stderr
