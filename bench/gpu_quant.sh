@@ -38,22 +38,8 @@ for spec in "$@"; do
   onnx=$(python -c "from ecoinfer.bench.peers import export_torch_model as e; print(e('$m'))" 2>/dev/null | tail -1)
   if [ "$m" = "resnet50" ]; then shp=(--shapes "x:${b}x3x224x224"); else
     shp=(--shapes input_ids:${b}x128 attention_mask:${b}x128 token_type_ids:${b}x128); fi
-  # calibration / validation batches: random inputs of the build shapes' kind (random-weight
-  # models have no data distribution to follow; MiniLM gets token ids too)
-  python - "$m" "$WORK/calib_$m" "$WORK/val_$m" <<'PY'
-import sys, os, numpy as np
-m, cal, val = sys.argv[1:]
-rs = np.random.RandomState(0)
-for d, n in ((cal, 16), (val, 4)):
-    os.makedirs(d, exist_ok=True)
-    for i in range(n):
-        if m == "resnet50":
-            f = {"x": rs.randn(8, 3, 224, 224).astype(np.float32)}
-        else:
-            ids = rs.randint(1000, 20000, (8, 128)).astype(np.int64)
-            f = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        np.savez(f"{d}/b{i:03d}.npz", **f)
-PY
+  # calibration / validation batches: random inputs of the build shapes' kind
+  python bench/make_calib_data.py "$m" "$WORK/calib_$m" "$WORK/val_$m"
   peers=${PEERS:-torch-fp32,torch-fp16,torch-compile-fp16}
   builds="fp16 $quants"; [ -n "${SKIP_FP16:-}" ] && builds="$quants"
   for q in $builds; do

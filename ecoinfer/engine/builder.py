@@ -267,7 +267,8 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     if cfg.quant is not None:
         from ecoinfer.quant.budget import quantize_for_build  # noqa: PLC0415
 
-        qopts = dataclasses.replace(cfg.quant, opt_level=opt_level)  # for the cache's record
+        # opt_level for the cache's record; calibration runs on the build's device
+        qopts = dataclasses.replace(cfg.quant, opt_level=opt_level, device=device)
         optimized, quant_report = quantize_for_build(optimized, qopts, _log(cfg), float_weights)
         phase("calibrate and quantize")
     if cfg.quant is not None or from_model:

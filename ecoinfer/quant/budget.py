@@ -361,6 +361,9 @@ class QuantizeOptions:
     # the optimization level of the graph being calibrated (set by the build): recorded in the
     # calibration cache, whose thresholds belong to that level's graph
     opt_level: int | None = None
+    # where calibration and smoothing statistics run the FP32 graph (set by the build: its
+    # device); the thresholds agree with the CPU's to float32 rounding
+    device: str = "cpu"
 
 
 def default_calib_method(precision: str) -> str:
@@ -439,7 +442,7 @@ def thresholds(
     method = calib_method_of(opts)
     options = calib_options(opts)
     reader = ValidatedReader(open_calibration_data(opts.calib_data, opts.calib_batches), graph)
-    amax = calibrate(graph, reader, method=method, **options)
+    amax = calibrate(graph, reader, method=method, device=opts.device, **options)
     what = f"{method} {options['percentile']:g}" if options else method
     log(f"calibration: {len(amax)} activations, {what}, data {opts.calib_data}")
     if opts.calib_cache and amax:
@@ -481,7 +484,8 @@ def smoothed(
     from ecoinfer.quant.smooth import channel_absmax, smooth_graph  # noqa: PLC0415
 
     if opts.calib_data is not None:
-        stats = channel_absmax(graph, load_batches(opts.calib_data, graph, opts.calib_batches))
+        batches = load_batches(opts.calib_data, graph, opts.calib_batches)
+        stats = channel_absmax(graph, batches, device=opts.device)
         where = "measured on the calibration data"
     elif cached is not None and cached.smoothing:
         stats = cached.smoothing_stats()

@@ -148,6 +148,7 @@ def calibrate_methods(
     batches: Iterable[Mapping[str, Any]],
     methods: Sequence[str] = ("entropy",),
     max_batches: int | None = None,
+    device: str = "cpu",
     **options: Any,
 ) -> dict[str, dict[str, float]]:
     """Like calibrate(), for several methods from one pass over the data:
@@ -169,7 +170,8 @@ def calibrate_methods(
         if name not in have:
             v = graph.values.get(name, Value(name))
             g.outputs.append(Value(name, v.dtype, v.shape, v.sym))
-    runner = ReferenceRunner(g, "cpu")
+    # the FP32 reference kernels (no TF32 on a GPU); the histograms are kept on the CPU
+    runner = ReferenceRunner(g, device)
     cals: dict[str, dict[str, Calibrator]] = {
         m: {name: make_calibrator(m, name, **_options_for(m, options)) for name in names}
         for m in methods
@@ -201,16 +203,18 @@ def calibrate(
     batches: Iterable[Mapping[str, Any]],
     method: str = "entropy",
     max_batches: int | None = None,
+    device: str = "cpu",
     **options: Any,
 ) -> dict[str, float]:
     """Clipping thresholds (amax) of every activation that feeds a quantizable op.
 
     Runs `graph` (normally the optimized one, since its fused nodes are what gets quantized)
-    on each batch (a dict of input arrays or tensors) with the reference runner on CPU; each
+    on each batch (a dict of input arrays or tensors) with the reference runner on `device`
+    (a GPU build passes its GPU: the same FP32 math, many times faster than the CPU); each
     activation has one streaming calibrator of `method` ("entropy", "percentile", "minmax",
     "mse"), so memory does not grow with the number of batches.
     """
-    return calibrate_methods(graph, batches, (method,), max_batches, **options)[method]
+    return calibrate_methods(graph, batches, (method,), max_batches, device, **options)[method]
 
 
 # ------------------------------------------------------------------------------ Q/DQ insertion

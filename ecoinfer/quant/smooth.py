@@ -215,10 +215,11 @@ def channel_absmax(
     batches: Iterable[Mapping[str, Any]],
     tensors: Iterable[str] | None = None,
     max_batches: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Per-channel (last axis) max |x| of `tensors` (default: every tensor of
     smoothing_groups(graph, explicit=True)) over calibration batches, with the reference
-    runner on CPU."""
+    runner on `device`."""
     from ecoinfer.api import validate_inputs  # noqa: PLC0415 (api imports the frontends)
     from ecoinfer.kernels.runner import ReferenceRunner  # noqa: PLC0415
     from ecoinfer.passes.manager import clone_graph  # noqa: PLC0415
@@ -238,7 +239,7 @@ def channel_absmax(
         if name not in have:
             v = graph.values.get(name, Value(name))
             g.outputs.append(Value(name, v.dtype, v.shape, v.sym))
-    runner = ReferenceRunner(g, "cpu")
+    runner = ReferenceRunner(g, device)
     out: dict[str, np.ndarray] = {}
     seen = 0
     for feeds in batches:

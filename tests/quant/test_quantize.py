@@ -151,6 +151,51 @@ def test_calibrate_streams_and_honours_max_batches() -> None:
     assert [t.node.name for t in quant_targets(graph)] == ["fc1", "fc2"]
 
 
+def test_calibration_runs_on_the_builds_device(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """An --int8 build calibrates with the reference runner on the build's device (a GPU
+    build on its GPU): the device reaches the runner through QuantizeOptions."""
+    from ecoinfer.engine.builder import BuildConfig, build  # noqa: PLC0415
+    from ecoinfer.kernels import runner as runner_mod  # noqa: PLC0415
+    from ecoinfer.quant.budget import QuantizeOptions  # noqa: PLC0415
+
+    seen: list[str] = []
+
+    class Recording(runner_mod.ReferenceRunner):
+        def __init__(self, graph, device="cpu"):  # noqa: ANN001, ANN204
+            seen.append(str(device))
+            super().__init__(graph, device)
+
+    monkeypatch.setattr(runner_mod, "ReferenceRunner", Recording)
+    model, _ = _tiny_model()
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.savez(calib / "b0.npz", x=np.ones((2, 4), np.float32))
+    quant = QuantizeOptions(calib_data=str(calib), calib_method="minmax", smooth_alpha=0.5)
+    build(path, BuildConfig(device="cpu", tune=False, quant=quant))
+    assert seen[:2] == ["cpu", "cpu"]  # smoothing statistics, then calibration
+    seen.clear()
+    amax = calibrate(import_onnx(model), [{"x": np.ones((2, 4), np.float32)}], "minmax",
+                     device="cpu:0")  # fmt: skip
+    assert seen == ["cpu:0"] and amax["x"] == 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_calibration_on_the_gpu_matches_the_cpu() -> None:
+    model, _ = _tiny_model()
+    graph = import_onnx(model)
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.normal(size=(64, 4)).astype(np.float32)} for _ in range(4)]
+    for method in ("minmax", "entropy", "percentile", "mse"):
+        cpu = calibrate(graph, data, method)
+        gpu = calibrate(graph, data, method, device="cuda")
+        assert set(cpu) == set(gpu)
+        for k in cpu:
+            assert gpu[k] == pytest.approx(cpu[k], rel=1e-3), (method, k)
+
+
 # ------------------------------------------------------------------------ all-MiniLM-L6-v2
 # English text that ships offline: docstrings of standard-library modules and of their public
 # classes and functions; calibration and held-out sentences come from different modules
