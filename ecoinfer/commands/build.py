@@ -331,7 +331,7 @@ def _print_quantization(q: dict | None) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ecoinfer.commands.common import load_input_files  # noqa: PLC0415
+    from ecoinfer.commands.common import load_input_files, print_layer_table  # noqa: PLC0415
     from ecoinfer.engine.builder import BuildConfig, build, check_accuracy  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
 
@@ -441,17 +441,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             )
             + (f", limit {lim / 2**20:g} MiB" if lim is not None else "")
         )
-    print(f"{'layer':<44} {'op':<30} {'precision':<9} {'tactic':<26} {'ms':>8}  runner-up")
-    for row in engine.layer_table():
-        t = f"{row['time_ms']:.4f}" if row["time_ms"] is not None else "-"
-        ru = (
-            f"{row['runner_up']} {row['runner_up_ms']:.4f} ms"
-            if row["runner_up"] and row["runner_up_ms"] is not None
-            else ""
-        )
-        print(
-            f"{row['layer'][:44]:<44} {row['op'][:30]:<30} {row['precision']:<9} {row['tactic'][:26]:<26} {t:>8}  {ru}"
-        )
+    print_layer_table(engine.layer_table())
     if rep.get("timing_cache"):
         print(f"timing cache {rep['timing_cache']}")
     for w in engine.warnings:

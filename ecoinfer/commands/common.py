@@ -1,4 +1,5 @@
-"""Helpers shared by CLI commands: parsing --shapes and --input, making random inputs."""
+"""Helpers shared by CLI commands: parsing --shapes and --input, making random inputs, the
+per-layer table."""
 
 from __future__ import annotations
 
@@ -102,3 +103,20 @@ def _concrete_shape(v: Value, shapes: dict[str, tuple[int, ...]]) -> tuple[int, 
             # symbolic: 1 for batch-like dims; others need the user to say
             dims.append(1 if d is None or "batch" in str(d).lower() or d == "N" else 8)
     return tuple(dims)
+
+
+def print_layer_table(rows: list[dict]) -> None:
+    """The per-layer table of a build report or an engine file (Engine.layer_table's rows):
+    op, precision, chosen tactic, its time and the runner-up."""
+    print(f"{'layer':<44} {'op':<30} {'precision':<9} {'tactic':<26} {'ms':>8}  runner-up")
+    for r in rows:
+        t = f"{r['time_ms']:.4f}" if r["time_ms"] is not None else "-"
+        ru = (
+            f"{r['runner_up']} {r['runner_up_ms']:.4f} ms"
+            if r["runner_up"] and r["runner_up_ms"] is not None
+            else ""
+        )
+        print(
+            f"{r['layer'][:44]:<44} {r['op'][:30]:<30} {str(r['precision']):<9} "
+            f"{r['tactic'][:26]:<26} {t:>8}  {ru}"
+        )

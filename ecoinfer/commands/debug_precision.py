@@ -141,6 +141,7 @@ def cmd_debug_precision(args: argparse.Namespace) -> int:
     from ecoinfer.quant.budget import (  # noqa: PLC0415
         QuantizeOptions,
         load_batches,
+        reusable_cache,
         smoothed,
         thresholds,
     )
@@ -162,8 +163,9 @@ def cmd_debug_precision(args: argparse.Namespace) -> int:
         smooth_alpha=args.smooth,
         opt_level=args.opt_level,
     )
-    graph, smoothing = smoothed(graph, opts, print)
-    amax = thresholds(graph, opts, print, smoothing)
+    cached = reusable_cache(opts)
+    graph, smoothing = smoothed(graph, opts, print, cached)
+    amax = thresholds(graph, opts, print, smoothing, cached)
     qgraph = quantize_graph(graph, amax, args.precision)
     source = args.val_data or args.calib_data
     batches = load_batches(source, graph, None if args.val_data else args.calib_batches)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ecoinfer.commands.common import print_layer_table
 from ecoinfer.engine.fingerprint import differences, fingerprint
 from ecoinfer.engine.format import read_engine
 
@@ -136,15 +137,4 @@ def print_engine(info: dict[str, Any], as_json: bool = False) -> None:
     if extras:
         print("        " + "; ".join(extras))
     print("tactics " + ", ".join(f"{k} {v}" for k, v in info["tactics"].items()))
-    print(f"{'layer':<44} {'op':<30} {'precision':<9} {'tactic':<26} {'ms':>8}  runner-up")
-    for r in info["layers"]:
-        t = f"{r['time_ms']:.4f}" if r["time_ms"] is not None else "-"
-        ru = (
-            f"{r['runner_up']} {r['runner_up_ms']:.4f} ms"
-            if r["runner_up"] and r["runner_up_ms"] is not None
-            else ""
-        )
-        print(
-            f"{r['layer'][:44]:<44} {r['op'][:30]:<30} {str(r['precision']):<9} "
-            f"{r['tactic'][:26]:<26} {t:>8}  {ru}"
-        )
+    print_layer_table(info["layers"])

@@ -36,6 +36,7 @@ from ecoinfer.engine.fingerprint import (
     fingerprint,
 )
 from ecoinfer.engine.format import EngineFileError, EngineMismatchError, read_engine, write_engine
+from ecoinfer.engine.precision import SHORT_NAMES
 from ecoinfer.engine.quant_fallback import apply as apply_float_twins
 from ecoinfer.engine.quant_fallback import float_twin, is_quantized, prefer_float
 from ecoinfer.engine.runtime import (
@@ -364,14 +365,16 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     rewritten = set(twins) | {x for lk in links for x in (lk.producer, lk.consumer)}
     rewritten |= {x for sl in skips for x in (sl.producer, sl.consumer)}
     rewritten |= {x for nl in norm_links for x in (nl.producer, nl.consumer)}
-    profile_choices = [
-        {
-            n: ch
-            for n, ch in c.items()
-            if n not in rewritten | set(tw) and n in choices and _differs(ch, choices[n])
-        }
-        for c, tw in later
-    ]
+    profile_choices = []
+    for c, tw in later:
+        fixed = rewritten | set(tw)
+        profile_choices.append(
+            {
+                n: ch
+                for n, ch in c.items()
+                if n not in fixed and n in choices and _differs(ch, choices[n])
+            }
+        )
     report = {
         "opt_level": opt_level,
         "excluded_tactics": sorted(cfg.exclude_tactics),
@@ -1129,15 +1132,12 @@ def _engine_from(
     return engine
 
 
-_FLAGS = {"float32": "fp32", "tf32": "tf32", "float16": "fp16", "bfloat16": "bf16"}
-
-
 def rebuild_command(header: dict, path: str | os.PathLike) -> str:
     """The `ecoinfer build` command line that makes this engine again: its source, precision,
     quantization and shape profiles (calibration data is the user's to give again)."""
     prec = header.get("precision", "float32")
     parts = ["ecoinfer build", header.get("source") or "MODEL.onnx", "-o", str(path)]
-    parts.append("--" + _FLAGS.get(prec, prec))
+    parts.append("--" + SHORT_NAMES.get(prec, prec))  # tf32 is its own flag
     quant = ((header.get("report") or {}).get("quantization") or {}).get("precision")
     if quant in ("int8", "fp8"):
         parts.append(f"--{quant} --calib-data DIR")

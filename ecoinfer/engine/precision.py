@@ -75,7 +75,7 @@ _ALIASES = {
 }
 # the dtype tensors are stored in, per compute precision
 STORAGE = {"float32": "float32", "tf32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+SHORT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 # ops whose float math TF32 applies to (tensor-core GEMMs and convolutions)
 MATMUL_OPS = frozenset(
@@ -415,13 +415,13 @@ class _Lowering:
             return self.cache[key]
         g = self.g
         if name in g.initializers and name not in g.input_names:
-            new = g.fresh_name(f"{name}_{_SHORT.get(want, want)}")
+            new = g.fresh_name(f"{name}_{SHORT_NAMES.get(want, want)}")
             g.initializers[new] = convert_tensor(g.initializers[name], want)
             v = g.values.get(name)
             g.values[new] = Value(new, want, v.shape if v else tuple(g.initializers[new].shape))
             self.converted[new] = name
         else:
-            new = g.fresh_name(f"{name}_{_SHORT.get(want, want)}")
+            new = g.fresh_name(f"{name}_{SHORT_NAMES.get(want, want)}")
             v = g.values.get(name)
             g.values[new] = Value(new, want, v.shape if v else None)
             node = Node(
@@ -429,7 +429,7 @@ class _Lowering:
                 [name],
                 [new],
                 {"to": dtypes.to_onnx(want)},
-                self._node_name(f"{name}_cast_{_SHORT.get(want, want)}"),
+                self._node_name(f"{name}_cast_{SHORT_NAMES.get(want, want)}"),
             )
             self.out.append(node)
         self.cur[new] = want
@@ -517,7 +517,7 @@ def _lower_closed(body: Graph, dt: str) -> Graph:
 def _cast_body_input(body: Graph, k: int, have: str, want: str) -> None:
     """Body input k now arrives as `have`: a Cast to `want` at the start of the body."""
     x = body.inputs[k]
-    new = body.fresh_name(f"{x.name}_{_SHORT.get(have, have)}")
+    new = body.fresh_name(f"{x.name}_{SHORT_NAMES.get(have, have)}")
     body.values[new] = Value(new, have, x.shape)
     cast = Node("Cast", [new], [x.name], {"to": dtypes.to_onnx(want)}, f"{x.name}_cast")
     body.inputs[k] = Value(new, have, x.shape, x.sym)
@@ -721,7 +721,7 @@ def _fix_outputs(g: Graph, low: _Lowering, io_dt: str | None) -> None:
             if io_dt is not None and want is not None and have == want:
                 o.dtype = want
             continue
-        inner = g.fresh_name(f"{o.name}_{_SHORT.get(have or '', have)}")
+        inner = g.fresh_name(f"{o.name}_{SHORT_NAMES.get(have or '', have)}")
         producer = prod[o.name]
         producer.outputs = [inner if x == o.name else x for x in producer.outputs]
         v = g.values.pop(o.name, None)
@@ -734,7 +734,7 @@ def _fix_outputs(g: Graph, low: _Lowering, io_dt: str | None) -> None:
             [inner],
             [o.name],
             {"to": dtypes.to_onnx(want)},
-            low._node_name(f"{o.name}_cast_{_SHORT.get(want, want)}"),
+            low._node_name(f"{o.name}_cast_{SHORT_NAMES.get(want, want)}"),
         )
         # a consumer that had up-cast the value itself reads the exit cast instead
         for n in g.nodes:

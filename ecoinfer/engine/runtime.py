@@ -393,20 +393,25 @@ class _CaptureGate:
 _GATE = _CaptureGate()
 
 
+def _shape_key(shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+    """A context's key for the plan (and CUDA graph) of these input shapes."""
+    return tuple(sorted(shapes.items()))
+
+
 class ExecutionContext:
     """Runs an engine; specialised plans (and CUDA graphs) are cached per input shape."""
 
     def __init__(self, engine: Engine, cuda_graphs: bool = True):
         self.engine = engine
-        self.use_graphs = cuda_graphs and engine.device.type == "cuda"
+        self._cuda = engine.device.type == "cuda"
+        self.use_graphs = cuda_graphs and self._cuda
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._lock = threading.Lock()
-        self._cuda = engine.device.type == "cuda"
         self.graph_replays = 0
         # on CUDA, index inputs are also checked on the device, with no host sync: the guard
         # clamps them inside the plan (and its CUDA graph) and flags the calls that needed it
         self._index: DeferredIndexCheck | None = None
-        if engine.device.type == "cuda" and engine._index_inputs:
+        if self._cuda and engine._index_inputs:
             self._index = DeferredIndexCheck(engine._index_inputs, engine.device, engine.name)
 
     def _shared(self) -> contextlib.AbstractContextManager[None]:
@@ -460,14 +465,14 @@ class ExecutionContext:
 
     # ------------------------------------------------------------------ plans
     def _plan(self, shapes: dict[str, tuple[int, ...]]) -> _Plan:
-        key = tuple(sorted(shapes.items()))
+        key = _shape_key(shapes)
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
             return plan
         eng = self.engine
-        k = next((k for k, p in enumerate(eng.profiles) if p.admits(shapes)), 0)
-        tuned = eng._tuned_by_profile[k] if k < len(eng._tuned_by_profile) else eng._tuned
+        prof = next((i for i, p in enumerate(eng.profiles) if p.admits(shapes)), 0)
+        tuned = eng._tuned_by_profile[prof] if prof < len(eng._tuned_by_profile) else eng._tuned
         g = _specialise(eng.graph, shapes)
         host = _host_params(g)
         consts = {}
@@ -635,7 +640,7 @@ class ExecutionContext:
         with self._lock, torch.inference_mode():
             # the first call at a shape captures its CUDA graph: alone on the GPU (a plan not
             # made yet is made in there too, so each call takes the gate once)
-            known = self._plans.get(tuple(sorted(shapes.items())))
+            known = self._plans.get(_shape_key(shapes))
             capture = self.use_graphs and (
                 known is None or (known.cuda_graph is None and known.graph_error is None)
             )
@@ -663,7 +668,7 @@ class ExecutionContext:
     def synchronize(self) -> None:
         """Wait for this context's calls on the current stream and raise the index errors
         they found (see run)."""
-        if self.engine.device.type == "cuda":
+        if self._cuda:
             with self._shared():
                 torch.cuda.current_stream(self.engine.device).synchronize()
         if self._index is not None:

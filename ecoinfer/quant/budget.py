@@ -404,15 +404,26 @@ def load_batches(path: str, graph: Any, limit: int | None = None) -> list[dict[s
     return list(ValidatedReader(open_calibration_data(path, limit), graph))
 
 
+def reusable_cache(opts: QuantizeOptions) -> Any:
+    """The calibration cache a build without data reuses (read once, for smoothed() and
+    thresholds()); None with data, or when there is no such file."""
+    from ecoinfer.quant.cache import CalibrationCache  # noqa: PLC0415
+
+    if opts.calib_data is None and opts.calib_cache and Path(opts.calib_cache).exists():
+        return CalibrationCache.load(opts.calib_cache)
+    return None
+
+
 def thresholds(
     graph: Any,
     opts: QuantizeOptions,
     log: Callable[[str], None],
     smoothing: dict[str, Any] | None = None,
+    cached: Any = None,
 ) -> dict[str, float]:
     """Calibrate `graph` on opts.calib_data (then write opts.calib_cache if given, with the
-    `smoothing` record of smoothed()), or read the thresholds from opts.calib_cache when no
-    data is given."""
+    `smoothing` record of smoothed()), or take the thresholds from the calibration cache
+    (`cached`: reusable_cache(opts)) when no data is given."""
     from ecoinfer.quant.cache import (  # noqa: PLC0415
         CalibrationCache,
         TensorCalibration,
@@ -428,12 +439,15 @@ def thresholds(
     from ecoinfer.quant.quantize import calibrate  # noqa: PLC0415
 
     if opts.calib_data is None:
-        if opts.calib_cache is None or not Path(opts.calib_cache).exists():
+        if cached is None:
             raise CalibrationDataError(
                 "--int8 needs calibration data: give --calib-data DIR_OR_SCRIPT, or --calib-cache"
                 " FILE written by an earlier build of this model"
             )
-        cache = CalibrationCache.load_for(opts.calib_cache, graph, opts.opt_level)
+        cache = cached
+        cache.check(
+            graph, where=f"calibration cache '{opts.calib_cache}'", opt_level=opts.opt_level
+        )
         log(
             f"calibration: {len(cache.tensors)} thresholds ({cache.calibrator}) from cache "
             f"{opts.calib_cache}, no data needed"
@@ -461,17 +475,14 @@ def thresholds(
 
 
 def smoothed(
-    graph: Any, opts: QuantizeOptions, log: Callable[[str], None]
+    graph: Any, opts: QuantizeOptions, log: Callable[[str], None], cached: Any = None
 ) -> tuple[Any, dict[str, Any]]:
     """`graph` with opts.smooth_alpha's SmoothQuant smoothing applied (exact in float:
     activation outliers move into the weights before calibration), and the record that a
     calibration cache keeps of it; `graph` itself and {} when off. Without calibration data
-    the statistics come from the calibration cache (a cache made with --smooth)."""
-    from ecoinfer.quant.cache import CalibrationCache  # noqa: PLC0415
-
-    cached = None
-    if opts.calib_data is None and opts.calib_cache and Path(opts.calib_cache).exists():
-        cached = CalibrationCache.load(opts.calib_cache)
+    the statistics come from the calibration cache (`cached`: reusable_cache(opts), a cache
+    made with --smooth)."""
+    if cached is not None:
         made = cached.smoothing.get("alpha")
         if made is not None and opts.smooth_alpha != made:
             raise AccuracyBudgetError(
@@ -524,8 +535,9 @@ def quantize_for_build(
         if log:
             log(s)
 
-    graph, smoothing = smoothed(graph, opts, say)
-    amax = thresholds(graph, opts, say, smoothing)
+    cached = reusable_cache(opts)
+    graph, smoothing = smoothed(graph, opts, say, cached)
+    amax = thresholds(graph, opts, say, smoothing, cached)
     keep: list[str] = []
     result = None
     if opts.accuracy_budget is not None:
