@@ -48,6 +48,17 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
                 "runner_up_ms": ch.get("runner_up_ms"),
             }
         )
+    # later profiles' own tactics (where they differ from profile 0's), per layer
+    profile_layers = [
+        {
+            "profile": k + 1,
+            "layer": name,
+            "tactic": ch.get("tactic", "reference"),
+            "time_ms": ch.get("time_ms"),
+        }
+        for k, over in enumerate(header.get("profile_choices") or [])
+        for name, ch in over.items()
+    ]
     report = header.get("report") or {}
     built = header.get("fingerprint") or {}
     device = "cuda" if built.get("device_type") == "cuda" else "cpu"
@@ -68,6 +79,7 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
         "outputs": plan.get("outputs", []),
         "profiles": header.get("profiles", []),
         "profile_tactics": report.get("profile_tactics", []),
+        "profile_layers": profile_layers,
         "weight_bytes": sum(t.numel() * t.element_size() for t in weights),
         "layers": layers,
         "tactics": dict(collections.Counter(r["tactic"] for r in layers).most_common()),
@@ -127,6 +139,10 @@ def print_engine(info: dict[str, Any], as_json: bool = False) -> None:
         print(
             f"  profile {pt['profile']}: {pt['layers_differing']} layer(s) with tactics of their own"
         )
+        for r in info["profile_layers"]:
+            if r["profile"] == pt["profile"]:
+                t = f" {r['time_ms']:.4f} ms" if r["time_ms"] is not None else ""
+                print(f"    {r['layer']}: {r['tactic']}{t}")
     extras = [f"{info['carried_kernels']} carried GPU kernel(s)"] if info["carried_kernels"] else []
     if info["lean_section"]:
         extras.append("lean section (runs without torch)")

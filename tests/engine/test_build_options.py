@@ -149,6 +149,12 @@ def test_each_profile_runs_the_tactics_tuned_at_its_opt_shapes(mlp, tmp_path, mo
     assert {over[g].tactic for g in gemms} == {"test_big"}
     assert eng.report["profile_tactics"] == [{"profile": 1, "layers_differing": len(over)}]
     eng.save(tmp_path / "two.eng")
+    from ecoinfer.commands.inspect_engine import engine_summary  # noqa: PLC0415
+
+    info = engine_summary(tmp_path / "two.eng")  # what `ecoinfer inspect` shows per profile
+    assert {(r["profile"], r["layer"], r["tactic"]) for r in info["profile_layers"]} == {
+        (1, g, "test_big") for g in gemms
+    }
     for e in (eng, load_engine(tmp_path / "two.eng")):
         for n, want in ((3, "small"), (40, "big"), (4, "small"), (5, "big")):
             calls.clear()
