@@ -116,15 +116,20 @@ def build(
             f"{', '.join(sorted(fields))})"
         )
     cfg = dataclasses.replace(config or BuildConfig(), **options)
+    src_file = (
+        model.source
+        if isinstance(model, Model)
+        else os.fspath(model)
+        if isinstance(model, str | os.PathLike)
+        else ""
+    )
+    if output is not None and os.path.isfile(src_file) and _same_file(output, src_file):
+        raise InputError(f"ecoinfer.build: output {output} is the input model")
     src = model.graph if isinstance(model, Model) else model
     engine = build_engine(src, cfg)
     if isinstance(model, Model) and os.path.isfile(model.source):
         engine.source = engine.name = model.source  # the file a rebuild hint names
     if output is not None:
-        if isinstance(model, str | os.PathLike) and os.path.abspath(output) == os.path.abspath(
-            model
-        ):
-            raise InputError(f"ecoinfer.build: output {output} is the input model")
         engine.save(str(output))
     return engine
 
@@ -194,3 +199,11 @@ def validate_inputs(
 
 def _fmt(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two spellings name one file (./m.onnx, an absolute path, a link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # `a` does not exist yet
+        return os.path.realpath(a) == os.path.realpath(b)

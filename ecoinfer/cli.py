@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="power to assume where energy cannot be measured (marked estimated)",
     )
     d.add_argument("--verbose", action="store_true", help="print every optimizer pass")
+    for sp in sub.choices.values():  # --debug after the command works too
+        sp.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return p
 
 
@@ -152,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from ecoinfer.commands.arg_checks import check_args  # noqa: PLC0415
+
+        check_args(args)
         if args.command == "inspect":
             from ecoinfer.commands.inspect import cmd_inspect  # noqa: PLC0415
 
@@ -204,6 +212,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ecoinfer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ecoinfer ... | head`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is quiet
+        return 141
+    except MemoryError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"ecoinfer: error: out of memory ({str(e).splitlines()[0] if str(e) else 'no detail'});"
+            " give smaller --shapes or --batch",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as e:  # a bug in ecoinfer, not the user's fault
         if args.debug:
             traceback.print_exc()

@@ -72,7 +72,7 @@ def test_optimize_command(minilm, tmp_path) -> None:  # noqa: ANN001
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr
+    assert proc.returncode == 2 and "is the same file as MODEL" in proc.stderr
     proc = subprocess.run(
         [
             sys.executable,

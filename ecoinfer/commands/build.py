@@ -335,8 +335,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     from ecoinfer.engine.builder import BuildConfig, build, check_accuracy  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
 
-    if args.output == args.model:
-        raise InputError(f"-o {args.output}: refusing to overwrite the input model")
     if (args.check_input or args.check_tolerance is not None) and not args.check_accuracy:
         flag = "--check-input" if args.check_input else "--check-tolerance"
         raise InputError(f"{flag} is an option of --check-accuracy: add --check-accuracy")
@@ -378,7 +376,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         sustained_tuning_s=max(0.0, float(args.sustained_tuning or 0.0)),
     )
     engine = build(args.model, cfg)
-    path = engine.save(args.output)
+    # checked before it is written: an engine that fails its check never replaces a good file
+    rows = (
+        check_accuracy(engine, args.model, given=check_given, tolerance=args.check_tolerance)
+        if args.check_accuracy
+        else []
+    )
+    bad = [r for r in rows if not r["ok"]]
+    path = f"{args.output} (not written)" if bad else engine.save(args.output)
     rep = engine.report
     print(
         f"built {path}: {_precision_label(engine)} on {engine.fingerprint['device_name']} in {rep['build_seconds']:.1f} s; "
@@ -447,8 +452,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     for w in engine.warnings:
         print(f"warning: {w}")
     if args.check_accuracy:
-        rows = check_accuracy(engine, args.model, given=check_given, tolerance=args.check_tolerance)
-        bad = [r for r in rows if not r["ok"]]
         for r in rows:
             shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())
             print(
@@ -458,7 +461,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         if bad:
             raise EcoinferError(
                 f"--check-accuracy: {len(bad)} output(s) beyond the tolerance "
-                f"{bad[0]['tolerance']:g}; keep sensitive layers in fp32 with --layer-precision"
+                f"{bad[0]['tolerance']:g}, so {args.output} was not written; keep sensitive layers in fp32 with --layer-precision"
                 + (
                     " or --accuracy-budget, or build without quantization"
                     if rep.get("quantization")

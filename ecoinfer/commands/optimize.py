@@ -32,9 +32,7 @@ def _check_disable(names: list[str]) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     _check_disable(args.disable)
-    out = Path(args.output)
-    if out.resolve() == Path(args.model).resolve():
-        raise EcoinferError(f"-o {out}: refusing to overwrite the input model; pick another name")
+    out = Path(args.output)  # not the model itself: checked with every command's paths
     graph = import_onnx(args.model)
     cfg = OptimizeConfig(level=args.level, debug=args.verify, disable=tuple(args.disable))
     optimized, reports = optimize(graph, cfg)

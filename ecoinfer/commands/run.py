@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"ran on {device} in {dt * 1e3:.1f} ms (first run, includes set-up)")
     if args.output:
         path = Path(args.output)
-        np.savez(path, **out)
+        with path.open("wb") as f:  # to exactly this path (np.savez appends .npz to a name)
+            np.savez(f, **out)
         print(f"saved outputs to {path}")
     return 0

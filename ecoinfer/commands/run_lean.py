@@ -80,6 +80,7 @@ def cmd_run_lean(args: argparse.Namespace) -> int:
     for w in engine.warnings:
         print(f"warning: {w}")
     if args.output:
-        np.savez(Path(args.output), **out)
+        with Path(args.output).open("wb") as f:  # exactly this path: savez would add .npz
+            np.savez(f, **out)
         print(f"saved outputs to {args.output}")
     return 0

@@ -1,0 +1,121 @@
+"""Every command's arguments are checked before any work: bad numbers, and paths whose writing
+would destroy something the user gave us, give one line and exit 2 (ecoinfer/commands/arg_checks.py).
+Found by a bad-input audit: before, these overwrote models, caches and inputs, ran forever on
+a NaN duration, or ended minutes of work in an internal error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+from ecoinfer.cli import main
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["n", 4])],
+        initializer=[w],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _err(capsys, argv: list[str], *needles: str) -> None:  # noqa: ANN001
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_outputs_never_overwrite_what_the_user_gave(model, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)
+    before = model.read_bytes()
+    m = str(model)
+    cases = [
+        (["build", m, "-o", "./m.onnx", "--device", "cpu"], "--output ./m.onnx", "MODEL"),
+        (["bench", m, "--device", "cpu", "--export-json", m], "--export-json", "MODEL"),
+        (["compare", m, "--json", m], "--json", "MODEL"),
+        (["compare", m, "--markdown", "t.out", "--html", "t.out"], "one would be lost"),
+        (["build", m, "-o", "t.json", "--timing-cache", "t.json"], "--timing-cache t.json"),
+        (["build", m, "-o", "b.eng", "--int8", "--calib-cache", m], "--calib-cache", "MODEL"),
+    ]
+    for argv, *needles in cases:
+        _err(capsys, argv, *needles)
+    x = tmp_path / "x.npz"
+    np.savez(x, x=np.ones((2, 4), np.float32))
+    _err(capsys, ["run", m, "--device", "cpu", "--input", str(x), "-o", str(x)], "--input")
+    assert model.read_bytes() == before  # nothing written over the model
+
+
+def test_output_folders_are_checked_before_the_work(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    m = str(model)
+    _err(capsys, ["optimize", m, "-o", str(tmp_path / "no" / "o.onnx")], "does not exist")
+    (tmp_path / "d.eng").mkdir()
+    _err(capsys, ["build", m, "-o", str(tmp_path / "d.eng"), "--device", "cpu"], "is a folder")
+    _err(capsys, ["demo", "--cache-dir", m], "--cache-dir", "not a folder")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["bench", "{m}", "--duration", "nan"], "--duration nan"),  # ran forever before
+        (["bench", "{m}", "--duration", "inf"], "--duration inf"),
+        (["bench", "{m}", "--iterations", "0"], "--iterations 0"),
+        (["bench", "{m}", "--streams", "0"], "--streams 0"),
+        (["bench", "{m}", "--declared-power-w", "-100"], "--declared-power-w -100"),
+        (["run", "{m}", "--seed", "-1"], "--seed -1"),
+        (["build", "{m}", "-o", "b.eng", "--int8", "--smooth", "2"], "--smooth 2"),
+        (["tune-energy", "{m}", "--slo-ms", "nan"], "--slo-ms nan"),
+        (["build", "{m}", "-o", "b.eng", "--sustained-tuning", "-5"], "--sustained-tuning -5"),
+    ],
+)
+def test_bad_numbers_fail_up_front(model, capsys, argv, needle) -> None:  # noqa: ANN001
+    _err(capsys, [a.format(m=model) for a in argv], needle)
+
+
+def test_debug_flag_after_the_command(model, capsys) -> None:  # noqa: ANN001
+    assert main(["bench", str(model), "--duration", "nan", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err  # --debug shows it, wherever it is given
+
+
+def test_run_writes_outputs_to_exactly_the_path_given(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "outs"  # no .npz: numpy would have added one
+    assert main(["run", str(model), "--device", "cpu", "--shapes", "x:2x4", "-o", str(out)]) == 0
+    assert out.is_file() and not (tmp_path / "outs.npz").exists()
+    assert np.load(out)["y"].shape == (2, 4)
+
+
+def test_a_failed_accuracy_check_keeps_the_old_engine(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    eng = tmp_path / "m.eng"
+    eng.write_bytes(b"the user's engine")
+    argv = ["build", str(model), "-o", str(eng), "--device", "cpu", "--shapes", "x:2x4"]
+    argv += ["--bf16", "--check-accuracy", "--check-tolerance", "1e-12"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was not written" in err and eng.read_bytes() == b"the user's engine"
+
+
+def test_a_closed_pipe_is_not_an_internal_error(model) -> None:  # noqa: ANN001
+    proc = subprocess.run(
+        f"{sys.executable} -m ecoinfer.cli inspect {model} --dump | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.startswith("model") and "error" not in proc.stderr, proc.stderr
