@@ -181,3 +181,27 @@ def test_gather_out_of_range_indices() -> None:
         model.run({"ids": np.array([1, 7], np.int64)})
     msg = str(e.value)
     assert "embed" in msg and "7" in msg and "\n" not in msg
+
+
+def test_a_node_reading_an_undefined_tensor_is_named(tmp_path) -> None:  # noqa: ANN001
+    """It used to import, and `build` then failed with an internal KeyError."""
+    m = _model(
+        [
+            helper.make_node("Relu", ["x"], ["h"], name="ok"),
+            helper.make_node("Add", ["h", "nope"], ["z"], name="badadd"),
+        ],
+        [helper.make_tensor_value_info("x", T.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", T.FLOAT, [2])],
+    )
+    path = tmp_path / "dangling.onnx"
+    onnx.save(m, path)
+    for cmd in (["inspect", str(path)], ["build", str(path), "-o", str(tmp_path / "d.eng")]):
+        _one_line_error(_cli(*cmd), "dangling.onnx", "node 'badadd'", "'nope'")
+    lost = _model(
+        [helper.make_node("Relu", ["x"], ["h"], name="ok")],
+        [helper.make_tensor_value_info("x", T.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", T.FLOAT, [2])],
+    )
+    onnx.save(lost, path)
+    with pytest.raises(ecoinfer.errors.GraphError, match="graph output 'z' is produced by no"):
+        ecoinfer.load(path)

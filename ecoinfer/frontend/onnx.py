@@ -17,7 +17,13 @@ import torch
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from ecoinfer.errors import EcoinferError, ModelLoadError, UnsupportedDTypeError, UnsupportedOpError
+from ecoinfer.errors import (
+    EcoinferError,
+    GraphError,
+    ModelLoadError,
+    UnsupportedDTypeError,
+    UnsupportedOpError,
+)
 from ecoinfer.ir import dtypes
 from ecoinfer.ir.graph import Dim, Graph, Node, Value
 from ecoinfer.ir.ops import get_schema
@@ -112,6 +118,7 @@ def import_onnx(src: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
             ) from None
     ctx = ImportContext(label, opsets)
     graph = ctx.import_graph(model.graph, outer=frozenset())
+    _check_defined(graph, label)
     graph.metadata = {p.key: p.value for p in model.metadata_props}
     if model.producer_name:
         graph.metadata.setdefault(
@@ -119,6 +126,27 @@ def import_onnx(src: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
         )
     graph.infer_shapes()
     return graph
+
+
+def _check_defined(graph: Graph, label: str) -> None:
+    """Every tensor a node reads, and every graph output, is defined: a graph input, an
+    initializer or an earlier node's output (the graph is in topological order here)."""
+    defined = set(graph.initializers) | set(graph.input_names)
+    for n in graph.nodes:
+        for x in n.inputs:
+            if x and x not in defined:
+                raise GraphError(
+                    f"{label}: node '{n.name or n.op_type}' ({n.op_type}) reads '{x}', which no "
+                    "graph input, initializer or node defines; export the model again or fix "
+                    "the node's inputs"
+                )
+        defined.update(o for o in n.outputs if o)
+    for v in graph.outputs:
+        if v.name not in defined:
+            raise GraphError(
+                f"{label}: graph output '{v.name}' is produced by no node, input or initializer;"
+                " export the model again or remove that output"
+            )
 
 
 class ImportContext:

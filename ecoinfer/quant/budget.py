@@ -154,7 +154,7 @@ def load_user_metric(path: str | Path) -> Metric:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # the user's code can fail in any way; one line
+    except (Exception, SystemExit) as e:  # the user's code can fail in any way; one line
         sys.modules.pop(mod_name, None)
         raise AccuracyBudgetError(f"{p}: loading the metric failed: {type(e).__name__}: {e}") from e
     fn = getattr(module, "metric", None)
@@ -169,7 +169,7 @@ def load_user_metric(path: str | Path) -> Metric:
         for r, o in zip(refs, outs):
             try:
                 vals.append(float(fn(dict(r), dict(o))))
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 raise AccuracyBudgetError(f"{p}: metric() failed: {type(e).__name__}: {e}") from e
         return float(np.mean(vals)) if vals else math.nan
 

@@ -123,6 +123,12 @@ class NpyFolderReader:
         return str(self.root)
 
 
+def _why(e: BaseException) -> str:
+    if isinstance(e, SystemExit):  # sys.exit() in a script would end ecoinfer without a word
+        return f"it called sys.exit({e.code!r}); calibration scripts must not exit"
+    return f"{type(e).__name__}: {e}"
+
+
 @dataclass
 class ScriptReader:
     """A Python file defining `batches()`, a generator of input dicts.
@@ -143,10 +149,10 @@ class ScriptReader:
         sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # the user's code can fail in any way; report it on one line
+        except (Exception, SystemExit) as e:  # the user's code can fail in any way: one line
             sys.modules.pop(mod_name, None)
             raise CalibrationDataError(
-                f"{self.path}: running the calibration script failed: {type(e).__name__}: {e}"
+                f"{self.path}: running the calibration script failed: {_why(e)}"
             ) from e
         fn = getattr(module, "batches", None)
         if not callable(fn):
@@ -167,10 +173,8 @@ class ScriptReader:
                 yield {str(k): _as_array(v) for k, v in b.items()}
         except CalibrationDataError:
             raise
-        except Exception as e:
-            raise CalibrationDataError(
-                f"{self.path}: batches() failed: {type(e).__name__}: {e}"
-            ) from e
+        except (Exception, SystemExit) as e:
+            raise CalibrationDataError(f"{self.path}: batches() failed: {_why(e)}") from e
 
     def locate(self, index: int, name: str) -> str:
         return f"{self.path}: batch {index}"

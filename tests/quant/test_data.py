@@ -115,6 +115,15 @@ def test_python_script_errors(tmp_path: Path) -> None:
     bad.write_text("def batches():\n    yield [1, 2]\n")
     with pytest.raises(CalibrationDataError, match="c.py: batch 0 is a list"):
         list(open_calibration_data(bad))
+    # sys.exit() in a script ended the whole build with exit code 0 and no word
+    quits = tmp_path / "d.py"
+    quits.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(CalibrationDataError, match=r"d.py: .*called sys.exit\(0\)"):
+        open_calibration_data(quits)
+    quits_later = tmp_path / "e.py"
+    quits_later.write_text("import sys\ndef batches():\n    sys.exit(3)\n    yield {}\n")
+    with pytest.raises(CalibrationDataError, match=r"e.py: batches\(\) failed: .*sys.exit\(3\)"):
+        list(open_calibration_data(quits_later))
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
