@@ -119,3 +119,30 @@ def test_a_closed_pipe_is_not_an_internal_error(model) -> None:  # noqa: ANN001
         timeout=120,
     )
     assert proc.stdout.startswith("model") and "error" not in proc.stderr, proc.stderr
+
+
+def test_more_bad_inputs_from_the_audit(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    m = str(model)
+    eng = tmp_path / "m.eng"
+    assert main(["build", m, "-o", str(eng), "--device", "cpu", "--shapes", "x:2x4"]) == 0
+    capsys.readouterr()
+    # a typo in --shapes was silently ignored by run, bench and compare
+    for cmd in ("run", "bench", "compare"):
+        _err(capsys, [cmd, m, "--device", "cpu", "--shapes", "y:2x4"], "'y'", "inputs: x")
+    # an engine given where an ONNX model is needed says what it is
+    _err(capsys, ["optimize", str(eng), "-o", str(tmp_path / "o.onnx")], "is an ecoinfer engine")
+    (tmp_path / "x.eng").write_text("not an engine")
+    _err(capsys, ["inspect", str(tmp_path / "x.eng")], "neither an ecoinfer engine file")
+    # an engine cannot be timed on onnxruntime (it used to run on ecoinfer instead)
+    _err(capsys, ["bench", str(eng), "--runner", "onnxruntime"], "drop --runner onnxruntime")
+    # a compare whose every peer was skipped compared nothing
+    assert main(["compare", m, "--device", "cpu", "--peers", f"engine:{tmp_path / 'x.eng'}"]) == 2
+    err = capsys.readouterr().err  # the progress log, then the error
+    assert err.splitlines()[-1].startswith("ecoinfer: error: every peer was skipped"), err
+    # validation data is called validation data
+    x = tmp_path / "cal"
+    x.mkdir()
+    np.savez(x / "b0.npz", x=np.ones((2, 4), np.float32))
+    argv = ["build", m, "-o", str(tmp_path / "q.eng"), "--device", "cpu", "--int8"]
+    argv += ["--calib-data", str(x), "--accuracy-budget", "0.9", "--val-data", str(tmp_path / "v")]
+    _err(capsys, argv, "validation data (--val-data)", "does not exist")

@@ -182,6 +182,9 @@ def input_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Concrete shapes for every graph input: axis 0 is the batch, symbolic sequence axes
     (axis 1 of a 2-D input, or any axis named like seq/sequence/len/token) get `seq`."""
+    from ecoinfer.ir.analysis import check_shape_names  # noqa: PLC0415
+
+    check_shape_names(graph, dict(overrides or {}))
     out: dict[str, tuple[int, ...]] = {}
     over = dict(overrides or {})
     for v in graph.inputs:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the parser imports this module: keep torch out of `ecoinfer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="an .onnx file")
+    p.add_argument("model", help="an .onnx file or an engine file (.eng)")
     p.add_argument(
         "--runner",
         default="ecoinfer",
@@ -100,6 +100,11 @@ def make_runner(args: argparse.Namespace, path: str, graph: Graph, feeds: dict, 
     if is_engine_file(path):
         from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
 
+        if args.runner != "ecoinfer":
+            raise InputError(
+                f"{path}: an engine file runs on ecoinfer's runtime only; drop --runner "
+                f"{args.runner}, or give the .onnx model to time it on {args.runner}"
+            )
         engine = load_engine(path, device)
         ctx = engine.create_context(cuda_graphs=not getattr(args, "no_cuda_graphs", False))
         tensors = {

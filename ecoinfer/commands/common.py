@@ -10,7 +10,7 @@ import numpy as np
 
 from ecoinfer.commands.random_feed import random_array
 from ecoinfer.errors import InputError, MissingInputError
-from ecoinfer.ir.analysis import index_table_sizes
+from ecoinfer.ir.analysis import check_shape_names, index_table_sizes
 from ecoinfer.ir.graph import Graph, Value
 
 
@@ -77,6 +77,7 @@ def random_inputs(
     graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int = 0, given: dict | None = None
 ) -> dict[str, np.ndarray]:
     """Random inputs for every input not given: floats ~ N(0,1), masks all ones, ids in range."""
+    check_shape_names(graph, shapes)
     rng = np.random.default_rng(seed)
     tables = index_table_sizes(graph)
     feeds = dict(given or {})

@@ -143,6 +143,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(report.to_text(comp))
     for path in report.write_reports(comp, args.json, args.markdown, args.html):
         print(f"wrote {path}")
+    if comp.results and all(r.skipped for r in comp.results):
+        first = comp.results[0]
+        raise InputError(
+            f"every peer was skipped, so nothing was compared (first: {first.name}: "
+            f"{str(first.skipped).splitlines()[0]}); see the table above for each reason"
+        )
     return 0
 
 

@@ -168,7 +168,12 @@ def cmd_debug_precision(args: argparse.Namespace) -> int:
     amax = thresholds(graph, opts, print, smoothing, cached)
     qgraph = quantize_graph(graph, amax, args.precision)
     source = args.val_data or args.calib_data
-    batches = load_batches(source, graph, None if args.val_data else args.calib_batches)
+    batches = load_batches(
+        source,
+        graph,
+        None if args.val_data else args.calib_batches,
+        "validation data (--val-data)" if args.val_data else "calibration data",
+    )
     rows = layer_errors(graph, qgraph, batches)
     producer = {o: n.name for n in original.nodes for o in n.outputs if o}
     print(

@@ -62,14 +62,26 @@ def read_model(src: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.M
         raise ModelLoadError(f"{label}: no such file; check the path")
     if path.is_dir():
         raise ModelLoadError(f"{label}: is a folder; give the path of the .onnx file")
+    from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
+
+    if is_engine_file(path):
+        raise ModelLoadError(
+            f"{label}: is an ecoinfer engine file, not an ONNX model; give this command the "
+            ".onnx model (run, bench and inspect also take engine files)"
+        )
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as e:
         raise ModelLoadError(
-            f"{label}: not a valid ONNX model, the file is truncated or of another format "
+            f"{label}: {_neither(path)}, the file is truncated or of another format "
             f"({_first_line(e)}); export it again with torch.onnx.export or check the download"
         ) from None
-    _check_parsed(model, label)
+    try:
+        _check_parsed(model, label)
+    except ModelLoadError as e:
+        if path.suffix != ".eng":
+            raise
+        raise ModelLoadError(str(e).replace("not an ONNX model", _neither(path), 1)) from None
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (FileNotFoundError, OSError, onnx.checker.ValidationError) as e:
@@ -78,6 +90,13 @@ def read_model(src: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.M
             f"({_first_line(e)}); keep the data files next to the model"
         ) from None
     return model, label
+
+
+def _neither(path: Path) -> str:
+    # a .eng file that is no engine was most likely meant as one: say both were tried
+    if path.suffix == ".eng":
+        return "neither an ecoinfer engine file (no engine header) nor a valid ONNX model"
+    return "not a valid ONNX model"
 
 
 def _check_parsed(model: onnx.ModelProto, label: str) -> None:

@@ -18,6 +18,17 @@ _NO_MATH = frozenset(
 )
 
 
+def check_shape_names(graph: Graph, shapes: dict[str, tuple[int, ...]] | None) -> None:
+    """--shapes may name only the model's inputs (a typo must not be silently ignored)."""
+    names = {v.name for v in graph.inputs}
+    for n in shapes or {}:
+        if n not in names:
+            raise UnknownInputError(
+                f"--shapes names '{n}', which is not an input of the model "
+                f"(inputs: {', '.join(sorted(names))})"
+            )
+
+
 def bind_input_shapes(
     graph: Graph, shapes: dict[str, tuple[int, ...]], default_dim: int = 1
 ) -> tuple[Graph, dict[str, int]]:
@@ -25,13 +36,7 @@ def bind_input_shapes(
 
     Symbolic dims not fixed by `shapes` take `default_dim`; returns them as the assumed dims.
     """
-    names = {v.name for v in graph.inputs}
-    for n in shapes:
-        if n not in names:
-            raise UnknownInputError(
-                f"--shapes names '{n}', which is not an input of the model "
-                f"(inputs: {', '.join(sorted(names))})"
-            )
+    check_shape_names(graph, shapes)
     bindings: dict[str, int] = {}
     for v in graph.inputs:
         if v.name in shapes and v.shape is not None:

@@ -397,11 +397,13 @@ def calib_options(opts: QuantizeOptions) -> dict[str, Any]:
     return {"percentile": float(opts.calib_percentile)}
 
 
-def load_batches(path: str, graph: Any, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+def load_batches(
+    path: str, graph: Any, limit: int | None = None, what: str = "calibration data"
+) -> list[dict[str, np.ndarray]]:
     """Every batch of a calibration-data source, checked against `graph`'s inputs."""
     from ecoinfer.quant.data import ValidatedReader, open_calibration_data  # noqa: PLC0415
 
-    return list(ValidatedReader(open_calibration_data(path, limit), graph))
+    return list(ValidatedReader(open_calibration_data(path, limit, what), graph))
 
 
 def reusable_cache(opts: QuantizeOptions) -> Any:
@@ -440,9 +442,14 @@ def thresholds(
 
     if opts.calib_data is None:
         if cached is None:
+            missing = (
+                f" (--calib-cache {opts.calib_cache} does not exist yet)"
+                if opts.calib_cache
+                else ""
+            )
             raise CalibrationDataError(
                 "--int8 needs calibration data: give --calib-data DIR_OR_SCRIPT, or --calib-cache"
-                " FILE written by an earlier build of this model"
+                f" FILE written by an earlier build of this model{missing}"
             )
         cache = cached
         cache.check(
@@ -547,7 +554,12 @@ def quantize_for_build(
                 "--accuracy-budget needs validation data: give --val-data DIR (or --calib-data)"
             )
         # the calibration data stands in for validation data within --calib-batches too
-        val = load_batches(source, graph, None if opts.val_data else opts.calib_batches)
+        val = load_batches(
+            source,
+            graph,
+            None if opts.val_data else opts.calib_batches,
+            "validation data (--val-data)" if opts.val_data else "calibration data",
+        )
         result = fit_budget(
             graph, amax, val, opts.accuracy_budget, opts.budget_metric, opts.precision,
             margin=opts.budget_margin, attention=opts.quantize_attention,

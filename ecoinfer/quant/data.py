@@ -204,16 +204,19 @@ class LimitedReader:
         return str(self.reader)
 
 
-def open_calibration_data(path: str | Path, batches: int | None = None) -> DataReader:
-    """A reader for a .py script, a folder of .npz files or a folder of per-input folders."""
+def open_calibration_data(
+    path: str | Path, batches: int | None = None, what: str = "calibration data"
+) -> DataReader:
+    """A reader for a .py script, a folder of .npz files or a folder of per-input folders
+    (`what`: how errors name it, e.g. "validation data")."""
     p = Path(path)
     if not p.exists():
-        raise CalibrationDataError(f"calibration data '{p}' does not exist")
+        raise CalibrationDataError(f"{what} '{p}' does not exist; check the path")
     reader: DataReader
     if p.is_file():
         if p.suffix != ".py":
             raise CalibrationDataError(
-                f"{p}: calibration data must be a folder of .npz/.npy files or a .py script"
+                f"{p}: {what} must be a folder of .npz/.npy files or a .py script"
                 " defining batches()"
             )
         reader = ScriptReader(p)
@@ -223,7 +226,7 @@ def open_calibration_data(path: str | Path, batches: int | None = None) -> DataR
         reader = NpyFolderReader(p)
     else:
         raise CalibrationDataError(
-            f"calibration data folder '{p}' is empty: it holds no .npz files and no per-input"
+            f"{what} folder '{p}' is empty: it holds no .npz files and no per-input"
             " folders of .npy files"
         )
     return LimitedReader(reader, batches) if batches is not None else reader
