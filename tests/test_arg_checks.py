@@ -146,3 +146,49 @@ def test_more_bad_inputs_from_the_audit(model, tmp_path, capsys) -> None:  # noq
     argv = ["build", m, "-o", str(tmp_path / "q.eng"), "--device", "cpu", "--int8"]
     argv += ["--calib-data", str(x), "--accuracy-budget", "0.9", "--val-data", str(tmp_path / "v")]
     _err(capsys, argv, "validation data (--val-data)", "does not exist")
+
+
+def test_options_that_would_do_nothing_or_conflict(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    """Each of these used to be accepted and silently ignored (or resolved by a last-one-wins)."""
+    m, out = str(model), str(tmp_path / "b.eng")
+    build = ["build", m, "-o", out, "--device", "cpu"]
+    _err(capsys, [*build, "--calib-method", "minmax"], "--calib-method", "add --int8 or --fp8")
+    _err(capsys, [*build, "--link-norm"], "--link-norm only applies to quantized builds")
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    np.savez(cal / "b0.npz", x=np.ones((2, 4), np.float32))
+    q = [*build, "--int8", "--calib-data", str(cal)]
+    _err(capsys, [*q, "--budget-metric", "top1"], "--budget-metric is an option of --accuracy")
+    _err(capsys, [*q, "--val-data", str(cal)], "--val-data is an option of --accuracy-budget")
+    prof = ["--min-shapes", "x:1x4", "--opt-shapes", "x:2x4", "--max-shapes", "x:4x4"]
+    _err(capsys, [*build, "--shapes", "x:2x4", *prof], "not both")
+    _err(capsys, ["run", m, "--shapes", "x:2x4", "x:4x4"], "names 'x' twice")
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((2, 4), np.float32))
+    _err(capsys, ["run", m, "--input", f"x={x}", "--input", f"x={x}"], "'x' is given twice")
+    _err(capsys, ["run", m, "--input", f"x={x}", "--shapes", "x:4x4"], "contradicts the file")
+    _err(capsys, ["bench", m, "--batch", "8", "--shapes", "x:2x4"], "--batch 8 with --shapes")
+    # a calibration cache is reused with the calibrator it was made with, or not at all
+    cache = str(tmp_path / "c.json")
+    assert main([*q, "--calib-cache", cache, "--shapes", "x:2x4"]) == 0
+    capsys.readouterr()
+    _err(
+        capsys,
+        [*build, "--int8", "--calib-cache", cache, "--calib-method", "minmax"],
+        "holds entropy thresholds",
+    )
+    # an engine's shapes and layers are fixed: ONNX-only inspect options are refused
+    assert main([*build, "--shapes", "x:2x4"]) == 0
+    capsys.readouterr()
+    _err(capsys, ["inspect", out, "--dump"], "--dump applies to ONNX models")
+
+
+def test_warnings_for_options_that_matched_nothing(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    argv = ["build", str(model), "-o", str(tmp_path / "b.eng"), "--device", "cpu"]
+    argv += ["--shapes", "x:2x4", "--layer-precision", "nomatch.*:fp16", "--sustained-tuning", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'warning: --layer-precision "nomatch.*:fp16" matches no layer' in out
+    assert "warning: --sustained-tuning applies to CUDA builds" in out
+    assert main(["run", str(model), "--device", "cpu"]) == 0
+    assert "note: assumed n=8 (set with --shapes)" in capsys.readouterr().err

@@ -227,7 +227,13 @@ def print_result(r: BenchResult) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ecoinfer.bench.harness import BenchConfig, run_benchmark  # noqa: PLC0415
-    from ecoinfer.commands.common import load_input_files, parse_shapes, random_inputs  # noqa: PLC0415
+    from ecoinfer.commands.common import (  # noqa: PLC0415
+        check_files_against_shapes,
+        load_input_files,
+        parse_shapes,
+        random_inputs,
+        say_assumed,
+    )
     from ecoinfer.device import pick_device  # noqa: PLC0415
     from ecoinfer.engine.format import is_engine_file  # noqa: PLC0415
     from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
@@ -253,8 +259,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         graph = import_onnx(args.model)
         device = pick_device(args.device)
+    given = load_input_files(args.input, graph)
+    check_files_against_shapes(given, parse_shapes(args.shapes))
+    if args.batch is not None and (args.shapes or given):
+        raise InputError(
+            f"--batch {args.batch} with --{'shapes' if args.shapes else 'input'}: the batch "
+            "comes from those; give one or the other"
+        )
     shapes = _batched_shapes(graph, shapes, args.batch)
-    feeds = random_inputs(graph, shapes, 0, load_input_files(args.input, graph))
+    feeds = random_inputs(graph, shapes, 0, given)  # checks the names first
+    say_assumed(graph, shapes, given)
     name, fn, profile_fn = make_runner(args, args.model, graph, feeds, device)
     cfg = BenchConfig(
         warmup_s=args.warmup,

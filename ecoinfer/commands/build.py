@@ -75,9 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     q.add_argument(
         "--budget-metric",
-        default="cosine",
+        default=None,
         metavar="cosine|top1|max-rel|METRIC.py",
-        help="metric of the budget (a .py defines metric(ref, out) -> float, higher is better)",
+        help="metric of the budget (default cosine; a .py defines metric(ref, out) -> float, "
+        "higher is better)",
     )
     q.add_argument(
         "--budget-margin",
@@ -235,6 +236,11 @@ def _profiles(args: argparse.Namespace, graph):  # noqa: ANN001, ANN202
     )
     fixed = parse_shapes(args.shapes)
     n = max(len(args.min_shapes), len(args.opt_shapes), len(args.max_shapes))
+    if fixed and n:
+        raise InputError(
+            "give --shapes (one fixed shape) or --min-shapes/--opt-shapes/--max-shapes "
+            "(profiles), not both"
+        )
     if n and not (len(args.min_shapes) == len(args.opt_shapes) == len(args.max_shapes)):
         raise InputError(
             "give --min-shapes, --opt-shapes and --max-shapes together, once per profile"
@@ -271,15 +277,24 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
             "budget_margin",
             "val_data",
             "smooth",
+            "calib_method",
+            "budget_metric",
         )
         if getattr(args, k, None) is not None
+    ] + [
+        f"--{k.replace('_', '-')}"
+        for k in ("obey_precision", "no_quant_attention", "no_link_codes", "link_norm")
+        if getattr(args, k, False)
     ]
     if args.quant not in ("int8", "fp8"):
-        if given:
-            raise InputError(f"{given[0]} only applies to quantized builds: add --int8")
+        if given:  # an option that would do nothing must not look as if it did something
+            raise InputError(f"{given[0]} only applies to quantized builds: add --int8 or --fp8")
         return None
-    if args.budget_margin is not None and args.accuracy_budget is None:
-        raise InputError("--budget-margin is headroom over --accuracy-budget: give that too")
+    for k in ("budget_margin", "budget_metric", "val_data"):
+        if getattr(args, k) is not None and args.accuracy_budget is None:
+            raise InputError(
+                f"--{k.replace('_', '-')} is an option of --accuracy-budget: give that too"
+            )
     return QuantizeOptions(
         precision=args.quant,
         calib_data=args.calib_data,
@@ -288,7 +303,7 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         calib_percentile=args.calib_percentile,
         calib_cache=args.calib_cache,
         accuracy_budget=args.accuracy_budget,
-        budget_metric=args.budget_metric,
+        budget_metric=args.budget_metric or "cosine",
         budget_margin=args.budget_margin or 0.0,
         val_data=args.val_data,
         smooth_alpha=args.smooth,

@@ -4,6 +4,7 @@ per-layer table."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
             name, sep, dims = part.rpartition(":")
             if not sep or not name:
                 raise InputError(f"--shapes '{part}': write it as NAME:DIMS, e.g. input_ids:1x128")
+            if name in out:  # the last one used to win without a word
+                raise InputError(f"--shapes names '{name}' twice; give each input once")
             if dims.strip() == "":
                 out[name] = ()
                 continue
@@ -40,6 +43,15 @@ def load_input_files(
     """--input name=file.npy / --input file.npz -> arrays, exactly as stored (flag: the
     option's name in errors)."""
     feeds: dict[str, np.ndarray] = {}
+    source: dict[str, str] = {}  # input name -> the item that gave it
+
+    def put(name: str, arr: np.ndarray, item: str) -> None:
+        if name in feeds:  # the later file used to win without a word
+            raise InputError(
+                f"{flag} {item}: input '{name}' is given twice (also by {source[name]})"
+            )
+        feeds[name], source[name] = arr, item
+
     for item in items:
         name, sep, path = item.partition("=")
         if not sep:
@@ -59,9 +71,10 @@ def load_input_files(
                     raise InputError(
                         f"{flag} {item}: '{path}' has no array '{name}' (it has {', '.join(data.files)})"
                     )
-                feeds[name] = data[name]
+                put(name, data[name], item)
             else:
-                feeds.update({k: data[k] for k in data.files})
+                for k in data.files:
+                    put(k, data[k], item)
         else:
             if not name:
                 if len(graph.inputs) != 1:
@@ -69,8 +82,20 @@ def load_input_files(
                         f"{flag} {item}: the model has several inputs; write NAME=FILE.npy"
                     )
                 name = graph.inputs[0].name
-            feeds[name] = data
+            put(name, data, item)
     return feeds
+
+
+def check_files_against_shapes(
+    given: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """The user's --shapes and --input files must agree (the file used to win silently)."""
+    for name, arr in given.items():
+        if name in shapes and tuple(shapes[name]) != tuple(np.shape(arr)):
+            raise InputError(
+                f"--shapes {name}:{'x'.join(map(str, shapes[name]))} contradicts the file given "
+                f"for it, of shape {'x'.join(map(str, np.shape(arr)))}; give one or the other"
+            )
 
 
 def random_inputs(
@@ -87,6 +112,31 @@ def random_inputs(
         shape = _concrete_shape(v, shapes)
         feeds[v.name] = random_array(v.name, v.dtype or "float32", shape, tables.get(v.name), rng)
     return feeds
+
+
+def assumed_dims(
+    graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict | None = None
+) -> dict[str, int]:
+    """The symbolic dims random_inputs fills with a default, by name: what a command should
+    say it assumed, so a user does not time a shape they never chose."""
+    out: dict[str, int] = {}
+    for v in graph.inputs:
+        if v.name in shapes or v.name in (given or {}) or v.shape is None:
+            continue
+        for d, n in zip(v.shape, _concrete_shape(v, shapes)):
+            if not isinstance(d, int):
+                out[str(d) if d else f"{v.name}[?]"] = n
+    return out
+
+
+def say_assumed(graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict) -> None:
+    dims = assumed_dims(graph, shapes, given)
+    if dims:
+        print(
+            "note: assumed " + ", ".join(f"{k}={v}" for k, v in dims.items()) + " (set with "
+            "--shapes)",
+            file=sys.stderr,
+        )
 
 
 def _concrete_shape(v: Value, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:

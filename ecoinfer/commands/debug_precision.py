@@ -64,7 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="smooth activation outliers into the weights first, as `build --smooth` does (the "
         "float side is the smoothed graph too: exact in float)",
     )
-    p.add_argument("--calib-cache", metavar="FILE", help="thresholds from this cache file")
+    p.add_argument(
+        "--calib-cache",
+        metavar="FILE",
+        help="thresholds from this cache file when --calib-data is absent; with --calib-data "
+        "the new thresholds are written to it, as `build --calib-cache` does",
+    )
     p.add_argument(
         "--val-data", metavar="DIR", help="compare on this data (default: the calibration data)"
     )

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from ecoinfer.commands.common import parse_shapes
+from ecoinfer.errors import InputError
 from ecoinfer.frontend.onnx import import_onnx
 from ecoinfer.ir.analysis import bind_input_shapes, estimate_flops
 from ecoinfer.ir.graph import Graph
@@ -51,6 +52,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if is_engine_file(args.model):
         from ecoinfer.commands.inspect_engine import engine_summary, print_engine  # noqa: PLC0415
+
+        onnx_only = [f for f, on in (("--shapes", args.shapes), ("--dump", args.dump),
+                                     ("--optimize", args.optimize)) if on]  # fmt: skip
+        if onnx_only:
+            raise InputError(
+                f"{args.model}: {onnx_only[0]} applies to ONNX models; an engine file's shapes, "
+                "layers and optimizations are fixed (inspect it without that option)"
+            )
 
         print_engine(engine_summary(args.model), args.json)
         return 0

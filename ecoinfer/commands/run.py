@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ecoinfer.api import Model
-from ecoinfer.commands.common import load_input_files, parse_shapes, random_inputs
+from ecoinfer.commands.common import (
+    check_files_against_shapes,
+    load_input_files,
+    parse_shapes,
+    random_inputs,
+    say_assumed,
+)
 from ecoinfer.device import pick_device
 from ecoinfer.frontend.onnx import import_onnx
 
@@ -41,7 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         model = Model(graph, args.model)
         device = None
     given = load_input_files(args.input, graph)
-    feeds = random_inputs(graph, shapes, args.seed, given)
+    check_files_against_shapes(given, parse_shapes(args.shapes))
+    feeds = random_inputs(graph, shapes, args.seed, given)  # checks the names first
+    say_assumed(graph, shapes, given)
     device = device or pick_device(args.device)
     for name, arr in feeds.items():
         origin = "file" if name in given else "random"

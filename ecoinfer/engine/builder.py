@@ -443,6 +443,17 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             "--workspace applies to CUDA builds (it is measured with the GPU allocator's "
             "counters); this CPU build did not limit it"
         )
+    if cfg.sustained_tuning_s > 0 and not device.startswith("cuda"):
+        engine.warnings.append(
+            "--sustained-tuning applies to CUDA builds; this CPU build timed as usual"
+        )
+    names = [n.name for n in engine.graph.nodes]
+    for pattern, prec in cfg.layer_precision:
+        if not any(re.search(pattern, n) for n in names):  # most likely a typo
+            engine.warnings.append(
+                f'--layer-precision "{pattern}:{prec}" matches no layer; the patterns match '
+                f"the layer names of the build report (e.g. {', '.join(names[:3])})"
+            )
     engine.warnings += late_warnings
     for b in report["broken_tactics"]:
         engine.warnings.append(

@@ -448,13 +448,19 @@ def thresholds(
                 else ""
             )
             raise CalibrationDataError(
-                "--int8 needs calibration data: give --calib-data DIR_OR_SCRIPT, or --calib-cache"
+                f"--{opts.precision} needs calibration data: give --calib-data DIR_OR_SCRIPT, or --calib-cache"
                 f" FILE written by an earlier build of this model{missing}"
             )
         cache = cached
         cache.check(
             graph, where=f"calibration cache '{opts.calib_cache}'", opt_level=opts.opt_level
         )
+        if opts.calib_method and opts.calib_method != cache.calibrator:
+            raise CalibrationDataError(  # the cache's thresholds would be used without a word
+                f"--calib-method {opts.calib_method}: calibration cache '{opts.calib_cache}' "
+                f"holds {cache.calibrator} thresholds; give --calib-data to calibrate with "
+                f"{opts.calib_method}, or drop --calib-method"
+            )
         log(
             f"calibration: {len(cache.tensors)} thresholds ({cache.calibrator}) from cache "
             f"{opts.calib_cache}, no data needed"
