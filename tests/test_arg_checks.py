@@ -192,3 +192,20 @@ def test_warnings_for_options_that_matched_nothing(model, tmp_path, capsys) -> N
     assert "warning: --sustained-tuning applies to CUDA builds" in out
     assert main(["run", str(model), "--device", "cpu"]) == 0
     assert "note: assumed n=8 (set with --shapes)" in capsys.readouterr().err
+
+
+def test_a_long_calibration_says_it_is_still_reading(model, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """A script whose batches() never ends ran on without a word; now it is told (at 10, 100,
+    ... batches past the threshold) to end it or give --calib-batches."""
+    from ecoinfer.quant import quantize  # noqa: PLC0415
+
+    monkeypatch.setattr(quantize, "LONG_CALIBRATION", 10)
+    script = tmp_path / "cal.py"
+    script.write_text(
+        "import numpy as np\ndef batches():\n    for _ in range(12):\n"
+        "        yield {'x': np.ones((2, 4), np.float32)}\n"
+    )
+    argv = ["build", str(model), "-o", str(tmp_path / "q.eng"), "--device", "cpu", "--int8"]
+    assert main([*argv, "--calib-data", str(script), "--shapes", "x:2x4"]) == 0
+    err = capsys.readouterr().err
+    assert "calibration: 10 batches so far" in err and "--calib-batches N" in err

@@ -23,6 +23,7 @@ the op sees are exactly int8 codes times their scales.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ from ecoinfer.quant.data import CalibrationDataError
 # int8 symmetric: amax maps to 127; -128 is never produced by the weights
 INT8_MAX = 127
 PRECISIONS = ("int8", "fp8")
+LONG_CALIBRATION = 1000  # batches between notes that calibration is still reading data
 # the quantized element type of each precision
 QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
@@ -188,9 +190,21 @@ def calibrate_methods(
             for m in methods:
                 cals[m][name].observe(x)
         seen += 1
+        if max_batches is None and seen >= LONG_CALIBRATION and _power_of_ten(seen):
+            # a script whose batches() never ends would otherwise run on without a word
+            print(
+                f"calibration: {seen} batches so far; a calibration script's batches() must "
+                "end, or give --calib-batches N",
+                file=sys.stderr,
+                flush=True,
+            )
     if seen == 0:
         raise CalibrationDataError("calibration got no batches; give at least one")
     return {m: {name: float(c.amax()) for name, c in cals[m].items()} for m in methods}
+
+
+def _power_of_ten(n: int) -> bool:
+    return str(n).rstrip("0") == "1"
 
 
 def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
