@@ -209,3 +209,10 @@ def test_a_long_calibration_says_it_is_still_reading(model, tmp_path, capsys, mo
     assert main([*argv, "--calib-data", str(script), "--shapes", "x:2x4"]) == 0
     err = capsys.readouterr().err
     assert "calibration: 10 batches so far" in err and "--calib-batches N" in err
+
+
+def test_tune_energy_and_report_name_bad_paths(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    # a missing calibration folder used to drop the INT8 rows and exit 0
+    argv = ["tune-energy", str(model), "--slo-ms", "10", "--device", "cpu"]
+    _err(capsys, [*argv, "--calib-data", str(tmp_path / "none")], "does not exist")
+    _err(capsys, ["report", str(tmp_path)], "is a folder")

@@ -563,6 +563,9 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
     quant = None
     if args.calib_data:
         from ecoinfer.quant.budget import QuantizeOptions  # noqa: PLC0415
+        from ecoinfer.quant.data import open_calibration_data  # noqa: PLC0415
+
+        open_calibration_data(args.calib_data)  # a bad path fails now, not as a skipped row
 
         quant = QuantizeOptions(
             calib_data=args.calib_data,

@@ -541,6 +541,11 @@ def load_measurements(path: str | Path) -> ResultsFile:
     """Read a results file: a list of BenchResult dicts (bench --export-json), a report dict
     with a "results" list (compare, bench/report.py's to_json), or a single result."""
     p = Path(path)
+    if p.is_dir():
+        raise ProjectionInputError(
+            f"results file '{path}' is a folder; give the JSON file bench --export-json or "
+            "compare --json wrote"
+        )
     if not p.is_file():
         raise ProjectionInputError(f"results file '{path}' does not exist")
     try:
