@@ -153,7 +153,7 @@ def test_options_that_would_do_nothing_or_conflict(model, tmp_path, capsys) -> N
     m, out = str(model), str(tmp_path / "b.eng")
     build = ["build", m, "-o", out, "--device", "cpu"]
     _err(capsys, [*build, "--calib-method", "minmax"], "--calib-method", "add --int8 or --fp8")
-    _err(capsys, [*build, "--link-norm"], "--link-norm only applies to quantized builds")
+    _err(capsys, [*build, "--no-quant-attention"], "--no-quant-attention only applies")
     cal = tmp_path / "cal"
     cal.mkdir()
     np.savez(cal / "b0.npz", x=np.ones((2, 4), np.float32))

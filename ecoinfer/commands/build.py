@@ -283,7 +283,9 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
         if getattr(args, k, None) is not None
     ] + [
         f"--{k.replace('_', '-')}"
-        for k in ("obey_precision", "no_quant_attention", "no_link_codes", "link_norm")
+        # (--obey-precision, --no-link-codes and --link-norm also act on models that arrive
+        # with Q/DQ nodes, built without --int8/--fp8)
+        for k in ("no_quant_attention",)
         if getattr(args, k, False)
     ]
     if args.quant not in ("int8", "fp8"):
