@@ -216,3 +216,32 @@ def test_tune_energy_and_report_name_bad_paths(model, tmp_path, capsys) -> None:
     argv = ["tune-energy", str(model), "--slo-ms", "10", "--device", "cpu"]
     _err(capsys, [*argv, "--calib-data", str(tmp_path / "none")], "does not exist")
     _err(capsys, ["report", str(tmp_path)], "is a folder")
+
+
+def test_inputs_that_share_a_dim_name_follow_the_one_given(tmp_path, capsys) -> None:  # noqa: ANN001
+    """MiniLM's token_type_ids shares batch and seq with input_ids. Left out, it used to get
+    default sizes: run failed ("inputs sharing a dimension name must agree"), and build tuned
+    at a shape no call can have, then failed its accuracy check minutes later."""
+    dims = ["batch", "seq"]
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info(n, T.FLOAT, dims) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", T.FLOAT, dims)],
+    )
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    a = tmp_path / "a.npy"
+    np.save(a, np.ones((3, 5), np.float32))
+    for extra in (["--input", f"a={a}"], ["--shapes", "a:3x5"]):
+        assert main(["run", str(path), "--device", "cpu", *extra]) == 0
+        out = capsys.readouterr()
+        assert "b                        float32[3x5] (random)" in out.out, out.out
+        assert "note: assumed" not in out.err
+    argv = ["build", str(path), "-o", str(tmp_path / "t.eng"), "--device", "cpu", "--no-tune"]
+    argv += ["--min-shapes", "a:1x1", "--opt-shapes", "a:4x32", "--max-shapes", "a:8x64"]
+    assert main(argv) == 0
+    assert "b: [1..8]x[1..64] (opt 4x32)" in capsys.readouterr().out
+    # bench --batch binds the batch by name; the sequence it had to assume, it names
+    assert main(["bench", str(path), "--device", "cpu", "--batch", "2", "--iterations", "3"]) == 0
+    assert "note: assumed seq=8 (set with --shapes)" in capsys.readouterr().err

@@ -67,22 +67,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _batched_shapes(graph: Graph, shapes: dict, batch: int | None) -> dict:
-    """--batch N sets the leading symbolic dim of every input not given in --shapes."""
+def _batch_dims(graph: Graph, shapes: dict, batch: int | None) -> dict[str, int]:
+    """--batch N: the leading symbolic dim of every input not given in --shapes, by name
+    (the other symbolic dims take random_inputs' defaults, which bench says it assumed); an
+    input whose leading dim has no name gets its whole shape added to `shapes`."""
+    from ecoinfer.commands.common import _concrete_shape  # noqa: PLC0415
+
     if batch is None:
-        return shapes
+        return {}
     if batch < 1:
         raise InputError(f"--batch {batch}: must be at least 1")
-    out = dict(shapes)
+    out: dict[str, int] = {}
     for v in graph.inputs:
-        if v.name in out or v.shape is None or not v.shape:
+        if v.name in shapes or v.shape is None or not v.shape:
             continue
         if isinstance(v.shape[0], int) and v.shape[0] != batch:
             raise InputError(
                 f"--batch {batch}: input '{v.name}' has a fixed batch of {v.shape[0]} ({v.type_str()}); "
                 "re-export the model with a dynamic batch dimension"
             )
-        out[v.name] = (batch, *(d if isinstance(d, int) else 8 for d in v.shape[1:]))
+        if isinstance(v.shape[0], str) and v.shape[0]:
+            out[v.shape[0]] = batch
+        elif v.shape[0] is None:  # an unnamed dim: only this input's shape can carry it
+            shapes[v.name] = (batch, *_concrete_shape(v, shapes)[1:])
     return out
 
 
@@ -266,9 +273,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"--batch {args.batch} with --{'shapes' if args.shapes else 'input'}: the batch "
             "comes from those; give one or the other"
         )
-    shapes = _batched_shapes(graph, shapes, args.batch)
-    feeds = random_inputs(graph, shapes, 0, given)  # checks the names first
-    say_assumed(graph, shapes, given)
+    dims = _batch_dims(graph, shapes, args.batch)
+    feeds = random_inputs(graph, shapes, 0, given, dims)  # checks the names first
+    say_assumed(graph, shapes, given, dims)
     name, fn, profile_fn = make_runner(args, args.model, graph, feeds, device)
     cfg = BenchConfig(
         warmup_s=args.warmup,

@@ -250,10 +250,16 @@ def _profiles(args: argparse.Namespace, graph):  # noqa: ANN001, ANN202
         lo, opt, hi = dict(base.min), dict(base.opt), dict(base.max)
         for d in (lo, opt, hi):
             d.update(fixed)
+        named = [set(fixed)] * 3
         if n:
-            lo.update(parse_shapes(args.min_shapes[k]))
-            opt.update(parse_shapes(args.opt_shapes[k]))
-            hi.update(parse_shapes(args.max_shapes[k]))
+            given = [
+                parse_shapes(x[k]) for x in (args.min_shapes, args.opt_shapes, args.max_shapes)
+            ]
+            for d, g in zip((lo, opt, hi), given):
+                d.update(g)
+            named = [set(fixed) | set(g) for g in given]
+        for d, names in zip((lo, opt, hi), named):
+            _share_dims(graph, d, names)
         for name in {**lo, **opt, **hi}:
             if name not in graph.input_names:
                 raise InputError(
@@ -261,6 +267,24 @@ def _profiles(args: argparse.Namespace, graph):  # noqa: ANN001, ANN202
                 )
         profiles.append(ShapeProfile(lo, opt, hi))
     return profiles
+
+
+def _share_dims(graph, d: dict, named: set[str]) -> None:  # noqa: ANN001
+    """Inputs the user did not name take the sizes of the dims they share by name with inputs
+    the user did (MiniLM's token_type_ids follows input_ids' batch and seq); without this
+    they kept the defaults, and the build tuned at shapes no real call can have."""
+    bind: dict[str, int] = {}
+    for v in graph.inputs:
+        if v.name in named and v.shape is not None and len(v.shape) == len(d.get(v.name, ())):
+            for sym, size in zip(v.shape, d[v.name]):
+                if isinstance(sym, str) and sym:
+                    bind.setdefault(sym, size)
+    for v in graph.inputs:
+        if v.name not in named and v.shape is not None and v.name in d:
+            d[v.name] = tuple(
+                bind.get(sym, size) if isinstance(sym, str) else size
+                for sym, size in zip(v.shape, d[v.name])
+            )
 
 
 def _quant_options(args: argparse.Namespace):  # noqa: ANN202

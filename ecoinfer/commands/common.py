@@ -98,39 +98,68 @@ def check_files_against_shapes(
             )
 
 
+def bound_dims(
+    graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict | None = None
+) -> dict[str, int]:
+    """Symbolic dim name -> size, from the inputs whose shapes the user fixed (--shapes or a
+    file): inputs that share a dim name (MiniLM's batch and seq) must agree, so an input left
+    to random inputs takes the same sizes."""
+    fixed = {k: tuple(v) for k, v in shapes.items()}
+    fixed.update({k: tuple(np.shape(a)) for k, a in (given or {}).items()})
+    out: dict[str, int] = {}
+    for v in graph.inputs:
+        if v.name in fixed and v.shape is not None and len(v.shape) == len(fixed[v.name]):
+            for d, n in zip(v.shape, fixed[v.name]):
+                if isinstance(d, str) and d:
+                    out.setdefault(d, int(n))
+    return out
+
+
 def random_inputs(
-    graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int = 0, given: dict | None = None
+    graph: Graph,
+    shapes: dict[str, tuple[int, ...]],
+    seed: int = 0,
+    given: dict | None = None,
+    dims: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Random inputs for every input not given: floats ~ N(0,1), masks all ones, ids in range."""
+    """Random inputs for every input not given: floats ~ N(0,1), masks all ones, ids in range.
+    Symbolic dims take, in order: `dims`, the sizes other given inputs fix, a default."""
     check_shape_names(graph, shapes)
     rng = np.random.default_rng(seed)
     tables = index_table_sizes(graph)
     feeds = dict(given or {})
+    known = {**bound_dims(graph, shapes, given), **(dims or {})}
     for v in graph.inputs:
         if v.name in feeds:
             continue
-        shape = _concrete_shape(v, shapes)
+        shape = _concrete_shape(v, shapes, known)
         feeds[v.name] = random_array(v.name, v.dtype or "float32", shape, tables.get(v.name), rng)
     return feeds
 
 
 def assumed_dims(
-    graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict | None = None
+    graph: Graph,
+    shapes: dict[str, tuple[int, ...]],
+    given: dict | None = None,
+    dims: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """The symbolic dims random_inputs fills with a default, by name: what a command should
     say it assumed, so a user does not time a shape they never chose."""
+    known = {**bound_dims(graph, shapes, given), **(dims or {})}
     out: dict[str, int] = {}
     for v in graph.inputs:
         if v.name in shapes or v.name in (given or {}) or v.shape is None:
             continue
-        for d, n in zip(v.shape, _concrete_shape(v, shapes)):
-            if not isinstance(d, int):
+        for d, n in zip(v.shape, _concrete_shape(v, shapes, known)):
+            if not isinstance(d, int) and not (d and d in known):
                 out[str(d) if d else f"{v.name}[?]"] = n
     return out
 
 
-def say_assumed(graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict) -> None:
-    dims = assumed_dims(graph, shapes, given)
+def say_assumed(
+    graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict, dims: dict | None = None
+) -> None:
+    dims = assumed_dims(graph, shapes, given, dims)
     if dims:
         print(
             "note: assumed " + ", ".join(f"{k}={v}" for k, v in dims.items()) + " (set with "
@@ -139,7 +168,9 @@ def say_assumed(graph: Graph, shapes: dict[str, tuple[int, ...]], given: dict) -
         )
 
 
-def _concrete_shape(v: Value, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+def _concrete_shape(
+    v: Value, shapes: dict[str, tuple[int, ...]], known: dict[str, int] | None = None
+) -> tuple[int, ...]:
     if v.name in shapes:
         return shapes[v.name]
     if v.shape is None:
@@ -150,6 +181,8 @@ def _concrete_shape(v: Value, shapes: dict[str, tuple[int, ...]]) -> tuple[int, 
     for d in v.shape:
         if isinstance(d, int):
             dims.append(d)
+        elif d and known and d in known:
+            dims.append(known[d])
         else:
             # symbolic: 1 for batch-like dims; others need the user to say
             dims.append(1 if d is None or "batch" in str(d).lower() or d == "N" else 8)

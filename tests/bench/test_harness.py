@@ -44,6 +44,14 @@ def test_sleeping_fn_gives_its_latency_throughput_and_estimated_energy() -> None
     assert r.j_per_inference == pytest.approx(e.energy_j / (25 * 8))
 
 
+def test_throughput_is_the_timed_calls_own_window() -> None:
+    """With the progress display on, its 0.2 s waits counted in the window: 25 calls of
+    2 ms (50 ms of work) reported about a fifth of their throughput."""
+    cfg = BenchConfig(iterations=25, progress=True, **FAST)
+    r = run_benchmark("sleep", lambda: time.sleep(0.002), batch=4, config=cfg)
+    assert r.throughput_per_s == pytest.approx(4 * 1e3 / r.latency.mean_ms, rel=0.15)
+
+
 def test_gc_paused_in_the_timed_window_only() -> None:
     """The cyclic collector is off during timed calls (timeit's rule), on during the warm-up
     and afterwards, and stays off after the window when the caller had turned it off."""
