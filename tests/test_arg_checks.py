@@ -245,3 +245,25 @@ def test_inputs_that_share_a_dim_name_follow_the_one_given(tmp_path, capsys) -> 
     # bench --batch binds the batch by name; the sequence it had to assume, it names
     assert main(["bench", str(path), "--device", "cpu", "--batch", "2", "--iterations", "3"]) == 0
     assert "note: assumed seq=8 (set with --shapes)" in capsys.readouterr().err
+
+
+def test_compare_skips_an_engine_of_another_model(model, tmp_path, capsys) -> None:  # noqa: ANN001
+    """A MiniLM engine used to get a throughput row next to BERT-base (only a footnote said
+    the outputs differed)."""
+    eng = tmp_path / "m.eng"
+    assert main(["build", str(model), "-o", str(eng), "--device", "cpu", "--shapes", "x:2x4"]) == 0
+    w = numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["n", 8])],
+        initializer=[w],
+    )
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), other)
+    capsys.readouterr()
+    argv = ["compare", str(other), "--device", "cpu", "--batch", "2", "--duration", "0.2"]
+    assert main([*argv, "--warmup", "0", "--peers", f"onnxruntime,engine:{eng}"]) == 0
+    err = capsys.readouterr().err
+    assert "was built from another model: its output 'y' is" in err, err

@@ -621,12 +621,36 @@ def prepare_ecoinfer_engine(
     return _engine_peer(engine, feeds, path, PRECISION_LABEL[prec], {"build_seconds": build_s})
 
 
-def prepare_engine_file(engine_path: str, feeds: Mapping[str, np.ndarray], device: str) -> Prepared:
+def _other_model(engine_graph: Any, graph: Any) -> str | None:
+    """Why an engine was built from another model than the one compared (None: it may be the
+    same): outputs of other names, or fixed dims that differ (a MiniLM engine's 384 against
+    BERT-base's 768), which would otherwise make a row of another model's throughput."""
+    mine = {v.name: v.shape for v in engine_graph.outputs}
+    theirs = {v.name: v.shape for v in graph.outputs}
+    if set(mine) != set(theirs):
+        return f"its outputs {sorted(mine)} are not the model's {sorted(theirs)}"
+    for name, shape in mine.items():
+        other = theirs[name]
+        if shape is None or other is None:
+            continue
+        fixed = [(a, b) for a, b in zip(shape, other) if isinstance(a, int) and isinstance(b, int)]
+        if len(shape) != len(other) or any(a != b for a, b in fixed):
+            return f"its output '{name}' is {list(shape)}, the model's {list(other)}"
+    return None
+
+
+def prepare_engine_file(
+    engine_path: str, feeds: Mapping[str, np.ndarray], device: str, graph: Any = None
+) -> Prepared:
     """A built engine file as a peer (e.g. an INT8 or FP8 engine next to the FP16 one); its
-    label says its precision and quantization, its extra the tactics and quantized layers."""
+    label says its precision and quantization, its extra the tactics and quantized layers.
+    An engine of another model than `graph` is skipped."""
     from ecoinfer.engine.builder import load_engine  # noqa: PLC0415
 
     engine = load_engine(engine_path, device)
+    why = _other_model(engine.graph, graph) if graph is not None else None
+    if why:
+        raise Skip(f"{engine_path} was built from another model: {why}")
     label = PRECISION_LABEL.get(engine.precision, engine.precision)
     extra: dict[str, Any] = {"engine_file": engine_path}
     quant = quantization_summary(engine.report)
@@ -928,5 +952,5 @@ def _prepare(
     if key == "ecoinfer-engine":
         return prepare_ecoinfer_engine(path, feeds, device)  # the builder's level for the device
     if key.startswith(ENGINE_FILE):
-        return prepare_engine_file(key[len(ENGINE_FILE) :], feeds, device)
+        return prepare_engine_file(key[len(ENGINE_FILE) :], feeds, device, graph)
     raise Skip(f"unknown peer {key}")
