@@ -123,7 +123,9 @@ def build(
         if isinstance(model, str | os.PathLike)
         else ""
     )
-    if output is not None and os.path.isfile(src_file) and _same_file(output, src_file):
+    from ecoinfer.commands.arg_checks import same_file  # noqa: PLC0415
+
+    if output is not None and os.path.isfile(src_file) and same_file(output, src_file):
         raise InputError(f"ecoinfer.build: output {output} is the input model")
     src = model.graph if isinstance(model, Model) else model
     engine = build_engine(src, cfg)
@@ -199,11 +201,3 @@ def validate_inputs(
 
 def _fmt(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two spellings name one file (./m.onnx, an absolute path, a link)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # `a` does not exist yet
-        return os.path.realpath(a) == os.path.realpath(b)

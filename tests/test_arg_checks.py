@@ -18,19 +18,23 @@ from onnx import helper, numpy_helper
 from ecoinfer.cli import main
 
 
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+def _matmul_model(path: Path, width: int) -> Path:
+    """y[n, width] = x[n, 4] @ ones(4, width)."""
+    w = numpy_helper.from_array(np.ones((4, width), np.float32), "w")
     g = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
         "g",
         [helper.make_tensor_value_info("x", T.FLOAT, ["n", 4])],
-        [helper.make_tensor_value_info("y", T.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["n", width])],
         initializer=[w],
     )
-    path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return _matmul_model(tmp_path / "m.onnx", 4)
 
 
 def _err(capsys, argv: list[str], *needles: str) -> None:  # noqa: ANN001
@@ -252,16 +256,7 @@ def test_compare_skips_an_engine_of_another_model(model, tmp_path, capsys) -> No
     the outputs differed)."""
     eng = tmp_path / "m.eng"
     assert main(["build", str(model), "-o", str(eng), "--device", "cpu", "--shapes", "x:2x4"]) == 0
-    w = numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", T.FLOAT, ["n", 4])],
-        [helper.make_tensor_value_info("y", T.FLOAT, ["n", 8])],
-        initializer=[w],
-    )
-    other = tmp_path / "other.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), other)
+    other = _matmul_model(tmp_path / "other.onnx", 8)
     capsys.readouterr()
     argv = ["compare", str(other), "--device", "cpu", "--batch", "2", "--duration", "0.2"]
     assert main([*argv, "--warmup", "0", "--peers", f"onnxruntime,engine:{eng}"]) == 0

@@ -77,6 +77,15 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise InputError(f"{_flag(dest)} {v}: give {what}")
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two spellings name one file (./m.onnx, an absolute path, a link); this module
+    imports no torch, so `run --lean` stays torch-free."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _files(dest: str, value: object) -> list[str]:
     """The file paths of an option's value: NAME=FILE items give FILE."""
     items = value if isinstance(value, list) else [value]
@@ -88,16 +97,6 @@ def _files(dest: str, value: object) -> list[str]:
             it = it.split("=", 1)[1]
         out.append(it)
     return out
-
-
-def _same(a: str, b: str) -> bool:
-    pa, pb = Path(a), Path(b)
-    try:
-        if pa.exists() and pb.exists():
-            return os.path.samefile(pa, pb)
-    except OSError:
-        pass
-    return pa.resolve() == pb.resolve()
 
 
 def check_paths(args: argparse.Namespace) -> None:
@@ -112,7 +111,7 @@ def check_paths(args: argparse.Namespace) -> None:
             # an in/out cache may be read and written by the same option only
             if role == "inout" and other_role == "inout" and other_flag == flag:
                 continue
-            if _same(path, other):
+            if same_file(path, other):
                 if other_role == "out":
                     why = "both are written there and one would be lost"
                 else:

@@ -73,10 +73,8 @@ def _batch_dims(graph: Graph, shapes: dict, batch: int | None) -> dict[str, int]
     input whose leading dim has no name gets its whole shape added to `shapes`."""
     from ecoinfer.commands.common import _concrete_shape  # noqa: PLC0415
 
-    if batch is None:
+    if batch is None:  # (its range is checked with every command's numbers)
         return {}
-    if batch < 1:
-        raise InputError(f"--batch {batch}: must be at least 1")
     out: dict[str, int] = {}
     for v in graph.inputs:
         if v.name in shapes or v.shape is None or not v.shape:
