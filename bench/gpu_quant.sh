@@ -62,7 +62,8 @@ q = h["report"].get("quantization") or {}
 tb = h["report"].get("triton_binaries") or {}
 print("  tactics:", ", ".join(f"{t}/{p} x{n}" for (t, p), n in tac.most_common(8)))
 if q:
-    print(f"  quantized {len(q.get('quantized_layers', []))} layers, float {len(q.get('float_layers', []))}, emulated={q.get('emulated')}")
+    print(f"  quantized {len(q.get('quantized_layers', []))} layers, float {len(q.get('float_layers', []))};"
+          f" on 8-bit kernels {q.get('eight_bit')}, on their float twin {len(q.get('float_for_speed') or [])}, emulated={q.get('emulated')}")
 print(f"  carried Triton kernels: {tb.get('entries')} entries, {tb.get('bytes')} bytes, {tb.get('seconds', 0):.1f} s to collect")
 pdl = h["report"].get("pdl")
 if pdl:

@@ -346,14 +346,21 @@ def _print_quantization(q: dict | None) -> None:
         print(line)
     tactics = q.get("tactics") or {}
     fused = f" ({len(tactics)} fused into quantized ops)" if tactics else ""
-    if q.get("emulated", True):
-        how = "emulated (reference or dequantize-then-float kernels)"
-    else:
-        used = sorted(set(tactics.values()))
-        how = f"run by quantized tactics ({', '.join(used)})"
+    twins = q.get("float_for_speed") or []
+    labels = q.get("layer_precision") or {}
+    eight = [k for k, v in labels.items() if v == q["precision"]]
+    parts = []
+    if eight:
+        used = sorted({tactics[k] for k in eight})
+        parts.append(f"{len(eight)} run 8-bit tactics ({', '.join(used)})")
+    emulated = len(tactics) - len(eight)
+    if emulated:
+        parts.append(f"{emulated} emulated (reference or dequantize-then-float kernels)")
+    if twins:
+        parts.append(f"{len(twins)} run their float twin, which timed faster on this device")
     print(
         f"{q['precision']}: {len(q['quantized_layers'])} layer(s) quantized{fused}, "
-        f"{len(q['float_layers'])} kept in float; {how}"
+        f"{len(q['float_layers'])} kept in float for accuracy; {'; '.join(parts) or 'none left to run'}"
     )
     for r in q.get("float_for_speed") or []:
         print(

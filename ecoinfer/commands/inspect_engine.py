@@ -33,6 +33,9 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
     header, tensors = read_engine(path)  # checksum and weights table verified
     plan = header.get("plan") or {}
     choices = header.get("choices") or {}
+    report = header.get("report") or {}
+    quant = report.get("quantization") or {}
+    labels = quant.get("layer_precision") or {}  # a quantized layer's 8-bit type
     layers = []
     for n in plan.get("nodes", []):
         ch = choices.get(n["name"], {})
@@ -41,7 +44,7 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
             {
                 "layer": n["name"],
                 "op": op,
-                "precision": ch.get("precision", header.get("precision")),
+                "precision": labels.get(n["name"], ch.get("precision", header.get("precision"))),
                 "tactic": ch.get("tactic", "reference"),
                 "time_ms": ch.get("time_ms"),
                 "runner_up": ch.get("runner_up"),
@@ -59,12 +62,10 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
         for k, over in enumerate(header.get("profile_choices") or [])
         for name, ch in over.items()
     ]
-    report = header.get("report") or {}
     built = header.get("fingerprint") or {}
     device = "cuda" if built.get("device_type") == "cuda" else "cpu"
     here = None if device == "cuda" and not torch.cuda.is_available() else fingerprint(device)
     weights = [t for k, t in tensors.items() if not k.startswith("lean/")]
-    quant = report.get("quantization") or {}
     return {
         "file": str(path),
         "bytes": Path(path).stat().st_size,
@@ -75,6 +76,14 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
         "differences_here": None if here is None else differences(built, here),
         "precision": header.get("precision"),
         "quantization": quant.get("precision"),
+        # how many quantized layers run 8-bit kernels, emulate, or run their float twin
+        "quantized_layers": {
+            "eight_bit": sum(v == quant.get("precision") for v in labels.values()),
+            "emulated": sum(v != quant.get("precision") for v in labels.values()),
+            "float_twin": len(quant.get("float_for_speed") or []),
+        }
+        if "layer_precision" in quant  # engine files from before these labels lack it
+        else None,
         "inputs": plan.get("inputs", []),
         "outputs": plan.get("outputs", []),
         "profiles": header.get("profiles", []),
@@ -101,6 +110,12 @@ def print_engine(info: dict[str, Any], as_json: bool = False) -> None:
     prec = info["precision"] + (
         f", {info['quantization']} quantized" if info["quantization"] else ""
     )
+    n = info.get("quantized_layers")
+    if n:
+        prec += (
+            f" ({n['eight_bit']} layers on 8-bit kernels, {n['emulated']} emulated,"
+            f" {n['float_twin']} on their faster float twin)"
+        )
     print(
         f"engine  {info['file']}  ({_human(info['bytes'], 'B')}, format {info['format_version']})"
     )

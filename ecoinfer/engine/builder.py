@@ -405,7 +405,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     if quant_report is not None:
         from ecoinfer.quant.budget import quant_tactics_report  # noqa: PLC0415
 
-        quant_report.update(quant_tactics_report(planned, choices))
+        quant_report.update(quant_tactics_report(planned, choices, quant_report["precision"]))
         quant_report["float_for_speed"] = [
             {
                 "layer": n,

@@ -265,13 +265,15 @@ class Engine:
 
     def layer_table(self) -> list[dict]:
         rows = []
+        # a quantized layer shows its 8-bit type ("fp8", or "fp8 emul" on a float kernel)
+        labels = (self.report.get("quantization") or {}).get("layer_precision") or {}
         for n in self.graph.nodes:
             ch = self.choices.get(n.name, LayerChoice())
             rows.append(
                 {
                     "layer": n.name,
                     "op": n.op_type if not n.domain else f"{n.domain}.{n.op_type}",
-                    "precision": ch.precision,
+                    "precision": labels.get(n.name, ch.precision),
                     "tactic": ch.tactic,
                     "time_ms": ch.time_ms,
                     "runner_up": ch.runner_up,

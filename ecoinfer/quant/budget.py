@@ -605,11 +605,15 @@ def quantize_for_build(
 _EMULATING = ("reference", "dequant")
 
 
-def quant_tactics_report(graph: Any, choices: Mapping[str, Any]) -> dict[str, Any]:
+def quant_tactics_report(
+    graph: Any, choices: Mapping[str, Any], precision: str = "int8"
+) -> dict[str, Any]:
     """What runs the quantized layers of a built plan: {"tactics": {layer: tactic},
-    "emulated": bool}. Emulated means no layer does integer/FP8 math: every QGemm/QConv runs
-    the reference kernel or a dequantize-then-float tactic, or Q/DQ nodes are left (they run
-    on the reference kernels)."""
+    "layer_precision": {layer: "fp8" | "fp8 emul"}, "eight_bit": n, "emulated": bool}.
+    A layer is emulated when it runs the reference kernel or a dequantize-then-float tactic;
+    the engine is `emulated` when quantized layers remain and none does 8-bit math, or Q/DQ
+    nodes are left (they run on the reference kernels). Layers the builder replaced by their
+    float twin are not QGemm/QConv any more, so they appear in neither."""
     from ecoinfer.engine.link_codes import is_consumer  # noqa: PLC0415
 
     tactics: dict[str, str] = {}
@@ -620,8 +624,18 @@ def quant_tactics_report(graph: Any, choices: Mapping[str, Any]) -> dict[str, An
             tactics[n.name] = getattr(ch, "tactic", None) or "reference"
         elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and (n.domain or "") == "":
             qdq += 1
-    real = [t for t in tactics.values() if not t.startswith(_EMULATING)]
-    return {"tactics": tactics, "qdq_nodes": qdq, "emulated": qdq > 0 or not real}
+    labels = {
+        k: f"{precision} emul" if t.startswith(_EMULATING) else precision
+        for k, t in tactics.items()
+    }
+    real = sum(v == precision for v in labels.values())
+    return {
+        "tactics": tactics,
+        "layer_precision": labels,
+        "eight_bit": real,
+        "qdq_nodes": qdq,
+        "emulated": qdq > 0 or (bool(tactics) and not real),
+    }
 
 
 def check_quant_precision(precision: str, device: str) -> None:

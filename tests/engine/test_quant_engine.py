@@ -17,6 +17,7 @@ from test_budget import batches, sensitive_mlp, write_npz  # noqa: E402
 
 from ecoinfer.api import Model  # noqa: E402
 from ecoinfer.cli import main  # noqa: E402
+from ecoinfer.commands.inspect_engine import engine_summary  # noqa: E402
 from ecoinfer.engine.builder import BuildConfig, build, load_engine  # noqa: E402
 from ecoinfer.engine.format import read_engine, write_engine  # noqa: E402
 from ecoinfer.frontend.onnx import import_onnx  # noqa: E402
@@ -48,6 +49,11 @@ def test_int8_engine_fuses_reports_and_round_trips(files, tmp_path: Path) -> Non
     assert q["fused"] == {"qgemm": 3} and set(q["tactics"]) == {"fc1", "fc2", "fc3"}
     real = [t for t in q["tactics"].values() if not t.startswith(("reference", "dequant"))]
     assert q["emulated"] == (not real) and q["qdq_nodes"] == 0
+    # each quantized layer's precision column says int8, or "int8 emul" on a float kernel
+    want_labels = {k: "int8" if t in real else "int8 emul" for k, t in q["tactics"].items()}
+    assert q["layer_precision"] == want_labels and q["eight_bit"] == len(real)
+    shown = {r["layer"]: r["precision"] for r in eng.layer_table()}
+    assert all(shown[k] == v for k, v in want_labels.items())
     # what the Q/DQ graph computes
     graph, _ = optimize(import_onnx(str(model)), OptimizeConfig(level=2))
     amax = calibrate(graph, batches(), method="minmax")
@@ -62,6 +68,15 @@ def test_int8_engine_fuses_reports_and_round_trips(files, tmp_path: Path) -> Non
     assert {t.dtype for t in back.graph.initializers.values()} >= {torch.int8, torch.float32}
     np.testing.assert_array_equal(back.run(X)["y"], y)
     assert back.report["quantization"]["tactics"] == q["tactics"]
+    info = engine_summary(path)
+    assert {r["layer"]: r["precision"] for r in info["layers"] if r["layer"] in want_labels} == (
+        want_labels
+    )
+    assert info["quantized_layers"] == {
+        "eight_bit": len(real),
+        "emulated": 3 - len(real),
+        "float_twin": 0,
+    }
 
 
 def test_reference_only_build_is_reported_emulated(files) -> None:  # noqa: ANN001
@@ -69,6 +84,7 @@ def test_reference_only_build_is_reported_emulated(files) -> None:  # noqa: ANN0
     eng = build(str(model), BuildConfig(device="cpu", tune=False, quant=_opts(calib)))
     q = eng.report["quantization"]
     assert q["emulated"] and set(q["tactics"].values()) == {"reference"}
+    assert set(q["layer_precision"].values()) == {"int8 emul"} and q["eight_bit"] == 0
 
 
 def test_int8_with_bf16_float_layers(files) -> None:  # noqa: ANN001
@@ -134,6 +150,7 @@ def test_cli_int8_with_fp16_flag_and_fp8_refusal(files, tmp_path: Path, capsys) 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "int8, bfloat16 elsewhere" in out and "3 fused into quantized ops" in out
+    assert "0 kept in float for accuracy; 3 run 8-bit tactics (" in out or "3 emulated" in out
     assert load_engine(eng, device="cpu").precision == "bfloat16"
     assert main([*argv[:4], "--fp8", *argv[5:]]) == 2
     err = capsys.readouterr().err.strip()

@@ -9,6 +9,7 @@ import torch
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
+from ecoinfer.commands.inspect_engine import engine_summary
 from ecoinfer.engine import builder
 from ecoinfer.engine.builder import BuildConfig, build, load_engine
 from ecoinfer.engine.quant_fallback import float_twin, match_original
@@ -80,6 +81,10 @@ def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch
     assert len(rows) == 2 and all(r["quantized_ms"] and r["float_ms"] for r in rows)
     assert all(r["quantized_tactic"].endswith("(quantized)") for r in rows)
     assert not [w for w in eng.graph.initializers.values() if w.dtype == torch.int8]
+    # all twins: nothing 8-bit runs, and that is not called emulation (no layer emulates)
+    q = eng.report["quantization"]
+    assert q["tactics"] == {} and q["eight_bit"] == 0 and not q["emulated"]
+    assert {r["precision"] for r in eng.layer_table()} == {"float32"}
 
     # each twin is the float layer as it was before quantization: the original weights
     assert all(r["float_weight"] == "original" for r in rows)
@@ -90,6 +95,8 @@ def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch
     np.testing.assert_allclose(
         load_engine(tmp_path / "f.eng").run({"x": x})["y"], want, rtol=1e-5, atol=1e-5
     )
+    info = engine_summary(tmp_path / "f.eng")  # what `ecoinfer inspect` says of it
+    assert info["quantized_layers"] == {"eight_bit": 0, "emulated": 0, "float_twin": 2}
 
     # without the original (a model that brought its own Q/DQ layers) the twin computes the
     # float layer on the dequantized codes
