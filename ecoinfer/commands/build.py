@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ecoinfer.errors import EcoinferError, InputError
 
@@ -407,7 +406,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         tune=not args.no_tune,
         workspace_mb=args.workspace,
         verbose=args.verbose,
-        progress=sys.stderr.isatty(),
+        progress=True,  # a line in place on a terminal, else one every 30 s
         quant=quant,
         quant_fallback=False if getattr(args, "obey_precision", False) else None,
         link_codes=False if getattr(args, "no_link_codes", False) else None,

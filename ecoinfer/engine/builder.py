@@ -669,6 +669,35 @@ def _input_infos(xs: list, names: list[str], weights: set[str]) -> list:
     ]
 
 
+class _Progress:
+    """Tuning progress on stderr: one line rewritten in place on a terminal; elsewhere (a log
+    file, CI) a plain line at most every `every_s` seconds, so a long build is not silent."""
+
+    def __init__(self, on: bool, every_s: float = 30.0) -> None:
+        self.on, self.every_s = on, every_s
+        self.tty = on and sys.stderr.isatty()
+        self.t0 = self.last = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, text: str) -> None:
+        if not self.on:
+            return
+        now = time.perf_counter()
+        if self.tty:
+            sys.stderr.write("\r" + text)
+        elif now - self.last >= self.every_s:
+            sys.stderr.write(f"{text.rstrip()} ({now - self.t0:.0f} s)\n")
+            self.last = now
+        else:
+            return
+        self.shown = True
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.tty and self.shown:
+            sys.stderr.write("\n")
+
+
 def _tune_profile(
     graph: Graph,
     prof: ShapeProfile,
@@ -698,6 +727,7 @@ def _tune_profile(
     tuned_layers = 0
     twins: dict = {}
     fallback = cfg.quant_fallback if cfg.quant_fallback is not None else dev.type == "cuda"
+    show = _Progress(cfg.progress)
     links: list[link_codes.Link] = []
     producer = g.producers()
     readers: dict[str, int] = {}
@@ -795,10 +825,9 @@ def _tune_profile(
         if ys is None:
             ys = reference(xs)
         if cfg.progress:
-            sys.stderr.write(
-                f"\r[profile {k + 1}/{n_prof}] layer {i + 1}/{len(g.nodes)} {node.op_type:<24} -> {choice.tactic:<24}"
+            show(
+                f"[profile {k + 1}/{n_prof}] layer {i + 1}/{len(g.nodes)} {node.op_type:<24} -> {choice.tactic:<24}"
             )
-            sys.stderr.flush()
         for name, y in zip(node.outputs, ys):
             if name:
                 env[name] = y
@@ -810,8 +839,7 @@ def _tune_profile(
             if x and last_use.get(x) == i and x not in outputs and x not in weights:
                 env.pop(x, None)
                 live -= sizes.pop(x, 0)
-    if cfg.progress:
-        sys.stderr.write("\n")
+    show.end()
     mem = {
         "opt_shapes": {n: list(s) for n, s in prof.opt.items()},
         "peak_activation_bytes": peak,

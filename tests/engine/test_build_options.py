@@ -309,3 +309,30 @@ def test_cli_run_outside_every_profile_names_the_engine_file(mlp_engine) -> None
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"{mlp_engine}: input 'x' has shape [9, 16]" in lines[0]
     assert "profile 0: [1..8]x16" in lines[0] and "--max-shapes" in lines[0]
+
+
+def test_tuning_progress_in_a_log_is_a_line_every_interval(monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Off a terminal (a log file, CI) a long build says where it is every 30 s, on lines of
+    their own; on a terminal it rewrites one line."""
+    from ecoinfer.engine import builder  # noqa: PLC0415
+
+    now = [100.0]
+    monkeypatch.setattr(builder.time, "perf_counter", lambda: now[0])
+    show = builder._Progress(True)
+    show("layer 1/9")
+    now[0] += 31
+    show("layer 5/9")
+    now[0] += 10
+    show("layer 6/9")
+    show.end()
+    assert capsys.readouterr().err == "layer 5/9 (31 s)\n"
+    monkeypatch.setattr(builder.sys.stderr, "isatty", lambda: True)
+    show = builder._Progress(True)
+    show("layer 1/9")
+    show("layer 2/9")
+    show.end()
+    assert capsys.readouterr().err == "\rlayer 1/9\rlayer 2/9\n"
+    show = builder._Progress(False)
+    show("layer 1/9")
+    show.end()
+    assert capsys.readouterr().err == ""
