@@ -159,6 +159,12 @@ def _j(r: BenchResult, rep: Report) -> str:
     return fmt_num(r.j_per_inference) + (" (estimated)" if is_estimated(r) else "")
 
 
+def _power(r: BenchResult) -> str:
+    """Mean power; an estimate is an assumed figure, and says so like its J/inference."""
+    w = fmt_num(r.energy.mean_power_w if r.energy is not None else None)
+    return w + (" (estimated)" if is_estimated(r) and w != "-" else "")
+
+
 def _util(r: BenchResult, rep: Report) -> str:
     u = r.energy.gpu_util_pct if r.energy is not None else None
     return "-" if u is None else f"{u:.0f}"
@@ -193,10 +199,7 @@ COLUMNS: dict[str, Column] = {
     "throughput": ("throughput/s", lambda r, rep: fmt_num(r.throughput_per_s or None)),
     "gpu_util": ("GPU util %", _util),
     "sm_clock": ("SM MHz", lambda r, rep: fmt_num(sm_clock_mhz(r))),
-    "power_w": (
-        "mean power W",
-        lambda r, rep: fmt_num(r.energy.mean_power_w if r.energy is not None else None),
-    ),
+    "power_w": ("mean power W", lambda r, rep: _power(r)),
     "j_per_inf": ("J/inference", _j),
     "energy_rel": ("energy vs FP32", _energy_rel),
     "error": ("error vs FP32 (rel L2 / max abs)", _error),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -187,7 +188,9 @@ def print_result(r: BenchResult) -> None:
         idle = f", idle {e.idle_power_w:.1f} W" if e.idle_power_w is not None else ""
         util = f", GPU util {e.gpu_util_pct:.0f}%" if e.gpu_util_pct is not None else ""
         print(
-            f"energy   {e.energy_j:.2f} J over {e.duration_s:.2f} s ({e.method}, {label}); mean "
+            # the method's name is "estimated" for an estimate: say it once
+            f"energy   {e.energy_j:.2f} J over {e.duration_s:.2f} s "
+            f"({label if e.method == 'estimated' else f'{e.method}, {label}'}); mean "
             f"{e.mean_power_w:.1f} W{idle}{util}"
         )
         if r.j_per_inference is not None:
@@ -284,7 +287,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         profile=args.profile,
         declared_power_w=args.declared_power_w,
         streams=args.streams,
-        progress=True,
+        progress=sys.stderr.isatty(),  # the bar rewrites its line: clutter in a log
     )
     result = run_benchmark(name, fn, _batch_of(feeds), cfg, device, profile_fn)
     print_result(result)

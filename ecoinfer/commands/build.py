@@ -497,7 +497,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         for r in rows:
             shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in r["shapes"].items())
             print(
-                f"accuracy {r['output']:<24} at {shapes}: rel error {r['rel_error']:.2e}, max abs "
+                f"accuracy {r['output']:<24} at {shapes} ({r['inputs']} inputs): rel error {r['rel_error']:.2e}, max abs "
                 f"{r['max_abs_error']:.2e} (tolerance {r['tolerance']:g}) {'ok' if r['ok'] else 'FAIL'}"
             )
         if bad:

@@ -1259,14 +1259,14 @@ def check_accuracy(
     rows = []
     if given:
         opt = dict(engine.profiles[0].opt) if engine.profiles else {}
-        sets = [random_inputs(engine.graph, opt, seed, given)]
+        sets = [("given", random_inputs(engine.graph, opt, seed, given))]
     else:
         sets = [
-            random_inputs(engine.graph, dict(p.opt), seed + s)
+            (f"random, seed {seed + s}", random_inputs(engine.graph, dict(p.opt), seed + s))
             for p in engine.profiles
             for s in range(n_sets)
         ]
-    for feeds in sets:
+    for which, feeds in sets:
         out = engine.run(feeds)  # first: its input checks give the clear errors
         ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
         for name, r in ref.items():
@@ -1278,6 +1278,7 @@ def check_accuracy(
                 {
                     "output": name,
                     "shapes": {k: list(v.shape) for k, v in feeds.items()},
+                    "inputs": which,  # which input set: "given" or "random, seed N"
                     "rel_error": rel,
                     "max_abs_error": float(np.max(np.abs(o - r64))) if o.size else 0.0,
                     "tolerance": tol,

@@ -170,6 +170,10 @@ def test_bench_cli_json_profile_and_labels(mlp, tmp_path) -> None:  # noqa: ANN0
     assert "by op" in proc.stdout and "sum of layer medians" in proc.stdout
     if r["energy"]["method"] == "estimated":
         assert "ESTIMATED" in proc.stdout and r["energy"]["measured"] is False
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("energy "))
+        assert line.lower().count("estimated") == 1, line  # said once, not "(estimated, ESTIMATED)"
+    # stderr is a pipe here: no progress bar rewriting its line
+    assert "\r" not in proc.stderr and "[####" not in proc.stderr
 
 
 def test_bench_cli_onnxruntime_runner_and_bad_batch(mlp, tmp_path) -> None:  # noqa: ANN001

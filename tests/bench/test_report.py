@@ -137,6 +137,8 @@ def test_estimated_energy_is_marked(rep) -> None:  # noqa: ANN001
     md = report.to_markdown(rep)
     row = next(ln for ln in md.splitlines() if ln.startswith("| onnxruntime"))
     assert "(estimated)" in row
+    assert report._power(est) == "65.0 (estimated)"  # the assumed power, tagged like its J
+    assert not report._power(rep.results[0]).endswith("(estimated)")
     assert "J/inference marked 'estimated' is not measured" in md
     assert report.is_estimated(est) and not report.is_estimated(rep.results[0])
 

@@ -224,7 +224,12 @@ def test_build_cli_verbose_runner_up_and_check_input(mlp, tmp_path) -> None:  # 
     assert len(rows) == 2 and all(ln.rstrip().endswith(" ms") for ln in rows), proc.stdout
     # --check-input: the accuracy check ran once, on the given batch of 3
     acc = [ln for ln in proc.stdout.splitlines() if ln.startswith("accuracy ")]
-    assert len(acc) == 1 and "at x:3x16" in acc[0] and acc[0].endswith("ok"), acc
+    assert len(acc) == 1 and "at x:3x16 (given inputs)" in acc[0] and acc[0].endswith("ok"), acc
+    # without --check-input: two random input sets, each line saying which
+    proc = _cli("build", str(mlp), "-o", str(out), "--device", "cpu", "--check-accuracy")
+    acc = [ln for ln in proc.stdout.splitlines() if ln.startswith("accuracy ")]
+    assert len(acc) == 2 and "(random, seed 1 inputs)" in acc[0], acc
+    assert "(random, seed 2 inputs)" in acc[1], acc
     bad = _cli("build", str(mlp), "-o", str(out), "--check-accuracy", "--check-input",
                str(tmp_path / "none.npy"), "--device", "cpu")  # fmt: skip
     assert bad.returncode == 2 and "--check-input" in bad.stderr and "does not exist" in bad.stderr
