@@ -163,3 +163,18 @@ def test_compare_report_file_names_its_baseline(tmp_path, capsys) -> None:  # no
     assert "onnxruntime: skipped (onnxruntime-gpu is not installed)" in text
     lines = {ln.split("  ")[0]: ln for ln in text.splitlines()}
     assert "488,398" in lines["saved kWh/yr"]  # FP16 vs FP32 at PUE 1.6, as above
+
+
+def test_report_says_which_results_came_from_a_cpu(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A CPU result projects onto the same fleet model; the report says its 'GPUs' are CPUs.
+    GPU results and results that do not say where they ran get no such note."""
+    cpu = _result("ecoinfer fp32 on the CPU", 900.0, 3.0, 0.07, method="estimated")
+    cpu["device"], cpu["extra"] = "AMD EPYC", {"device_kind": "cpu"}
+    gpu = _result("ecoinfer fp16", 2800.0, 9.0, 0.186)
+    gpu["extra"] = {"device_kind": "cuda"}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([gpu, cpu, _result("old file", 1200.0, 25.0, 0.3)]))
+    assert main(["report", str(path), *FLEET]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "measured on a CPU" in ln]
+    assert len(notes) == 1 and notes[0].strip().startswith("- ecoinfer fp32 on the CPU:"), notes
+    assert "(AMD EPYC)" in notes[0]

@@ -137,6 +137,7 @@ def run_benchmark(
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     result = BenchResult(name, device_name(device), batch, None)
+    result.extra["device_kind"] = "cuda" if cuda else "cpu"  # the report's projection reads it
 
     meter = None
     if cfg.measure_energy:

@@ -180,6 +180,7 @@ class Measurement:
     gpu_idle_power_w: float | None = None  # measured before the run; None: the fleet's default
     gpus: int = 1
     device: str | None = None
+    device_kind: str | None = None  # "cuda" | "cpu" where the result says (None: unknown)
 
     def __post_init__(self) -> None:
         what = f"result '{self.name}'"
@@ -288,6 +289,12 @@ def project(fleet: Fleet, m: Measurement) -> Projection:
     )
     gpus_powered = servers_powered * fleet.gpus_per_server
     warnings = []
+    if m.device_kind == "cpu":
+        warnings.append(
+            f"measured on a CPU ({m.device or 'cpu'}), not a GPU: each 'GPU' of this projection is one such "
+            "CPU, with the GPU fleet's idle power and per-server count; project GPU results "
+            "to size a GPU fleet"
+        )
     if servers_needed > fleet.servers:
         warnings.append(
             f"needs {servers_needed} servers, more than the fleet's {fleet.servers}: "
@@ -517,6 +524,7 @@ def measurement_from_dict(d: Any, where: str) -> Measurement:
             "with energy measurement on"
         )
     device = d.get("device")
+    kind = (d.get("extra") or {}).get("device_kind") if isinstance(d.get("extra"), dict) else None
     return Measurement(
         name=v["name"],
         throughput_per_s=v["throughput_per_s"],
@@ -527,6 +535,7 @@ def measurement_from_dict(d: Any, where: str) -> Measurement:
         gpu_idle_power_w=d["energy"].get("idle_power_w"),
         gpus=d.get("gpus", 1),
         device=device if isinstance(device, str) else None,
+        device_kind=kind if kind in ("cuda", "cpu") else None,
     )
 
 
