@@ -52,6 +52,7 @@ TUNE_COLUMNS = [
     "gpu_util",
     "power_w",
     "j_per_inf",
+    "error",
     "pareto",
     "choice",
 ]

@@ -40,6 +40,7 @@ NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sustained_tuning": (lambda v: _finite(v) and v >= 0, "seconds, 0 or more"),
     "calib_batches": (lambda v: v >= 1, "at least 1 batch"),
     "check_tolerance": (lambda v: _finite(v) and v > 0, "a positive relative error"),
+    "max_error": (lambda v: _finite(v) and v > 0, "a positive relative error"),
 }
 
 # option -> how the command uses the path: "in" is read, "out" written, "inout" both (a cache

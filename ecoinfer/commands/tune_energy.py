@@ -116,6 +116,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="power to assume where nothing can be measured (results marked estimated)",
     )
+    p.add_argument(
+        "--max-error",
+        type=float,
+        default=None,
+        metavar="REL",
+        help="largest relative L2 error against onnxruntime FP32 (same inputs) a configuration "
+        "may have to be chosen. Default: each precision's --check-accuracy bound (fp32 1e-5, "
+        "tf32 1e-3, fp16/bf16 1e-2, int8/fp8 0.1, a sanity bound: set your model's own bar "
+        "with build --accuracy-budget and validation data)",
+    )
     p.add_argument("--json", metavar="OUT.json", help="write all configurations as JSON")
     p.add_argument("--markdown", metavar="OUT.md", help="write the table as Markdown")
     p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
@@ -212,13 +222,17 @@ def tune_energy(
     timing_cache: str | None = None,
     log: Callable[[str], None] | None = None,
     quant: Any = None,
+    max_error: float | None = None,
 ) -> Report:
     """Build and measure each configuration (None for `precisions`/`cuda_graphs`: all the
     device offers). Returns a Report whose results carry, in `extra`, batch/precision/
     cuda_graphs, `meets_slo`, `pareto` and `chosen`; configurations the device cannot run
     are skipped rows with the reason. `timing_cache`: the file every build shares (default
     $ECOINFER_TIMING_CACHE, else a temporary file removed afterwards). `quant`: a
-    quant.budget.QuantizeOptions with calibration data, which makes int8/fp8 measurable."""
+    quant.budget.QuantizeOptions with calibration data, which makes int8/fp8 measurable.
+    Each engine's outputs are compared once with onnxruntime FP32 on the timed inputs; a
+    configuration whose relative L2 error exceeds `max_error` (default: its precision's
+    --check-accuracy bound) is measured and shown but never chosen."""
     from ecoinfer.bench import peers  # noqa: PLC0415
     from ecoinfer.bench.harness import BenchConfig, device_name  # noqa: PLC0415
     from ecoinfer.bench.report import TUNE_COLUMNS, Report, fmt_num, pareto_front  # noqa: PLC0415
@@ -335,7 +349,28 @@ def tune_energy(
 
     for r in pareto_front(results):
         r.extra["pareto"] = True
-    ok = [r for r in results if r.extra.get("meets_slo") and r.j_per_inference is not None]
+    inaccurate = []
+    for r in results:
+        bound = error_bound(r.extra.get("precision"), max_error)
+        err = r.extra.get("rel_l2_error")
+        if r.skipped or bound is None:
+            continue
+        r.extra["max_error"] = bound
+        if err is not None and not err <= bound:  # NaN counts as too large
+            r.extra["accurate"] = False
+            inaccurate.append(f"{r.name} ({fmt_num(err)} > {bound:g})")
+    if inaccurate:
+        notes.append(
+            "Not chosen for accuracy (relative L2 error against onnxruntime FP32 on the timed "
+            "inputs, over the bound; --max-error sets it): " + "; ".join(inaccurate) + "."
+        )
+    ok = [
+        r
+        for r in results
+        if r.extra.get("meets_slo")
+        and r.j_per_inference is not None
+        and r.extra.get("accurate", True)
+    ]
     ran = [r for r in results if not r.skipped and r.latency is not None]
     if ok:
         best = min(ok, key=lambda r: r.j_per_inference)
@@ -346,6 +381,8 @@ def tune_energy(
             f"{fmt_num(best.latency.p99_ms)} ms <= {slo_ms:g} ms, "
             f"{fmt_num(best.throughput_per_s)} inferences/s."
         )
+    elif any(r.extra.get("meets_slo") for r in ran):
+        notes.append("No configuration meets the SLO within its error bound.")
     elif ran:
         fastest = min(ran, key=lambda r: r.latency.p99_ms)
         notes.append(
@@ -458,6 +495,7 @@ def _measure_engine(
             k: v.to(engine.device)
             for k, v in validate_inputs(engine.graph, feeds, str(model_path)).items()
         }
+        errors = _errors_against_fp32(engine, feeds, model_path)
     except EcoinferError as e:
         reason = f"engine build failed: {e}"
     except Exception as e:  # noqa: BLE001  (e.g. out of memory at a large batch)
@@ -506,6 +544,7 @@ def _measure_engine(
                 "timing_cache": {k: v for k, v in tc.items() if k != "path"},
             }
         )
+        res.extra.update(errors)
         q = peers.quantization_summary(engine.report)
         if q:  # which thresholds (fresh calibration or the shared cache) and what it quantized
             res.extra["quantization"] = q
@@ -515,6 +554,45 @@ def _measure_engine(
     del engine, tensors
     _free(dev)
     return out
+
+
+def error_bound(precision: str | None, max_error: float | None) -> float | None:
+    """The largest relative L2 error a configuration of `precision` may have to be chosen:
+    `max_error` if given, else the bound build --check-accuracy applies to it."""
+    from ecoinfer.engine.fingerprint import QUANT_CHECK_TOLERANCE, TOLERANCE  # noqa: PLC0415
+
+    if max_error is not None:
+        return max_error
+    if precision in QUANT_PRECISIONS:
+        return QUANT_CHECK_TOLERANCE
+    return TOLERANCE.get(ENGINE_PRECISION.get(precision or "", ""))
+
+
+def _errors_against_fp32(engine: Any, feeds: Mapping[str, Any], model_path: str) -> dict:
+    """One untimed call of `engine` against onnxruntime FP32 (CPU) on the same inputs: the
+    extra keys of the error column, or a note saying why there is no error figure."""
+    import numpy as np  # noqa: PLC0415
+
+    from ecoinfer.bench import peers  # noqa: PLC0415
+
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        refs = sess.run(names, dict(feeds))
+        outs = engine.run(dict(feeds))
+        err = peers.output_errors(
+            [np.asarray(outs[n], np.float64) for n in names],
+            [np.asarray(r, np.float64) for r in refs],
+        )
+    except Exception as e:  # noqa: BLE001  (no onnxruntime, or an op it lacks): no figure
+        return {"error_notes": [f"error against FP32 not measured: {peers._first_line(e)}"]}
+    return {
+        "rel_l2_error": err["rel_l2_error"],
+        "max_abs_error": err["max_abs_error"],
+        "error_reference": "onnxruntime FP32 (CPU), the timed inputs",
+    }
 
 
 def chosen(rep: Report) -> Any:
@@ -589,6 +667,7 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
         opt_level=args.opt_level,
         log=lambda s: print(s, file=sys.stderr, flush=True),
         quant=quant,
+        max_error=args.max_error,
     )
     print(rep.title)
     print(report.to_text(rep))

@@ -263,3 +263,35 @@ def test_tune_energy_measures_int8_with_calibration_data(mlp, tmp_path) -> None:
     assert key[("int8", 1)]["extra"]["quantization"]["calibrator"] == "entropy"
     assert key[("int8", 4)]["extra"]["quantization"]["calibrator"] == "cache"
     assert key[("int8", 4)]["extra"]["quantization"]["quantized_layers"] == 1
+
+
+def test_tune_energy_chooses_only_within_the_error_bound(mlp, tmp_path) -> None:  # noqa: ANN001
+    """Every engine row carries its error against onnxruntime FP32 on the timed inputs; a row
+    over its bound (--max-error, else its precision's --check-accuracy bound) is shown but
+    never chosen, and the notes name it."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        np.savez(calib / f"b{i}.npz", ids=rng.integers(0, 50, (4, 8)).astype(np.int64))
+    js = tmp_path / "t.json"
+    args = ["tune-energy", str(mlp), "--slo-ms", "1000", "--batches", "4", "--seq", "8",
+            "--precisions", "fp32,int8", "--device", "cpu", "--calib-data", str(calib), *FAST,
+            "--json", str(js)]  # fmt: skip
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "error vs FP32" in proc.stdout
+    res = {r["extra"]["precision"]: r for r in json.loads(js.read_text())["results"]}
+    fp32, int8 = res["fp32"]["extra"], res["int8"]["extra"]
+    assert fp32["rel_l2_error"] < 1e-5 and fp32["max_error"] == 1e-5
+    assert 1e-5 < int8["rel_l2_error"] < 0.1 and int8["max_error"] == 0.1  # quantized: coarser
+    assert fp32.get("accurate", True) and int8.get("accurate", True)
+
+    proc = _cli(*args, "--max-error", "1e-4")  # int8's error is over it: fp32 is chosen
+    assert proc.returncode == 0, proc.stderr
+    assert "Not chosen for accuracy" in proc.stdout and "ecoinfer int8 batch 4" in proc.stdout
+    res = {r["extra"]["precision"]: r for r in json.loads(js.read_text())["results"]}
+    assert res["int8"]["extra"]["accurate"] is False and not res["int8"]["extra"].get("chosen")
+    assert res["fp32"]["extra"]["chosen"]
+    bad = _cli(*args[:-2], "--max-error", "0")
+    assert bad.returncode == 2 and "--max-error 0.0: give a positive relative error" in bad.stderr
