@@ -221,3 +221,40 @@ def test_default_calibrator_per_precision(setup, tmp_path, precision, given, use
     assert report["calibrator"] == used
     assert json.loads(cache.read_text())["calibrator"] == used
     assert default_calib_method(precision) == ("minmax" if precision == "fp8" else "entropy")
+
+
+def test_int8_of_a_normed_model_without_smooth_suggests_it(tmp_path: Path) -> None:
+    """An INT8 build of a model with LayerNorms and no --smooth says SmoothQuant may be needed
+    (MiniLM: cosine 0.961 without); a model without norms, FP8, or --smooth given: no note."""
+    from ecoinfer.quant.budget import QuantizeOptions, quantize_for_build  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "W"], ["y"], name="fc"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.ones(8, np.float32), "g"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+        numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "W"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "normed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    calib = write_npz(tmp_path / "c", batches())
+
+    def notes(m: onnx.ModelProto, **kw: object) -> list[str]:
+        graph, _ = optimize(import_onnx(m), OptimizeConfig(level=2))
+        lines: list[str] = []
+        quantize_for_build(graph, QuantizeOptions(calib_data=str(calib), **kw), lines.append)
+        return [s for s in lines if s.startswith("note: no --smooth")]
+
+    assert len(notes(model, precision="int8")) == 1
+    assert notes(model, precision="int8", smooth_alpha=0.5) == []
+    assert notes(model, precision="fp8") == []
+    assert notes(sensitive_mlp(), precision="int8") == []
