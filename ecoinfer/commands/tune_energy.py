@@ -601,16 +601,20 @@ def chosen(rep: Report) -> Any:
 
 
 def pareto_text(rep: Report) -> list[str]:
-    from ecoinfer.bench.report import fmt_num  # noqa: PLC0415
+    from ecoinfer.bench.report import fmt_num, is_estimated  # noqa: PLC0415
 
     front = [r for r in rep.results if r.extra.get("pareto")]
     front.sort(key=lambda r: r.j_per_inference)
     lines = ["Pareto front (no other configuration has both more throughput and fewer J):"]
     for r in front:
         slo = "meets SLO" if r.extra.get("meets_slo") else "misses SLO"
+        if r.extra.get("accurate") is False:
+            slo += ", over its error bound"
+        est = " (estimated)" if is_estimated(r) else ""
         lines.append(
             f"  {r.name:<34} {fmt_num(r.throughput_per_s):>8} inferences/s  "
-            f"{fmt_num(r.j_per_inference):>8} J/inference  p99 {fmt_num(r.latency.p99_ms)} ms ({slo})"
+            f"{fmt_num(r.j_per_inference):>8} J/inference{est}  p99 {fmt_num(r.latency.p99_ms)} ms"
+            f" ({slo})"
         )
     if not front:
         lines.append("  (empty: no configuration has an energy figure)")

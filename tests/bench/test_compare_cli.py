@@ -155,6 +155,10 @@ def test_tune_energy_measures_engines_and_says_what_the_cpu_lacks(mlp, tmp_path)
     assert best["j_per_inference"] == min(r["j_per_inference"] for r in ok)
     assert best["extra"]["precision"] in ("fp32", "bf16") and best["extra"]["cuda_graphs"] is False
     assert any(r["extra"].get("pareto") for r in res)
+    # the Pareto lines tag an estimated J/inference as the table does
+    front = [ln for ln in text.split("Pareto front")[1].splitlines() if ln.startswith("  ecoinfer")]
+    est = best["energy"]["method"] == "estimated"
+    assert front and all(("J/inference (estimated)" in ln) == est for ln in front), front
     meta = data["meta"]
     assert meta["precisions"] == ["fp32", "bf16", "fp16"] and meta["cuda_graphs"] == [True, False]
     assert meta["batches"] == [1, 4] and len(meta["configs"]) == 12
@@ -293,5 +297,8 @@ def test_tune_energy_chooses_only_within_the_error_bound(mlp, tmp_path) -> None:
     res = {r["extra"]["precision"]: r for r in json.loads(js.read_text())["results"]}
     assert res["int8"]["extra"]["accurate"] is False and not res["int8"]["extra"].get("chosen")
     assert res["fp32"]["extra"]["chosen"]
+    front = proc.stdout.split("Pareto front")[1]
+    if res["int8"]["extra"].get("pareto"):
+        assert "ecoinfer int8 batch 4" in front and "over its error bound" in front
     bad = _cli(*args[:-2], "--max-error", "0")
     assert bad.returncode == 2 and "--max-error 0.0: give a positive relative error" in bad.stderr
