@@ -142,7 +142,11 @@ def _energy_rel(r: BenchResult, rep: Report) -> str:
     if v is None:
         return "-"
     s = f"{v:.2f}x"
-    return s + " (baseline)" if r.name == rep.baseline else s
+    if r.name == rep.baseline:
+        return s + " (baseline)"
+    base = next((b for b in rep.results if b.name == rep.baseline), None)
+    # a ratio with an estimate on either side is an estimate too
+    return s + (" (estimated)" if is_estimated(r) or (base and is_estimated(base)) else "")
 
 
 def _error(r: BenchResult, rep: Report) -> str:

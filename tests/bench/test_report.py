@@ -138,6 +138,9 @@ def test_estimated_energy_is_marked(rep) -> None:  # noqa: ANN001
     row = next(ln for ln in md.splitlines() if ln.startswith("| onnxruntime"))
     assert "(estimated)" in row
     assert report._power(est) == "65.0 (estimated)"  # the assumed power, tagged like its J
+    est.extra["energy_vs_baseline"] = 0.5  # a ratio with an estimate on one side is one too
+    assert report._energy_rel(est, rep) == "0.50x (estimated)"
+    assert not report._energy_rel(rep.results[1], rep).endswith("(estimated)")
     assert not report._power(rep.results[0]).endswith("(estimated)")
     assert "J/inference marked 'estimated' is not measured" in md
     assert report.is_estimated(est) and not report.is_estimated(rep.results[0])
