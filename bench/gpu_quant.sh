@@ -9,6 +9,10 @@
 # default torch-fp32,torch-fp16,torch-compile-fp16), PROFILE=1 (per-layer profile per engine),
 # GPU_TESTS / GPU_TEST_TIMEOUT / SELFTEST_TIMEOUT (with "tests"), SKIP_FP16=1 (only the
 # quantized engines: the FP16 engine's build left out where the device time is short).
+# TC_DIR: a folder of timing caches (tc_MODEL_bBATCH.json) from an earlier run on the same GPU
+# model and software, copied in first (builds then time only what is new; e.g. .carry/tc);
+# the caches this run ends with are copied to $OUT. QFLAGS: extra flags for the quantized builds
+# (e.g. "--sustained-tuning 1").
 # Everything lands in $OUT/quant.tar.gz (the device tool returns at most 8 files) plus
 # $OUT/summary.txt.
 set -uo pipefail
@@ -20,7 +24,8 @@ END=$(( $(date +%s) + ${BUDGET_S:-100000} )); left() { echo $(( END - $(date +%s
 export ECOINFER_TIMING_CACHE=$WORK/timing_cache.json
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader | tee -a "$S"
 [ -d .carry/minilm ] && bash bench/carry_minilm.sh && export ECOINFER_MINILM_DIR=/tmp/minilm
-pack() { tar czf "$OUT/quant.tar.gz" -C "$WORK" res 2>/dev/null; }
+pack() { tar czf "$OUT/quant.tar.gz" -C "$WORK" res 2>/dev/null; cp "$WORK"/tc_*.json "$OUT"/ 2>/dev/null; }
+[ -n "${TC_DIR:-}" ] && cp "$TC_DIR"/tc_*.json "$WORK"/ 2>/dev/null
 trap pack EXIT
 
 if [ "${1:-}" = "tests" ]; then
@@ -43,7 +48,7 @@ for spec in "$@"; do
   peers=${PEERS:-torch-fp32,torch-fp16,torch-compile-fp16}
   builds="fp16 $quants"; [ -n "${SKIP_FP16:-}" ] && builds="$quants"
   for q in $builds; do
-    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m")
+    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" ${QFLAGS:-})
     lim=300; [ "$q" != fp16 ] && lim=$(left ${COMPARE_S:-0}); [ $lim -gt 300 ] && lim=300
     [ $lim -lt 30 ] && { echo "$tag $q build skipped: no time left" | tee -a "$S"; continue; }
     t0=$(date +%s.%N)
