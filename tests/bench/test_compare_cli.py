@@ -243,12 +243,17 @@ def test_compare_with_the_bundled_minilm_module(minilm) -> None:  # noqa: ANN001
     assert "disagree" not in proc.stdout
 
 
-def test_tune_energy_measures_int8_with_calibration_data(mlp, tmp_path) -> None:  # noqa: ANN001
-    calib = tmp_path / "calib"
-    calib.mkdir()
+def _token_calib(folder: Path) -> Path:
+    """Three calibration batches of 4 x 8 token ids for the `mlp` fixture."""
+    folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(3):
-        np.savez(calib / f"b{i}.npz", ids=rng.integers(0, 50, (4, 8)).astype(np.int64))
+        np.savez(folder / f"b{i}.npz", ids=rng.integers(0, 50, (4, 8)).astype(np.int64))
+    return folder
+
+
+def test_tune_energy_measures_int8_with_calibration_data(mlp, tmp_path) -> None:  # noqa: ANN001
+    calib = _token_calib(tmp_path / "calib")
     js = tmp_path / "t.json"
     proc = _cli(
         "tune-energy", str(mlp), "--slo-ms", "1000", "--batches", "1,4", "--seq", "8",
@@ -273,11 +278,7 @@ def test_tune_energy_chooses_only_within_the_error_bound(mlp, tmp_path) -> None:
     """Every engine row carries its error against onnxruntime FP32 on the timed inputs; a row
     over its bound (--max-error, else its precision's --check-accuracy bound) is shown but
     never chosen, and the notes name it."""
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        np.savez(calib / f"b{i}.npz", ids=rng.integers(0, 50, (4, 8)).astype(np.int64))
+    calib = _token_calib(tmp_path / "calib")
     js = tmp_path / "t.json"
     args = ["tune-energy", str(mlp), "--slo-ms", "1000", "--batches", "4", "--seq", "8",
             "--precisions", "fp32,int8", "--device", "cpu", "--calib-data", str(calib), *FAST,
