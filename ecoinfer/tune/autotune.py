@@ -685,36 +685,69 @@ def _select(
 
     best: tuple[Any, int, RunFn] | None = None
     runs: dict[int, RunFn] = {}  # candidate index -> run, for the sustained timing
-    for name, cfg, spec in todo:
-        cand = Candidate(name, cfg)
-        cands.append(cand)
+
+    def built(cand: Candidate, spec: TacticSpec | None) -> RunFn | None:
+        """The candidate's RunFn once made and checked against the reference (None: unusable,
+        cand.reason says why). The reference itself needs neither."""
         run = reference if spec is None else _make(cand, spec, node, attrs, infos, build)
         if run is None:
             # a build failure is worth a line in a verbose build; "not applicable" is routine
             level = logging.INFO if cand.reason else logging.DEBUG
             cand.reason = cand.reason or "not applicable"
             _emit(log, level, f"{label}: {cand.name}: {cand.reason}")
-            continue
+            return None
         if spec is not None:
             if not _check(cand, run, inputs, refs, wanted, tol, dev, codes):
                 _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
                 _restore(inputs, snapshot)
-                continue
+                return None
             if not _unchanged(inputs, snapshot):
                 cand.reason = "modified its inputs"
                 _restore(inputs, snapshot)
                 _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
-                continue
+                return None
         else:
             cand.error = 0.0
         if not _fits_workspace(cand, run, inputs, dev, build.workspace_bytes, spec is None):
             _restore(inputs, snapshot)
             _emit(log, logging.INFO, f"{label}: {cand.name}: {cand.reason}")
+            return None
+        return run
+
+    def consider(k: int, run: RunFn) -> None:
+        nonlocal best
+        cand = cands[k]
+        _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.time_ms:.4f} ms ({cand.timing})")
+        if build.sustained_s > 0:
+            runs[k] = run
+        key = _rank(build, cand)
+        if best is None or key < best[0]:
+            best = (key, k, run)
+
+    # Cache first: a candidate whose time the cache holds is made (compiled) and checked only
+    # if it could still win, fastest first, so a rebuild on a fresh machine compiles the
+    # winners and not every candidate. Sustained tuning needs every finalist's kernel: it
+    # makes them all, as an uncached build does.
+    lazy = cache is not None and build.sustained_s <= 0
+    cached: list[tuple[int, TacticSpec | None]] = []
+    for name, cfg, spec in todo:
+        cand = Candidate(name, cfg)
+        cands.append(cand)
+        t = cache.get(fp, sig, name, cfg, count=False) if cache is not None else None
+        if t is not None:
+            cache.hits += 1  # type: ignore[union-attr]
+        if t is not None and lazy:
+            cand.time_ms, cand.timing = t, "cache"
+            cached.append((len(cands) - 1, spec))
             continue
-        t = cache.get(fp, sig, name, cfg) if cache is not None else None
+        run = built(cand, spec)
+        if run is None:
+            continue
         if t is not None:
             cand.time_ms, cand.timing = t, "cache"
         else:
+            if cache is not None:
+                cache.misses += 1  # a candidate that runs and has to be timed
             try:
                 if sets is None:
                     sets = input_sets(inputs, rotate)
@@ -729,12 +762,18 @@ def _select(
                 continue
             if cache is not None:
                 cache.put(fp, sig, name, cfg, cand.time_ms, sig_text)
-        _emit(log, logging.DEBUG, f"{label}: {cand.name}: {cand.time_ms:.4f} ms ({cand.timing})")
-        if build.sustained_s > 0:
-            runs[len(cands) - 1] = run
-        key = _rank(build, cand)
-        if best is None or key < best[0]:
-            best = (key, len(cands) - 1, run)
+        consider(len(cands) - 1, run)
+    for k, spec in sorted(cached, key=lambda ks: _rank(build, cands[ks[0]])):
+        cand = cands[k]
+        if best is not None and not _rank(build, cand) < best[0]:
+            break  # it and every later one lose on their cached times: left unbuilt
+        t = cand.time_ms
+        run = built(cand, spec)
+        if run is None:
+            cand.time_ms = INF
+            continue
+        cand.time_ms = t
+        consider(k, run)
 
     if best is None:  # only if the reference itself failed to time
         raise ExecutionError(

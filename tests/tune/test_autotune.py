@@ -234,6 +234,50 @@ def test_cache_skips_timing_but_not_the_check(
     }
 
 
+def test_warm_cache_builds_only_the_candidates_that_could_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every time cached, only the fastest cached candidate is made (compiled) and
+    checked; slower cached ones stay unbuilt (a fresh machine compiles the winners only).
+    If the cached winner now fails its check, the next fastest is built instead."""
+    path = tmp_path / "timing.json"
+    cache = TimingCache.load(path)
+    first, _, _ = _select(cache)
+    cache.save()
+    made: list[str] = []
+    real_make = autotune._make
+
+    def spy(cand, spec, *a):  # noqa: ANN001, ANN002, ANN202
+        made.append(cand.name)
+        return real_make(cand, spec, *a)
+
+    monkeypatch.setattr(autotune, "_make", spy)
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("timed a cached one"))
+    second, _, _ = _select(TimingCache.load(path))
+    assert second.tactic == "fast" and "fast" in made
+    assert "slow" not in made and "tuned[k=1]" not in made  # cached losers: never built
+    assert "tuned[k=2]" in made and "wrong" in made  # never cached (wrong): judged again
+    assert second.runner_up is not None and second.runner_up_ms == first.runner_up_ms
+
+    def broken(cand, spec, *a):  # noqa: ANN001, ANN002, ANN202
+        made.append(cand.name)
+        if cand.tactic == "fast":  # the cached winner now computes a wrong result
+            return lambda xs: [xs[0] * 5]
+        return real_make(cand, spec, *a)
+
+    made.clear()
+    monkeypatch.setattr(autotune, "_make", broken)
+    third, _, _ = _select(TimingCache.load(path))
+    fast = next(c for c in third.candidates if c.tactic == "fast")
+    assert not math.isfinite(fast.time_ms) and "wrong" in fast.reason
+    ranked = sorted(
+        (c for c in first.candidates if math.isfinite(c.time_ms) and c.tactic != "fast"),
+        key=lambda c: c.time_ms,
+    )
+    assert third.tactic == ranked[0].tactic  # the next fastest on the cached times
+    assert "slow" not in made or ranked[0].tactic == "slow"
+
+
 def test_cache_from_another_device_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
