@@ -361,6 +361,12 @@ def _print_quantization(q: dict | None) -> None:
         f"{q['precision']}: {len(q['quantized_layers'])} layer(s) quantized{fused}, "
         f"{len(q['float_layers'])} kept in float for accuracy; {'; '.join(parts) or 'none left to run'}"
     )
+    if twins and not tactics:
+        print(
+            f"warning: no layer runs in {q['precision']}: every quantized layer's float twin "
+            f"timed faster on this device, so this engine computes what a build without "
+            f"--{q['precision']} would; quantization gains nothing here"
+        )
     for r in q.get("float_for_speed") or []:
         print(
             f"  {r['layer']} runs in float: {r['float_tactic']} {r['float_ms']:.4f} ms beats "

@@ -151,6 +151,7 @@ def test_cli_int8_with_fp16_flag_and_fp8_refusal(files, tmp_path: Path, capsys) 
     out = capsys.readouterr().out
     assert "int8, bfloat16 elsewhere" in out and "3 fused into quantized ops" in out
     assert "0 kept in float for accuracy; 3 run 8-bit tactics (" in out or "3 emulated" in out
+    assert "warning: no layer runs in" not in out
     assert load_engine(eng, device="cpu").precision == "bfloat16"
     assert main([*argv[:4], "--fp8", *argv[5:]]) == 2
     err = capsys.readouterr().err.strip()

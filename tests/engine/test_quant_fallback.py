@@ -72,7 +72,7 @@ def test_off_on_the_cpu_by_default(mlp) -> None:  # noqa: ANN001
     assert not any(c.get("float") for cs in eng.report["candidates"].values() for c in cs)
 
 
-def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
     quantized = _build(mlp)
     monkeypatch.setattr(builder, "prefer_float", lambda q_ms, f_ms: True)
     eng = _build(mlp, quant_fallback=True)
@@ -85,6 +85,11 @@ def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch
     q = eng.report["quantization"]
     assert q["tactics"] == {} and q["eight_bit"] == 0 and not q["emulated"]
     assert {r["precision"] for r in eng.layer_table()} == {"float32"}
+    from ecoinfer.commands.build import _print_quantization  # noqa: PLC0415
+
+    _print_quantization(q)
+    out = capsys.readouterr().out
+    assert "2 run their float twin" in out and "warning: no layer runs in int8" in out
 
     # each twin is the float layer as it was before quantization: the original weights
     assert all(r["float_weight"] == "original" for r in rows)
