@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _report_args(rp)
 
+    cs = sub.add_parser(
+        "calib-sample",
+        help="draw a calibration set from a request log, stratified to follow the traffic",
+    )
+    from ecoinfer.commands.calib_sample import add_arguments as _cs_args  # noqa: PLC0415
+
+    _cs_args(cs)
+
     d = sub.add_parser("demo", help="run the main job on the bundled all-MiniLM-L6-v2")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--cache-dir", default=None, help="where the exported ONNX file is kept")
@@ -200,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecoinfer.commands.report import cmd_report  # noqa: PLC0415
 
             return cmd_report(args)
+        if args.command == "calib-sample":
+            from ecoinfer.commands.calib_sample import cmd_calib_sample  # noqa: PLC0415
+
+            return cmd_calib_sample(args)
         if args.command == "demo":
             from ecoinfer.commands.demo import cmd_demo  # noqa: PLC0415
 

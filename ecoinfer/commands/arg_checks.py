@@ -41,6 +41,8 @@ NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
     "calib_batches": (lambda v: v >= 1, "at least 1 batch"),
     "check_tolerance": (lambda v: _finite(v) and v > 0, "a positive relative error"),
     "max_error": (lambda v: _finite(v) and v > 0, "a positive relative error"),
+    "tail_fraction": (lambda v: _finite(v) and 0 <= v < 1, "a share from 0 up to (not) 1"),
+    "n": (lambda v: v >= 1, "at least 1 sample"),
 }
 
 # option -> how the command uses the path: "in" is read, "out" written, "inout" both (a cache
@@ -66,7 +68,9 @@ PATHS: dict[str, str] = {
 
 
 def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-") if dest not in ("model", "results") else dest.upper()
+    if dest in ("model", "results"):
+        return dest.upper()
+    return ("-" if len(dest) == 1 else "--") + dest.replace("_", "-")
 
 
 def check_numbers(args: argparse.Namespace) -> None:
