@@ -1,4 +1,6 @@
-"""The `ecoinfer` command: inspect, run, demo (build, bench, compare arrive with later issues)."""
+"""The `ecoinfer` command: argument parsing and dispatch to the commands in ecoinfer/commands/
+(inspect, optimize, run, build, bench, compare, debug-precision, tune-energy, report,
+calib-sample, demo); an error of the user's is one line and exit 2 (--debug: the traceback)."""
 
 from __future__ import annotations
 
