@@ -43,6 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave the --by array out of the written files (a name the model does not take)",
     )
+    p.add_argument(
+        "--drop",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="other arrays of the log to leave out of the written files (names the model "
+        "does not take: build --calib-data refuses them)",
+    )
 
 
 def cmd_calib_sample(args: argparse.Namespace) -> int:
@@ -58,15 +66,30 @@ def cmd_calib_sample(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a file" if not out.is_dir() else "a folder that is not empty"
         raise InputError(f"-o {out} is {what}: give a new or empty folder (nothing is replaced)")
-    if out.resolve() == Path(args.log).resolve():
-        raise InputError(f"-o {out} is the request log itself: give another folder")
+    blocker = next((p for p in out.resolve().parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"-o {out}: {blocker} is a file, so no folder can be made there")
+    log = Path(args.log).resolve()
+    if log.is_dir() and (out.resolve() == log or log in out.resolve().parents):
+        raise InputError(
+            f"-o {out} is inside the request log {args.log}: the written batches would become "
+            "part of it; give a folder outside"
+        )
     if args.drop_key and args.by == "seq-len":
         raise InputError("--drop-key drops the --by array; --by seq-len names none")
     where = str(args.log)
     samples = split_samples(open_calibration_data(args.log, what="request log"), where)
+    missing = sorted(set(args.drop) - set(samples[0]))
+    if missing:
+        raise InputError(
+            f"--drop {' '.join(missing)}: no such array in the log ({sorted(samples[0])})"
+        )
+    drop = [*args.drop, *([args.by] if args.drop_key else [])]
+    if not set(samples[0]) - set(drop):
+        raise InputError("--drop/--drop-key leave no array to write")
     key = strata_key(args.by, samples, where)
     chosen, counts = sample_log(samples, args.n, key, args.tail_fraction, args.seed)
-    paths = write_batches(chosen, out, args.batch, args.by if args.drop_key else None)
+    paths = write_batches(chosen, out, args.batch, drop)
     print(
         f"drew {len(chosen)} of {len(samples)} samples from {where}, stratified by {args.by} "
         f"(tail share {args.tail_fraction:g}, seed {args.seed}); wrote {len(paths)} file(s) to "

@@ -71,6 +71,10 @@ class NpzFolderReader:
 
     def __iter__(self) -> Iterator[Batch]:
         for f in self.files:
+            if not zipfile.is_zipfile(f):  # numpy would blame pickled data for any non-zip file
+                raise CalibrationDataError(
+                    f"{f}: not a .npz archive (not a zip file); write it with numpy.savez"
+                )
             try:
                 with np.load(f, allow_pickle=False) as z:
                     yield {k: z[k] for k in z.files}

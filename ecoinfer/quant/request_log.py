@@ -28,19 +28,40 @@ from ecoinfer.quant.data import CalibrationDataError, stratified_sample
 Sample = dict[str, np.ndarray]
 
 
-def split_samples(batches: Iterable[dict[str, np.ndarray]], where: str) -> list[Sample]:
-    """Every batch's samples, in log order; each array keeps a leading axis of 1. The arrays
-    of one batch must agree on axis 0 (the batch)."""
+def split_samples(reader: Iterable[dict[str, np.ndarray]], where: str) -> list[Sample]:
+    """Every batch's samples, in log order; each array keeps a leading axis of 1. Every batch
+    holds the same arrays, and the arrays of one batch agree on axis 0 (the batch)."""
+    locate = getattr(reader, "locate", None)
     out: list[Sample] = []
-    for k, batch in enumerate(batches):
-        sizes = {n: (np.asarray(a).shape[:1] or (None,))[0] for n, a in batch.items()}
-        if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
+    names: list[str] | None = None
+    for k, batch in enumerate(reader):
+        place = (
+            (lambda n, k=k: locate(k, n))
+            if locate
+            else (lambda n, k=k: f"{where}, batch {k}, '{n}'")
+        )
+        batch = {n: np.asarray(a) for n, a in batch.items()}
+        if names is None:
+            names = sorted(batch)
+        elif sorted(batch) != names:
+            odd = sorted(set(names) ^ set(batch))
             raise CalibrationDataError(
-                f"{where}: batch {k} has arrays of different batch sizes (axis 0: {sizes}); "
-                "every array of a batch needs one row per request"
+                f"{place(odd[0])}: batch {k} holds {sorted(batch)}, the first batch {names}; "
+                "every batch of the log needs the same arrays"
             )
-        n = next(iter(sizes.values()))
-        out += [{name: np.asarray(a)[i : i + 1] for name, a in batch.items()} for i in range(n)]
+        for n, a in batch.items():
+            if a.ndim == 0:
+                raise CalibrationDataError(
+                    f"{place(n)}: '{n}' is a scalar; every array needs one row per request (axis 0)"
+                )
+        sizes = {n: a.shape[0] for n, a in batch.items()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise CalibrationDataError(
+                f"{place(next(iter(batch), ''))}: the arrays of batch {k} have different batch "
+                f"sizes (axis 0: {sizes}); every array of a batch needs one row per request"
+            )
+        n_rows = next(iter(sizes.values()))
+        out += [{n: a[i : i + 1] for n, a in batch.items()} for i in range(n_rows)]
     if not out:
         raise CalibrationDataError(f"{where}: the request log holds no samples")
     return out
@@ -51,17 +72,24 @@ def _bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def _scalar_key(v: np.ndarray) -> Hashable:
+    x = v.reshape(-1)[0].item()
+    return "nan" if isinstance(x, float) and x != x else x  # NaN != NaN: one stratum for all
+
+
 def strata_key(by: str, samples: list[Sample], where: str) -> Callable[[Sample], Hashable]:
-    """The stratum of a sample for `--by` (seq-len or the name of a per-sample array)."""
+    """The stratum of a sample for `--by` (seq-len or the name of a per-sample array); the
+    key is checked on every sample."""
     first = samples[0]
     if by == "seq-len":
         if "attention_mask" in first:
             return lambda s: _bucket(int(np.count_nonzero(s["attention_mask"])))
         name = next(iter(first))
-        if first[name].ndim < 2:
+        if first[name].ndim < 2 or first[name].dtype.kind not in "iu":
             raise CalibrationDataError(
-                f"{where}: --by seq-len needs an attention_mask or a first array with a "
-                f"sequence axis; '{name}' has shape {list(first[name].shape)}"
+                f"{where}: --by seq-len needs token inputs: an attention_mask, or integer ids "
+                f"with a sequence axis ('{name}' is {first[name].dtype}"
+                f"{list(first[name].shape)}); stratify by a per-sample array with --by NAME"
             )
         return lambda s: _bucket(s[name].shape[1])
     if by not in first:
@@ -69,12 +97,14 @@ def strata_key(by: str, samples: list[Sample], where: str) -> Callable[[Sample],
             f"{where}: --by {by}: no array of that name in the log (it has {sorted(first)}); "
             "give seq-len or one of those"
         )
-    if first[by].size != 1:
-        raise CalibrationDataError(
-            f"{where}: --by {by}: '{by}' holds {first[by].size // max(1, first[by].shape[0])}"
-            " values per sample; a stratum key needs one (a class, a source id)"
-        )
-    return lambda s: s[by].reshape(-1)[0].item()
+    for k, s in enumerate(samples):
+        if s[by].size != 1:
+            raise CalibrationDataError(
+                f"{where}: --by {by}: sample {k} has {s[by].size} values of '{by}' (shape "
+                f"{list(s[by].shape[1:])} per sample); a stratum key needs one (a class, a "
+                "source id)"
+            )
+    return lambda s: _scalar_key(s[by])
 
 
 def sample_log(
@@ -100,12 +130,14 @@ def sample_log(
 
 
 def write_batches(
-    samples: list[Sample], out: Path, batch: int, drop: str | None = None
+    samples: list[Sample], out: Path, batch: int, drop: Iterable[str] = ()
 ) -> list[Path]:
-    """`samples` as .npz files of at most `batch` samples each, one shape per file."""
+    """`samples` as .npz files of at most `batch` samples each, one shape per file, without
+    the arrays named in `drop`."""
+    drop = set(drop)
     groups: dict[tuple, list[Sample]] = {}
     for s in samples:
-        kept = {k: v for k, v in s.items() if k != drop}
+        kept = {k: v for k, v in s.items() if k not in drop}
         groups.setdefault(tuple((k, v.shape, v.dtype.str) for k, v in kept.items()), []).append(
             kept
         )

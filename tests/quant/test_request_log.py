@@ -73,13 +73,19 @@ def test_sample_by_a_key_array_and_drop_it(tmp_path, capsys) -> None:  # noqa: A
     kept = tmp_path / "kept"
     assert main(["calib-sample", str(log), "-o", str(kept), "-n", "30", "--by", "source"]) == 0
     assert all("source" in s for s in _read(kept))
+    # by length, dropping the array the model does not take
+    by_len = tmp_path / "by_len"
+    assert main(["calib-sample", str(log), "-o", str(by_len), "-n", "30", "--drop", "source"]) == 0
+    assert all(set(s) == {"input_ids", "attention_mask"} for s in _read(by_len))
+    assert main(["calib-sample", str(log), "-o", str(tmp_path / "x"), "--drop", "nope"]) == 2
+    assert "--drop nope: no such array" in capsys.readouterr().err
 
 
 def test_requests_of_other_shapes_go_to_files_of_their_own(tmp_path) -> None:  # noqa: ANN001
     log = tmp_path / "log"
     log.mkdir()
     for k, seq in enumerate((16, 64, 16, 64)):
-        np.savez(log / f"r{k}.npz", x=np.full((4, seq), k, np.float32))
+        np.savez(log / f"r{k}.npz", x=np.full((4, seq), k, np.int64))
     out = tmp_path / "calib"
     assert main(["calib-sample", str(log), "-o", str(out), "-n", "16"]) == 0
     shapes = sorted(np.load(p)["x"].shape for p in out.glob("*.npz"))
@@ -99,7 +105,7 @@ def test_bad_request_logs_and_options_are_one_line_errors(tmp_path, capsys) -> N
     assert "-n 0: give at least 1 sample" in err("-n", "0")
     assert "--tail-fraction 1.0" in err("--tail-fraction", "1")
     assert "no array of that name" in err("--by", "label")
-    assert "values per sample" in err("--by", "input_ids")
+    assert "sample 0 has 32 values of 'input_ids'" in err("--by", "input_ids")
     assert "--by seq-len names none" in err("--drop-key")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
@@ -110,6 +116,33 @@ def test_bad_request_logs_and_options_are_one_line_errors(tmp_path, capsys) -> N
     np.savez(ragged / "r.npz", a=np.zeros((4, 2)), b=np.zeros((3, 2)))
     with pytest.raises(CalibrationDataError, match="different batch sizes"):
         split_samples(open_calibration_data(ragged), str(ragged))
-    flat = [{"x": np.zeros((1,))}]
-    with pytest.raises(CalibrationDataError, match="sequence axis"):
-        strata_key("seq-len", flat, "log")
+    for flat in ({"x": np.zeros((1,), np.int64)}, {"x": np.zeros((1, 16), np.float32)}):
+        with pytest.raises(CalibrationDataError, match="needs token inputs"):
+            strata_key("seq-len", [flat], "log")  # a feature width is no sequence length
+    # the output may not go inside the log (it would become part of it), nor under a file
+    assert "inside the request log" in err(out="log/sub")
+    (tmp_path / "afile").write_text("x")
+    assert "is a file, so no folder can be made" in err(out="afile/sub")
+    assert not (log / "sub").exists() and (tmp_path / "afile").read_text() == "x"
+
+
+def test_logs_whose_batches_disagree_are_named(tmp_path) -> None:  # noqa: ANN001
+    log = tmp_path / "log"
+    log.mkdir()
+    np.savez(log / "a.npz", ids=np.zeros((2, 4), np.int64), src=np.zeros(2))
+    np.savez(log / "b.npz", ids=np.zeros((2, 4), np.int64))
+    with pytest.raises(CalibrationDataError, match=r"b.npz\[src\].*the same arrays"):
+        split_samples(open_calibration_data(log), str(log))
+    np.savez(log / "b.npz", ids=np.zeros((2, 4), np.int64), src=np.zeros((2, 2)))
+    samples = split_samples(open_calibration_data(log), str(log))
+    with pytest.raises(CalibrationDataError, match="sample 2 has 2 values of 'src'"):
+        strata_key("src", samples, str(log))  # every sample's key is checked, not the first
+    np.savez(log / "b.npz", ids=np.zeros((2, 4), np.int64), src=np.float64(3))
+    with pytest.raises(CalibrationDataError, match=r"b.npz\[src\]: 'src' is a scalar"):
+        split_samples(open_calibration_data(log), str(log))
+    # NaN keys are one stratum, not one per sample
+    np.savez(log / "a.npz", ids=np.zeros((3, 4), np.int64), src=np.full(3, np.nan))
+    np.savez(log / "b.npz", ids=np.zeros((1, 4), np.int64), src=np.ones(1))
+    samples = split_samples(open_calibration_data(log), str(log))
+    key = strata_key("src", samples, str(log))
+    assert [key(s) for s in samples] == ["nan", "nan", "nan", 1.0]
