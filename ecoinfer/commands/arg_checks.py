@@ -40,7 +40,7 @@ NUMBERS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sustained_tuning": (lambda v: _finite(v) and v >= 0, "seconds, 0 or more"),
     "calib_batches": (lambda v: v >= 1, "at least 1 batch"),
     "check_tolerance": (lambda v: _finite(v) and v > 0, "a positive relative error"),
-    "max_error": (lambda v: _finite(v) and v > 0, "a positive relative error"),
+    "max_error": (lambda v: _finite(v) and v > 0, "a finite positive relative error"),
     "tail_fraction": (lambda v: _finite(v) and 0 <= v < 1, "a share from 0 up to (not) 1"),
     "n": (lambda v: v >= 1, "at least 1 sample"),
 }

@@ -335,7 +335,22 @@ def _quant_options(args: argparse.Namespace):  # noqa: ANN202
 
 def _precision_label(engine) -> str:  # noqa: ANN001
     q = engine.report.get("quantization") if engine.report else None
-    return f"{q['precision']}, {engine.precision} elsewhere" if q else engine.precision
+    if not q:
+        return engine.precision
+    if not q.get("tactics"):  # the budget kept every layer in float, or every twin won
+        return f"{engine.precision} ({q['precision']} asked: no layer runs in it)"
+    return f"{q['precision']}, {engine.precision} elsewhere"
+
+
+def _failures(bad: list[dict]) -> str:
+    """ "output y on 2 input sets": which outputs failed the accuracy check, and on how many
+    of the input sets."""
+    outs = list(dict.fromkeys(r["output"] for r in bad))
+    sets = len({r["inputs"] for r in bad})
+    names = ", ".join(outs)
+    return (
+        f"output{'s' if len(outs) > 1 else ''} {names} on {sets} input set{'s' if sets > 1 else ''}"
+    )
 
 
 def _print_quantization(q: dict | None) -> None:
@@ -508,7 +523,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             )
         if bad:
             raise EcoinferError(
-                f"--check-accuracy: {len(bad)} output(s) beyond the tolerance "
+                f"--check-accuracy: {_failures(bad)} beyond the tolerance "
                 f"{bad[0]['tolerance']:g}, so {args.output} was not written; keep sensitive layers in fp32 with --layer-precision"
                 + (
                     " or --accuracy-budget, or build without quantization"

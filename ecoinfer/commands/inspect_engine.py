@@ -111,7 +111,9 @@ def print_engine(info: dict[str, Any], as_json: bool = False) -> None:
         f", {info['quantization']} quantized" if info["quantization"] else ""
     )
     n = info.get("quantized_layers")
-    if n:
+    if n and not n["eight_bit"] and not n["emulated"]:
+        prec = f"{info['precision']} ({info['quantization']} asked: no layer runs in it)"
+    elif n:
         prec += (
             f" ({n['eight_bit']} layers on 8-bit kernels, {n['emulated']} emulated,"
             f" {n['float_twin']} on their faster float twin)"

@@ -349,16 +349,27 @@ def tune_energy(
 
     for r in pareto_front(results):
         r.extra["pareto"] = True
-    inaccurate = []
+    inaccurate, unchecked = [], []
     for r in results:
+        # every flag in every row, so JSON readers need no defaults: accurate None = not known
+        r.extra.setdefault("pareto", False)
+        r.extra["chosen"] = False
         bound = error_bound(r.extra.get("precision"), max_error)
         err = r.extra.get("rel_l2_error")
-        if r.skipped or bound is None:
+        r.extra["max_rel_error"] = bound
+        r.extra["accurate"] = None if err is None or bound is None else bool(err <= bound)
+        if r.skipped:
             continue
-        r.extra["max_error"] = bound
-        if err is not None and not err <= bound:  # NaN counts as too large
-            r.extra["accurate"] = False
+        if r.extra["accurate"] is False:  # NaN counts as too large
             inaccurate.append(f"{r.name} ({fmt_num(err)} > {bound:g})")
+        elif r.extra["accurate"] is None:
+            unchecked.append(r.name)
+    if unchecked:
+        notes.append(
+            "Error against FP32 not measured (these may be chosen on speed and energy alone): "
+            + "; ".join(unchecked)
+            + "."
+        )
     if inaccurate:
         notes.append(
             "Not chosen for accuracy (relative L2 error against onnxruntime FP32 on the timed "
@@ -369,7 +380,7 @@ def tune_energy(
         for r in results
         if r.extra.get("meets_slo")
         and r.j_per_inference is not None
-        and r.extra.get("accurate", True)
+        and r.extra.get("accurate") is not False
     ]
     ran = [r for r in results if not r.skipped and r.latency is not None]
     if ok:
@@ -396,7 +407,8 @@ def tune_energy(
         "fill is not included (dynamic batching comes with the server). Engine build time is "
         "not in the numbers (it is in each row's build_seconds)."
     )
-    notes.append("GPU clocks and power limits were not changed (ecoinfer never changes them).")
+    if cuda:
+        notes.append("GPU clocks and power limits were not changed (ecoinfer never changes them).")
     ins = {v.name: v.type_str() for v in graph.inputs}
     return Report(
         title=f"ecoinfer tune-energy: {model_path} on {device_name(dev)}, p99 SLO {slo_ms:g} ms",
@@ -642,10 +654,11 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
 
     quant = None
     if args.calib_data:
-        from ecoinfer.quant.budget import QuantizeOptions  # noqa: PLC0415
-        from ecoinfer.quant.data import open_calibration_data  # noqa: PLC0415
+        from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
+        from ecoinfer.quant.budget import QuantizeOptions, load_batches  # noqa: PLC0415
 
-        open_calibration_data(args.calib_data)  # a bad path fails now, not as a skipped row
+        # a bad path, or data that does not fit the model, fails now, not as skipped rows
+        load_batches(args.calib_data, import_onnx(args.model), limit=1)
 
         quant = QuantizeOptions(
             calib_data=args.calib_data,

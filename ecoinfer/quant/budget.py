@@ -219,7 +219,7 @@ class BudgetResult:
         """A human report: the budget, the metric reached, and each kept layer's reason."""
         margin = f" (margin {self.margin:g})" if self.margin else ""
         out = [
-            f"accuracy budget {self.metric} {self.budget:g}{margin}: {self.metric} {self.value:.6g} with "
+            f"accuracy budget {self.metric} {self.budget:.10g}{margin}: {self.metric} {self.value:.6g} with "
             f"{len(self.kept)}/{len(self.ranked)} layers kept in float (all quantized: "
             f"{self.full_int8:.6g})"
         ]
@@ -512,7 +512,8 @@ def smoothed(
             log(
                 "note: no --smooth: INT8 transformers often lose accuracy to activation "
                 "outliers (all-MiniLM-L6-v2: pooled cosine 0.961 to FP32 without, >= 0.995 "
-                "with --smooth 0.8); try --smooth 0.5-0.8, or --accuracy-budget"
+                "with --smooth 0.8); try --smooth 0.5-0.8"
+                + ("" if opts.accuracy_budget is not None else ", or --accuracy-budget")
             )
         return graph, {}
     from ecoinfer.quant.smooth import channel_absmax, smooth_graph  # noqa: PLC0415

@@ -126,7 +126,7 @@ def test_tune_energy_measures_engines_and_says_what_the_cpu_lacks(mlp, tmp_path)
     assert "Not measured: fp16 not available on the CPU" in text
     assert "Not measured: CUDA graphs on (CUDA graphs need a GPU)" in text
     assert (
-        "Search space on the CPU" in text and "GPU clocks and power limits were not changed" in text
+        "Search space on the CPU" in text and "GPU clocks" not in text  # a GPU note, on a GPU
     )
     assert "Pareto front" in text and "Chosen: ecoinfer " in text
     assert "skipped: fp16 not available on the CPU" in text
@@ -288,9 +288,10 @@ def test_tune_energy_chooses_only_within_the_error_bound(mlp, tmp_path) -> None:
     assert "error vs FP32" in proc.stdout
     res = {r["extra"]["precision"]: r for r in json.loads(js.read_text())["results"]}
     fp32, int8 = res["fp32"]["extra"], res["int8"]["extra"]
-    assert fp32["rel_l2_error"] < 1e-5 and fp32["max_error"] == 1e-5
-    assert 1e-5 < int8["rel_l2_error"] < 0.1 and int8["max_error"] == 0.1  # quantized: coarser
-    assert fp32.get("accurate", True) and int8.get("accurate", True)
+    assert fp32["rel_l2_error"] < 1e-5 and fp32["max_rel_error"] == 1e-5
+    assert 1e-5 < int8["rel_l2_error"] < 0.1 and int8["max_rel_error"] == 0.1  # quantized
+    assert fp32["accurate"] is True and int8["accurate"] is True  # every flag in every row
+    assert fp32["chosen"] is not int8["chosen"] and isinstance(int8["pareto"], bool)
 
     proc = _cli(*args, "--max-error", "1e-4")  # int8's error is over it: fp32 is chosen
     assert proc.returncode == 0, proc.stderr
@@ -301,5 +302,10 @@ def test_tune_energy_chooses_only_within_the_error_bound(mlp, tmp_path) -> None:
     front = proc.stdout.split("Pareto front")[1]
     if res["int8"]["extra"].get("pareto"):
         assert "ecoinfer int8 batch 4" in front and "over its error bound" in front
+    other = tmp_path / "other"
+    other.mkdir()
+    np.savez(other / "b.npz", x=np.zeros((4, 8), np.float32))  # not this model's input
+    bad = _cli(*[str(other) if a == str(calib) else a for a in args])
+    assert bad.returncode == 2 and "the model has no input 'x'" in bad.stderr, bad.stderr
     bad = _cli(*args[:-2], "--max-error", "0")
-    assert bad.returncode == 2 and "--max-error 0.0: give a positive relative error" in bad.stderr
+    assert bad.returncode == 2 and "--max-error 0.0: give a finite positive relative error" in bad.stderr

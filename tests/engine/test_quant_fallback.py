@@ -102,6 +102,14 @@ def test_float_twin_replaces_a_slower_quantized_layer(mlp, tmp_path, monkeypatch
     )
     info = engine_summary(tmp_path / "f.eng")  # what `ecoinfer inspect` says of it
     assert info["quantized_layers"] == {"eight_bit": 0, "emulated": 0, "float_twin": 2}
+    # the headline and inspect do not call it an int8 engine
+    from ecoinfer.commands.build import _precision_label  # noqa: PLC0415
+    from ecoinfer.commands.inspect_engine import print_engine  # noqa: PLC0415
+
+    assert _precision_label(eng) == "float32 (int8 asked: no layer runs in it)"
+    capsys.readouterr()
+    print_engine(info)
+    assert "precision float32 (int8 asked: no layer runs in it);" in capsys.readouterr().out
 
     # without the original (a model that brought its own Q/DQ layers) the twin computes the
     # float layer on the dequantized codes

@@ -201,7 +201,7 @@ def test_check_accuracy_of_a_quantized_engine(
     errs = [float(r.split("rel error ")[1].split(",")[0]) for r in rows]
     assert all(1e-5 < e < 0.1 for e in errs), errs  # quantized: above fp32's bound
     assert main([*base, "--check-tolerance", "1e-6"]) == 2
-    assert "beyond the tolerance 1e-06" in _error_line(capsys)
+    assert "output y on 1 input set beyond the tolerance 1e-06" in _error_line(capsys)
     assert main(["build", str(model), "-o", str(tmp_path / "f.eng"), "--device", "cpu",
                  "--check-tolerance", "0.1"]) == 2  # fmt: skip
     assert "add --check-accuracy" in _error_line(capsys)
