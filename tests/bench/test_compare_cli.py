@@ -308,4 +308,7 @@ def test_tune_energy_chooses_only_within_the_error_bound(mlp, tmp_path) -> None:
     bad = _cli(*[str(other) if a == str(calib) else a for a in args])
     assert bad.returncode == 2 and "the model has no input 'x'" in bad.stderr, bad.stderr
     bad = _cli(*args[:-2], "--max-error", "0")
-    assert bad.returncode == 2 and "--max-error 0.0: give a finite positive relative error" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "--max-error 0.0: give a finite positive relative error" in bad.stderr
+    )
