@@ -78,8 +78,8 @@ def engine_summary(path: str | os.PathLike) -> dict[str, Any]:
         "quantization": quant.get("precision"),
         # how many quantized layers run 8-bit kernels, emulate, or run their float twin
         "quantized_layers": {
-            "eight_bit": sum(v == quant.get("precision") for v in labels.values()),
-            "emulated": sum(v != quant.get("precision") for v in labels.values()),
+            "eight_bit": quant.get("eight_bit", 0),
+            "emulated": len(labels) - quant.get("eight_bit", 0),
             "float_twin": len(quant.get("float_for_speed") or []),
         }
         if "layer_precision" in quant  # engine files from before these labels lack it

@@ -251,6 +251,11 @@ def tune_energy(
     graphs = list(cuda_graphs) if cuda_graphs is not None else list(offer_g)
     batches = sorted(set(batches))
     graph = import_onnx(model_path)
+    if quant is not None and quant.calib_data:
+        from ecoinfer.quant.budget import load_batches  # noqa: PLC0415
+
+        # a bad path, or data that does not fit the model, fails now, not as skipped rows
+        load_batches(quant.calib_data, graph, limit=1)
 
     combos = [(p, b, g) for p in precs for b in batches for g in graphs]
     if not combos:
@@ -318,7 +323,7 @@ def tune_energy(
                     say(f"building the {prec} engine for batch {b}")
                 rows = _measure_engine(
                     model_path, graph, prec, b, todo, dev, cfg, seq, shapes, opt_level, seed,
-                    cache_path, say, done, n_run, q,
+                    cache_path, say, done, n_run, q, max_error,
                 )  # fmt: skip
                 if (
                     q is not None
@@ -354,13 +359,12 @@ def tune_energy(
         # every flag in every row, so JSON readers need no defaults: accurate None = not known
         r.extra.setdefault("pareto", False)
         r.extra["chosen"] = False
-        bound = error_bound(r.extra.get("precision"), max_error)
-        err = r.extra.get("rel_l2_error")
-        r.extra["max_rel_error"] = bound
-        r.extra["accurate"] = None if err is None or bound is None else bool(err <= bound)
+        r.extra.setdefault("max_rel_error", None)
+        r.extra.setdefault("accurate", None)
         if r.skipped:
             continue
-        if r.extra["accurate"] is False:  # NaN counts as too large
+        if r.extra["accurate"] is False:  # a NaN error counts as too large
+            err, bound = r.extra["rel_l2_error"], r.extra["max_rel_error"]
             inaccurate.append(f"{r.name} ({fmt_num(err)} > {bound:g})")
         elif r.extra["accurate"] is None:
             unchecked.append(r.name)
@@ -466,6 +470,7 @@ def _measure_engine(
     done: int,
     total: int,
     quant: Any = None,
+    max_error: float | None = None,
 ) -> dict[bool, Any]:
     """Build one engine for exactly this batch's shapes, then measure it with each CUDA-graphs
     setting in `graphs`; {setting: BenchResult} (skipped results say why)."""
@@ -507,7 +512,7 @@ def _measure_engine(
             k: v.to(engine.device)
             for k, v in validate_inputs(engine.graph, feeds, str(model_path)).items()
         }
-        errors = _errors_against_fp32(engine, feeds, model_path)
+        errors = _errors_against_fp32(engine, feeds, model_path, max_error)
     except EcoinferError as e:
         reason = f"engine build failed: {e}"
     except Exception as e:  # noqa: BLE001  (e.g. out of memory at a large batch)
@@ -568,42 +573,25 @@ def _measure_engine(
     return out
 
 
-def error_bound(precision: str | None, max_error: float | None) -> float | None:
-    """The largest relative L2 error a configuration of `precision` may have to be chosen:
-    `max_error` if given, else the bound build --check-accuracy applies to it."""
-    from ecoinfer.engine.fingerprint import QUANT_CHECK_TOLERANCE, TOLERANCE  # noqa: PLC0415
-
-    if max_error is not None:
-        return max_error
-    if precision in QUANT_PRECISIONS:
-        return QUANT_CHECK_TOLERANCE
-    return TOLERANCE.get(ENGINE_PRECISION.get(precision or "", ""))
-
-
-def _errors_against_fp32(engine: Any, feeds: Mapping[str, Any], model_path: str) -> dict:
-    """One untimed call of `engine` against onnxruntime FP32 (CPU) on the same inputs: the
-    extra keys of the error column, or a note saying why there is no error figure."""
-    import numpy as np  # noqa: PLC0415
-
+def _errors_against_fp32(
+    engine: Any, feeds: Mapping[str, Any], model_path: str, max_error: float | None
+) -> dict:
+    """build --check-accuracy's check on the timed inputs (one untimed call against
+    onnxruntime FP32, with its bound per precision unless `max_error` is given): the extra keys
+    of the error column and of the choice, or a note saying why there is no error figure."""
     from ecoinfer.bench import peers  # noqa: PLC0415
+    from ecoinfer.engine.builder import check_accuracy  # noqa: PLC0415
 
     try:
-        import onnxruntime as ort  # noqa: PLC0415
-
-        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        refs = sess.run(names, dict(feeds))
-        outs = engine.run(dict(feeds))
-        err = peers.output_errors(
-            [np.asarray(outs[n], np.float64) for n in names],
-            [np.asarray(r, np.float64) for r in refs],
-        )
+        rows = check_accuracy(engine, model_path, given=dict(feeds), tolerance=max_error)
     except Exception as e:  # noqa: BLE001  (no onnxruntime, or an op it lacks): no figure
         return {"error_notes": [f"error against FP32 not measured: {peers._first_line(e)}"]}
     return {
-        "rel_l2_error": err["rel_l2_error"],
-        "max_abs_error": err["max_abs_error"],
+        "rel_l2_error": max(r["rel_error"] for r in rows),
+        "max_abs_error": max(r["max_abs_error"] for r in rows),
         "error_reference": "onnxruntime FP32 (CPU), the timed inputs",
+        "max_rel_error": rows[0]["tolerance"],
+        "accurate": all(r["ok"] for r in rows),
     }
 
 
@@ -654,11 +642,7 @@ def cmd_tune_energy(args: argparse.Namespace) -> int:
 
     quant = None
     if args.calib_data:
-        from ecoinfer.frontend.onnx import import_onnx  # noqa: PLC0415
-        from ecoinfer.quant.budget import QuantizeOptions, load_batches  # noqa: PLC0415
-
-        # a bad path, or data that does not fit the model, fails now, not as skipped rows
-        load_batches(args.calib_data, import_onnx(args.model), limit=1)
+        from ecoinfer.quant.budget import QuantizeOptions  # noqa: PLC0415
 
         quant = QuantizeOptions(
             calib_data=args.calib_data,
