@@ -12,7 +12,9 @@
 # TC_DIR: a folder of timing caches (tc_MODEL_bBATCH.json) from an earlier run on the same GPU
 # model and software, copied in first (builds then time only what is new; e.g. .carry/tc);
 # the caches this run ends with are copied to $OUT. QFLAGS: extra flags for the quantized builds
-# (e.g. "--sustained-tuning 1").
+# (e.g. "--sustained-tuning 1"). QVARIANTS: "NAME:FLAGS;NAME:FLAGS": each quantized engine also
+# built with those flags (e.g. "base:--no-skip-layernorm"), as ${tag}_${q}_NAME.eng, and
+# compared in the same run: an A/B of one build option on one GPU.
 # Everything lands in $OUT/quant.tar.gz (the device tool returns at most 8 files) plus
 # $OUT/summary.txt.
 set -uo pipefail
@@ -47,8 +49,14 @@ for spec in "$@"; do
   python bench/make_calib_data.py "$m" "$WORK/calib_$m" "$WORK/val_$m"
   peers=${PEERS:-torch-fp32,torch-fp16,torch-compile-fp16}
   builds="fp16 $quants"; [ -n "${SKIP_FP16:-}" ] && builds="$quants"
-  for q in $builds; do
-    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" ${QFLAGS:-})
+  IFS=';' read -ra variants <<< "${QVARIANTS:-}"
+  for v in "${variants[@]}"; do for q in $quants; do builds="$builds $q@${v%%:*}"; done; done
+  for qv in $builds; do
+    q=${qv%%@*}; vn=""; vflags=""
+    if [ "$qv" != "$q" ]; then vn=${qv#*@}
+      for v in "${variants[@]}"; do [ "${v%%:*}" = "$vn" ] && vflags=${v#*:}; done; fi
+    qa=(); [ "$q" != fp16 ] && qa=(--$q --calib-data "$WORK/calib_$m" ${QFLAGS:-} $vflags)
+    [ -n "$vn" ] && q="${q}_$vn"
     lim=300; [ "$q" != fp16 ] && lim=$(left ${COMPARE_S:-0}); [ $lim -gt 300 ] && lim=300
     [ $lim -lt 30 ] && { echo "$tag $q build skipped: no time left" | tee -a "$S"; continue; }
     t0=$(date +%s.%N)

@@ -117,7 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-skip-layernorm",
         action="store_true",
         help="keep every residual add where the optimizer put it (a GEMM's epilogue); by "
-        "default a GPU build moves it into the LayerNorm that follows where that times faster",
+        "default a GPU build moves it into the LayerNorm that follows where that times faster "
+        "(in a quantized build too, where it lets cuBLASLt run the GEMM)",
     )
     p.add_argument(
         "--exclude-tactics",
@@ -480,7 +481,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if rep.get("skip_layernorm"):
         print(
             f"{len(rep['skip_layernorm'])} residual add(s) moved from a GEMM into the LayerNorm "
-            "after it (ecoinfer.SkipLayerNorm), where the pair timed faster"
+            "after it (ecoinfer.SkipLayerNorm, or a LayerNormCodes' Skip), where the pair timed "
+            "faster"
         )
     for k, p in enumerate(engine.profiles):
         desc = ", ".join(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ecoinfer.device import pick_device
-from ecoinfer.engine import link_codes, link_norm, link_skip
+from ecoinfer.engine import link_codes, link_norm, link_skip, link_skip_codes
 from ecoinfer.engine.fingerprint import (
     QUANT_CHECK_TOLERANCE,
     TOLERANCE,
@@ -94,7 +94,8 @@ class BuildConfig:
     # timing says it pays; None: on for GPU builds, off on the CPU (exact emulation there)
     link_codes: bool | None = None
     # a FusedGemm's residual add moves into the LayerNormalization reading it
-    # (ecoinfer.SkipLayerNorm, engine/link_skip) where timing says it pays; None: GPU builds
+    # (ecoinfer.SkipLayerNorm, engine/link_skip), a QGemm's into the LayerNormCodes reading
+    # it (engine/link_skip_codes), where timing says it pays; None: GPU builds
     skip_layernorm: bool | None = None
     # a LayerNormCodes whose float Y only a QGemm's residual reads writes row statistics
     # instead, the QGemm rebuilding Y (engine/link_norm), where timing says it pays. Off
@@ -350,6 +351,20 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         planned = link_skip.apply(planned, skips)
     norm_links: list[link_norm.NormLink] = []
     late_warnings: list[str] = []
+    skip_codes: list[link_skip_codes.SkipCodesLink] = []
+    skip_wanted = (
+        cfg.skip_layernorm if cfg.skip_layernorm is not None else device.startswith("cuda")
+    )
+    if links and skip_wanted:
+        try:
+            skip_codes, sc_choices = _tune_skip_codes(
+                planned, profiles[0], choices, cfg, cache, device
+            )
+        except Exception as e:  # noqa: BLE001  (an optional rewrite: the plan stands without)
+            late_warnings.append(f"residuals of quantized GEMMs not moved: {type(e).__name__}: {e}")
+        else:
+            choices.update(sc_choices)
+            planned = link_skip_codes.apply(planned, skip_codes)
     if links and cfg.link_norm:
         try:
             norm_links, norm_choices = _tune_norm_links(
@@ -360,10 +375,12 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         else:
             choices.update(norm_choices)
             planned = link_norm.apply(planned, norm_links)
+    if (skip_codes or norm_links) and cache is not None and cfg.timing_cache:
+        cache.save(cfg.timing_cache)  # the pairs' timings too
     # every later profile keeps the tactics tuned at its own opt shapes, except on the layers
     # a rewrite changed (their op or inputs are the first profile's choice)
     rewritten = set(twins) | {x for lk in links for x in (lk.producer, lk.consumer)}
-    rewritten |= {x for sl in skips for x in (sl.producer, sl.consumer)}
+    rewritten |= {x for sl in [*skips, *skip_codes] for x in (sl.producer, sl.consumer)}
     rewritten |= {x for nl in norm_links for x in (nl.producer, nl.consumer)}
     profile_choices = []
     for c, tw in later:
@@ -399,7 +416,9 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         if cache is None or not cfg.timing_cache
         else {"path": cfg.timing_cache, **cache.stats()},
         "tuning_inputs": _tuning_inputs(cfg, device),
-        "skip_layernorm": [{"gemm": sl.producer, "norm": sl.consumer} for sl in skips],
+        "skip_layernorm": [
+            {"gemm": sl.producer, "norm": sl.consumer} for sl in [*skips, *skip_codes]
+        ],
         "norm_residual": [{"norm": nl.producer, "gemm": nl.consumer} for nl in norm_links],
     }
     if quant_report is not None:
@@ -981,33 +1000,10 @@ def _tune_norm_links(
     rewritten nodes (`choices` itself is not changed). The plan runs once on its reference
     kernels at the opt shapes for the real inputs of the candidate pairs."""
     cands = link_norm.candidates(planned)
-    if not cands:
+    real = _pair_inputs(planned, prof, cands, cfg, device)
+    if real is None:
         return [], {}
-    g = _specialise(planned, prof.opt)
-    if any(n.op_type in _CONTROL_FLOW for n in g.nodes):
-        return [], {}
-    nodes = {n.name: n for n in g.nodes}
-    cands = [c for c in cands if c.producer in nodes and c.consumer in nodes]
-    wanted = {c.producer for c in cands} | {c.consumer for c in cands}
-    dev = torch.device(device)
-    weights = set(g.initializers)
-    env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
-    env.update(_feeds_on(g, prof.opt, cfg.seed, dev))
-    last, outs = last_uses(g.nodes), set(g.output_names)
-    seen: dict[str, list] = {}
-    with torch.no_grad():
-        for i, node in enumerate(g.nodes):
-            if len(seen) == len(wanted):
-                break
-            xs = [env[x] if x else None for x in node.inputs]
-            if node.name in wanted:
-                seen[node.name] = xs
-            attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
-            ys = _reference_fn(node, attrs, dev, g, env)(xs)
-            env.update({name: y for name, y in zip(node.outputs, ys) if name})
-            for x in all_inputs(node):
-                if x and last.get(x) == i and x not in outs and x not in weights:
-                    env.pop(x, None)
+    g, nodes, env, seen, dev = real
     found = []
     picked: dict[str, LayerChoice] = {}
     for c in cands:
@@ -1030,6 +1026,75 @@ def _tune_norm_links(
         if tuned is not None:
             picked[norm.name], picked[gemm.name], _ = tuned
             found.append(c)
+    return found, picked
+
+
+def _pair_inputs(planned: Graph, prof: ShapeProfile, cands: list, cfg: BuildConfig, device: str):  # noqa: ANN202
+    """For pairs (anything naming a producer and a consumer) to tune on a finished plan: the
+    plan at the opt shapes, its nodes by name, the values kept (weights), the inputs each
+    pair node met when the plan ran once on its reference kernels, and the device; None when
+    there is nothing to tune (no candidates, or control flow, whose bodies this run skips)."""
+    if not cands:
+        return None
+    g = _specialise(planned, prof.opt)
+    if any(n.op_type in _CONTROL_FLOW for n in g.nodes):
+        return None
+    nodes = {n.name: n for n in g.nodes}
+    wanted = {x for c in cands for x in (c.producer, c.consumer) if x in nodes}
+    dev = torch.device(device)
+    weights = set(g.initializers)
+    env: dict[str, torch.Tensor] = {n: t.to(dev) for n, t in g.initializers.items()}
+    env.update(_feeds_on(g, prof.opt, cfg.seed, dev))
+    last, outs = last_uses(g.nodes), set(g.output_names)
+    seen: dict[str, list] = {}
+    with torch.no_grad():
+        for i, node in enumerate(g.nodes):
+            if len(seen) == len(wanted):
+                break
+            xs = [env[x] if x else None for x in node.inputs]
+            if node.name in wanted:
+                seen[node.name] = xs
+            attrs = {**get_schema(node.op_type, node.domain).attrs, **node.attrs}
+            ys = _reference_fn(node, attrs, dev, g, env)(xs)
+            env.update({name: y for name, y in zip(node.outputs, ys) if name})
+            for x in all_inputs(node):
+                if x and last.get(x) == i and x not in outs and x not in weights:
+                    env.pop(x, None)
+    return g, nodes, env, seen, dev
+
+
+def _tune_skip_codes(
+    planned: Graph, prof: ShapeProfile, choices: dict, cfg: BuildConfig, cache: Any, device: str
+) -> tuple[list[link_skip_codes.SkipCodesLink], dict[str, LayerChoice]]:
+    """The QGemm -> LayerNormCodes pairs (engine/link_skip_codes.py) that time faster with the
+    residual added by the norm, with the choices of their rewritten nodes (`choices` itself
+    is not changed)."""
+    cands = link_skip_codes.candidates(planned)
+    real = _pair_inputs(planned, prof, cands, cfg, device)
+    if real is None:
+        return [], {}
+    g, nodes, env, seen, dev = real
+    found = []
+    picked: dict[str, LayerChoice] = {}
+    for sl in cands:
+        p, c = nodes.get(sl.producer), nodes.get(sl.consumer)
+        if p is None or c is None or p.name not in choices or c.name not in choices:
+            continue
+        p_xs, c_xs = seen.get(p.name), seen.get(c.name)
+        if p_xs is None or c_xs is None:
+            continue
+        skip, y = p_xs[link_skip_codes.RESIDUAL], c_xs[0]
+        if skip is None or y is None or skip.shape != y.shape or skip.dtype != y.dtype:
+            continue  # a broadcast residual stays in the GEMM
+        p2 = link_skip_codes.linked_producer(p)
+        c2 = link_skip_codes.linked_consumer(c, sl)
+        what = ("skip form", "skip in the norm", "in the GEMM")
+        tuned = _tune_pair(p, p2, list(p_xs[: len(p2.inputs)]), c, c2,
+                           lambda ys, c_xs=c_xs, skip=skip: [ys[0], *c_xs[1:4], skip],
+                           env, choices, choices[c.name], dev, g, cache, cfg, what)  # fmt: skip
+        if tuned is not None:
+            picked[p.name], picked[c.name], _ = tuned
+            found.append(sl)
     return found, picked
 
 

@@ -45,6 +45,8 @@ def candidates(graph: Graph) -> list[NormLink]:
         y = n.outputs[0]
         if not y or any(n.outputs[2:]) or y in outs or len(reads.get(y, [])) != 1:
             continue
+        if len(n.inputs) > 4 and n.inputs[4]:
+            continue  # a Skip (engine/link_skip_codes.py): Y is not LayerNorm(X)
         q = reads[y][0]
         ins = list(q.inputs)
         if q.op_type != "QGemm" or q.domain != "ecoinfer" or len(ins) <= RESIDUAL:

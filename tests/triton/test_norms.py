@@ -190,6 +190,42 @@ def test_layernorm_codes_one_pass(qtype: str) -> None:
     assert norms.make_layernorm_codes(node, attrs, [*infos[:3], bad], {}, build) is None
 
 
+def test_layernorm_codes_with_a_skip() -> None:
+    """LayerNormCodes(X, Scale, B, y_scale, Skip) (engine/link_skip_codes.py): the norm of
+    X + Skip summed in float32, as the reference kernel (SkipLayerNorm's) computes it, and
+    the codes of that Y; a Skip of another shape is not this tactic's, nor are statistics."""
+    torch.manual_seed(12)
+    x, sk = torch.randn(4, 3, 48).half(), torch.randn(4, 3, 48).half()
+    g, b, ys = (torch.rand(48) + 0.5).half(), torch.randn(48).half(), torch.tensor(0.02)
+    node = Node("LayerNormCodes", ["x", "g", "b", "ys", "s"], ["y", "c"], {"qtype": "fp8e4m3"},
+                "lnq", "ecoinfer")  # fmt: skip
+    attrs = {**get_schema("LayerNormCodes", "ecoinfer").attrs, "qtype": "fp8e4m3"}
+    infos = [TensorInfo(tuple(t.shape), t.dtype) for t in (x, g, b, ys, sk)]
+    build = BuildInfo(DEVICE, "float16")
+    run = norms.make_layernorm_codes(node, attrs, infos, {}, build)
+    assert run is not None
+    y, codes = (t.cpu() for t in run([t.to(DEVICE) for t in (x, g, b, ys, sk)]))
+    ry, rc = get_kernel("LayerNormCodes", "ecoinfer")(
+        KernelContext(node, attrs, torch.device("cpu"), None, 21),  # type: ignore[arg-type]
+        [x, g, b, ys, sk],
+    )
+    want = _skip_ref(x, sk, g, b)
+    assert rel_error(y.float().numpy(), want.float().numpy())[0] < 2e-3
+    assert rel_error(ry.float().numpy(), want.float().numpy())[0] < 2e-3
+    from ecoinfer.kernels.torch_ops.quant import quantize
+
+    assert torch.equal(codes.float(), quantize(y.float(), ys, None, rc.dtype).float())
+    # without the skip the result differs: the skip was read
+    plain = norms.make_layernorm_codes(node, attrs, infos[:4], {}, build)
+    assert plain is not None
+    assert not torch.equal(plain([t.to(DEVICE) for t in (x, g, b, ys)])[0].cpu(), y)
+    other = TensorInfo((4, 1, 48), torch.float16)  # a broadcast skip: not this kernel's
+    assert norms.make_layernorm_codes(node, attrs, [*infos[:4], other], {}, build) is None
+    stats = Node("LayerNormCodes", node.inputs, ["y", "c", "mu", "inv"], node.attrs, "lnq",
+                 "ecoinfer")  # fmt: skip
+    assert norms.make_layernorm_codes(stats, attrs, infos, {}, build) is None
+
+
 # ------------------------------------------------------------------------------ SkipLayerNorm
 def _skip_ref(x: torch.Tensor, skip: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None):
     """LayerNormalization of x + skip in float64: what ecoinfer.SkipLayerNorm means."""

@@ -67,7 +67,8 @@ def _run(
     full = {**get_schema(op, "ecoinfer").attrs, **attrs}
     xs = [None if x is None else x.to(device) for x in xs]
     weights = {names[i]: xs[i] for i in (1, 2, 3) if xs[i] is not None}
-    prec = _PREC[xs[0].dtype]  # type: ignore[union-attr]
+    # (X as codes: the float dtype out_dtype names)
+    prec = _PREC.get(xs[0].dtype) or str(attrs["out_dtype"])  # type: ignore[union-attr]
     build = BuildInfo(torch.device(device), prec, weights)
     infos = [
         None if x is None else TensorInfo(tuple(x.shape), x.dtype, names[i] in weights)
@@ -125,6 +126,41 @@ def test_fp8_scaled_mm_matches_reference(dtype: torch.dtype, per_tensor: bool) -
     # cuBLASLt FP8 wants K and N multiples of 16: not applicable otherwise
     odd = _qgemm_inputs((4,), 40, 48, "fp8e4m3", dtype)
     assert _run("QGemm", _MAKERS["fp8_scaled_mm"], odd, attrs)[2] == "n/a"
+
+
+@pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])
+def test_library_gemms_take_codes(qtype: str) -> None:
+    """A linked QGemm's X holds codes (out_dtype names Y's float dtype): the library tactics
+    use them as they are, with fast accumulation among the FP8 configurations; the dequantize
+    fallback, which needs float X, is not applicable."""
+    xs = _qgemm_inputs((3, 20), 64, 48, qtype, torch.float16, per_tensor=qtype != "int8")
+    x = xs[0]
+    assert x is not None
+    qdt = qtype_dtype(qtype, "t")
+    s = xs[2]
+    assert s is not None
+    if qtype == "int8":
+        codes = torch.round(x.float() / s).clamp(-128, 127).to(qdt)
+    else:
+        codes = (x.float() / s).clamp(-448, 448).to(qdt)
+    xs = [codes, *xs[1:]]
+    attrs = {"qtype": qtype, "activation": "Relu", "out_dtype": "float16"}
+    maker = _MAKERS["int8_int_mm" if qtype == "int8" else "fp8_scaled_mm"]
+    if qtype == "int8":
+        configs = quant_tactics._library_configs(Node("QGemm", [], []), attrs, [], None)  # type: ignore[arg-type]
+    else:
+        infos = [None if t is None else TensorInfo(tuple(t.shape), t.dtype) for t in xs]
+        configs = quant_tactics._fp8_configs(Node("QGemm", [], []), attrs, infos, None)  # type: ignore[arg-type]
+        assert {"scales": "tensor", "fast": 1} in configs
+    ran = 0
+    for cfg in configs:
+        ok, err, why = _run("QGemm", maker, xs, attrs, cfg)
+        if cfg.get("triton") and why == "n/a":
+            continue
+        assert ok, (cfg, why)
+        ran += 1
+    assert ran >= 1
+    assert _run("QGemm", _MAKERS["dequant"], xs, attrs)[2] == "n/a"
 
 
 @pytest.mark.parametrize("qtype", ["int8", "fp8e4m3"])

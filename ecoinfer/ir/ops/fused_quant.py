@@ -35,13 +35,16 @@ ecoinfer.QConv(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?) -> Y
 
 Both compute exactly what the Q/DQ graph they replace computes (the fuse_quantized pass).
 
-ecoinfer.LayerNormCodes(X, Scale, B?, y_scale) -> (Y?, Y_codes, Mean?, InvStdDev?)
+ecoinfer.LayerNormCodes(X, Scale, B?, y_scale, Skip?) -> (Y?, Y_codes, Mean?, InvStdDev?)
 
     LayerNormalization's Y (attributes axis, epsilon), plus Y_codes = quant(Y / y_scale) in
     qtype (QGemm's rounding, from Y in X's dtype): the codes a quantized layer reading Y
     needs (engine/link_codes.py), written by the same kernel that writes Y. Mean and
     InvStdDev (float32, X's shape without the last axis; the last axis normalized only) are
     the row statistics from which a QGemm rebuilds Y as its residual; Y may then be omitted.
+    Skip (X's shape and dtype): the norm is of X + Skip, summed in float32 as SkipLayerNorm
+    does (engine/link_skip_codes.py: the residual add of the QGemm before it, moved here);
+    not with Mean and InvStdDev (they would describe the sum, which no one keeps).
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ def _qconv(ctx: InferContext) -> list[OutType | None]:
 
 @op(
     "LayerNormCodes",
-    inputs=(4, 4),
+    inputs=(4, 5),
     outputs=(2, 4),
     attrs={"axis": -1, "epsilon": 1e-5, "qtype": "int8"},
     domain="ecoinfer",
@@ -217,8 +220,17 @@ def _layer_norm_codes(ctx: InferContext) -> list[OutType | None]:
     if xdt is not None and xdt not in _FLOATS:
         raise ctx.fail(f"X must be float32, float16 or bfloat16, got {xdt}")
     x = ctx.shape(0)
+    stats = len(ctx.node.outputs) > 2 and any(ctx.node.outputs[2:])
+    if ctx.has(4):
+        s, sdt = ctx.shape(4), ctx.dtype(4)
+        if xdt is not None and sdt is not None and xdt != sdt:
+            raise ctx.fail(f"Skip is {sdt} but X is {xdt}; they must match")
+        if x is not None and s is not None and tuple(x) != tuple(s):
+            raise ctx.fail(f"Skip has shape {list(s)}, X has {list(x)}; they must match")
+        if stats:
+            raise ctx.fail("Mean and InvStdDev cannot come with Skip")
     outs = [OutType(xdt, x), OutType(QTYPES[q], x)]
-    if len(ctx.node.outputs) > 2 and any(ctx.node.outputs[2:]):
+    if stats:
         if x is not None and int(ctx.attr("axis")) not in (-1, len(x) - 1):
             raise ctx.fail("Mean and InvStdDev need the last axis normalized")
         row = tuple(x[:-1]) if x is not None else None

@@ -157,17 +157,26 @@ def _qconv(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
 
 @kernel("LayerNormCodes", domain="ecoinfer")
 def _layer_norm_codes(ctx: KernelContext, xs: list[Tensor | None]) -> list[Tensor]:
-    """LayerNormalization's reference Y, then its codes as QGemm's quantize step makes them."""
+    """LayerNormalization's reference Y (with Skip, SkipLayerNorm's), then its codes as
+    QGemm's quantize step makes them."""
     from ecoinfer.ir.graph import Node  # noqa: PLC0415
+    from ecoinfer.kernels.torch_ops.fused_norm import _skip_layer_norm  # noqa: PLC0415
     from ecoinfer.kernels.torch_ops.nn import _layer_norm  # noqa: PLC0415
 
     x, scale, bias, y_scale = xs[0], xs[1], xs[2] if len(xs) > 2 else None, xs[3]
+    skip = xs[4] if len(xs) > 4 else None
     assert x is not None and scale is not None and y_scale is not None
-    ln = Node("LayerNormalization", list(ctx.node.inputs[:3]), [ctx.node.outputs[0]],
-              {}, ctx.node.name)  # fmt: skip
     attrs = {"axis": ctx.attr("axis", -1), "epsilon": ctx.attr("epsilon", 1e-5), "stash_type": 1}
-    lctx = KernelContext(ln, attrs, ctx.device, ctx.run_graph, ctx.opset)
-    (y,) = _layer_norm(lctx, [x, scale, bias])[:1]
+    if skip is not None:
+        ins = [ctx.node.inputs[0], ctx.node.inputs[4], *ctx.node.inputs[1:3]]
+        sln = Node("SkipLayerNorm", ins, [ctx.node.outputs[0]], {}, ctx.node.name, "ecoinfer")
+        sctx = KernelContext(sln, attrs, ctx.device, ctx.run_graph, ctx.opset)
+        (y,) = _skip_layer_norm(sctx, [x, skip, scale, bias])
+    else:
+        ln = Node("LayerNormalization", list(ctx.node.inputs[:3]), [ctx.node.outputs[0]],
+                  {}, ctx.node.name)  # fmt: skip
+        lctx = KernelContext(ln, attrs, ctx.device, ctx.run_graph, ctx.opset)
+        (y,) = _layer_norm(lctx, [x, scale, bias])[:1]
     q = qtype_dtype(ctx.attr("qtype", "int8"), ctx.node.label())
     outs = [y, codes_of(y, y_scale, q)]
     if len(ctx.node.outputs) > 2 and any(ctx.node.outputs[2:]):  # the row statistics

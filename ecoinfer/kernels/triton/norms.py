@@ -425,6 +425,11 @@ def make_layernorm_codes(
         return None
     if inputs[3].dtype != torch.float32 or tuple(inputs[3].shape) not in ((), (1,)):
         return None
+    sk = inputs[4] if len(inputs) > 4 else None  # Skip: the norm of X + Skip
+    if sk is not None and (
+        tuple(sk.shape) != tuple(inputs[0].shape) or sk.dtype != inputs[0].dtype
+    ):
+        return None
     # (the same row kernel as LayerNormalization's; Y may be omitted: statistics instead)
     ln = Node("LayerNormalization", list(node.inputs[:3]), [node.outputs[0] or "y"], {},
               node.name)  # fmt: skip
@@ -439,7 +444,7 @@ def make_layernorm_codes(
     # itself may then be omitted
     want_stats = any(node.outputs[2:4])
     write_y = bool(node.outputs[0])
-    if want_stats and axis != len(inputs[0].shape) - 1:
+    if want_stats and (axis != len(inputs[0].shape) - 1 or sk is not None):
         return None
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
@@ -451,8 +456,9 @@ def make_layernorm_codes(
         if want_stats:  # (mean, 1/std)
             stats = (torch.empty(rows, dtype=torch.float32, device=xt.device),
                      torch.empty(rows, dtype=torch.float32, device=xt.device))  # fmt: skip
+        skip = xs[4] if sk is not None else None
         y = layer_norm(xt, scale, xs[2] if has_bias else None, axis, eps, rc, codes,
-                       ys.float(), exact, stats=stats, write_y=write_y)  # fmt: skip
+                       ys.float(), exact, skip=skip, stats=stats, write_y=write_y)  # fmt: skip
         return [y, codes, *stats] if stats is not None else [y, codes]
 
     return run
