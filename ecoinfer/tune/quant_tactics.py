@@ -11,6 +11,10 @@
                                      bias fused) or folded into an fp32 epilogue ("tensor");
                                      "tensor" also with {"fast": 1}, cuBLASLt's fast
                                      accumulation (as Triton's FP8 dots on sm_90).
+                    cublaslt_fp8     one cuBLASLt call through ctypes (kernels/cublaslt.py):
+                                     FP8 with per-tensor scales, bias + ReLU/GELU epilogue,
+                                     float16/bfloat16 out or the reader's FP8 codes (the
+                                     linked form torch._scaled_mm cannot take); no residual.
 X may come as codes (a linked layer, engine/link_codes.py): it is then used as is.
                     dequant_cublas / W_q dequantized once at make() into the layer's dtype, X
                     dequant_mm (CPU) quantized+dequantized per call, then FusedGemm's addmm
@@ -73,10 +77,15 @@ class _QG:
     act: str
     params: list[float]
     codes_in: bool = False  # X already holds the codes (a linked layer): no quantize step
+    codes_out: bool = False  # a y_scale: Y written as the reader's codes (codes_out_ok only)
 
 
 def _parse_gemm(
-    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+    node: Node,
+    attrs: dict[str, Any],
+    inputs: list[TensorInfo | None],
+    build: BuildInfo,
+    codes_out_ok: bool = False,
 ) -> _QG | None:
     x, w, xs, ws = (optional_input(inputs, i) for i in range(4))
     bias, res = optional_input(inputs, 4), optional_input(inputs, 5)
@@ -85,7 +94,8 @@ def _parse_gemm(
         return None
     if has_residual_norm(inputs):
         return None  # the residual rebuilt from norm statistics: triton_tma_qgemm only
-    if optional_input(inputs, 6) is not None:
+    codes_out = optional_input(inputs, 6) is not None
+    if codes_out and not codes_out_ok:
         return None  # y_scale: codes out (a linked layer), not these library GEMMs
     if len(w.shape) != 2 or w.dtype != _QDTYPE[qtype]:
         return None
@@ -117,6 +127,7 @@ def _parse_gemm(
         str(attrs.get("activation") or ""),
         [float(v) for v in attrs.get("activation_params") or []],
         codes_in,
+        codes_out,
     )
 
 
@@ -309,6 +320,75 @@ def _make_scaled_mm(
     return run
 
 
+# ---------------------------------------------------------------------- fp8: cuBLASLt epilogues
+def _cublaslt_configs(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], build: BuildInfo
+) -> list[dict[str, Any]]:
+    """The first few algorithms cuBLASLt's heuristic offers for the problem."""
+    from ecoinfer.kernels.cublaslt import MAX_ALGOS  # noqa: PLC0415
+
+    return [{"algo": i} for i in range(MAX_ALGOS)]
+
+
+def _make_cublaslt(
+    node: Node, attrs: dict[str, Any], inputs: list[TensorInfo | None], cfg: dict, build: BuildInfo
+) -> RunFn | None:
+    """One cuBLASLt call (kernels/cublaslt.py): FP8 codes in (or X quantized first), per-tensor
+    scales, bias and ReLU/GELU in the epilogue, float16/bfloat16 out or the reader's codes."""
+    if torch.device(build.device).type != "cuda":
+        return None
+    q = _parse_gemm(node, attrs, inputs, build, codes_out_ok=True)
+    if q is None or q.qtype != "fp8e4m3" or q.xdtype not in (torch.float16, torch.bfloat16):
+        return None
+    if q.k % 16 or q.n % 16 or q.act not in ("", "Relu", "Gelu"):
+        return None
+    if optional_input(inputs, 5) is not None or q.x_scale is None or q.w_scale is None:
+        return None  # a residual (link_skip_codes moves it out), or scales given per call
+    if q.w_scale.numel() != 1:
+        return None  # per-channel W scales: not a cuBLASLt FP8 scale mode on Hopper
+    from ecoinfer.kernels import cublaslt  # noqa: PLC0415
+
+    if not cublaslt.available():
+        return None
+    dev_index = torch.device(build.device).index or 0
+    if q.codes_out and not cublaslt.saturates(dev_index):
+        return None  # codes out must saturate as the reference does
+    y_scale = _const(node, 6, inputs, build) if q.codes_out else None
+    if q.codes_out and y_scale is None:
+        return None  # a y_scale that is not a constant
+    d_scale = None if y_scale is None else (1.0 / y_scale.float()).reshape(1).contiguous()
+    out_dtype = torch.float8_e4m3fn if q.codes_out else q.xdtype
+    xs0, ws0 = q.x_scale.reshape(1).contiguous(), q.w_scale.reshape(1).contiguous()
+    algo = int(cfg.get("algo", 0))
+    x_info = inputs[0]
+    assert x_info is not None
+    m = 1
+    for d in x_info.shape[:-1]:
+        m *= int(d)
+    bias_info = optional_input(inputs, 4)
+    prob = cublaslt.Problem(m, q.n, q.k, out_dtype, q.act,
+                            None if bias_info is None else bias_info.dtype, dev_index)  # fmt: skip
+    try:
+        if algo >= cublaslt.plan(prob).n_algos:
+            return None
+    except cublaslt.CublasLtError:
+        return None
+    w = q.w.contiguous()
+    triton_x = _triton_here(build)
+
+    def run(xs: list[Tensor | None]) -> list[Tensor]:
+        x = xs[0]
+        assert x is not None
+        lead = tuple(x.shape[:-1])
+        x2 = x.reshape(-1, q.k)
+        xq = x2 if q.codes_in else _quantize_x(x2, xs0, "fp8e4m3", triton_x)
+        y = cublaslt.fp8_gemm(xq.contiguous(), w, xs0, ws0, optional_input(xs, 4), q.act,
+                              out_dtype, d_scale, algo)  # fmt: skip
+        return [y.reshape(*lead, q.n)]
+
+    return run
+
+
 # ---------------------------------------------------------------------- dequantize + float
 def _float_infos(inputs: list[TensorInfo | None], xdtype: torch.dtype) -> list[TensorInfo | None]:
     """The equivalent float node's inputs: (X, W in X's dtype, bias, residual)."""
@@ -385,6 +465,8 @@ tactic("QGemm", "int8_int_mm", "ecoinfer", ("cpu", "cuda"), _ALL_DT, configs=_li
 tactic("QGemm", "fp8_scaled_mm", "ecoinfer", ("cuda",), _ALL_DT, configs=_fp8_configs)(
     _make_scaled_mm
 )
+tactic("QGemm", "cublaslt_fp8", "ecoinfer", ("cuda",), ("float16", "bfloat16"),
+       configs=_cublaslt_configs)(_make_cublaslt)  # fmt: skip
 tactic("QGemm", "dequant_cublas", "ecoinfer", ("cuda",), _ALL_DT)(_make_dequant_gemm)
 tactic("QGemm", "dequant_mm", "ecoinfer", ("cpu",), _CPU_DT)(_make_dequant_gemm)
 tactic("QConv", "dequant_cudnn", "ecoinfer", ("cuda",), _ALL_DT)(_make_dequant_conv)
