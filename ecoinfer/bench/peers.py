@@ -553,6 +553,20 @@ def quantization_summary(report: Mapping[str, Any] | None) -> dict[str, Any] | N
     }
 
 
+def engine_precision_label(engine: Any) -> str:
+    """An engine's precision for a results row: "FP8 + FP16" where quantized layers run 8-bit
+    kernels next to FP16 ones, "FP16 (FP8 asked: no layer runs in it)" where every quantized
+    layer ended up on its float twin (build reports without that count: as asked)."""
+    label = PRECISION_LABEL.get(engine.precision, engine.precision)
+    q = (engine.report or {}).get("quantization") or {}
+    if not q:
+        return label
+    asked = str(q.get("precision", "")).upper()
+    if q.get("eight_bit") == 0 and not q.get("emulated"):
+        return f"{label} ({asked} asked: no layer runs in it)"
+    return f"{asked} + {label}"
+
+
 def _engine_peer(
     engine: Any, feeds: Mapping[str, np.ndarray], source: str, label: str, extra: dict[str, Any]
 ) -> Prepared:
@@ -651,11 +665,10 @@ def prepare_engine_file(
     why = _other_model(engine.graph, graph) if graph is not None else None
     if why:
         raise Skip(f"{engine_path} was built from another model: {why}")
-    label = PRECISION_LABEL.get(engine.precision, engine.precision)
+    label = engine_precision_label(engine)
     extra: dict[str, Any] = {"engine_file": engine_path}
     quant = quantization_summary(engine.report)
     if quant:
-        label = f"{str(quant.get('precision', '')).upper()} + {label}"
         extra["quantization"] = quant
     return _engine_peer(engine, feeds, engine_path, f"{label} ({Path(engine_path).name})", extra)
 

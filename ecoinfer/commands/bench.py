@@ -116,7 +116,11 @@ def make_runner(args: argparse.Namespace, path: str, graph: Graph, feeds: dict, 
         tensors = {
             k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, path).items()
         }
-        label = f"ecoinfer engine {engine.precision}" + (" + CUDA graphs" if ctx.use_graphs else "")
+        from ecoinfer.bench.peers import engine_precision_label  # noqa: PLC0415
+
+        label = f"ecoinfer engine {engine_precision_label(engine)}" + (
+            " + CUDA graphs" if ctx.use_graphs else ""
+        )
 
         def engine_profile() -> list[dict]:
             layers = {r["layer"]: r for r in engine.layer_table()}

@@ -324,3 +324,21 @@ def test_errors_without_a_timed_fp32_row(cnn) -> None:  # noqa: ANN001
     comp3 = peers.compare(path, None, batch=3, device="cpu", config=FAST, peers="onnxruntime")
     assert "rel_l2_error" not in comp3.results[0].extra
     assert any("no energy ratio or error column" in w for w in comp3.warnings)
+
+
+def test_engine_precision_label() -> None:
+    """Rows of quantized engines say what runs: 8-bit kernels next to float ones, or, where
+    every quantized layer went to its float twin, that the 8-bit precision was only asked."""
+    from types import SimpleNamespace
+
+    from ecoinfer.bench.peers import engine_precision_label
+
+    def eng(q):  # noqa: ANN001, ANN202
+        return SimpleNamespace(precision="float16", report={"quantization": q} if q else {})
+
+    assert engine_precision_label(eng(None)) == "FP16"
+    assert engine_precision_label(eng({"precision": "fp8", "eight_bit": 48})) == "FP8 + FP16"
+    none = eng({"precision": "fp8", "eight_bit": 0, "emulated": False})
+    assert engine_precision_label(none) == "FP16 (FP8 asked: no layer runs in it)"
+    # an older build report without the count: as asked
+    assert engine_precision_label(eng({"precision": "int8"})) == "INT8 + FP16"
