@@ -349,32 +349,30 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
         planned = link_codes.apply(planned, links)
     if skips:
         planned = link_skip.apply(planned, skips)
-    norm_links: list[link_norm.NormLink] = []
     late_warnings: list[str] = []
-    skip_codes: list[link_skip_codes.SkipCodesLink] = []
     skip_wanted = (
         cfg.skip_layernorm if cfg.skip_layernorm is not None else device.startswith("cuda")
     )
-    if links and skip_wanted:
+    # rewrites of the finished plan, each tuned on its real inputs and optional: one that
+    # fails leaves the plan as it was, with a warning
+    late: dict[str, list] = {"skip_codes": [], "norm_links": []}
+    for key, wanted, tune, apply, failed in (
+        ("skip_codes", skip_wanted, _tune_skip_codes, link_skip_codes.apply,
+         "residuals of quantized GEMMs not moved"),
+        ("norm_links", cfg.link_norm, _tune_norm_links, link_norm.apply, "norm links not tried"),
+    ):  # fmt: skip
+        if not (links and wanted):
+            continue
         try:
-            skip_codes, sc_choices = _tune_skip_codes(
-                planned, profiles[0], choices, cfg, cache, device
-            )
-        except Exception as e:  # noqa: BLE001  (an optional rewrite: the plan stands without)
-            late_warnings.append(f"residuals of quantized GEMMs not moved: {type(e).__name__}: {e}")
-        else:
-            choices.update(sc_choices)
-            planned = link_skip_codes.apply(planned, skip_codes)
-    if links and cfg.link_norm:
-        try:
-            norm_links, norm_choices = _tune_norm_links(
-                planned, profiles[0], choices, cfg, cache, device
-            )
-        except Exception as e:  # noqa: BLE001  (an optional rewrite: the plan stands without)
-            late_warnings.append(f"norm links not tried: {type(e).__name__}: {e}")
-        else:
-            choices.update(norm_choices)
-            planned = link_norm.apply(planned, norm_links)
+            found, picked = tune(planned, profiles[0], choices, cfg, cache, device)
+        except Exception as e:  # noqa: BLE001
+            late_warnings.append(f"{failed}: {type(e).__name__}: {e}")
+            continue
+        choices.update(picked)
+        planned = apply(planned, found)
+        late[key] = found
+    skip_codes: list[link_skip_codes.SkipCodesLink] = late["skip_codes"]
+    norm_links: list[link_norm.NormLink] = late["norm_links"]
     if (skip_codes or norm_links) and cache is not None and cfg.timing_cache:
         cache.save(cfg.timing_cache)  # the pairs' timings too
     # every later profile keeps the tactics tuned at its own opt shapes, except on the layers

@@ -28,6 +28,7 @@ keeps the link only when the pair's tactics are faster linked than unlinked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +181,25 @@ def pair_positions(graph: Graph, links: list) -> list[tuple[Any, int, int]]:
         if kp is not None and kc is not None:
             out.append((link, kp, kc))
     return out
+
+
+def rewrite_pairs(
+    graph: Graph,
+    links: list,
+    producer: Callable[[Node, Any], Node],
+    consumer: Callable[[Node, Any], Node],
+) -> Graph:
+    """`graph` (in place) with each link's producer and consumer replaced by producer(node,
+    link) and consumer(node, link), its shapes inferred again and checked (link_skip's and
+    link_skip_codes' moves, which add or retype no value)."""
+    if not links:
+        return graph
+    for link, kp, kc in pair_positions(graph, links):
+        graph.nodes[kp] = producer(graph.nodes[kp], link)
+        graph.nodes[kc] = consumer(graph.nodes[kc], link)
+    graph.infer_shapes()
+    graph.verify()
+    return graph
 
 
 def apply(graph: Graph, links: list[Link]) -> Graph:

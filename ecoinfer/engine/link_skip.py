@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ecoinfer.engine.link_codes import pair_positions
+from ecoinfer.engine.link_codes import rewrite_pairs
 from ecoinfer.ir.graph import Graph, Node
 
 RESIDUAL = 3  # FusedGemm(A, B, bias?, residual?)
@@ -78,11 +78,4 @@ def linked_consumer(c: Node, link: SkipLink) -> Node:
 
 def apply(graph: Graph, links: list[SkipLink]) -> Graph:
     """`graph` with each linked pair's nodes replaced (in place)."""
-    if not links:
-        return graph
-    for link, kp, kc in pair_positions(graph, links):
-        graph.nodes[kp] = linked_producer(graph.nodes[kp])
-        graph.nodes[kc] = linked_consumer(graph.nodes[kc], link)
-    graph.infer_shapes()
-    graph.verify()
-    return graph
+    return rewrite_pairs(graph, links, lambda p, _: linked_producer(p), linked_consumer)

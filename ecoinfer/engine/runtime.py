@@ -243,6 +243,11 @@ class Engine:
                     self.warnings.append(
                         f"{n.name}: tactic {ch.tactic} is not available here; using the reference kernel"
                     )
+                else:  # e.g. a library that offers fewer algorithms than at build time
+                    self.warnings.append(
+                        f"{n.name}: tactic {ch.tactic} does not apply here; using the reference "
+                        "kernel"
+                    )
                 continue
             fns[n.name] = _with_precision(fn, ch.precision, self.device)
         return fns

@@ -350,7 +350,8 @@ def _make_cublaslt(
 
     if not cublaslt.available():
         return None
-    dev_index = torch.device(build.device).index or 0
+    dev = torch.device(build.device)
+    dev_index = dev.index if dev.index is not None else torch.cuda.current_device()
     if q.codes_out and not cublaslt.saturates(dev_index):
         return None  # codes out must saturate as the reference does
     y_scale = _const(node, 6, inputs, build) if q.codes_out else None

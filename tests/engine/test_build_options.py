@@ -4,6 +4,7 @@ build report's runner-up column, and the CLI's one-line errors on bad engine fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -341,3 +342,25 @@ def test_tuning_progress_in_a_log_is_a_line_every_interval(monkeypatch, capsys) 
     show("layer 1/9")
     show.end()
     assert capsys.readouterr().err == ""
+
+
+def test_a_tactic_that_no_longer_applies_is_named(mlp_engine, monkeypatch) -> None:  # noqa: ANN001
+    """A layer whose recorded tactic does not apply when the file is loaded (say, a library that
+    offers fewer algorithms than at build time) runs its reference kernel, and the engine says
+    so instead of falling back silently."""
+    from ecoinfer.tune import tactics as tactic_registry
+
+    engine = load_engine(mlp_engine, "cpu")
+    tuned = {n: c.tactic for n, c in engine.choices.items() if c.tactic != "reference"}
+    assert tuned and not any("does not apply here" in w for w in engine.warnings)
+    real = tactic_registry.tactics_for
+
+    def refusing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return [dataclasses.replace(t, make=lambda *a, **k: None) for t in real(*args, **kwargs)]
+
+    monkeypatch.setattr(tactic_registry, "tactics_for", refusing)
+    again = load_engine(mlp_engine, "cpu")
+    named = [w for w in again.warnings if "does not apply here" in w]
+    assert len(named) == len(tuned) and all(w.split(":")[0] in tuned for w in named)
+    x = {"x": np.ones((2, 16), np.float32)}
+    np.testing.assert_allclose(again.run(x)["y"], engine.run(x)["y"], rtol=1e-5, atol=1e-5)

@@ -297,13 +297,7 @@ def ln_mlp_model(tmp_path, rng, out: int, residual: bool, pre: bool = False):  #
     """LayerNorm -> fc1 -> Relu -> fc2 (+ the norm's output when `residual`: an FFN block),
     saved with three calibration batches; returns make(**BuildConfig fields) -> Engine.
     `pre`: x goes through tanh(x * 2) + 1 first (one fused elementwise node before the norm)."""
-    import onnx
-    from onnx import TensorProto as T
-    from onnx import helper, numpy_helper
-
-    from ecoinfer.engine.builder import BuildConfig, build
-    from ecoinfer.engine.runtime import ShapeProfile
-    from ecoinfer.quant.budget import QuantizeOptions
+    from onnx import helper
 
     arrays = {
         "G": (rng.random(16) + 0.5).astype(np.float32),
@@ -329,14 +323,29 @@ def ln_mlp_model(tmp_path, rng, out: int, residual: bool, pre: bool = False):  #
     ]
     if residual:
         nodes.append(helper.make_node("Add", ["f", "n"], ["y"], name="res"))
+    return quant_model_maker(tmp_path, rng, "ln_mlp", nodes, arrays, out)
+
+
+def quant_model_maker(tmp_path, rng, name: str, nodes: list, arrays: dict, out: int):  # noqa: ANN001, ANN201
+    """The ONNX graph of `nodes` (input x float [8, 16], output y [8, out], initializers
+    `arrays`) saved with three calibration batches; returns make(**BuildConfig fields) ->
+    Engine, a CPU build quantized with that data at x's one shape."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from ecoinfer.engine.builder import BuildConfig, build
+    from ecoinfer.engine.runtime import ShapeProfile
+    from ecoinfer.quant.budget import QuantizeOptions
+
     g = helper.make_graph(
         nodes,
-        "ln_mlp",
+        name,
         [helper.make_tensor_value_info("x", T.FLOAT, [8, 16])],
         [helper.make_tensor_value_info("y", T.FLOAT, [8, out])],
         [numpy_helper.from_array(a, n) for n, a in arrays.items()],
     )
-    path = tmp_path / "ln_mlp.onnx"
+    path = tmp_path / f"{name}.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     calib = tmp_path / "calib"
     calib.mkdir()

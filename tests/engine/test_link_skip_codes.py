@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_link_codes import quant_model_maker
 
 from ecoinfer.engine import link_codes, link_skip_codes
-from ecoinfer.engine.builder import BuildConfig, build, load_engine
-from ecoinfer.engine.runtime import ShapeProfile
+from ecoinfer.engine.builder import load_engine
 from ecoinfer.errors import EcoinferError
 from ecoinfer.ir.graph import Node
-from ecoinfer.quant.budget import QuantizeOptions
 
 
 def _model(tmp_path, rng):  # noqa: ANN001, ANN202
     """fc0(x) + b0 + x -> LayerNorm -> fc1 -> Relu -> fc2: a post-norm block whose first GEMM
     adds the residual; returns make(**BuildConfig fields) -> Engine (INT8)."""
-    import onnx
-    from onnx import TensorProto as T
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     arrays = {
         "W0": (rng.standard_normal((16, 16)) * 0.3).astype(np.float32),
@@ -39,27 +36,7 @@ def _model(tmp_path, rng):  # noqa: ANN001, ANN202
         helper.make_node("Relu", ["h"], ["h2"], name="relu"),
         helper.make_node("MatMul", ["h2", "W2"], ["y"], name="fc2"),
     ]
-    g = helper.make_graph(
-        nodes,
-        "post_norm",
-        [helper.make_tensor_value_info("x", T.FLOAT, [8, 16])],
-        [helper.make_tensor_value_info("y", T.FLOAT, [8, 8])],
-        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
-    )
-    path = tmp_path / "post_norm.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(3):
-        np.savez(calib / f"b{i}.npz", x=rng.standard_normal((8, 16)).astype(np.float32))
-    shp = {"x": (8, 16)}
-
-    def make(**kw):  # noqa: ANN003, ANN202
-        q = QuantizeOptions(calib_data=str(calib))
-        prof = [ShapeProfile(shp, shp, shp)]
-        return build(path, BuildConfig(device="cpu", profiles=prof, quant=q, **kw))
-
-    return make
+    return quant_model_maker(tmp_path, rng, "post_norm", nodes, arrays, 8)
 
 
 @pytest.fixture
