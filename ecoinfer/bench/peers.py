@@ -562,7 +562,9 @@ def engine_precision_label(engine: Any) -> str:
     if not q:
         return label
     asked = str(q.get("precision", "")).upper()
-    if q.get("eight_bit") == 0 and not q.get("emulated"):
+    if q.get("eight_bit") == 0 and q.get("emulated"):
+        return f"{asked} (emulated on float kernels) + {label}"
+    if q.get("eight_bit") == 0:
         return f"{label} ({asked} asked: no layer runs in it)"
     return f"{asked} + {label}"
 

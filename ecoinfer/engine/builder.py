@@ -365,11 +365,11 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             continue
         try:
             found, picked = tune(planned, profiles[0], choices, cfg, cache, device)
+            planned = apply(planned, found)  # all or nothing (link_codes.rewrite_pairs)
         except Exception as e:  # noqa: BLE001
             late_warnings.append(f"{failed}: {type(e).__name__}: {e}")
             continue
         choices.update(picked)
-        planned = apply(planned, found)
         late[key] = found
     skip_codes: list[link_skip_codes.SkipCodesLink] = late["skip_codes"]
     norm_links: list[link_norm.NormLink] = late["norm_links"]
@@ -825,7 +825,12 @@ def _tune_profile(
             p = producer.get(node.inputs[0]) if node.inputs else None
             sl = link_skip.candidate(p, node, set(skip_held))
             p_xs = skip_held.pop(p.name) if sl is not None and p is not None else None
-            if p_xs is not None and node.outputs[0] not in quant_x:  # (a codes link: not both)
+            # (a codes link: not both; the shapes as declared, not only at these opt shapes)
+            if (
+                p_xs is not None
+                and node.outputs[0] not in quant_x
+                and link_skip.same_shape_sum(graph, p.inputs[0], sl.skip, p.outputs[0])
+            ):
                 linked = _tune_skip(sl, p, p_xs, node, xs, env, choices, choice, dev, g, cache, cfg)  # fmt: skip
                 if linked is not None:
                     skips.append(sl)

@@ -194,11 +194,17 @@ def rewrite_pairs(
     link_skip_codes' moves, which add or retype no value)."""
     if not links:
         return graph
-    for link, kp, kc in pair_positions(graph, links):
-        graph.nodes[kp] = producer(graph.nodes[kp], link)
-        graph.nodes[kc] = consumer(graph.nodes[kc], link)
-    graph.infer_shapes()
-    graph.verify()
+    before = list(graph.nodes)
+    try:
+        for link, kp, kc in pair_positions(graph, links):
+            graph.nodes[kp] = producer(graph.nodes[kp], link)
+            graph.nodes[kc] = consumer(graph.nodes[kc], link)
+        graph.infer_shapes()
+        graph.verify()
+    except Exception:
+        graph.nodes[:] = before  # all or nothing: the plan as it was
+        graph.infer_shapes()
+        raise
     return graph
 
 

@@ -79,15 +79,23 @@ def apply(graph: Graph, links: list[NormLink]) -> Graph:
     """`graph` with each linked norm and QGemm replaced (in place)."""
     if not links:
         return graph
-    for _, kn, kq in pair_positions(graph, links):
-        norm = graph.nodes[kn]
-        graph.nodes[kn] = linked_norm(norm)
-        graph.nodes[kq] = linked_gemm(graph.nodes[kq], norm)
-        x = graph.values.get(norm.inputs[0])
-        rows = x.shape[:-1] if x is not None and x.shape is not None else None
-        for name in graph.nodes[kn].outputs[2:]:
-            graph.values[name] = Value(name, "float32", rows)
-        graph.values.pop(norm.outputs[0], None)  # Y is no longer written
-    graph.infer_shapes()
-    graph.verify()
+    nodes, values = list(graph.nodes), dict(graph.values)
+    try:
+        for _, kn, kq in pair_positions(graph, links):
+            norm = graph.nodes[kn]
+            graph.nodes[kn] = linked_norm(norm)
+            graph.nodes[kq] = linked_gemm(graph.nodes[kq], norm)
+            x = graph.values.get(norm.inputs[0])
+            rows = x.shape[:-1] if x is not None and x.shape is not None else None
+            for name in graph.nodes[kn].outputs[2:]:
+                graph.values[name] = Value(name, "float32", rows)
+            graph.values.pop(norm.outputs[0], None)  # Y is no longer written
+        graph.infer_shapes()
+        graph.verify()
+    except Exception:
+        graph.nodes[:] = nodes  # all or nothing: the plan as it was
+        graph.values.clear()
+        graph.values.update(values)
+        graph.infer_shapes()
+        raise
     return graph

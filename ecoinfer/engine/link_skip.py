@@ -61,6 +61,18 @@ def candidate(p: Node | None, c: Node, held: set[str]) -> SkipLink | None:
     return SkipLink(p.name, c.name, p.inputs[RESIDUAL])
 
 
+def same_shape_sum(graph: Graph, x: str, residual: str, y: str) -> bool:
+    """Whether Y = GEMM(X) + residual adds two tensors of Y's own shape, as the graph declares
+    them (symbolic dims compared by name), so the norm can take the residual as its Skip: a
+    broadcast residual, or one whose dims are named otherwise, stays in the GEMM."""
+    vx, vr, vy = (graph.values.get(n) for n in (x, residual, y))
+    if vx is None or vr is None or vy is None:
+        return False
+    if vx.shape is None or vr.shape is None or vy.shape is None or vr.dtype != vy.dtype:
+        return False
+    return tuple(vr.shape) == tuple(vy.shape) and tuple(vx.shape[:-1]) == tuple(vy.shape[:-1])
+
+
 def linked_producer(p: Node) -> Node:
     """The FusedGemm without its residual (trailing empty inputs dropped)."""
     ins = list(p.inputs[:RESIDUAL])

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ecoinfer.engine.link_codes import rewrite_pairs
+from ecoinfer.engine.link_skip import same_shape_sum
 from ecoinfer.ir.graph import Graph, Node, all_inputs
 
 RESIDUAL = 5  # QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?, res_*?)
@@ -62,6 +63,8 @@ def candidates(graph: Graph) -> list[SkipCodesLink]:
             continue  # no residual, or codes out / a rebuilt residual
         if ins[RESIDUAL] == y or c.inputs.count(y) != 1:
             continue
+        if not same_shape_sum(graph, ins[0], ins[RESIDUAL], y):
+            continue  # a broadcast residual (or dims named otherwise) stays in the GEMM
         found.append(SkipCodesLink(p.name, c.name, ins[RESIDUAL]))
     return found
 

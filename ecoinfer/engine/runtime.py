@@ -232,9 +232,11 @@ class Engine:
             build = BuildInfo(self.device, ch.precision, self.weights)
             attrs = {**get_schema(n.op_type, n.domain).attrs, **n.attrs}
             fn = None
+            raised = False
             try:
                 fn = spec.make(n, attrs, infos, dict(ch.config), build) if spec else None
             except Exception as e:  # noqa: BLE001  (the reference kernel still runs the layer)
+                raised = True
                 self.warnings.append(
                     f"{n.name}: tactic {ch.tactic} failed to load ({e}); using the reference kernel"
                 )
@@ -243,7 +245,7 @@ class Engine:
                     self.warnings.append(
                         f"{n.name}: tactic {ch.tactic} is not available here; using the reference kernel"
                     )
-                else:  # e.g. a library that offers fewer algorithms than at build time
+                elif not raised:  # e.g. a library that offers fewer algorithms than at build time
                     self.warnings.append(
                         f"{n.name}: tactic {ch.tactic} does not apply here; using the reference "
                         "kernel"

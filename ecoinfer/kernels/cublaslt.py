@@ -58,26 +58,23 @@ class CublasLtError(RuntimeError):
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    """libcublasLt as torch loaded it (by its soname, then from the process map)."""
+    """libcublasLt as torch loaded it: the file mapped into this process, else (no /proc) by
+    the soname of torch's CUDA major version; never another copy on the loader's path."""
     torch.cuda.init()
     torch.empty(1, device="cuda") @ torch.empty(1, device="cuda")  # (loads cuBLAS/Lt)
-    lib = None
-    for name in ("libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            pass
-    if lib is None:
-        try:
-            with open("/proc/self/maps") as f:
-                paths = sorted({ln.split()[-1] for ln in f if "libcublasLt" in ln})
-        except OSError:
-            paths = []
-        found = [p for p in paths if os.path.exists(p)]
-        if not found:
-            raise CublasLtError("libcublasLt was not found in this process (torch without CUDA?)")
-        lib = ctypes.CDLL(found[0])
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "libcublasLt" in ln})
+    except OSError:
+        paths = []
+    found = [p for p in paths if os.path.exists(p)]
+    major = (torch.version.cuda or "").split(".")[0]
+    try:
+        lib = ctypes.CDLL(found[0] if found else f"libcublasLt.so.{major}")
+    except OSError:
+        raise CublasLtError(
+            "libcublasLt was not found in this process (torch without CUDA?)"
+        ) from None
     vp, i32, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
     protos = {
         "cublasLtCreate": [vp],
@@ -113,9 +110,12 @@ def _handle(device: int) -> ctypes.c_void_p:
     return h
 
 
-def available() -> bool:
-    """A CUDA device of compute capability 8.9+ (FP8 tensor cores) and the library."""
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+def available(device: int | None = None) -> bool:
+    """CUDA device `device` (default: the current one) has FP8 tensor cores (compute
+    capability 8.9+) and the library loads."""
+    if not torch.cuda.is_available():
+        return False
+    if torch.cuda.get_device_capability(device) < (8, 9):
         return False
     try:
         _lib()
@@ -139,6 +139,10 @@ class _Plan:
     """The descriptors of one problem and the heuristic's algorithms for it."""
 
     def __init__(self, p: Problem) -> None:
+        with torch.cuda.device(p.device):  # the heuristic describes this device's GPU
+            self._init(p)
+
+    def _init(self, p: Problem) -> None:
         lib = _lib()
         self.p = p
         self.desc = ctypes.c_void_p()
@@ -172,8 +176,10 @@ class _Plan:
         self.beta = ctypes.c_float(0.0)
         self.lock = threading.Lock()  # the pointers are set on the shared descriptor
         # C is never read (beta 0). With codes out its type differs from D's, so it cannot be
-        # D's memory (cuBLASLt: INVALID_VALUE): first NULL, else a scratch buffer of C's size
-        self.c_null: bool | None = None if p.out == torch.float8_e4m3fn else False
+        # D's memory (cuBLASLt: INVALID_VALUE): NULL, or where cuBLASLt refuses that (found on
+        # the first call), a scratch buffer of C's size
+        self.codes_out = p.out == torch.float8_e4m3fn
+        self.c_null_refused = False
         self.c_scratch: Tensor | None = None
 
     def _set(self, attr: int, value: ctypes._SimpleCData) -> None:
@@ -194,7 +200,7 @@ class _Plan:
     def run(self, x: Tensor, w: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor | None,
             d_scale: Tensor | None, out: Tensor, algo: int) -> None:  # fmt: skip
         ptr = ctypes.c_void_p
-        with self.lock:
+        with self.lock, torch.cuda.device(self.p.device):
             self._set(_A_SCALE, ptr(w_scale.data_ptr()))
             self._set(_B_SCALE, ptr(x_scale.data_ptr()))
             if d_scale is not None:
@@ -210,15 +216,12 @@ class _Plan:
                     c_ptr, self.c, out.data_ptr(), self.d, self.algo(algo),
                     None, 0, stream)  # fmt: skip
 
-            if self.c_null is False and self.p.out != torch.float8_e4m3fn:
-                status = call(out.data_ptr())
-            elif self.c_null:
-                status = call(None)
+            if not self.codes_out:
+                status = call(out.data_ptr())  # C and D alike: C may be D's memory
             else:
-                status = call(None) if self.c_null is None else 7
-                if self.c_null is None:
-                    self.c_null = status == 0
+                status = 1 if self.c_null_refused else call(None)
                 if status != 0:
+                    self.c_null_refused = True
                     if self.c_scratch is None:
                         cdt = self.p.bias or torch.float16
                         self.c_scratch = torch.empty(self.p.m * self.p.n, dtype=cdt,
@@ -269,6 +272,7 @@ def fp8_gemm(
     """Y [M, N] = d_scale * act(x_scale * w_scale * X @ W^T + bias) in out_dtype (float8 codes
     with d_scale, the reciprocal of the reader's y_scale). X [M, K], W [N, K]: contiguous
     float8_e4m3fn; scales: float32 one-element device tensors; bias [N] float16/bfloat16.
+    algo: the heuristic's algorithm of that rank for this M (tuning tries the first few).
     Raises CublasLtError when cuBLASLt has no kernel for the problem (or fewer than algo+1)."""
     m, k = x.shape
     n = w.shape[0]

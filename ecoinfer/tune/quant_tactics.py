@@ -348,10 +348,10 @@ def _make_cublaslt(
         return None  # per-channel W scales: not a cuBLASLt FP8 scale mode on Hopper
     from ecoinfer.kernels import cublaslt  # noqa: PLC0415
 
-    if not cublaslt.available():
-        return None
     dev = torch.device(build.device)
     dev_index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if not cublaslt.available(dev_index):
+        return None
     if q.codes_out and not cublaslt.saturates(dev_index):
         return None  # codes out must saturate as the reference does
     y_scale = _const(node, 6, inputs, build) if q.codes_out else None
@@ -383,8 +383,11 @@ def _make_cublaslt(
         lead = tuple(x.shape[:-1])
         x2 = x.reshape(-1, q.k)
         xq = x2 if q.codes_in else _quantize_x(x2, xs0, "fp8e4m3", triton_x)
+        # the tuned algorithm at the tuned M; at another M (another batch or sequence length
+        # in the profile) the heuristic's own first choice for that M
+        rank = algo if xq.shape[0] == m else 0
         y = cublaslt.fp8_gemm(xq.contiguous(), w, xs0, ws0, optional_input(xs, 4), q.act,
-                              out_dtype, d_scale, algo)  # fmt: skip
+                              out_dtype, d_scale, rank)  # fmt: skip
         return [y.reshape(*lead, q.n)]
 
     return run

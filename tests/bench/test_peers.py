@@ -340,5 +340,7 @@ def test_engine_precision_label() -> None:
     assert engine_precision_label(eng({"precision": "fp8", "eight_bit": 48})) == "FP8 + FP16"
     none = eng({"precision": "fp8", "eight_bit": 0, "emulated": False})
     assert engine_precision_label(none) == "FP16 (FP8 asked: no layer runs in it)"
+    emulated = eng({"precision": "int8", "eight_bit": 0, "emulated": True})
+    assert engine_precision_label(emulated) == "INT8 (emulated on float kernels) + FP16"
     # an older build report without the count: as asked
     assert engine_precision_label(eng({"precision": "int8"})) == "INT8 + FP16"

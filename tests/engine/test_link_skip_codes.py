@@ -116,3 +116,37 @@ def test_the_op_checks_its_skip(tmp_path, linked) -> None:  # noqa: ANN001
     ln.outputs += ["mu", "inv"]  # statistics of a sum no one keeps
     with pytest.raises(EcoinferError, match="Mean and InvStdDev cannot come with Skip"):
         g.infer_shapes()
+
+
+def test_a_broadcast_residual_stays_in_the_gemm(tmp_path, linked) -> None:  # noqa: ANN001
+    """Only a residual of the sum's own declared shape moves: one that broadcasts, or whose
+    dims the graph names otherwise, is not a candidate (the norm's Skip must match X)."""
+    g = _model(tmp_path, np.random.default_rng(3))(link_codes=True).graph
+    assert link_skip_codes.candidates(g)
+    g.values["x"].shape = (1, 16)  # as if the residual broadcast over the rows
+    assert link_skip_codes.candidates(g) == []
+    g.values["x"].shape = ("N", 16)  # same size at run time perhaps, but not provably
+    assert link_skip_codes.candidates(g) == []
+
+
+def test_a_rewrite_that_fails_leaves_the_plan_whole(tmp_path, linked, monkeypatch) -> None:  # noqa: ANN001
+    """A move whose rewritten graph does not verify is undone as a whole: the build warns and
+    runs the plan it had."""
+    rng = np.random.default_rng(5)
+    make = _model(tmp_path, rng)
+    plain = make(link_codes=True)
+    real = link_skip_codes.linked_consumer
+
+    def broken(c, link):  # noqa: ANN001, ANN202
+        n = real(c, link)
+        n.inputs[link_skip_codes.SKIP] = "G"  # a Skip of the wrong shape: infer_shapes refuses
+        return n
+
+    monkeypatch.setattr(link_skip_codes, "linked_consumer", broken)
+    eng = make(link_codes=True, skip_layernorm=True)
+    assert eng.report["skip_layernorm"] == []
+    assert any("residuals of quantized GEMMs not moved" in w and "Skip has shape" in w
+               for w in eng.warnings)  # fmt: skip
+    assert [n.inputs for n in eng.graph.nodes] == [n.inputs for n in plain.graph.nodes]
+    x = {"x": rng.standard_normal((8, 16)).astype(np.float32)}
+    np.testing.assert_allclose(eng.run(x)["y"], plain.run(x)["y"], rtol=0, atol=0)

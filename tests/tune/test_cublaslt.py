@@ -37,13 +37,9 @@ def test_not_applicable_off_cuda() -> None:
              TensorInfo((48,), torch.float16, True)]  # fmt: skip
     build = BuildInfo(torch.device("cpu"), "float16", {})
     assert quant_tactics._make_cublaslt(node, attrs, infos, {"algo": 0}, build) is None
-
-
-def test_epilogue_table() -> None:
-    """cublasLtEpilogue_t values (cublasLt.h): DEFAULT 1, RELU 2, BIAS 4, RELU_BIAS 6, GELU 32,
-    GELU_BIAS 36."""
-    assert cublaslt.EPILOGUES == {("", False): 1, ("", True): 4, ("Relu", False): 2,
-                                  ("Relu", True): 6, ("Gelu", False): 32, ("Gelu", True): 36}  # fmt: skip
+    if not torch.cuda.is_available():  # nothing was looked for, let alone loaded
+        assert cublaslt._lib.cache_info().currsize == 0
+        assert not cublaslt.available()
 
 
 @pytest.mark.gpu
