@@ -276,6 +276,14 @@ def fp8_gemm(
     Raises CublasLtError when cuBLASLt has no kernel for the problem (or fewer than algo+1)."""
     m, k = x.shape
     n = w.shape[0]
+    # the heuristic ran with cuBLASLt's default alignment preference (256 bytes), so its
+    # algorithms may assume it; a view at an offset goes through an aligned copy instead
+    if x.data_ptr() % 256:
+        x = x.clone()
+    if w.data_ptr() % 256:
+        w = w.clone()
+    if bias is not None and bias.data_ptr() % 256:
+        bias = bias.clone()
     if (out_dtype == torch.float8_e4m3fn) != (d_scale is not None):
         raise ValueError("fp8_gemm: codes out need d_scale, and only they")
     p = Problem(m, n, k, out_dtype, act, None if bias is None else bias.dtype, x.device.index or 0)
