@@ -350,9 +350,7 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     if skips:
         planned = link_skip.apply(planned, skips)
     late_warnings: list[str] = []
-    skip_wanted = (
-        cfg.skip_layernorm if cfg.skip_layernorm is not None else device.startswith("cuda")
-    )
+    skip_wanted = _skip_moves(cfg, torch.device(device))
     # rewrites of the finished plan, each tuned on its real inputs and optional: one that
     # fails leaves the plan as it was, with a warning
     late: dict[str, list] = {"skip_codes": [], "norm_links": []}
@@ -686,6 +684,11 @@ def _input_infos(xs: list, names: list[str], weights: set[str]) -> list:
     ]
 
 
+def _skip_moves(cfg: BuildConfig, dev: torch.device) -> bool:
+    """Whether residual adds may move into norms (BuildConfig.skip_layernorm; None: GPUs)."""
+    return cfg.skip_layernorm if cfg.skip_layernorm is not None else dev.type == "cuda"
+
+
 class _Progress:
     """Tuning progress on stderr: one line rewritten in place on a terminal; elsewhere (a log
     file, CI) a plain line at most every `every_s` seconds, so a long build is not silent."""
@@ -757,9 +760,7 @@ def _tune_profile(
     link_on = link_wanted and k == 0 and bool(quant_x)  # the first profile decides
     held: dict[str, list] = {}  # quantized layers' inputs, kept until their reader is tuned
     skips: list[link_skip.SkipLink] = []
-    skip_on = k == 0 and (
-        cfg.skip_layernorm if cfg.skip_layernorm is not None else dev.type == "cuda"
-    )
+    skip_on = k == 0 and _skip_moves(cfg, dev)
     skip_held: dict[str, list] = {}  # FusedGemms with a residual: inputs, until their norm
     consumers = g.consumers() if skip_on else {}
     for i, node in enumerate(g.nodes):
@@ -1086,9 +1087,7 @@ def _tune_skip_codes(
         p_xs, c_xs = seen.get(p.name), seen.get(c.name)
         if p_xs is None or c_xs is None:
             continue
-        skip, y = p_xs[link_skip_codes.RESIDUAL], c_xs[0]
-        if skip is None or y is None or skip.shape != y.shape or skip.dtype != y.dtype:
-            continue  # a broadcast residual stays in the GEMM
+        skip = p_xs[link_skip_codes.RESIDUAL]  # of the sum's shape (candidates: same_shape_sum)
         p2 = link_skip_codes.linked_producer(p)
         c2 = link_skip_codes.linked_consumer(c, sl)
         what = ("skip form", "skip in the norm", "in the GEMM")
@@ -1118,10 +1117,7 @@ def _tune_link(lk, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg)
 def _tune_skip(sl, p, p_xs, c, c_xs, env, choices, c_choice, dev, g, cache, cfg):  # noqa: ANN001, ANN202
     """Tune a skip link (link_skip): the GEMM without its residual and the SkipLayerNorm;
     their (producer's, consumer's) LayerChoices when the pair is faster so, else None."""
-    skip = p_xs[link_skip.RESIDUAL]
-    y = env.get(c.inputs[0])
-    if skip is None or y is None or tuple(skip.shape) != tuple(y.shape) or skip.dtype != y.dtype:
-        return None  # a broadcast residual stays in the GEMM
+    skip = p_xs[link_skip.RESIDUAL]  # of the sum's shape (the caller: same_shape_sum)
     p2, c2 = link_skip.linked_producer(p), link_skip.linked_consumer(c, sl)
     tuned = _tune_pair(
         p, p2, list(p_xs[: len(p2.inputs)]), c, c2, lambda ys: [ys[0], skip, *c_xs[1:3]],

@@ -73,12 +73,18 @@ def same_shape_sum(graph: Graph, x: str, residual: str, y: str) -> bool:
     return tuple(vr.shape) == tuple(vy.shape) and tuple(vx.shape[:-1]) == tuple(vy.shape[:-1])
 
 
-def linked_producer(p: Node) -> Node:
-    """The FusedGemm without its residual (trailing empty inputs dropped)."""
-    ins = list(p.inputs[:RESIDUAL])
+def without_inputs_from(p: Node, k: int) -> Node:
+    """p with its inputs k.. removed (and the empty ones then trailing): a GEMM without its
+    residual (and what follows it)."""
+    ins = list(p.inputs[:k])
     while ins and not ins[-1]:
         ins.pop()
     return Node(p.op_type, ins, list(p.outputs), dict(p.attrs), p.name, p.domain)
+
+
+def linked_producer(p: Node) -> Node:
+    """The FusedGemm without its residual (trailing empty inputs dropped)."""
+    return without_inputs_from(p, RESIDUAL)
 
 
 def linked_consumer(c: Node, link: SkipLink) -> Node:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ecoinfer.engine.link_codes import rewrite_pairs
-from ecoinfer.engine.link_skip import same_shape_sum
+from ecoinfer.engine.link_skip import same_shape_sum, without_inputs_from
 from ecoinfer.ir.graph import Graph, Node, all_inputs
 
 RESIDUAL = 5  # QGemm(X, W_q, x_scale, w_scale, bias?, residual?, y_scale?, res_*?)
@@ -70,11 +70,9 @@ def candidates(graph: Graph) -> list[SkipCodesLink]:
 
 
 def linked_producer(p: Node) -> Node:
-    """The QGemm without its residual (trailing empty inputs dropped)."""
-    ins = list(p.inputs[:RESIDUAL])
-    while ins and not ins[-1]:
-        ins.pop()
-    return Node(p.op_type, ins, list(p.outputs), dict(p.attrs), p.name, p.domain)
+    """The QGemm without its residual (trailing empty inputs dropped; candidates have none
+    after it)."""
+    return without_inputs_from(p, RESIDUAL)
 
 
 def linked_consumer(c: Node, link: SkipCodesLink) -> Node:

@@ -231,25 +231,22 @@ class Engine:
             ]
             build = BuildInfo(self.device, ch.precision, self.weights)
             attrs = {**get_schema(n.op_type, n.domain).attrs, **n.attrs}
-            fn = None
-            raised = False
+            if spec is None:
+                self.warnings.append(
+                    f"{n.name}: tactic {ch.tactic} is not available here; using the reference kernel"
+                )
+                continue
             try:
-                fn = spec.make(n, attrs, infos, dict(ch.config), build) if spec else None
+                fn = spec.make(n, attrs, infos, dict(ch.config), build)
             except Exception as e:  # noqa: BLE001  (the reference kernel still runs the layer)
-                raised = True
                 self.warnings.append(
                     f"{n.name}: tactic {ch.tactic} failed to load ({e}); using the reference kernel"
                 )
-            if fn is None:
-                if spec is None:
-                    self.warnings.append(
-                        f"{n.name}: tactic {ch.tactic} is not available here; using the reference kernel"
-                    )
-                elif not raised:  # e.g. a library that offers fewer algorithms than at build time
-                    self.warnings.append(
-                        f"{n.name}: tactic {ch.tactic} does not apply here; using the reference "
-                        "kernel"
-                    )
+                continue
+            if fn is None:  # e.g. a library that offers fewer algorithms than at build time
+                self.warnings.append(
+                    f"{n.name}: tactic {ch.tactic} does not apply here; using the reference kernel"
+                )
                 continue
             fns[n.name] = _with_precision(fn, ch.precision, self.device)
         return fns

@@ -177,9 +177,7 @@ class _Plan:
         self.lock = threading.Lock()  # the pointers are set on the shared descriptor
         # C is never read (beta 0). With codes out its type differs from D's, so it cannot be
         # D's memory (cuBLASLt: INVALID_VALUE): NULL, or where cuBLASLt refuses that (found on
-        # the first call), a scratch buffer of C's size
-        self.codes_out = p.out == torch.float8_e4m3fn
-        self.c_null_refused = False
+        # the first call), from then on a scratch buffer of C's size
         self.c_scratch: Tensor | None = None
 
     def _set(self, attr: int, value: ctypes._SimpleCData) -> None:
@@ -216,16 +214,16 @@ class _Plan:
                     c_ptr, self.c, out.data_ptr(), self.d, self.algo(algo),
                     None, 0, stream)  # fmt: skip
 
-            if not self.codes_out:
+            if self.p.out != torch.float8_e4m3fn:
                 status = call(out.data_ptr())  # C and D alike: C may be D's memory
+            elif self.c_scratch is not None:
+                status = call(self.c_scratch.data_ptr())
             else:
-                status = 1 if self.c_null_refused else call(None)
-                if status != 0:
-                    self.c_null_refused = True
-                    if self.c_scratch is None:
-                        cdt = self.p.bias or torch.float16
-                        self.c_scratch = torch.empty(self.p.m * self.p.n, dtype=cdt,
-                                                     device=out.device)  # fmt: skip
+                status = call(None)
+                if status != 0:  # cuBLASLt wants a C of its own here
+                    cdt = self.p.bias or torch.float16
+                    self.c_scratch = torch.empty(self.p.m * self.p.n, dtype=cdt,
+                                                 device=out.device)  # fmt: skip
                     status = call(self.c_scratch.data_ptr())
         _check(status, "cublasLtMatmul")
 

@@ -733,9 +733,7 @@ def _select(
     for name, cfg, spec in todo:
         cand = Candidate(name, cfg)
         cands.append(cand)
-        t = cache.get(fp, sig, name, cfg, count=False) if cache is not None else None
-        if t is not None:
-            cache.hits += 1  # type: ignore[union-attr]
+        t = cache.get(fp, sig, name, cfg, count_miss=False) if cache is not None else None
         if t is not None and lazy:
             cand.time_ms, cand.timing = t, "cache"
             cached.append((len(cands) - 1, spec))
@@ -767,12 +765,10 @@ def _select(
         cand = cands[k]
         if best is not None and not _rank(build, cand) < best[0]:
             break  # it and every later one lose on their cached times: left unbuilt
-        t = cand.time_ms
         run = built(cand, spec)
         if run is None:
-            cand.time_ms = INF
+            cand.time_ms = INF  # its cached time no longer counts
             continue
-        cand.time_ms = t
         consider(k, run)
 
     if best is None:  # only if the reference itself failed to time

@@ -32,12 +32,14 @@ one-pass scale/bias/activation/residual epilogue (qepilogue.scaled_epilogue), wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ecoinfer.ir import dtypes
 from ecoinfer.ir.graph import Node, optional_input
 from ecoinfer.ir.ops.fused_quant import has_residual_norm
 from ecoinfer.kernels.torch_ops.fused_quant import dequant_weight, fake_quant
@@ -51,7 +53,6 @@ _CPU_DT = ("float32", "bfloat16")
 _QDTYPE = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
 _FP8_MAX = 448.0
 _INT_MM_MIN_M = 17  # cuBLASLt int8 GEMM: M > 16
-_OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _const(node: Node, i: int, inputs: list[TensorInfo | None], build: BuildInfo) -> Tensor | None:
@@ -101,7 +102,8 @@ def _parse_gemm(
         return None
     # X as codes (engine/link_codes.py): Y's float dtype is the out_dtype attribute's
     codes_in = x.dtype == _QDTYPE[qtype]
-    xdtype = _OUT_DTYPES.get(str(attrs.get("out_dtype") or "")) if codes_in else x.dtype
+    out_name = str(attrs.get("out_dtype") or "")
+    xdtype = x.dtype if not codes_in else dtypes.to_torch(out_name) if out_name else None
     if xdtype not in _FLOATS:
         return None
     n, k = w.shape
@@ -363,9 +365,7 @@ def _make_cublaslt(
     algo = int(cfg.get("algo", 0))
     x_info = inputs[0]
     assert x_info is not None
-    m = 1
-    for d in x_info.shape[:-1]:
-        m *= int(d)
+    m = math.prod(int(d) for d in x_info.shape[:-1])
     bias_info = optional_input(inputs, 4)
     prob = cublaslt.Problem(m, q.n, q.k, out_dtype, q.act,
                             None if bias_info is None else bias_info.dtype, dev_index)  # fmt: skip
@@ -374,7 +374,6 @@ def _make_cublaslt(
             return None
     except cublaslt.CublasLtError:
         return None
-    w = q.w.contiguous()
     triton_x = _triton_here(build)
 
     def run(xs: list[Tensor | None]) -> list[Tensor]:
@@ -386,7 +385,7 @@ def _make_cublaslt(
         # the tuned algorithm at the tuned M; at another M (another batch or sequence length
         # in the profile) the heuristic's own first choice for that M
         rank = algo if xq.shape[0] == m else 0
-        y = cublaslt.fp8_gemm(xq.contiguous(), w, xs0, ws0, optional_input(xs, 4), q.act,
+        y = cublaslt.fp8_gemm(xq.contiguous(), q.w, xs0, ws0, optional_input(xs, 4), q.act,
                               out_dtype, d_scale, rank)  # fmt: skip
         return [y.reshape(*lead, q.n)]
 

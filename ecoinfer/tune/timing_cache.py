@@ -188,18 +188,18 @@ class TimingCache:
         signature: str,
         tactic: str,
         config: Mapping[str, Any] | None = None,
-        count: bool = True,
+        count_miss: bool = True,
     ) -> float | None:
         """The cached time in ms for this device, op signature, tactic and config, or None.
-        count=False: a look that leaves the hit/miss counts to the caller (a candidate looked
-        up before it is known to run is no miss if it never gets timed)."""
+        count_miss=False: a look that finds nothing is left for the caller to count (a
+        candidate looked up before it is known to run is no miss if it never gets timed)."""
         rec = self._devices.get(fingerprint_key(fp))
         e = rec[1].get(entry_key(signature, tactic, config)) if rec is not None else None
         t = e.get("time_ms") if e is not None else None
         if isinstance(t, int | float) and math.isfinite(t) and t >= 0:
-            self.hits += count
+            self.hits += 1
             return float(t)
-        self.misses += count
+        self.misses += count_miss
         return None
 
     def put(
