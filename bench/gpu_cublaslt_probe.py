@@ -8,7 +8,8 @@ Forms: QKV bias -> codes; FFN-up bias + GELU -> codes; attention-out and FFN-dow
 float16 (their residual moved into the norm, engine/link_skip_codes.py). Each row: relative
 L2 error against float32 on the same codes (exact GELU; cuBLASLt's is the tanh form), the
 timing (CUDA-graph replay over rotated inputs, as the tuner times) of every algorithm the
-heuristic offers, and a saturation check: codes out with a y_scale 1000x too small must give
+heuristic offers (up to cublaslt.HEURISTIC_REQUEST), with no workspace and with
+cublaslt.WORKSPACE_BYTES of one (--workspace), and a saturation check: codes out with a y_scale 1000x too small must give
 +-448, never NaN (the reference saturates).
 """
 
@@ -43,7 +44,8 @@ def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.float() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def probe(shape: tuple, m: int, dev: torch.device, rotate: int) -> dict:
+def probe(shape: tuple, m: int, dev: torch.device, rotate: int, workspaces: list[int],
+          peers: bool) -> dict:  # fmt: skip
     name, k, n, act, codes = shape
     torch.manual_seed(0)
     x = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -60,25 +62,27 @@ def probe(shape: tuple, m: int, dev: torch.device, rotate: int) -> dict:
     out = F8 if codes else torch.float16
     row: dict = {"K": k, "N": n, "act": act, "codes_out": codes}
     sets = input_sets([xq], rotate)
-    p = cublaslt.Problem(m, n, k, out, act, torch.float16, dev.index or 0)
-    try:
-        n_algos = cublaslt.plan(p).n_algos
-    except cublaslt.CublasLtError as e:
-        row["failed"] = str(e)
-        return row
-    row["algos"] = n_algos
-    for i in range(n_algos):
-
-        def lt(xs_, i=i):  # noqa: ANN001, ANN202
-            return cublaslt.fp8_gemm(xs_[0], wq, xs, ws, b, act, out, d_scale, i)
-
+    for wsb in workspaces:
+        tag = "lt" if wsb == 0 else "ltws"  # (keys without a workspace as in earlier runs)
+        p = cublaslt.Problem(m, n, k, out, act, torch.float16, dev.index or 0, wsb)
         try:
-            y = lt([xq])
-            torch.cuda.synchronize()
-            row[f"lt{i}_err"] = rel(y.float() * ys if codes else y, ref)
-            row[f"lt{i}_us"] = measure(lt, [xq], dev, sets=sets)[0] * 1e3
-        except Exception as e:  # noqa: BLE001
-            row[f"lt{i}_failed"] = f"{type(e).__name__}: {str(e)[:160]}"
+            n_algos = cublaslt.plan(p).n_algos
+        except cublaslt.CublasLtError as e:
+            row[f"{tag}_failed"] = str(e)
+            continue
+        row["algos" if wsb == 0 else "algos_ws"] = n_algos
+        for i in range(n_algos):
+
+            def lt(xs_, i=i, wsb=wsb):  # noqa: ANN001, ANN202
+                return cublaslt.fp8_gemm(xs_[0], wq, xs, ws, b, act, out, d_scale, i, wsb)
+
+            try:
+                y = lt([xq])
+                torch.cuda.synchronize()
+                row[f"{tag}{i}_err"] = rel(y.float() * ys if codes else y, ref)
+                row[f"{tag}{i}_us"] = measure(lt, [xq], dev, sets=sets)[0] * 1e3
+            except Exception as e:  # noqa: BLE001
+                row[f"{tag}{i}_failed"] = f"{type(e).__name__}: {str(e)[:160]}"
     if codes:  # saturation: y_scale 1000x too small
         try:
             tiny = d_scale * 1000.0
@@ -88,6 +92,8 @@ def probe(shape: tuple, m: int, dev: torch.device, rotate: int) -> dict:
             row["saturation_max"] = float(y.abs().max())
         except Exception as e:  # noqa: BLE001
             row["saturation_failed"] = f"{type(e).__name__}: {str(e)[:160]}"
+    if not peers:
+        return row
     # the engine's Triton TMA GEMM in this form (best of the tuner's configurations)
     gelu = (ACT_GELU_ERF, 0.0, 0.0) if act else None
     best = math.inf
@@ -119,28 +125,41 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
     ap.add_argument("--m", type=int, default=8192)
+    ap.add_argument(
+        "--workspace",
+        default=f"0,{cublaslt.WORKSPACE_BYTES}",
+        help="workspace sizes in bytes, comma-separated",
+    )
+    ap.add_argument("--no-peers", action="store_true", help="cuBLASLt only (no TMA/_scaled_mm)")
     args = ap.parse_args()
+    workspaces = [int(v) for v in args.workspace.split(",")]
     dev = torch.device("cuda")
     rotate = cold_rotate_bytes(dev)
     res: dict = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "M": args.m}
     res["saturates"] = cublaslt.saturates(dev.index or 0)
     print("codes out saturate at 448:", res["saturates"], flush=True)
     for shape in SHAPES:
-        res[shape[0]] = r = probe(shape, args.m, dev, rotate)
+        res[shape[0]] = r = probe(shape, args.m, dev, rotate, workspaces, not args.no_peers)
         print(shape[0], {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()},
               flush=True)  # fmt: skip
         torch.cuda.empty_cache()
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
-    print("\nGEMM       best cuBLASLt us   TMA us   _scaled_mm fast us   err   saturation")
+    print(
+        "\nGEMM       best cuBLASLt us (rank)  with workspace (rank)   TMA us   "
+        "_scaled_mm fast us   err   saturation"
+    )
     for name, *_ in SHAPES:
         r = res[name]
         lts = [r[f"lt{i}_us"] for i in range(r.get("algos", 0)) if f"lt{i}_us" in r]
+        wss = [r[f"ltws{i}_us"] for i in range(r.get("algos_ws", 0)) if f"ltws{i}_us" in r]
+        best = f"{min(lts):8.2f} ({lts.index(min(lts))})" if lts else "       -    "
+        best_ws = f"{min(wss):8.2f} ({wss.index(min(wss))})" if wss else "       -    "
         err = r.get("lt0_err", float("nan"))
         sat = (
             f"nan={r['saturation_nan']} max={r['saturation_max']}" if "saturation_nan" in r else "-"
         )
-        print(f"{name:10s} {min(lts, default=math.nan):10.2f} {r.get('tma_us', math.nan):10.2f} "
+        print(f"{name:10s} {best:>18s} {best_ws:>20s} {r.get('tma_us', math.nan):10.2f} "
               f"{r.get('scaled_mm_fast_us', math.nan):12.2f} {err:10.2e}   {sat}")  # fmt: skip
 
 

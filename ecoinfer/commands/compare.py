@@ -15,6 +15,7 @@ PEER_KEYS = (
     "torch-fp16",
     "torch-compile",
     "torch-compile-fp16",
+    "torch-compile-max-fp16",
     "onnxruntime",
     "ecoinfer-fp32",
     "ecoinfer-engine",
@@ -67,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="PEER",
-        help=f"which peers to run (default all): {', '.join(PEER_KEYS)}; engine:FILE.eng adds a built engine file (e.g. an INT8 one)",
+        help=f"which peers to run (default all but torch-compile-max-fp16, whose autotuning takes "
+        f"minutes): {', '.join(PEER_KEYS)}; engine:FILE.eng adds a built engine file (e.g. an "
+        "INT8 one)",
     )
     p.add_argument(
         "--opt-level",

@@ -16,8 +16,10 @@ bfloat16, or float8_e4m3fn codes of Y / y_scale (d_scale = 1 / y_scale). Accumul
 The library is the one torch itself loaded (same process, same CUDA); nothing is downloaded
 or built. Descriptors and the heuristic's algorithm are made once per problem (shape,
 dtypes, epilogue) and device; scale and bias pointers are set per call, so calls can be
-captured in CUDA graphs. No workspace: a shared one would race between engine contexts on
-different streams, and the heuristic still offers the non-split-K kernels without one.
+captured in CUDA graphs. A problem either has no workspace (the heuristic then offers only
+kernels that need none) or WORKSPACE_BYTES of one, taken from torch's caching allocator on
+the call's stream at each call: never shared, so engine contexts on different streams cannot
+race on it, and inside a CUDA-graph capture it comes from the graph's own pool.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ _PREF_MAX_WORKSPACE_BYTES = 1
 EPILOGUES = {("", False): 1, ("", True): 4, ("Relu", False): 2, ("Relu", True): 6,
              ("Gelu", False): 32, ("Gelu", True): 36}  # fmt: skip
 _HEURISTIC_BYTES = 96  # cublasLtMatmulHeuristicResult_t: algo (64), workspace, state, waves, 4 ints
-MAX_ALGOS = 4
+MAX_ALGOS = 8  # the heuristic's first few, each a tuning candidate (QKV: the 8th was best, s22a)
+HEURISTIC_REQUEST = 16  # results asked of the heuristic (probes time them all)
+WORKSPACE_BYTES = 32 << 20  # cuBLAS's own recommendation on Hopper
 
 
 class CublasLtError(RuntimeError):
@@ -133,6 +137,7 @@ class Problem:
     act: str  # "", "Relu", "Gelu"
     bias: torch.dtype | None
     device: int
+    workspace: int = 0  # bytes the heuristic may assume (0, or WORKSPACE_BYTES)
 
 
 class _Plan:
@@ -162,14 +167,14 @@ class _Plan:
         self.d = self._layout(_DTYPE[p.out], p.n, p.m, p.n)
         pref = ctypes.c_void_p()
         _check(lib.cublasLtMatmulPreferenceCreate(_addr(pref)), "preference")
-        ws = ctypes.c_uint64(0)
+        ws = ctypes.c_uint64(p.workspace)
         _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_MAX_WORKSPACE_BYTES,
                _addr(ws), ctypes.sizeof(ws)), "preference workspace")  # fmt: skip
-        self.results = (ctypes.c_ubyte * (_HEURISTIC_BYTES * MAX_ALGOS))()
+        self.results = (ctypes.c_ubyte * (_HEURISTIC_BYTES * HEURISTIC_REQUEST))()
         found = ctypes.c_int(0)
         status = lib.cublasLtMatmulAlgoGetHeuristic(
-            _handle(p.device), self.desc, self.a, self.b, self.c, self.d, pref, MAX_ALGOS,
-            _addr(self.results), _addr(found))  # fmt: skip
+            _handle(p.device), self.desc, self.a, self.b, self.c, self.d, pref,
+            HEURISTIC_REQUEST, _addr(self.results), _addr(found))  # fmt: skip
         lib.cublasLtMatmulPreferenceDestroy(pref)
         self.n_algos = found.value if status == 0 else 0
         self.alpha = ctypes.c_float(1.0)
@@ -206,13 +211,17 @@ class _Plan:
             if bias is not None:
                 self._set(_BIAS_POINTER, ptr(bias.data_ptr()))
             stream = torch.cuda.current_stream(out.device).cuda_stream
+            n_ws = self.p.workspace
+            # this call's own workspace, stream-ordered (freed to the allocator, which hands
+            # it out again only to work queued after this call on this stream)
+            ws = torch.empty(n_ws, dtype=torch.uint8, device=out.device) if n_ws else None
 
             def call(c_ptr: int | None) -> int:
                 return _lib().cublasLtMatmul(
                     _handle(self.p.device), self.desc, _addr(self.alpha),
                     w.data_ptr(), self.a, x.data_ptr(), self.b, _addr(self.beta),
                     c_ptr, self.c, out.data_ptr(), self.d, self.algo(algo),
-                    None, 0, stream)  # fmt: skip
+                    ws.data_ptr() if ws is not None else None, n_ws, stream)  # fmt: skip
 
             if self.p.out != torch.float8_e4m3fn:
                 status = call(out.data_ptr())  # C and D alike: C may be D's memory
@@ -266,11 +275,13 @@ def fp8_gemm(
     out_dtype: torch.dtype = torch.float16,
     d_scale: Tensor | None = None,
     algo: int = 0,
+    workspace: int = 0,
 ) -> Tensor:
     """Y [M, N] = d_scale * act(x_scale * w_scale * X @ W^T + bias) in out_dtype (float8 codes
     with d_scale, the reciprocal of the reader's y_scale). X [M, K], W [N, K]: contiguous
     float8_e4m3fn; scales: float32 one-element device tensors; bias [N] float16/bfloat16.
-    algo: the heuristic's algorithm of that rank for this M (tuning tries the first few).
+    algo: the heuristic's algorithm of that rank for this M (tuning tries the first few),
+    asked with `workspace` bytes of workspace allowed (0 or WORKSPACE_BYTES).
     Raises CublasLtError when cuBLASLt has no kernel for the problem (or fewer than algo+1)."""
     m, k = x.shape
     n = w.shape[0]
@@ -284,7 +295,8 @@ def fp8_gemm(
         bias = bias.clone()
     if (out_dtype == torch.float8_e4m3fn) != (d_scale is not None):
         raise ValueError("fp8_gemm: codes out need d_scale, and only they")
-    p = Problem(m, n, k, out_dtype, act, None if bias is None else bias.dtype, x.device.index or 0)
+    p = Problem(m, n, k, out_dtype, act, None if bias is None else bias.dtype,
+                x.device.index or 0, workspace)  # fmt: skip
     pl = plan(p)
     if algo >= pl.n_algos:
         raise CublasLtError(f"cuBLASLt offers {pl.n_algos} algorithm(s) for {p}")

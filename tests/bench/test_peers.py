@@ -88,7 +88,8 @@ def test_compare_cnn_with_module_on_cpu(cnn) -> None:  # noqa: ANN001
     module, path = cnn
     w0 = module.body[0].weight.detach().clone()
     comp = peers.compare(path, module, batch=3, device="cpu", config=FAST)
-    assert [r.extra["peer"] for r in comp.results] == list(peers.PEERS)
+    by_default = [k for k in peers.PEERS if k not in peers.NOT_BY_DEFAULT]
+    assert [r.extra["peer"] for r in comp.results] == by_default
     assert comp.device == "cpu" and comp.batch == 3
     assert comp.inputs == {"x": "float32[3x3x16x16]"}
     assert comp.baseline == "PyTorch eager FP32"
@@ -249,7 +250,12 @@ def test_output_errors_and_flatten() -> None:
 
 
 def test_parse_peers() -> None:
-    assert peers.parse_peers(None) == list(peers.PEERS)
+    assert peers.parse_peers(None) == [k for k in peers.PEERS if k != "torch-compile-max-fp16"]
+    # the CUDA-graph torch.compile peer runs when named (its autotuning takes minutes)
+    assert peers.parse_peers("torch-compile-max-fp16,torch-fp16") == [
+        "torch-fp16",
+        "torch-compile-max-fp16",
+    ]
     assert peers.parse_peers("ecoinfer,torch-fp32") == ["torch-fp32", "ecoinfer-fp32"]
     assert peers.parse_peers(["ort", "torch-compile"]) == ["torch-compile", "onnxruntime"]
     with pytest.raises(InputError, match="unknown peer"):
@@ -344,3 +350,13 @@ def test_engine_precision_label() -> None:
     assert engine_precision_label(emulated) == "INT8 (emulated on float kernels) + FP16"
     # an older build report without the count: as asked
     assert engine_precision_label(eng({"precision": "int8"})) == "INT8 + FP16"
+
+
+def test_compile_max_peer_named_on_cpu(cnn) -> None:  # noqa: ANN001
+    """The CUDA-graph torch.compile peer runs only when asked, and only on CUDA."""
+    module, path = cnn
+    comp = peers.compare(path, module, batch=1, device="cpu", config=FAST,
+                         peers="torch-compile-max-fp16")  # fmt: skip
+    (r,) = comp.results
+    assert r.extra["peer"] == "torch-compile-max-fp16"
+    assert r.skipped and "CUDA only" in r.skipped
