@@ -293,3 +293,35 @@ def test_fixed_shape_profile_folds_shape_arithmetic(minilm, engine_file) -> None
     assert_close(got, run_onnxruntime(path, feeds), "static engine vs onnxruntime")
     with pytest.raises(InputShapeError):  # the profile still bounds what it accepts
         static.run({k: np.concatenate([v, v]) for k, v in feeds.items()})
+
+
+def test_tensor_feeds_validated_once_per_signature(engine_file, monkeypatch) -> None:  # noqa: ANN001
+    """Tensor feeds of a signature that passed once skip validate_inputs; anything else (new
+    shape, dtype or names, numpy arrays) is validated again, and index values always are."""
+    from ecoinfer.engine import runtime  # noqa: PLC0415
+    from ecoinfer.errors import InputDTypeError, UnknownInputError  # noqa: PLC0415
+
+    calls = []
+    real = runtime.validate_inputs
+    monkeypatch.setattr(runtime, "validate_inputs", lambda *a: calls.append(1) or real(*a))
+    ctx = load_engine(engine_file[0]).create_context()
+    feeds = {n: torch.ones((2, 8), dtype=torch.int64) for n in SHAPES}
+    first = ctx.run(feeds)
+    again = ctx.run({n: t.clone() for n, t in feeds.items()})
+    assert len(calls) == 1
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    ctx.run({n: torch.ones((2, 16), dtype=torch.int64) for n in SHAPES})  # a new shape
+    assert len(calls) == 2
+    ctx.run({n: np.ones((2, 16), np.int64) for n in SHAPES})  # numpy: always validated
+    assert len(calls) == 3
+    with pytest.raises(InputDTypeError, match="input_ids"):
+        ctx.run({**feeds, "input_ids": feeds["input_ids"].int()})
+    with pytest.raises(UnknownInputError, match="input_idz"):
+        ctx.run({**{n: feeds[n] for n in SHAPES[1:]}, "input_idz": feeds["input_ids"]})
+    with pytest.raises(InputShapeError, match="input_ids"):
+        ctx.run({n: torch.ones((1, 100), dtype=torch.int64) for n in SHAPES})
+    bad = {n: t.clone() for n, t in feeds.items()}  # the validated signature, a bad index
+    bad["input_ids"][0, 3] = 10**6
+    with pytest.raises(IndexOutOfRangeError, match="input 'input_ids' holds index 1000000"):
+        ctx.run(bad)

@@ -1,0 +1,128 @@
+"""GPU probe: where an engine call's time goes beside the CUDA-graph replay itself.
+
+    python bench/gpu_call_overhead.py ENGINE.eng [ENGINE.eng ...] [--batch 64] [--json out]
+
+For each engine (BERT-style token inputs, [batch, 128]; random ids on the GPU, as `compare`
+feeds them), on one CUDA stream:
+  * graph: the plan's CUDA graph replayed back to back (GPU time per replay: the floor);
+  * async: `ctx.run(feeds, as_torch=True)` back to back without waiting (GPU-bound when the host
+    keeps ahead);
+  * sync: the harness's loop (event, call, event, wait) -- what `compare` and `bench` time --
+    with the host time of each step of the call (validation, index poll, plan lookup, input
+    copies, replay, output copies) from perf_counter around the runtime's methods.
+Reads nothing but timers; changes no clock or power setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ecoinfer.engine.builder import load_engine  # noqa: E402
+
+N = 200
+
+
+def timed(fn, log: dict, key: str):  # noqa: ANN001, ANN201
+    def wrap(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        t0 = time.perf_counter()
+        r = fn(*a, **k)
+        log.setdefault(key, []).append(time.perf_counter() - t0)
+        return r
+
+    return wrap
+
+
+def probe(path: str, batch: int) -> dict:
+    dev = torch.device("cuda")
+    eng = load_engine(path, "cuda")
+    ctx = eng.create_context()
+    gen = torch.Generator(device=dev).manual_seed(0)
+    feeds = {}
+    for v in eng.graph.inputs:
+        hi = 2 if "type" in v.name or "mask" in v.name else 1000
+        feeds[v.name] = torch.randint(0, hi, (batch, 128), device=dev, generator=gen)
+    for _ in range(5):
+        ctx.run(feeds, as_torch=True)
+    torch.cuda.synchronize()
+    plan = next(iter(ctx._plans.values()))
+    res: dict = {"engine": path, "gpu": torch.cuda.get_device_name(dev)}
+
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(N):
+        plan.cuda_graph.replay()
+    e1.record()
+    e1.synchronize()
+    res["graph_ms"] = e0.elapsed_time(e1) / N
+
+    t0 = time.perf_counter()
+    e0.record()
+    for _ in range(N):
+        ctx.run(feeds, as_torch=True)
+    e1.record()
+    e1.synchronize()
+    res["async_wall_ms"] = (time.perf_counter() - t0) * 1e3 / N
+    res["async_gpu_ms"] = e0.elapsed_time(e1) / N
+
+    log: dict[str, list[float]] = {}
+    ctx._check = timed(ctx._check, log, "check")
+    ctx._plan = timed(ctx._plan, log, "plan")
+    ctx._run_graph = timed(ctx._run_graph, log, "run_graph (copies, replay, clones)")
+    if ctx._index is not None:
+        ctx._index.poll = timed(ctx._index.poll, log, "index poll")
+        ctx._index.after_call = timed(ctx._index.after_call, log, "index after_call")
+
+    class Replay:  # the replay's own host time inside _run_graph
+        def __init__(self, g: torch.cuda.CUDAGraph) -> None:
+            self.replay = timed(g.replay, log, "replay")
+
+    plan.cuda_graph = Replay(plan.cuda_graph)
+    gpu, call = [], []
+    t_start = time.perf_counter()
+    for _ in range(N):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        t0 = time.perf_counter()
+        ctx.run(feeds, as_torch=True)
+        t1 = time.perf_counter()
+        b.record()
+        b.synchronize()
+        gpu.append(a.elapsed_time(b))
+        call.append((t1 - t0) * 1e3)
+    res["sync_per_iter_ms"] = (time.perf_counter() - t_start) * 1e3 / N
+    res["sync_gpu_ms"] = statistics.median(gpu)
+    res["sync_call_host_ms"] = statistics.median(call)
+    res["host_us"] = {k: statistics.median(v) * 1e6 for k, v in log.items()}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("engines", nargs="+")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    out = [probe(p, args.batch) for p in args.engines]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    for r in out:
+        print(f"\n{Path(r['engine']).name} on {r['gpu']}")
+        print(f"  graph replay alone     {r['graph_ms']:.4f} ms GPU")
+        print(f"  ctx.run back to back   {r['async_gpu_ms']:.4f} ms GPU, "
+              f"{r['async_wall_ms']:.4f} ms host")  # fmt: skip
+        print(f"  harness loop (sync)    {r['sync_per_iter_ms']:.4f} ms per call, "
+              f"{r['sync_gpu_ms']:.4f} ms GPU, {r['sync_call_host_ms']:.4f} ms in ctx.run")  # fmt: skip
+        for k, v in r["host_us"].items():
+            print(f"    {k:36s} {v:8.1f} us host")
+
+
+if __name__ == "__main__":
+    main()
