@@ -684,10 +684,12 @@ class ExecutionContext:
                 else:
                     out = self._execute_guarded(plan, inputs)
                 if self._index is not None:
-                    self._index.after_call(torch.cuda.current_stream(dev))
-                    # earlier calls whose flags have come back: looked at once this call's
-                    # work is queued, so that the GPU does not wait for the host's bookkeeping
+                    # earlier calls whose flags have come back: looked at once this call's work
+                    # is queued (the GPU does not wait for this bookkeeping), and before this
+                    # call's own flags are queued, so that a bad call itself always returns
+                    # and a later call or synchronize() raises, however fast the GPU was
                     self._index.poll()
+                    self._index.after_call(torch.cuda.current_stream(dev))
         if as_torch:
             return out
         if self._index is None:
