@@ -1,3 +1,8 @@
+#!/usr/bin/env bash
+# On an H100/H200 (device tool): BERT-base b64 FP8 and FP16 engines built on the carried timing
+# cache (.carry/tc), then bench/gpu_call_overhead.py on both (graph replay alone, ctx.run back
+# to back, the harness's synchronous loop with the host time of each step of a call).
+#   bash bench/gpu_call_overhead.sh        (JSON in $OUT/call_overhead.json)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1; W=/tmp/w; mkdir -p $W
 nvidia-smi --query-gpu=name --format=csv,noheader
 onnx=$(python -c "from ecoinfer.bench.peers import export_torch_model as e; print(e('bert-base'))" 2>/dev/null | tail -1)

@@ -32,7 +32,7 @@ from ecoinfer.tune.autotune import cold_rotate_bytes, input_sets, measure  # noq
 B, S, H, D = 64, 128, 12, 64
 F8 = torch.float8_e4m3fn
 cfg = FlashConfig(64, 128, 4, 2, DOT8=1)  # the kernels' configurations (sweep changes them)
-rc = RowConfig(4, 4)
+rc = RowConfig(4, 4)  # (attn and norm in main read these two at each call)
 
 
 def sweep(attn, a_in, norm, n_in, dev, rotate) -> None:  # noqa: ANN001
@@ -58,8 +58,6 @@ def main() -> None:
     mask[: B // 2, ..., S - 24 :] = -10000.0
     xs = torch.tensor([0.05], device=dev)
     ys = torch.tensor([0.02], device=dev)
-    global cfg, rc
-    cfg = FlashConfig(64, 128, 4, 2, DOT8=1)
 
     def attn(a: list) -> torch.Tensor:
         return flash_mha(a[0], None, None, a[1], None, num_heads=H, head_size=D, packed=True,
@@ -71,7 +69,6 @@ def main() -> None:
     skip = torch.randn_like(x)
     w = torch.rand(H * D, device=dev, dtype=torch.float16) + 0.5
     b = torch.randn(H * D, device=dev, dtype=torch.float16) * 0.1
-    rc = RowConfig(4, 4)
 
     def norm(a: list) -> torch.Tensor:
         codes = torch.empty(a[0].shape, dtype=F8, device=dev)

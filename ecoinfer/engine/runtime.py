@@ -610,9 +610,8 @@ class ExecutionContext:
         if plan.done is not None:
             stream.wait_event(plan.done)  # no host sync: the GPU orders the two replays
         # one call for every input copy (a copy_ each cost ~15 us of host time before the GPU
-        # had work); inputs are the graph's inputs, in the plan's order
-        names = list(inputs)
-        torch._foreach_copy_([plan.static_in[k] for k in names], [inputs[k] for k in names])
+        # had work)
+        torch._foreach_copy_([plan.static_in[k] for k in inputs], list(inputs.values()))
         plan.cuda_graph.replay()
         self.graph_replays += 1
         out = {k: v.clone() for k, v in plan.static_out.items()}
