@@ -72,6 +72,44 @@ def probe(path: str, batch: int) -> dict:
     res["async_wall_ms"] = (time.perf_counter() - t0) * 1e3 / N
     res["async_gpu_ms"] = e0.elapsed_time(e1) / N
 
+    def sync_loop(call) -> float:  # noqa: ANN001
+        """ms per call of the harness's loop (two events per call, wait for the second)."""
+        t_start = time.perf_counter()
+        for _ in range(N):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            call()
+            b.record()
+            b.synchronize()
+        return (time.perf_counter() - t_start) * 1e3 / N
+
+    # the same loop around less and less of a call, alternated over rounds (same machine,
+    # same minute): what each part of the call costs a caller who waits for every call
+    def floor_copy_replay_clone() -> None:
+        torch._foreach_copy_([plan.static_in[k] for k in feeds], list(feeds.values()))
+        plan.cuda_graph.replay()
+        {k: v.clone() for k, v in plan.static_out.items()}
+
+    full_path = ctx._fast_path_for
+    variants = {
+        "ctx.run (replay fast path)": lambda: ctx.run(feeds, as_torch=True),
+        "ctx.run (full path)": lambda: ctx.run(feeds, as_torch=True),
+        "copies + replay + clones only": floor_copy_replay_clone,
+        "replay only": plan.cuda_graph.replay,
+    }
+    per: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(5):
+        for name, call in variants.items():
+            full = name == "ctx.run (full path)"
+            ctx._fast_path_for = (lambda *a: None) if full else full_path
+            ctx._fast = None
+            call()
+            torch.cuda.synchronize()
+            per[name].append(sync_loop(call))
+    ctx._fast_path_for = lambda *a: None  # the timed steps below are the full path's
+    ctx._fast = None
+    res["sync_variants_ms"] = {k: statistics.median(v) for k, v in per.items()}
+
     log: dict[str, list[float]] = {}
     ctx._check = timed(ctx._check, log, "check")
     ctx._plan = timed(ctx._plan, log, "plan")
@@ -122,6 +160,9 @@ def main() -> None:
               f"{r['sync_gpu_ms']:.4f} ms GPU, {r['sync_call_host_ms']:.4f} ms in ctx.run")  # fmt: skip
         for k, v in r["host_us"].items():
             print(f"    {k:36s} {v:8.1f} us host")
+        print("  harness loop around (median of 5 alternated rounds):")
+        for k, v in r["sync_variants_ms"].items():
+            print(f"    {k:36s} {v:8.4f} ms per call")
 
 
 if __name__ == "__main__":

@@ -602,6 +602,13 @@ def _engine_peer(
     from ecoinfer.api import validate_inputs  # noqa: PLC0415
 
     ctx = engine.create_context()
+    # a --lowered-io engine takes float16 where the model takes float32: its feeds are cast
+    # once, here, as the PyTorch FP16 peers' are (torch_inputs), not inside the timed call
+    lowered = (engine.report or {}).get("lowered_io") or {}
+    feeds = {
+        k: a.astype(lowered[k]) if k in lowered and a.dtype == np.float32 else a
+        for k, a in feeds.items()
+    }
     tensors = {
         k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, source).items()
     }
@@ -617,13 +624,17 @@ def _engine_peer(
         "tactics": tactics,
         "layers": len(engine.graph.nodes),
     }
+    if lowered:
+        extra["lowered_io"] = lowered
 
     def after(r: BenchResult) -> None:
         r.warnings.extend(engine.warnings)
         r.extra["cuda_graph_replays"] = ctx.graph_replays
 
     return Prepared(
-        f"{PEERS['ecoinfer-engine']} {label}" + (" + CUDA graphs" if ctx.use_graphs else ""),
+        f"{PEERS['ecoinfer-engine']} {label}"
+        + (" + fp16 IO" if lowered else "")
+        + (" + CUDA graphs" if ctx.use_graphs else ""),
         lambda: ctx.run(tensors, as_torch=True),
         extra,
         after=after,

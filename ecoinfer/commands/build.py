@@ -219,6 +219,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "allows, and keep the fastest under that load: the engine replays at that limit (on "
         "an H200 it did not speed up BERT-base FP16: BENCHMARKS.md, session 15)",
     )
+    p.add_argument(
+        "--lowered-io",
+        action="store_true",
+        help="(with --fp16) float32 model inputs and outputs become float16, as trtexec's "
+        "--inputIOFormats/--outputIOFormats=fp16: callers feed and receive fp16 and the "
+        "engine skips its casts at entry and exit; by default they keep the model's types",
+    )
     p.add_argument("--verbose", action="store_true", help="log every tactic candidate")
 
 
@@ -438,6 +445,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         exclude_tactics=tuple(t.strip() for t in args.exclude_tactics.split(",") if t.strip()),
         lean=args.lean,
         sustained_tuning_s=max(0.0, float(args.sustained_tuning or 0.0)),
+        lowered_io=args.lowered_io,
     )
     engine = build(args.model, cfg)
     # checked before it is written: an engine that fails its check never replaces a good file
@@ -456,6 +464,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     if rep.get("phases_s"):
         print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in rep["phases_s"].items()))
     _print_quantization(rep.get("quantization"))
+    if rep.get("lowered_io"):
+        print(
+            "lowered IO: "
+            + ", ".join(f"'{k}' {v}" for k, v in rep["lowered_io"].items())
+            + " (the model declares float32)"
+        )
     if rep.get("pdl"):
         pdl = rep["pdl"]
         print(

@@ -116,6 +116,11 @@ class BuildConfig:
     # seconds of back-to-back calls, at the clock the power limit then allows, and the
     # fastest under that load wins (0: burst timings decide, as before)
     sustained_tuning_s: float = 0.0
+    # --lowered-io: float32 model inputs and outputs take the build's float16 (trtexec's
+    # --inputIOFormats/--outputIOFormats=fp16): callers feed and receive fp16 tensors and the
+    # engine drops its entry and exit casts (an fp32 BERT-base b64 output is 25 MB written
+    # by a Cast and copied again per call). Off: the model's declared types, always kept
+    lowered_io: bool = False
 
 
 def default_opt_level(device: str) -> int:
@@ -238,6 +243,11 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     device = pick_device(cfg.device)
     if precision == "tf32" and not device.startswith("cuda"):
         raise InputError("tf32 is a GPU tensor-core mode; on the CPU build fp32 or bf16")
+    if cfg.lowered_io and precision != "float16":
+        raise InputError(
+            "--lowered-io gives the engine float16 inputs and outputs: build with --fp16 (numpy, "
+            "which engine callers read outputs into, has no bfloat16)"
+        )
     if cfg.workspace_mb is not None and cfg.workspace_mb < 0:
         raise InputError(f"--workspace {cfg.workspace_mb}: give a size in MiB, 0 or more")
     from ecoinfer.tune.tactics import check_tactic_names  # noqa: PLC0415
@@ -301,7 +311,9 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
     if precision in ("float16", "bfloat16") or cfg.layer_precision:
         from ecoinfer.engine.precision import assign_precision  # noqa: PLC0415
 
-        planned, layers = assign_precision(optimized, precision, list(cfg.layer_precision))
+        planned, layers = assign_precision(
+            optimized, precision, list(cfg.layer_precision), keep_io=not cfg.lowered_io
+        )
         layer_report = [dict(vars(lp)) for lp in layers]
     else:
         planned = optimized
@@ -406,6 +418,12 @@ def build(model: str | os.PathLike | Graph, config: BuildConfig | None = None) -
             "plan": len(planned.nodes),
         },
         "layer_precision": layer_report,
+        # inputs/outputs whose float32 type the engine lowered (--lowered-io): name -> dtype
+        "lowered_io": {
+            v.name: v.dtype
+            for v in [*planned.inputs, *planned.outputs]
+            if cfg.lowered_io and v.dtype == "float16"
+        },
         "memory": memory,
         "candidates": candidates,
         "timing_cache": None
@@ -1292,6 +1310,20 @@ def _install_triton_binaries(carried: dict, device: str) -> int | str:
         return f"carried Triton kernels not installed ({e}); the first inference compiles them"
 
 
+_FLOATS = ("float16", "float32")
+_ORT_FLOATS = {"tensor(float)": np.dtype("float32"), "tensor(float16)": np.dtype("float16")}
+
+
+def _float_feeds_as(feeds: dict[str, np.ndarray], types: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Float16/32 arrays in the float type `types` names for their input (others as given)."""
+    out = dict(feeds)
+    for k, a in feeds.items():
+        want = types.get(k)
+        if want is not None and a.dtype != want and a.dtype.name in _FLOATS:
+            out[k] = a.astype(want)
+    return out
+
+
 def check_accuracy(
     engine: Engine,
     onnx_path: str,
@@ -1330,9 +1362,16 @@ def check_accuracy(
             for p in engine.profiles
             for s in range(n_sets)
         ]
+    # a --lowered-io engine takes float16 where the model (and onnxruntime) takes float32:
+    # each side gets the same values in its own type
+    ort_types = {i.name: _ORT_FLOATS.get(i.type) for i in sess.get_inputs()}
+    lowered = (engine.report or {}).get("lowered_io") or {}
+    eng_types = {k: np.dtype(v) for k, v in lowered.items() if k in engine.graph.input_names}
     for which, feeds in sets:
+        feeds = _float_feeds_as(feeds, eng_types)
         out = engine.run(feeds)  # first: its input checks give the clear errors
-        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        ref_feeds = _float_feeds_as(feeds, ort_types)
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, ref_feeds)))
         for name, r in ref.items():
             o = np.asarray(out[name], np.float64)
             r64 = np.asarray(r, np.float64)

@@ -284,6 +284,28 @@ def test_engine_file_peer(cnn, tmp_path) -> None:  # noqa: ANN001
     assert "outside every shape profile" in comp.results[0].skipped
 
 
+def test_lowered_io_engine_peer_gets_float16_feeds(cnn, tmp_path) -> None:  # noqa: ANN001
+    """A --lowered-io engine file in compare: its float32 feeds are cast to float16 once,
+    before timing, its row says fp16 IO, and its error is measured like any other row's."""
+    from ecoinfer.engine.builder import BuildConfig, build  # noqa: PLC0415
+    from ecoinfer.engine.runtime import ShapeProfile  # noqa: PLC0415
+
+    module, path = cnn
+    shape = {"x": (3, 3, 16, 16)}
+    eng = tmp_path / "cnn_low.eng"
+    prof = [ShapeProfile(shape, shape, shape)]
+    build(path, BuildConfig(precision="fp16", device="cpu", profiles=prof, lowered_io=True)).save(
+        eng
+    )
+    comp = peers.compare(path, module, batch=3, device="cpu", config=FAST, peers=[f"engine:{eng}"])
+    r = comp.results[0]
+    assert not r.skipped, r.skipped
+    assert r.name == "ecoinfer engine FP16 (cnn_low.eng) + fp16 IO"
+    low = r.extra["lowered_io"]
+    assert low["x"] == "float16" and len(low) == 2 and set(low.values()) == {"float16"}
+    assert r.extra["rel_l2_error"] < 1e-2 and r.throughput_per_s > 0
+
+
 def test_bert_base_by_name_is_bert_base_sized() -> None:
     pytest.importorskip("transformers")
     m = peers.load_torch_model("bert-base")

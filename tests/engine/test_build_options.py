@@ -204,6 +204,49 @@ def test_layer_precision_overrides_one_layer(mlp) -> None:  # noqa: ANN001
     assert_close(eng.run({"x": x}), run_onnxruntime(mlp, {"x": x}), "bf16 + fp32 fc2", rtol=3e-2)
 
 
+def test_lowered_io_takes_and_gives_float16(mlp, tmp_path) -> None:  # noqa: ANN001
+    """--lowered-io: float32 inputs/outputs become float16 (no entry or exit Cast), callers
+    must feed float16 (a float32 feed is refused, not cast), and the values match the FP16
+    engine with float32 IO; only with --fp16."""
+    prof = [_profile(1, 4, 8)]
+    low = build(mlp, BuildConfig(precision="fp16", device="cpu", profiles=prof, lowered_io=True))
+    keep = build(mlp, BuildConfig(precision="fp16", device="cpu", profiles=prof))
+    assert [(v.name, v.dtype) for v in [*low.graph.inputs, *low.graph.outputs]] == [
+        ("x", "float16"),
+        ("y", "float16"),
+    ]
+    assert low.report["lowered_io"] == {"x": "float16", "y": "float16"}
+    assert keep.report["lowered_io"] == {} and keep.graph.outputs[0].dtype == "float32"
+    casts = [n.op_type for n in keep.graph.nodes].count("Cast")
+    assert casts == 2 and "Cast" not in [n.op_type for n in low.graph.nodes]
+    x = _x(4).astype(np.float16)  # values an fp16 input can hold: both engines see the same
+    y = low.run({"x": x})["y"]
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y, keep.run({"x": x.astype(np.float32)})["y"], rtol=0, atol=2e-3)
+    with pytest.raises(ecoinfer.errors.InputDTypeError, match="input 'x': expected float16"):
+        low.run({"x": x.astype(np.float32)})
+    low.save(tmp_path / "low.eng")
+    again = load_engine(tmp_path / "low.eng", "cpu")
+    assert again.graph.inputs[0].dtype == "float16" and again.report["lowered_io"]
+    for prec in ("fp32", "bf16"):
+        with pytest.raises(InputError, match="--lowered-io .* build with --fp16"):
+            build(mlp, BuildConfig(precision=prec, device="cpu", profiles=prof, lowered_io=True))
+
+
+def test_lowered_io_cli_and_accuracy_check(mlp, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "low.eng"
+    proc = _cli(
+        "build", str(mlp), "-o", str(out), "--device", "cpu", "--fp16", "--lowered-io",
+        "--shapes", "x:4x16", "--check-accuracy",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "lowered IO: 'x' float16, 'y' float16 (the model declares float32)" in proc.stdout
+    acc = [ln for ln in proc.stdout.splitlines() if ln.startswith("accuracy ")]
+    assert len(acc) == 2 and all(ln.endswith("ok") for ln in acc), proc.stdout
+    bad = _cli("build", str(mlp), "-o", str(out), "--device", "cpu", "--lowered-io")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--fp16" in bad.stderr
+
+
 # ---------------------------------------------------------------------- the build command
 def test_build_cli_verbose_runner_up_and_check_input(mlp, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "m.eng"
