@@ -86,9 +86,10 @@ def probe(path: str, batch: int) -> dict:
     # the same loop around less and less of a call, alternated over rounds (same machine,
     # same minute): what each part of the call costs a caller who waits for every call
     def floor_copy_replay_clone() -> None:
-        torch._foreach_copy_([plan.static_in[k] for k in feeds], list(feeds.values()))
-        plan.cuda_graph.replay()
-        {k: v.clone() for k, v in plan.static_out.items()}
+        with torch.inference_mode():  # the plan's buffers are inference tensors
+            torch._foreach_copy_([plan.static_in[k] for k in feeds], list(feeds.values()))
+            plan.cuda_graph.replay()
+            {k: v.clone() for k, v in plan.static_out.items()}
 
     full_path = ctx._fast_path_for
     variants = {
