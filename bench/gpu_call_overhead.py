@@ -40,7 +40,19 @@ def timed(fn, log: dict, key: str):  # noqa: ANN001, ANN201
     return wrap
 
 
-def probe(path: str, batch: int) -> dict:
+def trace(ctx, feeds: dict, path: str) -> None:  # noqa: ANN001
+    """A Chrome trace (torch.profiler, CUPTI) of three synchronous calls: every kernel of the
+    replayed graph with its start and end, for the gaps between them."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            ctx.run(feeds, as_torch=True)
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(path)
+
+
+def probe(path: str, batch: int, trace_to: str | None = None) -> dict:
     dev = torch.device("cuda")
     eng = load_engine(path, "cuda")
     ctx = eng.create_context()
@@ -111,6 +123,32 @@ def probe(path: str, batch: int) -> dict:
     ctx._fast = None
     res["sync_variants_ms"] = {k: statistics.median(v) for k, v in per.items()}
 
+    if ctx._index is not None:  # the index guard alone, as captured in the plan's graph
+        from ecoinfer.engine import index_guard  # noqa: PLC0415
+
+        guards = {}
+        for fused in (True, False):
+            index_guard.FUSED = fused
+            g = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(g):
+                ctx._index.guard(plan.static_in)
+            guards["one Triton kernel per input" if fused else "torch form"] = g
+        index_guard.FUSED = True
+        gt: dict[str, list[float]] = {k: [] for k in guards}
+        for _ in range(5):
+            for name, g in guards.items():
+                e0.record()
+                for _ in range(N):
+                    g.replay()
+                e1.record()
+                e1.synchronize()
+                gt[name].append(e0.elapsed_time(e1) * 1e3 / N)
+        res["guard_graph_us"] = {k: statistics.median(v) for k, v in gt.items()}
+
+    if trace_to:
+        trace(ctx, feeds, trace_to)
+        res["trace"] = trace_to
+
     log: dict[str, list[float]] = {}
     ctx._check = timed(ctx._check, log, "check")
     ctx._plan = timed(ctx._plan, log, "plan")
@@ -148,8 +186,14 @@ def main() -> None:
     ap.add_argument("engines", nargs="+")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--json")
+    ap.add_argument("--trace-dir", help="write a Chrome trace of three calls per engine here")
     args = ap.parse_args()
-    out = [probe(p, args.batch) for p in args.engines]
+    out = [
+        probe(
+            p, args.batch, f"{args.trace_dir}/{Path(p).stem}.trace.json" if args.trace_dir else None
+        )
+        for p in args.engines
+    ]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     for r in out:
@@ -161,6 +205,8 @@ def main() -> None:
               f"{r['sync_gpu_ms']:.4f} ms GPU, {r['sync_call_host_ms']:.4f} ms in ctx.run")  # fmt: skip
         for k, v in r["host_us"].items():
             print(f"    {k:36s} {v:8.1f} us host")
+        for k, v in r.get("guard_graph_us", {}).items():
+            print(f"  index guard graph, {k:28s} {v:8.2f} us per replay")
         print("  harness loop around (median of 5 alternated rounds):")
         for k, v in r["sync_variants_ms"].items():
             print(f"    {k:36s} {v:8.4f} ms per call")

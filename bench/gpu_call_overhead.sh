@@ -3,7 +3,8 @@
 # given) on BERT-base b64 FP8 and FP16 engines built here on the carried timing cache
 # (.carry/tc): graph replay alone, ctx.run back to back, the harness's synchronous loop with
 # the host time of each step of a call, and that loop around less and less of a call.
-#   bash bench/gpu_call_overhead.sh [ENGINE.eng ...]     (JSON in $OUT/call_overhead.json)
+#   [TRACE=1] bash bench/gpu_call_overhead.sh [ENGINE.eng ...]   (JSON in $OUT/call_overhead.json;
+#   TRACE=1: Chrome traces of three calls per engine in $OUT)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1; W=/tmp/w; mkdir -p $W
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ $# -eq 0 ]; then
@@ -14,4 +15,4 @@ if [ $# -eq 0 ]; then
   python -m ecoinfer.cli build $onnx -o $W/fp16.eng --fp16 $shp --timing-cache .carry/tc/tc_bert-base_b64.json > $W/b16.log 2>&1; echo "fp16 build rc=$?"
   set -- $W/fp8.eng $W/fp16.eng
 fi
-python bench/gpu_call_overhead.py "$@" --json $OUT/call_overhead.json 2>&1 | tail -40
+python bench/gpu_call_overhead.py "$@" --json $OUT/call_overhead.json ${TRACE:+--trace-dir $OUT} 2>&1 | tail -40

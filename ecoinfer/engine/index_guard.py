@@ -22,10 +22,14 @@ from collections import deque
 import torch
 
 from ecoinfer.errors import IndexOutOfRangeError
+from ecoinfer.kernels.triton import index_clamp
 
 Tensor = torch.Tensor
 
 _RING = 4  # pinned flag slots in flight; a fifth call waits for the oldest slot's copy
+# clamp and flag each GPU index input in one Triton kernel (kernels/triton/index_clamp.py);
+# False: the torch form (four kernels per input), kept for A/B probes
+FUSED = True
 
 
 class DeferredIndexCheck:
@@ -33,8 +37,9 @@ class DeferredIndexCheck:
         self.sizes = dict(sorted(sizes.items()))
         self.names = list(self.sizes)
         self.source = source
-        self.flags = torch.zeros(len(self.names), dtype=torch.bool, device=device)
-        self._slots = torch.zeros((_RING, len(self.names)), dtype=torch.bool).pin_memory()
+        # int32: the Triton guard's programs store 1 into an input's flag, never anything else
+        self.flags = torch.zeros(len(self.names), dtype=torch.int32, device=device)
+        self._slots = torch.zeros((_RING, len(self.names)), dtype=torch.int32).pin_memory()
         self._events = [torch.cuda.Event() for _ in range(_RING)]
         self._pending: deque[int] = deque()  # slot numbers, oldest first
         self._next = 0
@@ -48,8 +53,11 @@ class DeferredIndexCheck:
             if x is None or x.numel() == 0:
                 continue
             n = self.sizes[name]
+            if FUSED and x.is_cuda and index_clamp.fits(x):  # one kernel, not four
+                out[name] = index_clamp.clamp_flag(x, n, self.flags[i : i + 1])
+                continue
             safe = x.clamp(-n, n - 1)
-            self.flags[i : i + 1].logical_or_((safe != x).any().reshape(1))
+            self.flags[i : i + 1].bitwise_or_((safe != x).any().reshape(1).to(torch.int32))
             out[name] = safe
         return out
 
