@@ -1255,13 +1255,16 @@ def _engine_from(
 
 def rebuild_command(header: dict, path: str | os.PathLike) -> str:
     """The `ecoinfer build` command line that makes this engine again: its source, precision,
-    quantization and shape profiles (calibration data is the user's to give again)."""
+    quantization, lowered IO and shape profiles (calibration data is the user's to give
+    again)."""
     prec = header.get("precision", "float32")
     parts = ["ecoinfer build", header.get("source") or "MODEL.onnx", "-o", str(path)]
     parts.append("--" + SHORT_NAMES.get(prec, prec))  # tf32 is its own flag
     quant = ((header.get("report") or {}).get("quantization") or {}).get("precision")
     if quant in ("int8", "fp8"):
         parts.append(f"--{quant} --calib-data DIR")
+    if (header.get("report") or {}).get("lowered_io"):  # its callers feed and read float16
+        parts.append("--lowered-io")
 
     def shapes(d: dict) -> str:
         return " ".join(f"{n}:{'x'.join(map(str, s))}" for n, s in d.items())

@@ -19,7 +19,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import ecoinfer
-from ecoinfer.engine.builder import BuildConfig, build, load_engine
+from ecoinfer.engine.builder import BuildConfig, build, load_engine, rebuild_command
 from ecoinfer.engine.format import MAGIC, EngineFileError, read_engine, write_engine
 from ecoinfer.engine.runtime import ShapeProfile
 from ecoinfer.errors import InputError, InputShapeError
@@ -228,6 +228,13 @@ def test_lowered_io_takes_and_gives_float16(mlp, tmp_path) -> None:  # noqa: ANN
     low.save(tmp_path / "low.eng")
     again = load_engine(tmp_path / "low.eng", "cpu")
     assert again.graph.inputs[0].dtype == "float16" and again.report["lowered_io"]
+    # the rebuild a user is told to run on another GPU gives the same float16 interface
+    header, _ = read_engine(tmp_path / "low.eng")
+    assert rebuild_command(header, "low.eng").endswith("--fp16 --lowered-io --min-shapes x:1x16 "
+                                                       "--opt-shapes x:4x16 --max-shapes x:8x16")  # fmt: skip
+    keep.save(tmp_path / "keep.eng")
+    header, _ = read_engine(tmp_path / "keep.eng")
+    assert "--lowered-io" not in rebuild_command(header, "keep.eng")
     for prec in ("fp32", "bf16"):
         with pytest.raises(InputError, match="--lowered-io .* build with --fp16"):
             build(mlp, BuildConfig(precision=prec, device="cpu", profiles=prof, lowered_io=True))
