@@ -19,9 +19,9 @@ from ecoinfer.kernels.triton import embed_layernorm as eln
 from ecoinfer.tune.tactics import BuildInfo, TensorInfo, tactics_for
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-DEVICE = torch.device("cpu" if INTERPRET else "cuda")
+# without CUDA and without the interpreter (test_compile_sm90.py's pass) launches on CPU
+# tensors are compiled for sm_90, not run
+DEVICE = torch.device("cuda" if not INTERPRET and torch.cuda.is_available() else "cpu")
 BUILD = BuildInfo(device=DEVICE, precision="float32")
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
