@@ -68,32 +68,36 @@ def probe(path: str, batch: int, trace_to: str | None = None) -> dict:
     res: dict = {"engine": path, "gpu": torch.cuda.get_device_name(dev)}
 
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(N):
-        plan.cuda_graph.replay()
-    e1.record()
-    e1.synchronize()
-    res["graph_ms"] = e0.elapsed_time(e1) / N
 
-    t0 = time.perf_counter()
-    e0.record()
-    for _ in range(N):
-        ctx.run(feeds, as_torch=True)
-    e1.record()
-    e1.synchronize()
-    res["async_wall_ms"] = (time.perf_counter() - t0) * 1e3 / N
-    res["async_gpu_ms"] = e0.elapsed_time(e1) / N
+    def back_to_back(call) -> tuple[float, float]:  # noqa: ANN001
+        """(host wall, GPU) ms per call of N calls queued without waiting."""
+        t0 = time.perf_counter()
+        e0.record()
+        for _ in range(N):
+            call()
+        e1.record()
+        e1.synchronize()
+        return (time.perf_counter() - t0) * 1e3 / N, e0.elapsed_time(e1) / N
 
-    def sync_loop(call) -> float:  # noqa: ANN001
-        """ms per call of the harness's loop (two events per call, wait for the second)."""
+    def sync_loop(call, gpu: list | None = None, host: list | None = None) -> float:  # noqa: ANN001
+        """ms per call of the harness's loop (two events per call, wait for the second);
+        each call's GPU and host ms appended to `gpu` and `host` when given."""
         t_start = time.perf_counter()
         for _ in range(N):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
+            t0 = time.perf_counter()
             call()
+            t1 = time.perf_counter()
             b.record()
             b.synchronize()
+            if gpu is not None and host is not None:
+                gpu.append(a.elapsed_time(b))
+                host.append((t1 - t0) * 1e3)
         return (time.perf_counter() - t_start) * 1e3 / N
+
+    res["graph_ms"] = back_to_back(plan.cuda_graph.replay)[1]
+    res["async_wall_ms"], res["async_gpu_ms"] = back_to_back(lambda: ctx.run(feeds, as_torch=True))
 
     # the same loop around less and less of a call, alternated over rounds (same machine,
     # same minute): what each part of the call costs a caller who waits for every call
@@ -137,12 +141,7 @@ def probe(path: str, batch: int, trace_to: str | None = None) -> dict:
         gt: dict[str, list[float]] = {k: [] for k in guards}
         for _ in range(5):
             for name, g in guards.items():
-                e0.record()
-                for _ in range(N):
-                    g.replay()
-                e1.record()
-                e1.synchronize()
-                gt[name].append(e0.elapsed_time(e1) * 1e3 / N)
+                gt[name].append(back_to_back(g.replay)[1] * 1e3)
         res["guard_graph_us"] = {k: statistics.median(v) for k, v in gt.items()}
 
     if trace_to:
@@ -162,19 +161,9 @@ def probe(path: str, batch: int, trace_to: str | None = None) -> dict:
             self.replay = timed(g.replay, log, "replay")
 
     plan.cuda_graph = Replay(plan.cuda_graph)
-    gpu, call = [], []
-    t_start = time.perf_counter()
-    for _ in range(N):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        t0 = time.perf_counter()
-        ctx.run(feeds, as_torch=True)
-        t1 = time.perf_counter()
-        b.record()
-        b.synchronize()
-        gpu.append(a.elapsed_time(b))
-        call.append((t1 - t0) * 1e3)
-    res["sync_per_iter_ms"] = (time.perf_counter() - t_start) * 1e3 / N
+    gpu: list[float] = []
+    call: list[float] = []
+    res["sync_per_iter_ms"] = sync_loop(lambda: ctx.run(feeds, as_torch=True), gpu, call)
     res["sync_gpu_ms"] = statistics.median(gpu)
     res["sync_call_host_ms"] = statistics.median(call)
     res["host_us"] = {k: statistics.median(v) * 1e6 for k, v in log.items()}

@@ -600,15 +600,13 @@ def _engine_peer(
     """Run `engine` (CUDA graphs where it can) on `feeds`: the Prepared of an engine row, its
     extra completed with the tactic counts and what is common to every engine row."""
     from ecoinfer.api import validate_inputs  # noqa: PLC0415
+    from ecoinfer.engine.builder import lowered_io_feeds  # noqa: PLC0415
 
     ctx = engine.create_context()
     # a --lowered-io engine takes float16 where the model takes float32: its feeds are cast
     # once, here, as the PyTorch FP16 peers' are (torch_inputs), not inside the timed call
     lowered = (engine.report or {}).get("lowered_io") or {}
-    feeds = {
-        k: a.astype(lowered[k]) if k in lowered and a.dtype == np.float32 else a
-        for k, a in feeds.items()
-    }
+    feeds = lowered_io_feeds(engine, dict(feeds))
     tensors = {
         k: v.to(engine.device) for k, v in validate_inputs(engine.graph, feeds, source).items()
     }

@@ -1327,6 +1327,14 @@ def _float_feeds_as(feeds: dict[str, np.ndarray], types: dict[str, Any]) -> dict
     return out
 
 
+def lowered_io_feeds(engine: Engine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Feeds for an engine built with --lowered-io: its lowered inputs' float32 arrays in the
+    engine's float16 (the same values a float16 caller would give); others as given."""
+    lowered = (engine.report or {}).get("lowered_io") or {}
+    types = {k: np.dtype(v) for k, v in lowered.items() if k in engine.graph.input_names}
+    return _float_feeds_as(feeds, types)
+
+
 def check_accuracy(
     engine: Engine,
     onnx_path: str,
@@ -1368,10 +1376,8 @@ def check_accuracy(
     # a --lowered-io engine takes float16 where the model (and onnxruntime) takes float32:
     # each side gets the same values in its own type
     ort_types = {i.name: _ORT_FLOATS.get(i.type) for i in sess.get_inputs()}
-    lowered = (engine.report or {}).get("lowered_io") or {}
-    eng_types = {k: np.dtype(v) for k, v in lowered.items() if k in engine.graph.input_names}
     for which, feeds in sets:
-        feeds = _float_feeds_as(feeds, eng_types)
+        feeds = lowered_io_feeds(engine, feeds)
         out = engine.run(feeds)  # first: its input checks give the clear errors
         ref_feeds = _float_feeds_as(feeds, ort_types)
         ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, ref_feeds)))

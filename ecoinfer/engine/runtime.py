@@ -634,11 +634,20 @@ class ExecutionContext:
         plan.done_on = stream.cuda_stream
         return out
 
+    def _index_flags_after_queueing(self) -> None:
+        """Earlier calls whose index flags have come back are looked at once this call's work
+        is queued (the GPU does not wait for this bookkeeping), and before this call's own
+        flags are queued, so that a bad call itself always returns and a later call or
+        synchronize() raises, however fast the GPU was."""
+        if self._index is not None:
+            self._index.poll()
+            self._index.after_call(torch.cuda.current_stream(self.engine.device))
+
     def _fast_path_for(self, feeds: Mapping[str, Any], plan: _Plan) -> tuple | None:
         """The signature under which later calls may go straight to this plan's replay: tensor
-        feeds that passed validation, each already on its buffer's device, and no index input
-        left to a host check (index inputs on the GPU are clamped and flagged by the guard in
-        the graph). None where some call of this kind needs the full path."""
+        feeds that passed validation, each already on its buffer's device (a CUDA graph's:
+        the GPU, where the guard in the graph clamps and flags index inputs, so none is left
+        to a host check). None where some call of this kind needs the full path."""
         sig = self._valid_sig
         if (
             sig is None
@@ -647,12 +656,7 @@ class ExecutionContext:
             or sig != _feed_signature(feeds)
         ):
             return None
-        for k, t in feeds.items():
-            if t.device != plan.static_in[k].device:
-                return None
-        if any(not feeds[k].is_cuda for k in self.engine._index_inputs) or (
-            self.engine._index_inputs and self._index is None
-        ):
+        if any(t.device != plan.static_in[k].device for k, t in feeds.items()):
             return None
         return sig
 
@@ -704,9 +708,7 @@ class ExecutionContext:
             with self._lock, torch.inference_mode(), _GATE.shared():
                 if self._fast is fast:  # not evicted meanwhile by another thread's call
                     out = self._replay(fast[1], feeds)
-                    if self._index is not None:  # as below
-                        self._index.poll()
-                        self._index.after_call(torch.cuda.current_stream(self.engine.device))
+                    self._index_flags_after_queueing()
                     return out
         on_gpu = self._cuda and any(isinstance(v, Tensor) and v.is_cuda for v in feeds.values())
         with self._shared() if on_gpu else contextlib.nullcontext():  # checks may read the GPU
@@ -730,13 +732,7 @@ class ExecutionContext:
                         self._fast = (sig, plan) if sig is not None else None
                 else:
                     out = self._execute_guarded(plan, inputs)
-                if self._index is not None:
-                    # earlier calls whose flags have come back: looked at once this call's work
-                    # is queued (the GPU does not wait for this bookkeeping), and before this
-                    # call's own flags are queued, so that a bad call itself always returns
-                    # and a later call or synchronize() raises, however fast the GPU was
-                    self._index.poll()
-                    self._index.after_call(torch.cuda.current_stream(dev))
+                self._index_flags_after_queueing()
         if as_torch:
             return out
         if self._index is None:
